@@ -1,0 +1,34 @@
+//! Engine configuration: cache size, scheduling budgets, queue bounds.
+
+/// Knobs of the engine; the server fills these from its configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Memory budget for the KV cache in bytes; the block count is derived from it.
+    pub kv_cache_bytes: usize,
+    /// Overrides `kv_cache_bytes` when set (tests use it to force preemption).
+    pub num_blocks: Option<usize>,
+    /// Most sequences in the running batch.
+    pub max_num_seqs: usize,
+    /// Per-step token budget shared by prefill chunks and decodes.
+    pub max_num_batched_tokens: usize,
+    /// Most requests waiting for admission; beyond this `submit` answers Overloaded.
+    pub max_waiting: usize,
+    /// Context length cap (defaults to the model's).
+    pub max_model_len: Option<usize>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            kv_cache_bytes: 512 << 20,
+            num_blocks: None,
+            max_num_seqs: 64,
+            max_num_batched_tokens: 512,
+            max_waiting: 256,
+            max_model_len: None,
+        }
+    }
+}

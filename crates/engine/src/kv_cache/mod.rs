@@ -1,0 +1,8 @@
+//! The paged KV cache: a refcounted block pool (`BlockPool`) and the per-layer storage the
+//! model writes into and attends over (`PagedKvCache`).
+
+pub mod block_pool;
+pub mod paged;
+
+pub use block_pool::BlockPool;
+pub use paged::PagedKvCache;

@@ -1,0 +1,1 @@
+//! `wick perplexity`: llama-perplexity-compatible scoring through the engine.

@@ -1,0 +1,1 @@
+//! `Sequence`: one choice of one request as it moves through the engine.

@@ -1,0 +1,1 @@
+//! Wick's server.

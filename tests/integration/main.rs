@@ -1,0 +1,1 @@
+//! Wick's integration tests: one binary, one module per area.

@@ -1,0 +1,1 @@
+//! Shared helpers for wick's integration tests.
