@@ -26,7 +26,12 @@ impl Penalties {
     pub fn new(repetition: f32, presence: f32, frequency: f32, bias: &HashMap<u32, f32>) -> Self {
         let mut logit_bias: Vec<(u32, f32)> = bias.iter().map(|(&id, &b)| (id, b)).collect();
         logit_bias.sort_unstable_by_key(|&(id, _)| id);
-        Self { repetition, presence, frequency, logit_bias }
+        Self {
+            repetition,
+            presence,
+            frequency,
+            logit_bias,
+        }
     }
 
     fn uses_repetition(&self) -> bool {
@@ -43,7 +48,12 @@ impl Penalties {
     }
 
     /// The adjusted logits of every touched id of `logits`.
-    pub fn adjustments(&self, logits: &[f32], prompt_ids: &[u32], output_ids: &[u32]) -> Adjustments {
+    pub fn adjustments(
+        &self,
+        logits: &[f32],
+        prompt_ids: &[u32],
+        output_ids: &[u32],
+    ) -> Adjustments {
         if !self.is_active() {
             return Adjustments::default();
         }
@@ -54,8 +64,11 @@ impl Penalties {
             Vec::new()
         };
         output_sorted.sort_unstable();
-        let mut prompt_sorted: Vec<u32> =
-            if self.uses_repetition() { prompt_ids.to_vec() } else { Vec::new() };
+        let mut prompt_sorted: Vec<u32> = if self.uses_repetition() {
+            prompt_ids.to_vec()
+        } else {
+            Vec::new()
+        };
         prompt_sorted.sort_unstable();
         prompt_sorted.dedup();
 
@@ -74,8 +87,13 @@ impl Penalties {
                     v += self.logit_bias[i].1;
                 }
                 let count = count_of(&output_sorted, id);
-                if self.uses_repetition() && (count > 0 || prompt_sorted.binary_search(&id).is_ok()) {
-                    v = if v > 0.0 { v / self.repetition } else { v * self.repetition };
+                if self.uses_repetition() && (count > 0 || prompt_sorted.binary_search(&id).is_ok())
+                {
+                    v = if v > 0.0 {
+                        v / self.repetition
+                    } else {
+                        v * self.repetition
+                    };
                 }
                 if count > 0 {
                     v -= self.frequency * count as f32 + self.presence;
