@@ -147,3 +147,61 @@ fn a_broken_template_override_is_a_load_error() {
     let content = byte_level_content("gpt2", None);
     assert!(matches!(TextProcessor::from_gguf(&content, Some("{% if %}")), Err(EngineError::Template(_))));
 }
+
+/// A Hugging Face folder with a tiny byte-level tokenizer.json, a list-form chat template and a
+/// list of EOS ids in generation_config.json.
+fn write_hf_dir(dir: &std::path::Path) {
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [
+            {"id": 3, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 4, "content": "<|eot|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+        ],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": {"h": 0, "i": 1, "hi": 2, "<s>": 3, "<|eot|>": 4, "Ġ": 5, "Ã": 6, "©": 7},
+                  "merges": ["h i"]}
+    });
+    let config = serde_json::json!({
+        "bos_token": "<s>",
+        "eos_token": {"content": "<|eot|>"},
+        "add_bos_token": true,
+        "chat_template": [
+            {"name": "tool_use", "template": "TOOLS"},
+            {"name": "default", "template": "{{ bos_token }}D:{{ messages[0].content }}{{ eos_token }}"}
+        ]
+    });
+    let generation = serde_json::json!({"eos_token_id": [4, 1]});
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("generation_config.json"), generation.to_string()).unwrap();
+}
+
+#[test]
+fn hf_folder_gives_tokenizer_default_template_bos_and_eos_list() {
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_dir(dir.path());
+    let text = TextProcessor::from_hf_dir(dir.path(), None).unwrap();
+    assert_eq!(text.encode("hi é", true).unwrap(), vec![3, 2, 5, 6, 7]);
+    assert_eq!(text.decode(&[2, 5, 6, 7], false).unwrap(), "hi é");
+    assert_eq!(text.render_chat(&[ChatMessage::new("user", "hi")], true).unwrap(), "<s>D:hi<|eot|>");
+    // The template writes <s>: encode_chat adds no second one.
+    let ids = text.encode_chat(&[ChatMessage::new("user", "hi")]).unwrap();
+    assert_eq!(ids, text.encode("<s>D:hi<|eot|>", false).unwrap());
+    assert_eq!(ids.iter().filter(|&&i| i == 3).count(), 1, "{ids:?}");
+    assert_eq!(text.eog_token_ids(), &[4, 1]);
+    assert_eq!(text.token_text(6).1, vec![0xC3]);
+    assert_eq!(text.vocab_size(), 8);
+    let over = TextProcessor::from_hf_dir(dir.path(), Some("O{{ messages[0].content }}")).unwrap();
+    assert_eq!(over.render_chat(&[ChatMessage::new("user", "x")], false).unwrap(), "Ox");
+}
+
+#[test]
+fn hf_folder_without_tokenizer_json_is_a_tokenizer_error() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(TextProcessor::from_hf_dir(dir.path(), None), Err(EngineError::Tokenizer(_))));
+}
