@@ -131,3 +131,25 @@ impl CausalLm for FakeLm {
         Ok(Tensor::from_vec(logits, (batch.logits_rows.len(), VOCAB), &Device::Cpu)?)
     }
 }
+
+/// A word-level tokenizer over the fake vocabulary: id 0 `</s>` (EOS), 1 `<unk>`, then `w2..w63`.
+pub fn tiny_text() -> Arc<crate::text::TextProcessor> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("</s>".into(), 0.into());
+    vocab.insert("<unk>".into(), 1.into());
+    for i in 2..VOCAB {
+        vocab.insert(format!("w{i}"), i.into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 0, "content": "</s>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).expect("write tokenizer");
+    std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"eos_token": "</s>"}"#).expect("write config");
+    Arc::new(crate::text::TextProcessor::from_hf_dir(dir.path(), None).expect("tiny tokenizer"))
+}
