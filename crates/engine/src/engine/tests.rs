@@ -179,7 +179,7 @@ fn dropped_receivers_cancel_queued_prefilling_and_decoding_requests() {
     let cfg = EngineConfig { max_num_seqs: 2, max_num_batched_tokens: 4, ..config() };
     let engine = engine(model, cfg);
     let _open = OpenOnDrop(gate.clone());
-    let long = greedy_params(100);
+    let long = greedy_params(80);
     let mut decoding = engine.submit(request(prompt(3, 1), long.clone())).unwrap();
     let prefilling = engine.submit(request(prompt(40, 2), long.clone())).unwrap();
     let queued = engine.submit(request(prompt(3, 3), long)).unwrap();
