@@ -1,1 +1,2 @@
 //! Wick's integration tests: one binary, one module per area.
+mod oracle;

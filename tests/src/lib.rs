@@ -1,1 +1,2 @@
 //! Shared helpers for wick's integration tests.
+pub mod tiny_model;

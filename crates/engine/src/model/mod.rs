@@ -1,11 +1,21 @@
-//! The `CausalLm` trait every architecture implements, and the hyperparameters they share.
-//! One file per architecture family; shared layers live in `layers`.
+//! The `CausalLm` trait every architecture implements, the hyperparameters they share, and
+//! entry points that load just the network from a file. One file per architecture family
+//! (`llama`); shared layers live in `layers`, weight handling in `weights`.
+
+use std::path::Path;
 
 use candle_core::Tensor;
 
 use crate::batch::ForwardBatch;
 use crate::kv_cache::PagedKvCache;
 use crate::Result;
+
+pub mod layers;
+pub mod llama;
+pub mod llama_load;
+pub mod weights;
+
+pub use weights::WeightOptions;
 
 /// Architecture family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,4 +45,25 @@ pub trait CausalLm: Send {
     /// Runs every token of `batch`, writing their K/V into `cache` at the slots given by each
     /// sequence's block table, and returns f32 logits of shape `[batch.logits_rows.len(), vocab]`.
     fn forward(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor>;
+}
+
+/// Loads the network of a GGUF file (no tokenizer).
+pub fn load_gguf_model(path: &Path, opts: &WeightOptions) -> Result<Box<dyn CausalLm>> {
+    let mut file = std::fs::File::open(path)?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
+    load_gguf_content(&content, &mut file, opts)
+}
+
+/// Builds the network from an already parsed GGUF file, by its `general.architecture`.
+pub fn load_gguf_content<R: std::io::Read + std::io::Seek>(
+    content: &candle_core::quantized::gguf_file::Content,
+    reader: &mut R,
+    opts: &WeightOptions,
+) -> Result<Box<dyn CausalLm>> {
+    Ok(Box::new(llama_load::llama_from_gguf(content, reader, opts)?))
+}
+
+/// Loads the network of a Hugging Face folder (config.json + *.safetensors; no tokenizer).
+pub fn load_safetensors_model(dir: &Path, opts: &WeightOptions) -> Result<Box<dyn CausalLm>> {
+    Ok(Box::new(llama_load::llama_from_hf_dir(dir, opts)?))
 }

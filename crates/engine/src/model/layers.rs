@@ -1,0 +1,178 @@
+//! Building blocks shared by the architectures: `Linear` (quantized or dense weights, with the
+//! kernel picked per step size), `RmsNorm`, rotary position tables applied with per-token
+//! positions (`Rope`), and the SwiGLU activation.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Module, Tensor};
+
+use crate::{EngineError, Result};
+
+/// A linear layer `y = x · Wᵀ` over `[T, in]` activations.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// f32 weights `[out, in]`.
+    Dense(Tensor),
+    /// Quantized weights; `dense` is an optional f32 copy used when a step has at least
+    /// `dense_min_tokens` rows, where the f32 gemm amortizes weight reads across rows and
+    /// beats one quantized gemv per row.
+    Quant { q: QMatMul, dense: Option<Tensor>, dense_min_tokens: usize },
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.dim(0)?;
+        Ok(match self {
+            Linear::Dense(w) => x.matmul(&w.t()?)?,
+            Linear::Quant { dense: Some(w), dense_min_tokens, .. } if rows >= *dense_min_tokens => x.matmul(&w.t()?)?,
+            Linear::Quant { q, .. } => q.forward(x)?,
+        })
+    }
+}
+
+/// Root-mean-square normalization with a learned scale.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f32) -> Self {
+        Self { weight, eps }
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+/// Rotary position embedding tables, computed once per model for every position up to the
+/// context length, applied in place to host `[T, heads, head_dim]` buffers with each token's
+/// own position.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `[max_positions, rot_dim / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+    max_positions: usize,
+    /// GGUF llama convention: rotate pairs `(2i, 2i+1)`. Otherwise NeoX/HF: `(i, i + rot/2)`.
+    interleaved: bool,
+}
+
+impl Rope {
+    /// `inv_freq` has `rot_dim / 2` entries (`1 / theta^(2i/rot_dim)`, possibly rescaled).
+    pub fn new(inv_freq: &[f32], max_positions: usize, interleaved: bool) -> Self {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for &f in inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Self { cos, sin, half, max_positions, interleaved }
+    }
+
+    /// The standard inverse frequencies `1 / theta^(i / rot_dim)` for even `i`.
+    pub fn default_inv_freq(rot_dim: usize, theta: f32) -> Vec<f32> {
+        (0..rot_dim).step_by(2).map(|i| 1f32 / theta.powf(i as f32 / rot_dim as f32)).collect()
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Rotates the first `rot_dim` features of every head of every token of `x`
+    /// (`[positions.len(), heads, head_dim]`).
+    pub fn apply(&self, x: &mut [f32], positions: &[u32], heads: usize, head_dim: usize) -> Result<()> {
+        let half = self.half;
+        for (t, &pos) in positions.iter().enumerate() {
+            let pos = pos as usize;
+            if pos >= self.max_positions {
+                return Err(EngineError::InvalidRequest(format!(
+                    "position {pos} is beyond the model's context of {}",
+                    self.max_positions
+                )));
+            }
+            let cos = &self.cos[pos * half..(pos + 1) * half];
+            let sin = &self.sin[pos * half..(pos + 1) * half];
+            for h in 0..heads {
+                let v = &mut x[(t * heads + h) * head_dim..(t * heads + h + 1) * head_dim];
+                if self.interleaved {
+                    for i in 0..half {
+                        let (a, b) = (v[2 * i], v[2 * i + 1]);
+                        v[2 * i] = a * cos[i] - b * sin[i];
+                        v[2 * i + 1] = a * sin[i] + b * cos[i];
+                    }
+                } else {
+                    for i in 0..half {
+                        let (a, b) = (v[i], v[i + half]);
+                        v[i] = a * cos[i] - b * sin[i];
+                        v[i + half] = a * sin[i] + b * cos[i];
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `silu(gate) * up` for rows laid out `[gate (n) | up (n)]`, into `[rows, n]`.
+pub fn swiglu_rows(gate_up: &[f32], n: usize) -> Vec<f32> {
+    let rows = gate_up.len() / (2 * n);
+    let mut out = Vec::with_capacity(rows * n);
+    for r in 0..rows {
+        let (g, u) = gate_up[r * 2 * n..(r + 1) * 2 * n].split_at(n);
+        out.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn rope_matches_candle_both_conventions() {
+        let (heads, hd, t) = (2, 8, 3);
+        let inv = Rope::default_inv_freq(hd, 10000.0);
+        let x: Vec<f32> = (0..t * heads * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+        let positions = [4u32, 5, 6];
+        for interleaved in [true, false] {
+            let rope = Rope::new(&inv, 16, interleaved);
+            let mut ours = x.clone();
+            rope.apply(&mut ours, &positions, heads, hd).unwrap();
+            // candle: [b, h, t, d] with cos/sin rows for positions 4..7
+            let xt = Tensor::from_vec(x.clone(), (1, t, heads, hd), &Device::Cpu).unwrap();
+            let xt = xt.transpose(1, 2).unwrap().contiguous().unwrap();
+            let cos = Tensor::from_vec(rope.cos[4 * 4..7 * 4].to_vec(), (t, 4), &Device::Cpu).unwrap();
+            let sin = Tensor::from_vec(rope.sin[4 * 4..7 * 4].to_vec(), (t, 4), &Device::Cpu).unwrap();
+            let y = if interleaved {
+                candle_nn::rotary_emb::rope_i(&xt, &cos, &sin).unwrap()
+            } else {
+                candle_nn::rotary_emb::rope(&xt, &cos, &sin).unwrap()
+            };
+            let y: Vec<f32> = y.transpose(1, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            for (a, b) in ours.iter().zip(&y) {
+                assert!((a - b).abs() < 1e-6, "interleaved {interleaved}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn rope_rejects_positions_past_the_table() {
+        let rope = Rope::new(&Rope::default_inv_freq(4, 10000.0), 2, true);
+        let mut x = vec![0f32; 4];
+        assert!(rope.apply(&mut x, &[2], 1, 4).is_err());
+    }
+
+    #[test]
+    fn swiglu_is_silu_gate_times_up() {
+        let out = swiglu_rows(&[0.0, 2.0, 3.0, -1.0], 2);
+        assert_eq!(out[0], 0.0);
+        assert!((out[1] - (2.0 / (1.0 + (-2f32).exp())) * -1.0).abs() < 1e-6);
+    }
+}

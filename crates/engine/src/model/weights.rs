@@ -1,0 +1,189 @@
+//! Turning stored tensors into runnable layers: fusing projections that share an input
+//! (q/k/v, gate/up), re-quantizing types without a fast CPU kernel, and optionally keeping an
+//! f32 copy of quantized weights for large steps (`WeightOptions`).
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::layers::Linear;
+use crate::{EngineError, Result};
+
+/// How weights are held in memory.
+#[derive(Debug, Clone)]
+pub struct WeightOptions {
+    /// Re-quantize quantized weights whose type has no SIMD matmul on this CPU (Q4_1, Q5_0,
+    /// Q5_1) to Q8_0 at load time.
+    pub requantize_slow: bool,
+    /// Keep an f32 copy of quantized linear weights and use it for steps with at least this
+    /// many tokens (prefill, large decode batches). `None` never does.
+    pub dense_min_tokens: Option<usize>,
+    /// The f32 copies are skipped when they would take more than this many bytes.
+    pub dense_max_bytes: usize,
+}
+
+impl Default for WeightOptions {
+    fn default() -> Self {
+        Self { requantize_slow: true, dense_min_tokens: Some(16), dense_max_bytes: 2 << 30 }
+    }
+}
+
+impl WeightOptions {
+    /// Quantized weights used as stored: no re-quantization, no f32 copies.
+    pub fn as_stored() -> Self {
+        Self { requantize_slow: false, dense_min_tokens: None, dense_max_bytes: 0 }
+    }
+}
+
+/// A weight as read from a file.
+pub enum RawWeight {
+    Quant(QTensor),
+    Dense(Tensor),
+}
+
+impl RawWeight {
+    fn to_f32(&self) -> Result<Tensor> {
+        Ok(match self {
+            RawWeight::Quant(q) => q.dequantize(&Device::Cpu)?,
+            RawWeight::Dense(t) => t.to_dtype(DType::F32)?,
+        })
+    }
+}
+
+/// Types whose quantized matmul is a scalar loop on x86.
+fn is_slow(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1)
+}
+
+fn is_float(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+/// Builds linear layers under one set of options.
+pub struct LinearBuilder {
+    requantize_slow: bool,
+    /// Set when f32 copies are kept (and fit the budget).
+    dense_min_tokens: Option<usize>,
+}
+
+impl LinearBuilder {
+    /// `dense_bytes` is what f32 copies of every linear weight of the model would take.
+    pub fn new(opts: &WeightOptions, dense_bytes: usize) -> Self {
+        let dense_min_tokens = opts.dense_min_tokens.filter(|_| dense_bytes <= opts.dense_max_bytes);
+        if opts.dense_min_tokens.is_some() && dense_min_tokens.is_none() {
+            tracing::info!(dense_bytes, "f32 weight copies skipped: over the memory budget");
+        }
+        Self { requantize_slow: opts.requantize_slow, dense_min_tokens }
+    }
+
+    /// One linear layer whose output is the concatenation of `parts`' outputs (each `[out_i, in]`).
+    /// `shared_dense` is an f32 copy of the (single) weight already in memory, reused as is.
+    pub fn build(&self, parts: Vec<RawWeight>, shared_dense: Option<Tensor>) -> Result<Linear> {
+        if parts.is_empty() {
+            return Err(EngineError::Load("linear layer without weights".into()));
+        }
+        let quant: Option<Vec<&QTensor>> = parts
+            .iter()
+            .map(|p| match p {
+                RawWeight::Quant(q) if !is_float(q.dtype()) => Some(q),
+                _ => None,
+            })
+            .collect();
+        let Some(quant) = quant else {
+            let dense = parts.iter().map(RawWeight::to_f32).collect::<Result<Vec<_>>>()?;
+            return Ok(Linear::Dense(Tensor::cat(&dense, 0)?.contiguous()?));
+        };
+        let dtype = quant[0].dtype();
+        let same = quant.iter().all(|q| q.dtype() == dtype);
+        let requant = !same || (self.requantize_slow && is_slow(dtype));
+        let dense_f32 = |parts: &[RawWeight]| -> Result<Tensor> {
+            let d = parts.iter().map(RawWeight::to_f32).collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&d, 0)?.contiguous()?)
+        };
+        let (qt, dense) = if requant {
+            let f = dense_f32(&parts)?;
+            if f.dim(1)? % GgmlDType::Q8_0.block_size() != 0 {
+                return Ok(Linear::Dense(f));
+            }
+            (QTensor::quantize(&f, GgmlDType::Q8_0)?, Some(f))
+        } else {
+            (concat_rows(&quant)?, None)
+        };
+        let dense = match self.dense_min_tokens {
+            None => None,
+            Some(_) => match (shared_dense, dense) {
+                (Some(d), _) if parts.len() == 1 => Some(d),
+                (_, Some(d)) => Some(d),
+                _ => Some(dense_f32(&parts)?),
+            },
+        };
+        Ok(Linear::Quant {
+            q: QMatMul::from_qtensor(qt)?,
+            dense,
+            dense_min_tokens: self.dense_min_tokens.unwrap_or(usize::MAX),
+        })
+    }
+}
+
+/// Stacks same-typed quantized matrices along the output dimension by joining their bytes
+/// (each row is a whole number of blocks, so rows stay intact and results are unchanged).
+fn concat_rows(parts: &[&QTensor]) -> Result<QTensor> {
+    let dtype = parts[0].dtype();
+    let k = parts[0].shape().dims2()?.1;
+    let mut rows = 0;
+    let mut bytes = Vec::new();
+    for p in parts {
+        let (n, pk) = p.shape().dims2()?;
+        if pk != k {
+            return Err(EngineError::Load(format!("cannot fuse weights with inputs {k} and {pk}")));
+        }
+        rows += n;
+        bytes.extend_from_slice(&p.data()?);
+    }
+    Ok(qtensor_from_ggml(dtype, &bytes, vec![rows, k], &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Module;
+
+    fn rand(n: usize, k: usize, seed: u64) -> Tensor {
+        let v: Vec<f32> = (0..n * k).map(|i| (((i as u64 + seed) * 2654435761 % 1000) as f32 / 500.0) - 1.0).collect();
+        Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn fused_quantized_rows_give_the_same_outputs_as_separate_matmuls() {
+        let (a, b) = (rand(32, 64, 1), rand(64, 64, 7));
+        let qa = QTensor::quantize(&a, GgmlDType::Q8_0).unwrap();
+        let qb = QTensor::quantize(&b, GgmlDType::Q8_0).unwrap();
+        let x = rand(3, 64, 11);
+        let ya = QMatMul::from_qtensor(QTensor::quantize(&a, GgmlDType::Q8_0).unwrap()).unwrap().forward(&x).unwrap();
+        let yb = QMatMul::from_qtensor(QTensor::quantize(&b, GgmlDType::Q8_0).unwrap()).unwrap().forward(&x).unwrap();
+        let want = Tensor::cat(&[ya, yb], 1).unwrap();
+        let lin = LinearBuilder::new(&WeightOptions::as_stored(), 0)
+            .build(vec![RawWeight::Quant(qa), RawWeight::Quant(qb)], None)
+            .unwrap();
+        let got = lin.forward(&x).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn slow_types_are_requantized_and_large_steps_use_the_f32_copy() {
+        let w = rand(32, 64, 3);
+        let q41 = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let opts = WeightOptions { requantize_slow: true, dense_min_tokens: Some(4), dense_max_bytes: 1 << 20 };
+        let lin = LinearBuilder::new(&opts, 64 * 32 * 4).build(vec![RawWeight::Quant(q41)], None).unwrap();
+        let Linear::Quant { q: QMatMul::QTensor(qt), dense: Some(d), dense_min_tokens: 4 } = &lin else {
+            panic!("expected a Q8_0 weight with an f32 copy, got {lin:?}");
+        };
+        assert_eq!(qt.dtype(), GgmlDType::Q8_0);
+        // Four rows take the f32 path: exactly x · dense^T.
+        let x = rand(4, 64, 5);
+        let want = x.matmul(&d.t().unwrap()).unwrap();
+        let got = lin.forward(&x).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
+    }
+}
