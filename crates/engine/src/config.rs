@@ -1,4 +1,7 @@
-//! Engine configuration: cache size, scheduling budgets, queue bounds.
+//! Engine configuration: cache size, scheduling budgets, queue bounds, and the sizes derived
+//! from them for a given model (KV block count, context cap).
+
+use crate::model::ModelConfig;
 
 /// Knobs of the engine; the server fills these from its configuration.
 #[derive(Debug, Clone)]
@@ -30,5 +33,26 @@ impl Default for EngineConfig {
             max_waiting: 256,
             max_model_len: None,
         }
+    }
+}
+
+/// Bytes of K and V one cached token takes over all layers (f32 storage).
+pub fn kv_bytes_per_token(model: &ModelConfig) -> usize {
+    2 * model.num_layers * model.num_kv_heads * model.head_dim * std::mem::size_of::<f32>()
+}
+
+impl EngineConfig {
+    /// KV blocks the cache gets: `num_blocks` when set, else as many as `kv_cache_bytes` holds.
+    pub fn num_kv_blocks(&self, model: &ModelConfig) -> usize {
+        self.num_blocks.unwrap_or_else(|| {
+            let per_block = kv_bytes_per_token(model) * self.block_size;
+            self.kv_cache_bytes / per_block.max(1)
+        })
+    }
+
+    /// Longest prompt + completion: `max_model_len` capped by the model's own context.
+    pub fn effective_max_model_len(&self, model: &ModelConfig) -> usize {
+        let model_max = model.max_position_embeddings;
+        self.max_model_len.map_or(model_max, |m| m.min(model_max))
     }
 }

@@ -1,1 +1,97 @@
 //! `Sequence`: one choice of one request as it moves through the engine.
+//!
+//! The part the [`crate::scheduler::Scheduler`] reads and writes (token ids, how many of them
+//! are in the KV cache, the block table) is plain data here; the generation side (sampler,
+//! detokenizer, stop checker, event sender, timings) is the payload `G`, which the scheduler
+//! never touches. The engine uses [`Generation`]; scheduler tests use `()`.
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::request::Event;
+use crate::sampling::Sampler;
+use crate::text::{IncrementalDetokenizer, StopChecker};
+
+/// Engine-wide unique id of a sequence.
+pub type SeqId = u64;
+
+/// Where a sequence is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqStatus {
+    /// Queued for admission (new, or preempted and waiting to be recomputed).
+    Waiting,
+    /// Admitted: holds KV blocks and is scheduled every step.
+    Running,
+}
+
+/// One sequence: its tokens, its place in the KV cache and its generation state `G`.
+#[derive(Debug)]
+pub struct Sequence<G> {
+    pub id: SeqId,
+    /// Prompt followed by the tokens generated so far.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Leading tokens of `tokens` whose K/V are in the cache.
+    pub num_computed_tokens: usize,
+    /// KV blocks holding this sequence's context, in order.
+    pub block_table: Vec<u32>,
+    pub status: SeqStatus,
+    /// How many times this sequence was preempted (its KV dropped and recomputed).
+    pub num_preemptions: usize,
+    pub gen: G,
+}
+
+impl<G> Sequence<G> {
+    pub fn new(id: SeqId, prompt_ids: Vec<u32>, gen: G) -> Self {
+        let prompt_len = prompt_ids.len();
+        Self {
+            id,
+            tokens: prompt_ids,
+            prompt_len,
+            num_computed_tokens: 0,
+            block_table: Vec::new(),
+            status: SeqStatus::Waiting,
+            num_preemptions: 0,
+            gen,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.tokens[..self.prompt_len]
+    }
+
+    pub fn output_ids(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    /// Known tokens not yet in the KV cache (1 while decoding, more while (re)prefilling).
+    pub fn num_uncomputed(&self) -> usize {
+        self.tokens.len() - self.num_computed_tokens
+    }
+}
+
+/// The generation side of an engine sequence: everything needed to turn logits into events.
+pub struct Generation {
+    /// Key of the request this choice belongs to (the engine's request table).
+    pub request: u64,
+    /// Index of this choice within the request (`0..n`).
+    pub choice: usize,
+    pub sampler: Sampler,
+    pub detokenizer: IncrementalDetokenizer,
+    pub stop: StopChecker,
+    /// Shared by the request's `n` choices; closed when the client went away.
+    pub events: UnboundedSender<Event>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation").field("request", &self.request).field("choice", &self.choice).finish()
+    }
+}

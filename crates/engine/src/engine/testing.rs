@@ -1,0 +1,155 @@
+//! Test doubles for the engine's unit tests: `FakeLm`, a `CausalLm` whose logits depend on the
+//! whole context *as read back through the block tables* (so a wrong block table, a block
+//! reused while still live, or a missed recompute changes its output), and `Gate`, which lets a
+//! test hold the engine thread inside `forward` to observe queued and running states.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use candle_core::{Device, Tensor};
+
+use crate::batch::ForwardBatch;
+use crate::kv_cache::PagedKvCache;
+use crate::model::{Arch, CausalLm, ModelConfig};
+use crate::{EngineError, Result};
+
+/// Lets a test hold `forward` until it releases permits.
+#[derive(Default)]
+pub struct Gate {
+    permits: Mutex<usize>,
+    cv: Condvar,
+    entered: AtomicUsize,
+}
+
+impl Gate {
+    pub fn release(&self, n: usize) {
+        let mut p = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        *p = p.saturating_add(n);
+        self.cv.notify_all();
+    }
+    /// How many forwards have started (including one waiting at the gate).
+    pub fn entered(&self) -> usize {
+        self.entered.load(Ordering::SeqCst)
+    }
+    fn pass(&self) {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let mut p = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        while *p == 0 {
+            p = self.cv.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        *p -= 1;
+    }
+}
+
+/// Opens the gate for good when dropped, so a failing test cannot hang in `Engine::drop`.
+pub struct OpenOnDrop(pub Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.release(usize::MAX / 2);
+    }
+}
+
+pub const VOCAB: usize = 64;
+
+/// The next token the fake model predicts after `context` (never 0 or 1: EOS and UNK).
+pub fn next_token(context: &[u32]) -> u32 {
+    let h = context.iter().fold(0xcbf29ce484222325u64, |h, &t| (h ^ (t as u64 + 1)).wrapping_mul(0x100000001b3));
+    2 + (h % (VOCAB as u64 - 2)) as u32
+}
+
+/// Greedy continuation of `prompt` by the fake model.
+pub fn greedy(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let mut ctx = prompt.to_vec();
+    for _ in 0..max_tokens {
+        ctx.push(next_token(&ctx));
+    }
+    ctx[prompt.len()..].to_vec()
+}
+
+pub struct FakeLm {
+    cfg: ModelConfig,
+    block_size: usize,
+    /// Token stored in each KV slot (`block * block_size + offset`).
+    slots: Mutex<HashMap<usize, u32>>,
+    pub gate: Option<Arc<Gate>>,
+    /// A forward containing this token fails.
+    pub poison: Option<u32>,
+}
+
+impl FakeLm {
+    pub fn new(block_size: usize, max_len: usize) -> Self {
+        let cfg = ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: VOCAB,
+            hidden_size: 8,
+            num_layers: 1,
+            num_heads: 1,
+            num_kv_heads: 1,
+            head_dim: 8,
+            max_position_embeddings: max_len,
+        };
+        Self { cfg, block_size, slots: Mutex::new(HashMap::new()), gate: None, poison: None }
+    }
+}
+
+impl CausalLm for FakeLm {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward(&self, batch: &ForwardBatch, _cache: &mut PagedKvCache) -> Result<Tensor> {
+        if let Some(gate) = &self.gate {
+            gate.pass();
+        }
+        if self.poison.is_some_and(|p| batch.input_ids.contains(&p)) {
+            return Err(EngineError::InvalidRequest("poisoned batch".into()));
+        }
+        let bs = self.block_size;
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = |table: &[u32], pos: usize| table[pos / bs] as usize * bs + pos % bs;
+        for s in &batch.seqs {
+            for i in 0..s.num_tokens {
+                let pos = s.context_len - s.num_tokens + i;
+                slots.insert(slot(&s.block_table, pos), batch.input_ids[s.token_start + i]);
+            }
+        }
+        let mut logits = vec![0f32; batch.logits_rows.len() * VOCAB];
+        for (r, &row) in batch.logits_rows.iter().enumerate() {
+            let s = batch.seqs.iter().find(|s| row >= s.token_start && row < s.token_start + s.num_tokens);
+            let s = s.ok_or_else(|| EngineError::InvalidRequest(format!("row {row} outside every sequence")))?;
+            let pos = batch.positions[row] as usize;
+            let ctx: Vec<u32> = (0..=pos)
+                .map(|p| slots.get(&slot(&s.block_table, p)).copied())
+                .collect::<Option<_>>()
+                .ok_or_else(|| EngineError::InvalidRequest("read of an unwritten KV slot".into()))?;
+            let next = next_token(&ctx) as usize;
+            logits[r * VOCAB + next] = 8.0;
+            logits[r * VOCAB + 2 + (next + 7) % (VOCAB - 2)] = 7.0;
+        }
+        Ok(Tensor::from_vec(logits, (batch.logits_rows.len(), VOCAB), &Device::Cpu)?)
+    }
+}
+
+/// A word-level tokenizer over the fake vocabulary: id 0 `</s>` (EOS), 1 `<unk>`, then `w2..w63`.
+pub fn tiny_text() -> Arc<crate::text::TextProcessor> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("</s>".into(), 0.into());
+    vocab.insert("<unk>".into(), 1.into());
+    for i in 2..VOCAB {
+        vocab.insert(format!("w{i}"), i.into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 0, "content": "</s>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).expect("write tokenizer");
+    std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"eos_token": "</s>"}"#).expect("write config");
+    Arc::new(crate::text::TextProcessor::from_hf_dir(dir.path(), None).expect("tiny tokenizer"))
+}

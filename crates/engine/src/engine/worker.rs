@@ -1,0 +1,245 @@
+//! The engine thread's loop. Each step: take new requests (blocking only when idle), drop
+//! sequences whose client went away (queued, prefilling or decoding: their blocks are freed this
+//! step), plan with the scheduler, run the model on the packed batch, turn each logits row into
+//! events (see `output`), and publish stats.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Shared, Submission};
+use crate::kv_cache::{BlockPool, PagedKvCache};
+use crate::model::CausalLm;
+use crate::request::{Event, SamplingParams};
+use crate::sampling::Sampler;
+use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
+use crate::sequence::{Generation, Sequence};
+use crate::text::{IncrementalDetokenizer, StopChecker, TextProcessor};
+use crate::EngineConfig;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What the engine keeps per request (shared by its `n` choices).
+pub(super) struct RequestState {
+    pub events: UnboundedSender<Event>,
+    pub params: SamplingParams,
+    pub prompt_len: usize,
+    /// Choices not finished yet.
+    pub remaining: usize,
+    pub completion_tokens: usize,
+    pub arrival: Instant,
+    pub scheduled_at: Option<Instant>,
+    pub first_token_at: Option<Instant>,
+}
+
+/// Everything the engine thread owns.
+pub(super) struct Worker {
+    pub model: Box<dyn CausalLm>,
+    pub cache: PagedKvCache,
+    pub sched: Scheduler<Generation>,
+    pub requests: HashMap<u64, RequestState>,
+    pub text: Arc<TextProcessor>,
+    pub max_model_len: usize,
+    rx: Receiver<Submission>,
+    shared: Arc<Shared>,
+    next_request: u64,
+    next_seq: u64,
+}
+
+/// Marks the engine dead when the thread ends, even by panic.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+        self.0.stats.running.store(0, Ordering::Relaxed);
+        self.0.stats.waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: Box<dyn CausalLm>,
+        cache: PagedKvCache,
+        text: Arc<TextProcessor>,
+        cfg: &EngineConfig,
+        num_blocks: usize,
+        max_model_len: usize,
+        rx: Receiver<Submission>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let sched_cfg =
+            SchedulerConfig { max_num_seqs: cfg.max_num_seqs, max_num_batched_tokens: cfg.max_num_batched_tokens };
+        Self {
+            model,
+            cache,
+            sched: Scheduler::new(sched_cfg, BlockPool::new(num_blocks, cfg.block_size)),
+            requests: HashMap::new(),
+            text,
+            max_model_len,
+            rx,
+            shared,
+            next_request: 0,
+            next_seq: 0,
+        }
+    }
+
+    /// Runs until the handle is dropped (and, if it was only disconnected, the work is done).
+    pub fn run(mut self) {
+        let _guard = AliveGuard(self.shared.clone());
+        let mut disconnected = false;
+        while !self.shared.shutdown.load(Ordering::Acquire) {
+            if self.sched.is_empty() {
+                if disconnected {
+                    break;
+                }
+                match self.rx.recv() {
+                    Ok(sub) => self.accept(sub),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match self.rx.try_recv() {
+                    Ok(sub) => self.accept(sub),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+            self.reap_cancelled();
+            if !self.sched.is_empty() {
+                self.step();
+            }
+            self.publish_stats();
+        }
+    }
+
+    /// Turns a submission into `n` waiting sequences.
+    fn accept(&mut self, sub: Submission) {
+        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        if sub.events.is_closed() {
+            return;
+        }
+        let Submission { req, events } = sub;
+        let key = self.next_request;
+        self.next_request += 1;
+        let seed = req.params.seed.unwrap_or_else(rand::random::<u64>);
+        for choice in 0..req.n {
+            let gen = Generation {
+                request: key,
+                choice,
+                sampler: Sampler::new(&req.params, seed.wrapping_add(choice as u64)),
+                detokenizer: IncrementalDetokenizer::new(),
+                stop: StopChecker::new(req.params.stop.clone()),
+                events: events.clone(),
+            };
+            self.sched.add(Sequence::new(self.next_seq, req.prompt_ids.clone(), gen));
+            self.next_seq += 1;
+        }
+        self.requests.insert(
+            key,
+            RequestState {
+                events,
+                params: req.params,
+                prompt_len: req.prompt_ids.len(),
+                remaining: req.n,
+                completion_tokens: 0,
+                arrival: req.arrival,
+                scheduled_at: None,
+                first_token_at: None,
+            },
+        );
+    }
+
+    /// Drops every sequence whose client is gone and frees its blocks.
+    fn reap_cancelled(&mut self) {
+        for seq in self.sched.remove_where(|s| s.gen.events.is_closed()) {
+            self.requests.remove(&seq.gen.request);
+        }
+    }
+
+    /// Ends a request with an error: `Event::Error`, then all its sequences are dropped.
+    pub(super) fn fail_request(&mut self, key: u64, message: &str) {
+        if let Some(req) = self.requests.remove(&key) {
+            let _ = req.events.send(Event::Error(message.to_string()));
+        }
+        self.sched.remove_where(|s| s.gen.request == key);
+    }
+
+    fn step(&mut self) {
+        let started = Instant::now();
+        let plan = self.sched.plan();
+        self.shared.stats.preemptions_total.fetch_add(plan.preempted.len() as u64, Ordering::Relaxed);
+        if plan.is_empty() {
+            self.unblock_head();
+            return;
+        }
+        let mut prompt_tokens = 0;
+        for s in &plan.seqs {
+            if let Some(seq) = self.sched.get(s.id) {
+                let end = seq.num_computed_tokens + s.num_tokens;
+                prompt_tokens += seq.prompt_len.min(end).saturating_sub(seq.num_computed_tokens);
+                if let Some(req) = self.requests.get_mut(&seq.gen.request) {
+                    req.scheduled_at.get_or_insert(started);
+                }
+            }
+        }
+        let batch = self.sched.build_batch(&plan);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.model.forward(&batch, &mut self.cache).and_then(|t| Ok(t.to_vec2::<f32>()?))
+        }));
+        let rows = match result {
+            Ok(Ok(rows)) if rows.len() == batch.logits_rows.len() => rows,
+            Ok(Ok(rows)) => {
+                let msg = format!("model returned {} logits rows, expected {}", rows.len(), batch.logits_rows.len());
+                return self.fail_step(&plan, &msg);
+            }
+            Ok(Err(e)) => return self.fail_step(&plan, &format!("forward failed: {e}")),
+            Err(_) => return self.fail_step(&plan, "forward panicked"),
+        };
+        self.sched.commit(&plan);
+        let stats = &self.shared.stats;
+        stats.prompt_tokens_total.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+        stats.generation_tokens_total.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        for (s, row) in plan.sampled().zip(rows) {
+            self.on_logits(s.id, &row);
+        }
+        let stats = &self.shared.stats;
+        stats.steps_total.fetch_add(1, Ordering::Relaxed);
+        stats.last_step_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A failed forward: every request with a sequence in the step gets `Event::Error`.
+    fn fail_step(&mut self, plan: &StepPlan, message: &str) {
+        tracing::error!("{message}");
+        let mut keys: Vec<u64> = plan.seqs.iter().filter_map(|s| self.sched.get(s.id)).map(|s| s.gen.request).collect();
+        keys.dedup();
+        for key in keys {
+            self.fail_request(key, message);
+        }
+    }
+
+    /// Nothing could be scheduled although work exists: only possible if the head of the
+    /// waiting queue can never fit (submit prevents that). Fail it rather than spin.
+    fn unblock_head(&mut self) {
+        if self.sched.num_running() == 0 {
+            let head = self.sched.iter().next().map(|s| s.gen.request);
+            if let Some(key) = head {
+                self.fail_request(key, "the request does not fit in the KV cache");
+            }
+        }
+    }
+
+    fn publish_stats(&self) {
+        let stats = &self.shared.stats;
+        stats.running.store(self.sched.num_running() as u64, Ordering::Relaxed);
+        stats.waiting.store(self.sched.num_waiting() as u64, Ordering::Relaxed);
+        stats.kv_blocks_used.store(self.sched.pool().num_used() as u64, Ordering::Relaxed);
+    }
+}

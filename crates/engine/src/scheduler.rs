@@ -1,1 +1,0 @@
-//! The continuous-batching scheduler.
