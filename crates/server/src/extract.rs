@@ -53,15 +53,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// The parameter a serde error is about: the path, extended by the field named in
-/// "missing field `x`" / "unknown field `x`" messages.
+/// The parameter a serde error is about: the path (which already ends in the field for an
+/// unknown field), extended by the field named in a "missing field `x`" message.
 fn field_param(path: &str, message: &str) -> Option<String> {
-    let named = ["missing field `", "unknown field `"]
-        .iter()
-        .find_map(|pre| message.find(pre).map(|i| &message[i + pre.len()..]))
-        .and_then(|rest| rest.split('`').next());
+    let pre = "missing field `";
+    let missing = message.find(pre).map(|i| &message[i + pre.len()..]).and_then(|rest| rest.split('`').next());
     let base = if path == "." { "" } else { path };
-    match (base.is_empty(), named) {
+    match (base.is_empty(), missing) {
         (true, Some(f)) => Some(f.to_owned()),
         (false, Some(f)) => Some(format!("{base}.{f}")),
         (false, None) => Some(base.to_owned()),

@@ -1,1 +1,0 @@
-//! Router-level tests with a scripted engine.
