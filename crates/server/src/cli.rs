@@ -20,6 +20,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Perplexity of a model on a text file, llama-perplexity style.
     Perplexity(PerplexityArgs),
+    /// Engine throughput: prompt processing, single-sequence and concurrent decode.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -111,6 +113,25 @@ pub struct PerplexityArgs {
     pub ctx: usize,
 }
 
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model to measure (same forms as `serve --model`; default: the default model).
+    #[arg(long, env = "WICK_MODEL")]
+    pub model: Option<String>,
+    /// Prompt length of the prompt-processing run.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens generated per sequence in the decode runs.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Concurrency levels of the aggregate decode runs (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub concurrency: Vec<usize>,
+    /// Repetitions of each measurement; the best is reported.
+    #[arg(long, default_value_t = 2)]
+    pub repetitions: usize,
+}
+
 fn set<T>(slot: &mut T, v: Option<T>) {
     if let Some(v) = v {
         *slot = v;
@@ -183,7 +204,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("parses").command {
             Command::Serve(a) => *a,
-            Command::Perplexity(_) => panic!("expected serve"),
+            _ => panic!("expected serve"),
         }
     }
 

