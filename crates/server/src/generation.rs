@@ -24,7 +24,12 @@ pub struct Tracked {
 
 impl Tracked {
     pub fn new(rx: UnboundedReceiver<Event>, arrival: Instant, n: usize) -> Self {
-        Self { rx, arrival, first_token: false, last_token: vec![None; n] }
+        Self {
+            rx,
+            arrival,
+            first_token: false,
+            last_token: vec![None; n],
+        }
     }
 
     pub async fn recv(&mut self) -> Option<Event> {
@@ -42,7 +47,9 @@ impl Tracked {
                     }
                 }
             }
-            Event::Finished { reason, .. } => metrics::record_finished(crate::openai::common::finish_reason_str(*reason)),
+            Event::Finished { reason, .. } => {
+                metrics::record_finished(crate::openai::common::finish_reason_str(*reason))
+            }
             Event::Done { queue_time, .. } => {
                 metrics::record_e2e(now - self.arrival);
                 metrics::record_queue(*queue_time);
@@ -54,7 +61,13 @@ impl Tracked {
 }
 
 /// Submits one prompt with `n` choices.
-pub fn submit(backend: &dyn Backend, id: &str, prompt_ids: Vec<u32>, params: SamplingParams, n: usize) -> Result<Tracked, ApiError> {
+pub fn submit(
+    backend: &dyn Backend,
+    id: &str,
+    prompt_ids: Vec<u32>,
+    params: SamplingParams,
+    n: usize,
+) -> Result<Tracked, ApiError> {
     let mut req = GenerateRequest::new(id, prompt_ids, params);
     req.n = n;
     let arrival = req.arrival;
@@ -75,7 +88,10 @@ pub fn merge(requests: Vec<Tracked>, n: usize) -> BoxStream<'static, Event> {
                     let last = matches!(ev, Event::Done { .. } | Event::Error(_));
                     Some(((i, ev), if last { None } else { Some(t) }))
                 }
-                None => Some(((i, Event::Error("the engine dropped the request".into())), None)),
+                None => Some((
+                    (i, Event::Error("the engine dropped the request".into())),
+                    None,
+                )),
             }
         })
         .boxed()
@@ -87,16 +103,44 @@ pub fn merge(requests: Vec<Tracked>, n: usize) -> BoxStream<'static, Event> {
         first: Option<Duration>,
         failed: bool,
     }
-    let acc = Acc { remaining: count, usage: Usage::default(), queue: Duration::ZERO, first: None, failed: false };
+    let acc = Acc {
+        remaining: count,
+        usage: Usage::default(),
+        queue: Duration::ZERO,
+        first: None,
+        failed: false,
+    };
     stream::select_all(streams)
         .scan(acc, move |acc, (i, ev)| {
             if acc.failed {
                 return futures::future::ready(None);
             }
             let out = match ev {
-                Event::Token { choice, token_id, text, logprob } => Some(Event::Token { choice: i * n + choice, token_id, text, logprob }),
-                Event::Finished { choice, reason, text } => Some(Event::Finished { choice: i * n + choice, reason, text }),
-                Event::Done { usage, queue_time, first_token_time } => {
+                Event::Token {
+                    choice,
+                    token_id,
+                    text,
+                    logprob,
+                } => Some(Event::Token {
+                    choice: i * n + choice,
+                    token_id,
+                    text,
+                    logprob,
+                }),
+                Event::Finished {
+                    choice,
+                    reason,
+                    text,
+                } => Some(Event::Finished {
+                    choice: i * n + choice,
+                    reason,
+                    text,
+                }),
+                Event::Done {
+                    usage,
+                    queue_time,
+                    first_token_time,
+                } => {
                     acc.usage.prompt_tokens += usage.prompt_tokens;
                     acc.usage.completion_tokens += usage.completion_tokens;
                     acc.queue = acc.queue.max(queue_time);
@@ -105,7 +149,11 @@ pub fn merge(requests: Vec<Tracked>, n: usize) -> BoxStream<'static, Event> {
                         (a, b) => a.or(b),
                     };
                     acc.remaining -= 1;
-                    (acc.remaining == 0).then_some(Event::Done { usage: acc.usage, queue_time: acc.queue, first_token_time: acc.first })
+                    (acc.remaining == 0).then_some(Event::Done {
+                        usage: acc.usage,
+                        queue_time: acc.queue,
+                        first_token_time: acc.first,
+                    })
                 }
                 Event::Error(m) => {
                     acc.failed = true;
@@ -127,17 +175,29 @@ pub struct ChoiceResult {
 }
 
 /// Reads `events` to the end. An engine error is a 500 (the SDKs may retry it).
-pub async fn collect(mut events: BoxStream<'static, Event>, choices: usize) -> Result<(Vec<ChoiceResult>, Usage), ApiError> {
+pub async fn collect(
+    mut events: BoxStream<'static, Event>,
+    choices: usize,
+) -> Result<(Vec<ChoiceResult>, Usage), ApiError> {
     let mut out = vec![ChoiceResult::default(); choices];
     while let Some(ev) = events.next().await {
         match ev {
-            Event::Token { choice, text, logprob, .. } => {
+            Event::Token {
+                choice,
+                text,
+                logprob,
+                ..
+            } => {
                 if let Some(c) = out.get_mut(choice) {
                     c.text.push_str(&text);
                     c.logprobs.extend(logprob);
                 }
             }
-            Event::Finished { choice, reason, text } => {
+            Event::Finished {
+                choice,
+                reason,
+                text,
+            } => {
                 if let Some(c) = out.get_mut(choice) {
                     c.text.push_str(&text);
                     c.finish = Some(reason);

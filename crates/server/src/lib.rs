@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod generation;
 pub mod hub;
+pub mod messages;
 pub mod metrics;
 pub mod model_source;
 pub mod openai;
@@ -19,6 +20,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod sse;
 pub mod state;
+pub mod unsupported;
 pub mod validate;
 
 #[cfg(test)]

@@ -18,26 +18,41 @@ use wick_server::{app, shutdown};
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // candle's thread pool takes the cores; the HTTP side stays small.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(*args)),
         Command::Perplexity(args) => perplexity(args),
-        Command::Bench(args) => rt.block_on(async { tokio::task::spawn_blocking(move || bench(args)).await? }),
+        Command::Bench(args) => {
+            rt.block_on(async { tokio::task::spawn_blocking(move || bench(args)).await? })
+        }
     }
 }
 
 fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
 
 fn load_options(settings: &Settings) -> Result<LoadOptions> {
     let chat_template = match &settings.model.chat_template {
-        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading chat template {}", p.display()))?),
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading chat template {}", p.display()))?,
+        ),
         None => None,
     };
     Ok(LoadOptions { chat_template })
@@ -47,8 +62,14 @@ fn load_options(settings: &Settings) -> Result<LoadOptions> {
 fn start_engine(settings: &Settings) -> Result<(Engine, ResolvedModel)> {
     let resolved = model_source::resolve(&settings.model, &settings.default_model)?;
     tracing::info!(path = %resolved.path.display(), "loading model");
-    let loaded = wick_engine::load(&resolved.path, &load_options(settings)?).with_context(|| format!("loading {}", resolved.path.display()))?;
-    let engine = Engine::start(loaded.model, Arc::new(loaded.text), settings.engine.to_engine_config()).context("starting the engine")?;
+    let loaded = wick_engine::load(&resolved.path, &load_options(settings)?)
+        .with_context(|| format!("loading {}", resolved.path.display()))?;
+    let engine = Engine::start(
+        loaded.model,
+        Arc::new(loaded.text),
+        settings.engine.to_engine_config(),
+    )
+    .context("starting the engine")?;
     Ok((engine, resolved))
 }
 
@@ -57,10 +78,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
     init_logging(settings.server.log_format, &settings.server.log_level);
     let keys = settings.all_api_keys()?;
     let s = &settings.server;
-    let state = Arc::new(AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes));
+    let state = Arc::new(AppState::new(
+        keys,
+        Duration::from_secs(s.sse_keep_alive_secs.max(1)),
+        s.max_body_bytes,
+    ));
     let router = app::router(state.clone(), &s.cors_allow_origins);
-    let addr: SocketAddr = format!("{}:{}", s.host, s.port).parse().with_context(|| format!("bad listen address {}:{}", s.host, s.port))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let addr: SocketAddr = format!("{}:{}", s.host, s.port)
+        .parse()
+        .with_context(|| format!("bad listen address {}:{}", s.host, s.port))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "listening (model loading; /ready answers 503 until it is up)");
 
     let load_settings = settings.clone();
@@ -70,9 +99,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(async move {
         match loader.await {
             Ok(Ok((engine, resolved))) => {
-                let model_ids = if names.is_empty() { vec![resolved.name] } else { names };
+                let model_ids = if names.is_empty() {
+                    vec![resolved.name]
+                } else {
+                    names
+                };
                 tracing::info!(model = %model_ids[0], "ready");
-                load_state.set_ready(Ready { backend: Arc::new(engine), model_ids, created: unix_now() });
+                load_state.set_ready(Ready {
+                    backend: Arc::new(engine),
+                    model_ids,
+                    created: unix_now(),
+                });
             }
             Ok(Err(e)) => {
                 tracing::error!("{e:#}");
@@ -88,7 +125,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let signal = shutdown::on_signal();
     let grace = Duration::from_secs(s.shutdown_timeout_secs);
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown::triggered(signal.clone()));
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown::triggered(signal.clone()));
     let deadline = async move {
         shutdown::triggered(signal).await;
         tokio::time::sleep(grace).await;
@@ -118,7 +156,15 @@ fn bench(args: BenchArgs) -> Result<()> {
         concurrency: args.concurrency.clone(),
         repetitions: args.repetitions.max(1),
     };
-    wick_engine::bench::run(&engine, &opts, |r| println!("{:<24} {:>8} tokens {:>9.3} s {:>10.1} tok/s", r.name, r.tokens, r.seconds, r.tokens_per_second()))?;
+    wick_engine::bench::run(&engine, &opts, |r| {
+        println!(
+            "{:<24} {:>8} tokens {:>9.3} s {:>10.1} tok/s",
+            r.name,
+            r.tokens,
+            r.seconds,
+            r.tokens_per_second()
+        )
+    })?;
     Ok(())
 }
 
@@ -129,5 +175,7 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     model.model = args.model.clone();
     let resolved = model_source::resolve(&model, &settings.default_model)?;
     let _ = (&resolved, &args.file, args.ctx);
-    anyhow::bail!("wick perplexity: the engine's perplexity scorer is not available in this build yet")
+    anyhow::bail!(
+        "wick perplexity: the engine's perplexity scorer is not available in this build yet"
+    )
 }

@@ -107,7 +107,15 @@ impl From<&wick_engine::TokenLogprob> for TokenLogprob {
             token: l.token.clone(),
             logprob: l.logprob,
             bytes: l.bytes.clone(),
-            top_logprobs: l.top.iter().map(|t| TopLogprob { token: t.token.clone(), logprob: t.logprob, bytes: t.bytes.clone() }).collect(),
+            top_logprobs: l
+                .top
+                .iter()
+                .map(|t| TopLogprob {
+                    token: t.token.clone(),
+                    logprob: t.logprob,
+                    bytes: t.bytes.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -36,7 +36,11 @@ pub struct Usage {
 
 impl From<wick_engine::Usage> for Usage {
     fn from(u: wick_engine::Usage) -> Self {
-        Self { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.prompt_tokens + u.completion_tokens }
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+        }
     }
 }
 
@@ -49,7 +53,9 @@ pub fn finish_reason_str(r: wick_engine::FinishReason) -> &'static str {
 
 /// Seconds since the Unix epoch, for `created`.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The `system_fingerprint` we report: the server build.

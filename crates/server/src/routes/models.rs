@@ -25,15 +25,27 @@ pub struct ModelList {
 }
 
 fn model(ready: &Ready, id: &str) -> Model {
-    Model { id: id.to_owned(), object: "model", created: ready.created, owned_by: "wick", max_model_len: ready.backend.max_model_len() }
+    Model {
+        id: id.to_owned(),
+        object: "model",
+        created: ready.created,
+        owned_by: "wick",
+        max_model_len: ready.backend.max_model_len(),
+    }
 }
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
     let ready = state.ready()?;
-    Ok(Json(ModelList { object: "list", data: ready.model_ids.iter().map(|id| model(ready, id)).collect() }))
+    Ok(Json(ModelList {
+        object: "list",
+        data: ready.model_ids.iter().map(|id| model(ready, id)).collect(),
+    }))
 }
 
-pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Model>, ApiError> {
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Model>, ApiError> {
     let ready = state.ready()?;
     ready.check_model(&id)?;
     Ok(Json(model(ready, &id)))

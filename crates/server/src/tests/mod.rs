@@ -1,6 +1,7 @@
 //! Router-level tests: real axum app and layers, a scripted engine (`fake.rs`) behind it.
 
 mod fake;
+mod generation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,34 +15,54 @@ use tower::ServiceExt;
 use crate::state::{AppState, Ready};
 use fake::{Fake, Script};
 
-const MODEL: &str = "tiny";
+pub(super) const MODEL: &str = "tiny";
 
-fn app_with(script: Script, keys: &[&str], cors: &[&str], ready: bool) -> (Router, Arc<Fake>) {
+pub(super) fn app_with(
+    script: Script,
+    keys: &[&str],
+    cors: &[&str],
+    ready: bool,
+) -> (Router, Arc<Fake>) {
     let fake = Arc::new(Fake::new(script));
-    let state = Arc::new(AppState::new(keys.iter().map(|s| s.to_string()).collect(), Duration::from_secs(5), 4096));
+    let state = Arc::new(AppState::new(
+        keys.iter().map(|s| s.to_string()).collect(),
+        Duration::from_secs(5),
+        4096,
+    ));
     if ready {
-        state.set_ready(Ready { backend: fake.clone(), model_ids: vec![MODEL.into(), "alias".into()], created: 1 });
+        state.set_ready(Ready {
+            backend: fake.clone(),
+            model_ids: vec![MODEL.into(), "alias".into()],
+            created: 1,
+        });
     }
     let cors: Vec<String> = cors.iter().map(|s| s.to_string()).collect();
     (crate::app::router(state, &cors), fake)
 }
 
-fn app(script: Script) -> (Router, Arc<Fake>) {
+pub(super) fn app(script: Script) -> (Router, Arc<Fake>) {
     app_with(script, &[], &[], true)
 }
 
-async fn call(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+pub(super) async fn call(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
     let resp = app.clone().oneshot(req).await.expect("infallible");
     let (parts, body) = resp.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20).await.expect("body");
-    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
-fn post(path: &str, body: impl Into<String>) -> Request<Body> {
-    Request::post(path).header(header::CONTENT_TYPE, "application/json").body(Body::from(body.into())).expect("request")
+pub(super) fn post(path: &str, body: impl Into<String>) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.into()))
+        .expect("request")
 }
 
-fn chat(extra: Value) -> String {
+pub(super) fn chat(extra: Value) -> String {
     let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
@@ -49,30 +70,59 @@ fn chat(extra: Value) -> String {
     body.to_string()
 }
 
-fn error_of(body: &str) -> Value {
+pub(super) fn error_of(body: &str) -> Value {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     let e = v["error"].clone();
-    assert!(e["message"].is_string() && e["type"].is_string(), "envelope: {body}");
-    assert!(e["code"].is_string() || e["code"].is_null(), "code must be a string or null: {body}");
+    assert!(
+        e["message"].is_string() && e["type"].is_string(),
+        "envelope: {body}"
+    );
+    assert!(
+        e["code"].is_string() || e["code"].is_null(),
+        "code must be a string or null: {body}"
+    );
     e
 }
 
 /// The `data:` payloads of an SSE body, in order.
-fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n").filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned)).collect()
+pub(super) fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn routing_errors_use_the_envelope() {
     let (app, _) = app(Script::Normal);
-    let (s, _, b) = call(&app, Request::get("/v1/nope").body(Body::empty()).expect("req")).await;
+    let (s, _, b) = call(
+        &app,
+        Request::get("/v1/nope").body(Body::empty()).expect("req"),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     error_of(&b);
-    let (s, h, b) = call(&app, Request::get("/v1/chat/completions").body(Body::empty()).expect("req")).await;
+    let (s, h, b) = call(
+        &app,
+        Request::get("/v1/chat/completions")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert!(h.contains_key(header::ALLOW));
     error_of(&b);
-    let (s, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"user": "x".repeat(5000)})))).await;
+    let (s, _, b) = call(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat(json!({"user": "x".repeat(5000)})),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     error_of(&b);
     let (s, _, b) = call(&app, post("/v1/chat/completions", "{not json")).await;
@@ -83,12 +133,24 @@ async fn routing_errors_use_the_envelope() {
 #[tokio::test]
 async fn missing_and_unknown_fields_are_named() {
     let (app, _) = app(Script::Normal);
-    let (s, _, b) = call(&app, post("/v1/chat/completions", json!({"model": MODEL}).to_string())).await;
+    let (s, _, b) = call(
+        &app,
+        post("/v1/chat/completions", json!({"model": MODEL}).to_string()),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(error_of(&b)["param"], "messages");
-    let (_, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"temprature": 1})))).await;
+    let (_, _, b) = call(
+        &app,
+        post("/v1/chat/completions", chat(json!({"temprature": 1}))),
+    )
+    .await;
     assert_eq!(error_of(&b)["param"], "temprature");
-    let (_, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"n": "two"})))).await;
+    let (_, _, b) = call(
+        &app,
+        post("/v1/chat/completions", chat(json!({"n": "two"}))),
+    )
+    .await;
     assert_eq!(error_of(&b)["param"], "n");
 }
 
@@ -99,104 +161,76 @@ async fn not_ready_answers_503_but_health_is_up() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.contains_key(header::RETRY_AFTER));
     error_of(&b);
-    let (s, _, _) = call(&app, Request::get("/ready").body(Body::empty()).expect("req")).await;
+    let (s, _, _) = call(
+        &app,
+        Request::get("/ready").body(Body::empty()).expect("req"),
+    )
+    .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    let (s, _, _) = call(&app, Request::get("/health").body(Body::empty()).expect("req")).await;
+    let (s, _, _) = call(
+        &app,
+        Request::get("/health").body(Body::empty()).expect("req"),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn api_keys_guard_the_api_but_not_health() {
     let (app, _) = app_with(Script::Normal, &["sk-1", "sk-2"], &[], true);
-    let (s, _, b) = call(&app, Request::get("/v1/models").body(Body::empty()).expect("req")).await;
+    let (s, _, b) = call(
+        &app,
+        Request::get("/v1/models").body(Body::empty()).expect("req"),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(error_of(&b)["code"], "invalid_api_key");
-    let wrong = Request::get("/v1/models").header(header::AUTHORIZATION, "Bearer sk-3").body(Body::empty()).expect("req");
+    let wrong = Request::get("/v1/models")
+        .header(header::AUTHORIZATION, "Bearer sk-3")
+        .body(Body::empty())
+        .expect("req");
     assert_eq!(call(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
-    let right = Request::get("/v1/models").header(header::AUTHORIZATION, "Bearer sk-2").body(Body::empty()).expect("req");
+    let right = Request::get("/v1/models")
+        .header(header::AUTHORIZATION, "Bearer sk-2")
+        .body(Body::empty())
+        .expect("req");
     assert_eq!(call(&app, right).await.0, StatusCode::OK);
     for open in ["/health", "/ready"] {
-        assert_eq!(call(&app, Request::get(open).body(Body::empty()).expect("req")).await.0, StatusCode::OK, "{open}");
+        assert_eq!(
+            call(&app, Request::get(open).body(Body::empty()).expect("req"))
+                .await
+                .0,
+            StatusCode::OK,
+            "{open}"
+        );
     }
-}
-
-#[tokio::test]
-async fn chat_completion_shape_and_forwarded_params() {
-    let (app, fake) = app(Script::Normal);
-    let body = chat(json!({"temperature": 0.3, "seed": 5, "stop": "x", "logprobs": true, "top_logprobs": 1, "max_tokens": 7}));
-    let (s, _, b) = call(&app, post("/v1/chat/completions", body)).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let v: Value = serde_json::from_str(&b).expect("json");
-    assert_eq!(v["object"], "chat.completion");
-    assert!(v["id"].as_str().is_some_and(|id| id.starts_with("chatcmpl-")));
-    assert_eq!(v["model"], MODEL);
-    assert!(v["system_fingerprint"].is_string());
-    let c = &v["choices"][0];
-    assert_eq!(c["message"]["role"], "assistant");
-    assert_eq!(c["message"]["content"], "Hello!");
-    assert_eq!(c["finish_reason"], "stop");
-    let lp = &c["logprobs"]["content"][0];
-    assert_eq!(lp["token"], "Hel");
-    assert_eq!(lp["bytes"], json!([72, 101, 108]));
-    assert_eq!(lp["top_logprobs"][0]["token"], "Hel");
-    assert_eq!(v["usage"]["completion_tokens"], 3);
-    assert_eq!(v["usage"]["total_tokens"], v["usage"]["prompt_tokens"].as_u64().expect("u64") + 3);
-    let req = fake.last();
-    assert_eq!(req.params.temperature, 0.3);
-    assert_eq!(req.params.seed, Some(5));
-    assert_eq!(req.params.stop, vec!["x".to_string()]);
-    assert_eq!(req.params.max_tokens, 7);
-    assert_eq!(req.params.logprobs, Some(1));
-}
-
-#[tokio::test]
-async fn chat_stream_follows_openai_chunk_order() {
-    let (app, _) = app(Script::Normal);
-    let body = chat(json!({"stream": true, "n": 2, "stream_options": {"include_usage": true}}));
-    let (s, h, b) = call(&app, post("/v1/chat/completions", body)).await;
-    assert_eq!(s, StatusCode::OK);
-    assert!(h[header::CONTENT_TYPE].to_str().expect("ascii").starts_with("text/event-stream"));
-    let data = sse_data(&b);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("chunk json")).collect();
-    let id = chunks[0]["id"].clone();
-    assert!(chunks.iter().all(|c| c["id"] == id && c["object"] == "chat.completion.chunk" && c["model"] == MODEL));
-    let usage_chunk = chunks.last().expect("usage chunk");
-    assert_eq!(usage_chunk["choices"], json!([]));
-    assert_eq!(usage_chunk["usage"]["completion_tokens"], 6);
-    for index in 0..2 {
-        let mine: Vec<&Value> = chunks.iter().filter(|c| c["choices"][0]["index"] == index).collect();
-        assert_eq!(mine[0]["choices"][0]["delta"]["role"], "assistant");
-        assert!(mine.iter().all(|c| c["usage"].is_null()));
-        let text: String = mine.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
-        assert_eq!(text, "Hello!");
-        let last = mine.last().expect("finish chunk");
-        assert_eq!(last["choices"][0]["finish_reason"], "stop");
-        assert_eq!(mine.iter().filter(|c| !c["choices"][0]["finish_reason"].is_null()).count(), 1);
-    }
-}
-
-#[tokio::test]
-async fn mid_stream_error_is_an_error_event_then_done() {
-    let (app, _) = app(Script::FailAfterOne);
-    let (s, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"stream": true})))).await;
-    assert_eq!(s, StatusCode::OK);
-    let data = sse_data(&b);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let err: Value = serde_json::from_str(&data[data.len() - 2]).expect("json");
-    assert!(err["error"]["message"].as_str().is_some_and(|m| m.contains("kv cache exploded")));
 }
 
 #[tokio::test]
 async fn client_errors_map_to_openai_statuses() {
     let (app, _) = app(Script::Normal);
-    let (s, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"model": "gpt-4o"})))).await;
+    let (s, _, b) = call(
+        &app,
+        post("/v1/chat/completions", chat(json!({"model": "gpt-4o"}))),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(error_of(&b)["code"], "model_not_found");
-    let (s, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"max_tokens": 60})))).await;
+    let (s, _, b) = call(
+        &app,
+        post("/v1/chat/completions", chat(json!({"max_tokens": 60}))),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(error_of(&b)["code"], "context_length_exceeded");
-    let (s, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"tools": [{"type": "function"}]})))).await;
+    let (s, _, b) = call(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat(json!({"tools": [{"type": "function"}]})),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(error_of(&b)["param"], "tools");
     let (app, _) = app_with(Script::Overloaded, &[], &[], true);
@@ -209,42 +243,40 @@ async fn client_errors_map_to_openai_statuses() {
 #[tokio::test]
 async fn a_panicking_handler_is_a_500_envelope_and_the_app_keeps_serving() {
     let (app, _) = app(Script::Normal);
-    let (s, _, b) = call(&app, post("/v1/completions", json!({"model": MODEL, "prompt": "PANIC"}).to_string())).await;
+    let (s, _, b) = call(
+        &app,
+        post(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "PANIC"}).to_string(),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
     error_of(&b);
-    let (s, _, _) = call(&app, post("/v1/completions", json!({"model": MODEL, "prompt": "ok"}).to_string())).await;
+    let (s, _, _) = call(
+        &app,
+        post(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "ok"}).to_string(),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-}
-
-#[tokio::test]
-async fn dropping_the_request_cancels_it_in_the_engine() {
-    // Non-streaming: the handler future owns the receiver.
-    let (app, fake) = app(Script::Hang);
-    let task = tokio::spawn({
-        let app = app.clone();
-        async move { app.oneshot(post("/v1/chat/completions", chat(json!({})))).await }
-    });
-    while fake.held.lock().expect("lock").is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(!fake.all_cancelled());
-    task.abort();
-    let _ = task.await;
-    assert!(fake.all_cancelled());
-    // Streaming: the response body owns it.
-    let (app, fake) = app_with(Script::Hang, &[], &[], true);
-    let resp = app.oneshot(post("/v1/chat/completions", chat(json!({"stream": true})))).await.expect("resp");
-    assert!(!fake.all_cancelled());
-    drop(resp);
-    assert!(fake.all_cancelled());
 }
 
 #[tokio::test]
 async fn request_id_is_generated_or_propagated() {
     let (app, _) = app(Script::Normal);
-    let (_, h, _) = call(&app, Request::get("/health").body(Body::empty()).expect("req")).await;
+    let (_, h, _) = call(
+        &app,
+        Request::get("/health").body(Body::empty()).expect("req"),
+    )
+    .await;
     assert!(!h["x-request-id"].is_empty());
-    let req = Request::get("/health").header("x-request-id", "abc-123").body(Body::empty()).expect("req");
+    let req = Request::get("/health")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .expect("req");
     let (_, h, _) = call(&app, req).await;
     assert_eq!(h["x-request-id"], "abc-123");
 }
@@ -259,7 +291,10 @@ async fn cors_is_off_by_default_and_on_when_configured() {
             .expect("req")
     };
     let (off, _) = app(Script::Normal);
-    assert!(!call(&off, preflight()).await.1.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    assert!(!call(&off, preflight())
+        .await
+        .1
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
     let (on, _) = app_with(Script::Normal, &["k"], &["http://example.com"], true);
     let (s, h, _) = call(&on, preflight()).await;
     assert!(s.is_success(), "preflight must pass without a key");
@@ -267,45 +302,55 @@ async fn cors_is_off_by_default_and_on_when_configured() {
 }
 
 #[tokio::test]
-async fn legacy_completions_with_prompts_echo_and_logprobs() {
-    let (app, fake) = app(Script::Normal);
-    let body = json!({"model": MODEL, "prompt": ["ab", "cd"], "n": 2, "logprobs": 1, "max_tokens": 5});
-    let (s, _, b) = call(&app, post("/v1/completions", body.to_string())).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let v: Value = serde_json::from_str(&b).expect("json");
-    assert_eq!(v["object"], "text_completion");
-    let choices = v["choices"].as_array().expect("choices");
-    assert_eq!(choices.len(), 4);
-    for (i, c) in choices.iter().enumerate() {
-        assert_eq!(c["index"], i);
-        assert_eq!(c["text"], "Hello!");
-        assert_eq!(c["logprobs"]["tokens"][0], "Hel");
-        assert_eq!(c["logprobs"]["text_offset"], json!([0, 3, 4]));
-    }
-    assert_eq!(v["usage"]["prompt_tokens"], 4);
-    assert_eq!(fake.submitted.lock().expect("lock").len(), 2);
-    let echo = json!({"model": MODEL, "prompt": "ab", "echo": true});
-    let (_, _, b) = call(&app, post("/v1/completions", echo.to_string())).await;
-    let v: Value = serde_json::from_str(&b).expect("json");
-    assert_eq!(v["choices"][0]["text"], "abHello!");
-    assert_eq!(fake.last().params.max_tokens, 16, "OpenAI's legacy default");
-}
-
-#[tokio::test]
 async fn models_tokenize_detokenize_and_metrics() {
     let (app, _) = app(Script::Normal);
-    let (_, _, b) = call(&app, Request::get("/v1/models").body(Body::empty()).expect("req")).await;
+    let (_, _, b) = call(
+        &app,
+        Request::get("/v1/models").body(Body::empty()).expect("req"),
+    )
+    .await;
     let v: Value = serde_json::from_str(&b).expect("json");
     assert_eq!(v["data"][0]["id"], MODEL);
-    assert_eq!(call(&app, Request::get("/v1/models/alias").body(Body::empty()).expect("req")).await.0, StatusCode::OK);
-    assert_eq!(call(&app, Request::get("/v1/models/other").body(Body::empty()).expect("req")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(
+            &app,
+            Request::get("/v1/models/alias")
+                .body(Body::empty())
+                .expect("req")
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &app,
+            Request::get("/v1/models/other")
+                .body(Body::empty())
+                .expect("req")
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
     let (_, _, b) = call(&app, post("/tokenize", json!({"prompt": "AB"}).to_string())).await;
     let v: Value = serde_json::from_str(&b).expect("json");
     assert_eq!(v["tokens"], json!([65, 66]));
     assert_eq!(v["count"], 2);
-    let (_, _, b) = call(&app, post("/detokenize", json!({"tokens": [65, 66]}).to_string())).await;
-    assert_eq!(serde_json::from_str::<Value>(&b).expect("json")["prompt"], "AB");
-    let (s, _, text) = call(&app, Request::get("/metrics").body(Body::empty()).expect("req")).await;
+    let (_, _, b) = call(
+        &app,
+        post("/detokenize", json!({"tokens": [65, 66]}).to_string()),
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).expect("json")["prompt"],
+        "AB"
+    );
+    let (s, _, text) = call(
+        &app,
+        Request::get("/metrics").body(Body::empty()).expect("req"),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert!(text.contains("wick:num_requests_running 2"), "{text}");
     assert!(text.contains("wick:kv_cache_usage_perc 0.25"), "{text}");
