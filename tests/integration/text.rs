@@ -4,6 +4,7 @@
 //! WICK_TEST_MODEL_GEMMA3; unset, a test prints a notice and returns.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file;
 use serde_json::Value;
@@ -17,6 +18,25 @@ fn model_path(var: &str) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Loads each model's text side once for all tests of this module (Gemma's takes seconds).
+fn cached(
+    var: &'static str,
+    cell: &'static OnceLock<Option<TextProcessor>>,
+) -> Option<&'static TextProcessor> {
+    cell.get_or_init(|| model_path(var).map(|p| load(&p)))
+        .as_ref()
+}
+
+fn smollm2() -> Option<&'static TextProcessor> {
+    static CELL: OnceLock<Option<TextProcessor>> = OnceLock::new();
+    cached("WICK_TEST_MODEL_SMOLLM2", &CELL)
+}
+
+fn gemma3() -> Option<&'static TextProcessor> {
+    static CELL: OnceLock<Option<TextProcessor>> = OnceLock::new();
+    cached("WICK_TEST_MODEL_GEMMA3", &CELL)
 }
 
 fn load(path: &Path) -> TextProcessor {
@@ -85,22 +105,16 @@ fn check_chat(text: &TextProcessor, golden: &Value) {
 
 #[test]
 fn smollm2_tokenizer_matches_golden_ids() {
-    let Some(path) = model_path("WICK_TEST_MODEL_SMOLLM2") else {
-        return;
-    };
-    let text = load(&path);
-    check_goldens(&text, &fixture("smollm2_text_goldens.json"));
+    let Some(text) = smollm2() else { return };
+    check_goldens(text, &fixture("smollm2_text_goldens.json"));
     assert_eq!(text.vocab_size(), 49152);
 }
 
 #[test]
 fn smollm2_chat_template_matches_reference_rendering() {
-    let Some(path) = model_path("WICK_TEST_MODEL_SMOLLM2") else {
-        return;
-    };
-    let text = load(&path);
+    let Some(text) = smollm2() else { return };
     let golden = fixture("smollm2_text_goldens.json");
-    check_chat(&text, &golden);
+    check_chat(text, &golden);
     // encode_chat = render + encode, and SmolLM2 asks for no BOS.
     let messages = messages_of(&golden["chat"][0]["messages"]);
     let rendered = text.render_chat(&messages, true).expect("render");
@@ -115,10 +129,7 @@ fn smollm2_chat_template_matches_reference_rendering() {
 
 #[test]
 fn smollm2_ends_generation_at_im_end_and_endoftext() {
-    let Some(path) = model_path("WICK_TEST_MODEL_SMOLLM2") else {
-        return;
-    };
-    let text = load(&path);
+    let Some(text) = smollm2() else { return };
     let eog = text.eog_token_ids();
     assert_eq!(eog[0], 2, "EOS <|im_end|> first: {eog:?}");
     assert!(eog.contains(&0), "<|endoftext|>: {eog:?}");
@@ -133,12 +144,9 @@ fn smollm2_ends_generation_at_im_end_and_endoftext() {
 
 #[test]
 fn gemma3_tokenizer_matches_golden_ids() {
-    let Some(path) = model_path("WICK_TEST_MODEL_GEMMA3") else {
-        return;
-    };
-    let text = load(&path);
+    let Some(text) = gemma3() else { return };
     let golden = fixture("gemma3_text_goldens.json");
-    check_goldens(&text, &golden);
+    check_goldens(text, &golden);
     assert_eq!(text.vocab_size(), 262144);
     let bos = ids_of(&golden["bos_added"]);
     assert_eq!(text.encode("Hello", true).expect("encode")[..1], bos[..]);
@@ -146,12 +154,9 @@ fn gemma3_tokenizer_matches_golden_ids() {
 
 #[test]
 fn gemma3_uses_the_shipped_template_with_a_single_bos_and_ends_at_end_of_turn() {
-    let Some(path) = model_path("WICK_TEST_MODEL_GEMMA3") else {
-        return;
-    };
-    let text = load(&path);
+    let Some(text) = gemma3() else { return };
     let golden = fixture("gemma3_text_goldens.json");
-    check_chat(&text, &golden);
+    check_chat(text, &golden);
     let messages = messages_of(&golden["chat"][0]["messages"]);
     let ids = text.encode_chat(&messages).expect("encode_chat");
     assert_eq!(ids[0], 2, "<bos>");
