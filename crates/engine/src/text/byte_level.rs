@@ -32,7 +32,11 @@ pub(crate) fn byte_to_char() -> &'static [char; 256] {
 fn char_to_byte() -> &'static HashMap<char, u8> {
     static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
     MAP.get_or_init(|| {
-        byte_to_char().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+        byte_to_char()
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect()
     })
 }
 

@@ -74,17 +74,29 @@ fn meta_bool(content: &Content, key: &str) -> Option<bool> {
 }
 
 fn meta_strings(content: &Content, key: &str) -> Result<Option<Vec<String>>> {
-    let Some(v) = meta(content, key) else { return Ok(None) };
+    let Some(v) = meta(content, key) else {
+        return Ok(None);
+    };
     let items = v.to_vec().map_err(|e| tok_err(format!("{key}: {e}")))?;
     items
         .iter()
-        .map(|i| i.to_string().cloned().map_err(|e| tok_err(format!("{key}: {e}"))))
+        .map(|i| {
+            i.to_string()
+                .cloned()
+                .map_err(|e| tok_err(format!("{key}: {e}")))
+        })
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }
 
-fn meta_numbers<T>(content: &Content, key: &str, f: impl Fn(&Value) -> Option<T>) -> Result<Option<Vec<T>>> {
-    let Some(v) = meta(content, key) else { return Ok(None) };
+fn meta_numbers<T>(
+    content: &Content,
+    key: &str,
+    f: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<Vec<T>>> {
+    let Some(v) = meta(content, key) else {
+        return Ok(None);
+    };
     let items = v.to_vec().map_err(|e| tok_err(format!("{key}: {e}")))?;
     items
         .iter()
@@ -106,7 +118,9 @@ pub(crate) fn from_gguf(content: &Content) -> Result<TokenizerParts> {
     })?
     .unwrap_or_else(|| vec![1; tokens.len()]);
     if types.len() != tokens.len() {
-        return Err(tok_err("tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length"));
+        return Err(tok_err(
+            "tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length",
+        ));
     }
     let pre = meta_string(content, "tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
     let arch = meta_string(content, "general.architecture").unwrap_or_default();
@@ -135,15 +149,25 @@ pub(crate) fn from_gguf(content: &Content) -> Result<TokenizerParts> {
 
     let bos_id = meta_u32(content, "tokenizer.ggml.bos_token_id");
     let eos_id = meta_u32(content, "tokenizer.ggml.eos_token_id");
-    let add_bos = meta_bool(content, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos) && bos_id.is_some();
+    let add_bos = meta_bool(content, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos)
+        && bos_id.is_some();
     let extra_eog = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
         .iter()
         .filter_map(|k| meta_u32(content, k))
         .collect();
-    Ok(TokenizerParts { tokenizer, token_bytes, tokens, bos_id, eos_id, add_bos, extra_eog })
+    Ok(TokenizerParts {
+        tokenizer,
+        token_bytes,
+        tokens,
+        bos_id,
+        eos_id,
+        add_bos,
+        extra_eog,
+    })
 }
 
-const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const GPT4O_SPLIT: &str = concat!(
@@ -159,14 +183,21 @@ fn pre_tokenizer_splits(pre: &str) -> Option<(Vec<&'static str>, bool)> {
         "default" | "gpt2" | "gpt-2" | "olmo" | "jais" => (vec![GPT2_SPLIT], false),
         // starcoder, refact and smollm isolate every digit, then apply GPT-2's regex.
         "smollm" | "starcoder" | "refact" => (vec![r"\p{N}", GPT2_SPLIT], false),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => (vec![LLAMA3_SPLIT], true),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => {
+            (vec![LLAMA3_SPLIT], true)
+        }
         "qwen2" | "deepseek-r1-qwen" | "megrez" => (vec![QWEN2_SPLIT], false),
         "gpt-4o" | "llama4" => (vec![GPT4O_SPLIT], false),
         _ => return None,
     })
 }
 
-fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
+fn byte_level_bpe(
+    tokens: &[String],
+    types: &[i32],
+    merges: &[String],
+    pre: &str,
+) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     let (splits, ignore_merges) = pre_tokenizer_splits(pre).ok_or_else(|| {
         tok_err(format!("unsupported GGUF pre-tokenizer tokenizer.ggml.pre = {pre:?} for a gpt2 (byte-level BPE) vocabulary"))
     })?;
@@ -176,10 +207,16 @@ fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str
         if byte_level::is_spelled(t) {
             t.to_owned()
         } else {
-            t.bytes().map(|b| byte_level::byte_to_char()[b as usize]).collect()
+            t.bytes()
+                .map(|b| byte_level::byte_to_char()[b as usize])
+                .collect()
         }
     };
-    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (spell(t), i as u32)).collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (spell(t), i as u32))
+        .collect();
     let merges = merges
         .iter()
         .map(|m| {
@@ -197,14 +234,19 @@ fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str
 
     let mut pieces: Vec<PreTokenizerWrapper> = Vec::new();
     for split in splits {
-        let s = Split::new(SplitPattern::Regex(split.to_owned()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?;
+        let s = Split::new(
+            SplitPattern::Regex(split.to_owned()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?;
         pieces.push(s.into());
     }
     pieces.push(ByteLevel::new(false, true, false).into());
     tokenizer.with_pre_tokenizer(Some(Sequence::new(pieces)));
     tokenizer.with_decoder(Some(ByteLevel::default()));
 
-    add_gguf_added_tokens(&mut tokenizer, tokens, types, |t| byte_level::is_spelled(t));
+    add_gguf_added_tokens(&mut tokenizer, tokens, types, byte_level::is_spelled);
 
     let token_bytes = tokens
         .iter()
@@ -222,7 +264,12 @@ fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str
 
 /// Adds control tokens as special tokens and user-defined ones as plain added tokens, both
 /// matched verbatim in the input. `keep` filters out tokens the vocabulary cannot hold.
-pub(crate) fn add_gguf_added_tokens(tokenizer: &mut Tokenizer, tokens: &[String], types: &[i32], keep: impl Fn(&str) -> bool) {
+pub(crate) fn add_gguf_added_tokens(
+    tokenizer: &mut Tokenizer,
+    tokens: &[String],
+    types: &[i32],
+    keep: impl Fn(&str) -> bool,
+) {
     let added = |ty: i32, special: bool| -> Vec<AddedToken> {
         tokens
             .iter()
