@@ -20,6 +20,10 @@ pub struct AttnParams {
 /// Query tokens per work item: enough to amortize the item, small enough to balance threads.
 const QUERY_CHUNK: usize = 16;
 
+/// Below this many query·key products a step's attention runs on the calling thread: waking
+/// the pool costs more than it saves (single-sequence decode with a short context).
+const PARALLEL_MIN_PRODUCTS: usize = 1 << 15;
+
 /// One unit of parallel work: a head of a range of one sequence's query tokens.
 struct Item {
     seq: usize,
@@ -82,7 +86,12 @@ pub fn paged_attention(
             }
         }
     };
-    candle_core::utils::barrier_pool().execute_chunked(items.len(), run);
+    let products: usize = batch.seqs.iter().map(|s| s.num_tokens * s.context_len).sum::<usize>() * num_heads;
+    if products < PARALLEL_MIN_PRODUCTS {
+        run(0..items.len());
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(items.len(), run);
+    }
     out
 }
 
