@@ -15,7 +15,9 @@ pub struct WeightOptions {
     /// Q5_1) to Q8_0 at load time.
     pub requantize_slow: bool,
     /// Keep an f32 copy of quantized linear weights and use it for steps with at least this
-    /// many tokens (prefill, large decode batches). `None` never does. Measured on SmolLM2
+    /// many tokens (prefill, large decode batches). `None` never does, and is the default:
+    /// switching kernels by step size makes a sequence's numbers depend on what else runs in
+    /// its step, so greedy and seeded outputs would change under load. Measured on SmolLM2
     /// (AVX2): the Q8_0 gemv wins up to ~8 rows, the f32 gemm from ~12 on (1.5x at 16 rows,
     /// 2.8x at 512).
     pub dense_min_tokens: Option<usize>,
@@ -25,7 +27,7 @@ pub struct WeightOptions {
 
 impl Default for WeightOptions {
     fn default() -> Self {
-        Self { requantize_slow: true, dense_min_tokens: Some(12), dense_max_bytes: 2 << 30 }
+        Self { requantize_slow: true, dense_min_tokens: None, dense_max_bytes: 2 << 30 }
     }
 }
 
