@@ -1,2 +1,3 @@
 //! Wick's integration tests: one binary, one module per area.
 mod oracle;
+mod batching;
