@@ -1,3 +1,4 @@
 //! Wick's integration tests: one binary, one module per area.
 mod oracle;
 mod batching;
+mod perplexity;
