@@ -6,6 +6,7 @@
 //! [`SamplingParams`], [`Event`] and [`text::TextProcessor`].
 
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -1,1 +1,27 @@
-//! Wick's server.
+//! Wick's OpenAI-compatible HTTP server: the axum application (routes, OpenAI wire types,
+//! validation, SSE, errors, auth, metrics), configuration, and model resolution. The `wick`
+//! binary (`main.rs`) wires these to the engine.
+
+pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod generation;
+pub mod hub;
+pub mod messages;
+pub mod metrics;
+pub mod model_source;
+pub mod openai;
+pub mod pypi;
+pub mod routes;
+pub mod shutdown;
+pub mod sse;
+pub mod state;
+pub mod unsupported;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;

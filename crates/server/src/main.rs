@@ -1,1 +1,181 @@
-fn main() {}
+//! The `wick` binary: `wick serve` (the OpenAI API) and `wick perplexity`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use wick_engine::{Engine, LoadOptions};
+use wick_server::cli::{BenchArgs, Cli, Command, PerplexityArgs, ServeArgs};
+use wick_server::config::{LogFormat, Settings};
+use wick_server::model_source::{self, ResolvedModel};
+use wick_server::openai::common::unix_now;
+use wick_server::state::{AppState, Ready};
+use wick_server::{app, shutdown};
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // candle's thread pool takes the cores; the HTTP side stays small.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve(*args)),
+        Command::Perplexity(args) => perplexity(args),
+        Command::Bench(args) => {
+            rt.block_on(async { tokio::task::spawn_blocking(move || bench(args)).await? })
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn load_options(settings: &Settings) -> Result<LoadOptions> {
+    let chat_template = match &settings.model.chat_template {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading chat template {}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(LoadOptions { chat_template, ..Default::default() })
+}
+
+/// Resolves, loads and starts the engine (blocking: downloads and file reads).
+fn start_engine(settings: &Settings) -> Result<(Engine, ResolvedModel)> {
+    let resolved = model_source::resolve(&settings.model, &settings.default_model)?;
+    tracing::info!(path = %resolved.path.display(), "loading model");
+    let loaded = wick_engine::load(&resolved.path, &load_options(settings)?)
+        .with_context(|| format!("loading {}", resolved.path.display()))?;
+    let engine = Engine::start(
+        loaded.model,
+        Arc::new(loaded.text),
+        settings.engine.to_engine_config(),
+    )
+    .context("starting the engine")?;
+    Ok((engine, resolved))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let settings = args.settings()?;
+    init_logging(settings.server.log_format, &settings.server.log_level);
+    let keys = settings.all_api_keys()?;
+    let s = &settings.server;
+    let state = Arc::new(AppState::new(
+        keys,
+        Duration::from_secs(s.sse_keep_alive_secs.max(1)),
+        s.max_body_bytes,
+    ));
+    let router = app::router(state.clone(), &s.cors_allow_origins);
+    let addr: SocketAddr = format!("{}:{}", s.host, s.port)
+        .parse()
+        .with_context(|| format!("bad listen address {}:{}", s.host, s.port))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, "listening (model loading; /ready answers 503 until it is up)");
+
+    let load_settings = settings.clone();
+    let loader = tokio::task::spawn_blocking(move || start_engine(&load_settings));
+    let load_state = state.clone();
+    let names = settings.model.served_model_name.clone();
+    tokio::spawn(async move {
+        match loader.await {
+            Ok(Ok((engine, resolved))) => {
+                let model_ids = if names.is_empty() {
+                    vec![resolved.name]
+                } else {
+                    names
+                };
+                tracing::info!(model = %model_ids[0], "ready");
+                load_state.set_ready(Ready {
+                    backend: Arc::new(engine),
+                    model_ids,
+                    created: unix_now(),
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::error!("{e:#}");
+                eprintln!("wick: {e:#}");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                eprintln!("wick: model loading panicked: {e}");
+                std::process::exit(1);
+            }
+        }
+    });
+
+    let signal = shutdown::on_signal();
+    let grace = Duration::from_secs(s.shutdown_timeout_secs);
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown::triggered(signal.clone()));
+    let deadline = async move {
+        shutdown::triggered(signal).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => r.context("serving")?,
+        () = deadline => tracing::warn!("shutdown timeout reached with requests still in flight; exiting"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads `model` (or the default) with default settings and starts the engine.
+fn engine_for(model: Option<String>) -> Result<(Engine, ResolvedModel)> {
+    let mut settings = Settings::default();
+    settings.model.model = model;
+    start_engine(&settings)
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    init_logging(LogFormat::Text, "warn");
+    let (engine, resolved) = engine_for(args.model.clone())?;
+    println!("model: {}", resolved.path.display());
+    let opts = wick_engine::bench::BenchOptions {
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        concurrency: args.concurrency.clone(),
+        repetitions: args.repetitions.max(1),
+    };
+    wick_engine::bench::run(&engine, &opts, |r| {
+        println!(
+            "{:<24} {:>8} tokens {:>9.3} s {:>10.1} tok/s",
+            r.name,
+            r.tokens,
+            r.seconds,
+            r.tokens_per_second()
+        )
+    })?;
+    Ok(())
+}
+
+fn perplexity(args: PerplexityArgs) -> Result<()> {
+    init_logging(LogFormat::Text, "info");
+    let settings = Settings::default();
+    let mut model = settings.model.clone();
+    model.model = args.model.clone();
+    let resolved = model_source::resolve(&model, &settings.default_model)?;
+    let _ = (&resolved, &args.file, args.ctx);
+    anyhow::bail!(
+        "wick perplexity: the engine's perplexity scorer is not available in this build yet"
+    )
+}

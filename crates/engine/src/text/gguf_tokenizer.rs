@@ -1,1 +1,283 @@
-//! Tokenizer built from GGUF metadata.
+//! Tokenizer built from GGUF metadata (`tokenizer.ggml.*`), for files that carry no
+//! `tokenizer.json`. Two vocabulary kinds are supported:
+//! * `gpt2`: byte-level BPE with the merges the file lists, split first by the regex that
+//!   `tokenizer.ggml.pre` names (SmolLM2's `smollm` isolates every digit before GPT-2's regex);
+//! * `llama`: SentencePiece with byte fallback (Gemma, Llama 2), see [`super::sentencepiece`].
+//!
+//! Control tokens (type 3) become special added tokens, user-defined ones (type 4) plain added
+//! tokens, so text like `<|im_start|>` encodes to its single id. No prefix space is inserted after
+//! them (the byte-level pre-tokenizer runs with `add_prefix_space = false`). Anything the file
+//! asks for that is not supported is a load error, never a silent fallback.
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use super::byte_level;
+use super::sentencepiece;
+use crate::{EngineError, Result};
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+pub(crate) const TOKEN_TYPE_CONTROL: i32 = 3;
+pub(crate) const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+pub(crate) const TOKEN_TYPE_BYTE: i32 = 6;
+
+/// A tokenizer and the facts about its vocabulary the text side needs.
+pub(crate) struct TokenizerParts {
+    pub tokenizer: Tokenizer,
+    /// Raw bytes of every token id, as generated text would contain them.
+    pub token_bytes: Vec<Vec<u8>>,
+    /// Token strings as the vocabulary spells them (used to find end-of-turn tokens).
+    pub tokens: Vec<String>,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    /// Whether `encode(.., add_special_tokens = true)` prepends BOS.
+    pub add_bos: bool,
+    /// Further end-of-generation ids the file declares (`eot`, `eom`).
+    pub extra_eog: Vec<u32>,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Tokenizer(e.to_string())
+}
+
+fn meta<'a>(content: &'a Content, key: &str) -> Option<&'a Value> {
+    content.metadata.get(key)
+}
+
+pub(crate) fn meta_string(content: &Content, key: &str) -> Option<String> {
+    meta(content, key).and_then(|v| v.to_string().ok()).cloned()
+}
+
+fn meta_u32(content: &Content, key: &str) -> Option<u32> {
+    let v = meta(content, key)?;
+    let n: i64 = match v {
+        Value::U8(x) => i64::from(*x),
+        Value::I8(x) => i64::from(*x),
+        Value::U16(x) => i64::from(*x),
+        Value::I16(x) => i64::from(*x),
+        Value::U32(x) => i64::from(*x),
+        Value::I32(x) => i64::from(*x),
+        Value::U64(x) => i64::try_from(*x).ok()?,
+        Value::I64(x) => *x,
+        _ => return None,
+    };
+    u32::try_from(n).ok()
+}
+
+fn meta_bool(content: &Content, key: &str) -> Option<bool> {
+    meta(content, key).and_then(|v| v.to_bool().ok())
+}
+
+fn meta_strings(content: &Content, key: &str) -> Result<Option<Vec<String>>> {
+    let Some(v) = meta(content, key) else {
+        return Ok(None);
+    };
+    let items = v.to_vec().map_err(|e| tok_err(format!("{key}: {e}")))?;
+    items
+        .iter()
+        .map(|i| {
+            i.to_string()
+                .cloned()
+                .map_err(|e| tok_err(format!("{key}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+fn meta_numbers<T>(
+    content: &Content,
+    key: &str,
+    f: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<Vec<T>>> {
+    let Some(v) = meta(content, key) else {
+        return Ok(None);
+    };
+    let items = v.to_vec().map_err(|e| tok_err(format!("{key}: {e}")))?;
+    items
+        .iter()
+        .map(|i| f(i).ok_or_else(|| tok_err(format!("{key}: unexpected element type"))))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Builds the tokenizer the GGUF metadata describes.
+pub(crate) fn from_gguf(content: &Content) -> Result<TokenizerParts> {
+    let model = meta_string(content, "tokenizer.ggml.model")
+        .ok_or_else(|| tok_err("the GGUF file has no tokenizer.ggml.model"))?;
+    let tokens = meta_strings(content, "tokenizer.ggml.tokens")?
+        .ok_or_else(|| tok_err("the GGUF file has no tokenizer.ggml.tokens"))?;
+    let types = meta_numbers(content, "tokenizer.ggml.token_type", |v| match v {
+        Value::I32(x) => Some(*x),
+        Value::U32(x) => i32::try_from(*x).ok(),
+        _ => None,
+    })?
+    .unwrap_or_else(|| vec![1; tokens.len()]);
+    if types.len() != tokens.len() {
+        return Err(tok_err(
+            "tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length",
+        ));
+    }
+    let pre = meta_string(content, "tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
+    let arch = meta_string(content, "general.architecture").unwrap_or_default();
+
+    let (tokenizer, token_bytes, default_add_bos) = match model.as_str() {
+        "gpt2" => {
+            let merges = meta_strings(content, "tokenizer.ggml.merges")?
+                .ok_or_else(|| tok_err("a gpt2 GGUF tokenizer needs tokenizer.ggml.merges"))?;
+            let (t, b) = byte_level_bpe(&tokens, &types, &merges, &pre)?;
+            (t, b, false)
+        }
+        "llama" => {
+            let scores = meta_numbers(content, "tokenizer.ggml.scores", |v| v.to_f32().ok())?
+                .ok_or_else(|| tok_err("a llama (SentencePiece) GGUF tokenizer needs tokenizer.ggml.scores"))?;
+            let add_space_prefix = meta_bool(content, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
+            let spm = sentencepiece::Spec { tokens: &tokens, types: &types, scores: &scores, arch: &arch, add_space_prefix };
+            let (t, b) = sentencepiece::build(&spm)?;
+            (t, b, true)
+        }
+        other => {
+            return Err(tok_err(format!(
+                "unsupported GGUF tokenizer model {other:?} (supported: \"gpt2\" byte-level BPE, \"llama\" SentencePiece)"
+            )))
+        }
+    };
+
+    let bos_id = meta_u32(content, "tokenizer.ggml.bos_token_id");
+    let eos_id = meta_u32(content, "tokenizer.ggml.eos_token_id");
+    let add_bos = meta_bool(content, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos)
+        && bos_id.is_some();
+    let extra_eog = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+        .iter()
+        .filter_map(|k| meta_u32(content, k))
+        .collect();
+    Ok(TokenizerParts {
+        tokenizer,
+        token_bytes,
+        tokens,
+        bos_id,
+        eos_id,
+        add_bos,
+        extra_eog,
+    })
+}
+
+const GPT2_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const GPT4O_SPLIT: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+
+/// The regexes that split text before byte-level BPE, in order, for a `tokenizer.ggml.pre`
+/// name (llama.cpp's names), and whether whole words found in the vocabulary skip the merges.
+fn pre_tokenizer_splits(pre: &str) -> Option<(Vec<&'static str>, bool)> {
+    Some(match pre {
+        "default" | "gpt2" | "gpt-2" | "olmo" | "jais" => (vec![GPT2_SPLIT], false),
+        // starcoder, refact and smollm isolate every digit, then apply GPT-2's regex.
+        "smollm" | "starcoder" | "refact" => (vec![r"\p{N}", GPT2_SPLIT], false),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => {
+            (vec![LLAMA3_SPLIT], true)
+        }
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => (vec![QWEN2_SPLIT], false),
+        "gpt-4o" | "llama4" => (vec![GPT4O_SPLIT], false),
+        _ => return None,
+    })
+}
+
+fn byte_level_bpe(
+    tokens: &[String],
+    types: &[i32],
+    merges: &[String],
+    pre: &str,
+) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
+    let (splits, ignore_merges) = pre_tokenizer_splits(pre).ok_or_else(|| {
+        tok_err(format!("unsupported GGUF pre-tokenizer tokenizer.ggml.pre = {pre:?} for a gpt2 (byte-level BPE) vocabulary"))
+    })?;
+    // Tokens outside the byte alphabet (rare mislabels) are spelled byte by byte, as the
+    // reference converter does, so every entry of the BPE vocabulary is in the alphabet.
+    let spell = |t: &str| -> String {
+        if byte_level::is_spelled(t) {
+            t.to_owned()
+        } else {
+            t.bytes()
+                .map(|b| byte_level::byte_to_char()[b as usize])
+                .collect()
+        }
+    };
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (spell(t), i as u32))
+        .collect();
+    let merges = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| tok_err(format!("malformed merge {m:?}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(tok_err)?;
+    let mut tokenizer = Tokenizer::new(bpe);
+
+    let mut pieces: Vec<PreTokenizerWrapper> = Vec::new();
+    for split in splits {
+        let s = Split::new(
+            SplitPattern::Regex(split.to_owned()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?;
+        pieces.push(s.into());
+    }
+    pieces.push(ByteLevel::new(false, true, false).into());
+    tokenizer.with_pre_tokenizer(Some(Sequence::new(pieces)));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+
+    add_gguf_added_tokens(&mut tokenizer, tokens, types, byte_level::is_spelled);
+
+    let token_bytes = tokens
+        .iter()
+        .zip(types)
+        .map(|(t, &ty)| {
+            if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
+                t.as_bytes().to_vec()
+            } else {
+                byte_level::token_to_bytes(t).unwrap_or_else(|| t.as_bytes().to_vec())
+            }
+        })
+        .collect();
+    Ok((tokenizer, token_bytes))
+}
+
+/// Adds control tokens as special tokens and user-defined ones as plain added tokens, both
+/// matched verbatim in the input. `keep` filters out tokens the vocabulary cannot hold.
+pub(crate) fn add_gguf_added_tokens(
+    tokenizer: &mut Tokenizer,
+    tokens: &[String],
+    types: &[i32],
+    keep: impl Fn(&str) -> bool,
+) {
+    let added = |ty: i32, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(types)
+            .filter(|(t, &tt)| tt == ty && keep(t))
+            .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false))
+            .collect()
+    };
+    tokenizer.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
+    tokenizer.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
+}

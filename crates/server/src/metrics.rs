@@ -1,0 +1,107 @@
+//! Prometheus metrics at `/metrics`, named after vLLM's with a `wick:` prefix. Engine gauges and
+//! counters are read from the engine's stats at scrape time; latency histograms are recorded by
+//! the request handlers as events arrive.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use wick_engine::EngineStats;
+
+pub const RUNNING: &str = "wick:num_requests_running";
+pub const WAITING: &str = "wick:num_requests_waiting";
+pub const KV_USAGE: &str = "wick:kv_cache_usage_perc";
+pub const PROMPT_TOKENS: &str = "wick:prompt_tokens_total";
+pub const GENERATION_TOKENS: &str = "wick:generation_tokens_total";
+pub const PREEMPTIONS: &str = "wick:num_preemptions_total";
+pub const TTFT: &str = "wick:time_to_first_token_seconds";
+pub const ITL: &str = "wick:inter_token_latency_seconds";
+pub const E2E: &str = "wick:e2e_request_latency_seconds";
+pub const QUEUE: &str = "wick:request_queue_time_seconds";
+pub const SUCCESS: &str = "wick:request_success_total";
+
+const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once per process and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = builder
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(RUNNING, "Requests in the running batch.");
+    describe_gauge!(WAITING, "Requests waiting for admission.");
+    describe_gauge!(
+        KV_USAGE,
+        Unit::Percent,
+        "Fraction of KV-cache blocks in use (0 to 1)."
+    );
+    describe_counter!(PROMPT_TOKENS, "Prompt tokens processed.");
+    describe_counter!(GENERATION_TOKENS, "Tokens generated.");
+    describe_counter!(PREEMPTIONS, "Sequences preempted for lack of KV blocks.");
+    describe_counter!(SUCCESS, "Requests finished, by finish reason.");
+    describe_histogram!(TTFT, Unit::Seconds, "Time from arrival to the first token.");
+    describe_histogram!(
+        ITL,
+        Unit::Seconds,
+        "Time between consecutive tokens of a sequence."
+    );
+    describe_histogram!(E2E, Unit::Seconds, "Time from arrival to the last token.");
+    describe_histogram!(QUEUE, Unit::Seconds, "Time spent waiting for admission.");
+}
+
+/// Renders the exposition text, refreshing the engine-derived values first.
+pub fn render(handle: &PrometheusHandle, stats: Option<EngineStats>) -> String {
+    if let Some(s) = stats {
+        gauge!(RUNNING).set(s.running as f64);
+        gauge!(WAITING).set(s.waiting as f64);
+        let usage = if s.kv_blocks_total == 0 {
+            0.0
+        } else {
+            s.kv_blocks_used as f64 / s.kv_blocks_total as f64
+        };
+        gauge!(KV_USAGE).set(usage);
+        counter!(PROMPT_TOKENS).absolute(s.prompt_tokens_total);
+        counter!(GENERATION_TOKENS).absolute(s.generation_tokens_total);
+        counter!(PREEMPTIONS).absolute(s.preemptions_total);
+    }
+    handle.run_upkeep();
+    handle.render()
+}
+
+pub fn record_ttft(d: Duration) {
+    histogram!(TTFT).record(d.as_secs_f64());
+}
+pub fn record_itl(d: Duration) {
+    histogram!(ITL).record(d.as_secs_f64());
+}
+pub fn record_e2e(d: Duration) {
+    histogram!(E2E).record(d.as_secs_f64());
+}
+pub fn record_queue(d: Duration) {
+    histogram!(QUEUE).record(d.as_secs_f64());
+}
+pub fn record_finished(reason: &'static str) {
+    counter!(SUCCESS, "finished_reason" => reason).increment(1);
+}

@@ -1,0 +1,58 @@
+//! Shared state of the HTTP handlers: the engine once it is ready, served model ids, and the
+//! HTTP settings the handlers read.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::backend::Backend;
+use crate::error::ApiError;
+
+/// The loaded model as clients see it.
+pub struct Ready {
+    pub backend: Arc<dyn Backend>,
+    /// Ids clients may use; the first is the one listed.
+    pub model_ids: Vec<String>,
+    pub created: u64,
+}
+
+impl Ready {
+    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if self.model_ids.iter().any(|m| m == model) {
+            Ok(())
+        } else {
+            Err(ApiError::model_not_found(model))
+        }
+    }
+}
+
+pub struct AppState {
+    ready: OnceLock<Ready>,
+    pub api_keys: Vec<String>,
+    pub sse_keep_alive: Duration,
+    pub max_body_bytes: usize,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(api_keys: Vec<String>, sse_keep_alive: Duration, max_body_bytes: usize) -> Self {
+        Self {
+            ready: OnceLock::new(),
+            api_keys,
+            sse_keep_alive,
+            max_body_bytes,
+            metrics: crate::metrics::install(),
+        }
+    }
+
+    /// Marks the model loaded; later calls are ignored.
+    pub fn set_ready(&self, ready: Ready) {
+        let _ = self.ready.set(ready);
+    }
+
+    /// The loaded model, or a 503 while it is still loading.
+    pub fn ready(&self) -> Result<&Ready, ApiError> {
+        self.ready.get().ok_or_else(ApiError::not_ready)
+    }
+}

