@@ -1,4 +1,6 @@
 //! Wick's integration tests: one binary, one module per area.
 
+mod batching;
 mod oracle;
+mod perplexity;
 mod text;
