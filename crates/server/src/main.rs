@@ -55,7 +55,7 @@ fn load_options(settings: &Settings) -> Result<LoadOptions> {
         ),
         None => None,
     };
-    Ok(LoadOptions { chat_template })
+    Ok(LoadOptions { chat_template, ..LoadOptions::default() })
 }
 
 /// Resolves, loads and starts the engine (blocking: downloads and file reads).
