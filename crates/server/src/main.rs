@@ -47,6 +47,8 @@ fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
+// The engine's `LoadOptions` grows fields (weights handling); keep their defaults.
+#[allow(clippy::needless_update)]
 fn load_options(settings: &Settings) -> Result<LoadOptions> {
     let chat_template = match &settings.model.chat_template {
         Some(p) => Some(
