@@ -66,7 +66,8 @@ def test_non_streaming_disconnect_cancels(spawn):
 def test_overload_is_429_with_retry_after(spawn):
     s = spawn("--max-num-seqs", "1", "--max-waiting", "1")
     a = open_stream(s.url)
-    next(data_lines(a))
+    a_lines = data_lines(a)  # keep the generator alive: dropping it closes the response
+    next(a_lines)
     b = open_stream(s.url)
     wait_for(s, 1, 1, within=10)
     r = requests.post(s.url + "/v1/chat/completions", json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "x"}]})
@@ -79,33 +80,46 @@ def test_overload_is_429_with_retry_after(spawn):
     b.close()
 
 
+def single_token_words(url, count):
+    words = "apple banana cherry river mountain ocean forest desert tiger lion eagle shark pencil paper window door table chair green blue red yellow black white music dance happy sad winter summer spring autumn money house garden bread water".split()
+    out = []
+    for w in words:
+        ids = requests.post(url + "/tokenize", json={"prompt": " " + w, "add_special_tokens": False}).json()["tokens"]
+        if len(ids) == 1:
+            out.append(ids[0])
+    assert len(out) >= count, f"only {len(out)} single-token words"
+    return out[:count]
+
+
 def test_32_concurrent_streams_without_cross_talk(server, client):
-    prompts = ["Name a fruit.", "Count to five.", "What is 2+2?", "Say hello in French."]
-    expected = {
-        p: client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": p}], max_tokens=8, temperature=0).choices[0].message.content
-        for p in prompts
-    }
+    # Each client forces its own token with logit_bias, so its text is known exactly whatever
+    # the batch numerics: any token from another request in a stream is cross-talk.
+    ids = single_token_words(server.url, 32)
     results = [None] * 32
 
     def run(i):
-        p = prompts[i % len(prompts)]
-        stream = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": p}], max_tokens=8, temperature=0, stream=True)
-        chunks = list(stream)
-        results[i] = (p, chunks)
+        stream = client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": f"Say a word ({i})."}], max_tokens=6, temperature=0,
+            logit_bias={str(ids[i]): 100}, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        )
+        results[i] = list(stream)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(32)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
-    ids = set()
-    for p, chunks in results:
+    seen_ids = set()
+    for i, chunks in enumerate(results):
+        assert chunks, f"client {i} got nothing"
         assert len({c.id for c in chunks}) == 1
-        ids.add(chunks[0].id)
+        seen_ids.add(chunks[0].id)
         assert chunks[0].choices[0].delta.role == "assistant"
-        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-        assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected[p]
-    assert len(ids) == 32
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+        assert chunks[-2].choices[0].finish_reason == "length"
+        word = requests.post(server.url + "/detokenize", json={"tokens": [ids[i]]}).json()["prompt"]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == word * 6
+    assert len(seen_ids) == 32
 
 
 def test_sigterm_lets_the_stream_finish_then_exits_zero(spawn):

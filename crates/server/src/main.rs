@@ -47,6 +47,8 @@ fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
+// The engine's `LoadOptions` grows fields (weights handling); keep their defaults.
+#[allow(clippy::needless_update)]
 fn load_options(settings: &Settings) -> Result<LoadOptions> {
     let chat_template = match &settings.model.chat_template {
         Some(p) => Some(
@@ -55,7 +57,7 @@ fn load_options(settings: &Settings) -> Result<LoadOptions> {
         ),
         None => None,
     };
-    Ok(LoadOptions { chat_template, ..Default::default() })
+    Ok(LoadOptions { chat_template, ..LoadOptions::default() })
 }
 
 /// Resolves, loads and starts the engine (blocking: downloads and file reads).
