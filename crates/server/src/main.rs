@@ -171,13 +171,38 @@ fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn perplexity(args: PerplexityArgs) -> Result<()> {
-    init_logging(LogFormat::Text, "info");
+    init_logging(LogFormat::Text, "warn");
     let settings = Settings::default();
     let mut model = settings.model.clone();
     model.model = args.model.clone();
     let resolved = model_source::resolve(&model, &settings.default_model)?;
-    let _ = (&resolved, &args.file, args.ctx);
-    anyhow::bail!(
-        "wick perplexity: the engine's perplexity scorer is not available in this build yet"
-    )
+    let loaded = wick_engine::load(&resolved.path, &LoadOptions::default())
+        .with_context(|| format!("loading {}", resolved.path.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    // As llama-perplexity: tokenize with the model's own BOS rule, and put BOS at the start of
+    // every window when the model adds one.
+    let (bos, add_bos) = loaded.text.bos();
+    let tokens = loaded.text.encode(&text, true)?;
+    let opts = wick_engine::perplexity::PerplexityOptions {
+        ctx: args.ctx,
+        bos: if add_bos { bos } else { None },
+        ..Default::default()
+    };
+    println!(
+        "model: {}\nfile: {} ({} tokens, {} windows of {})",
+        resolved.path.display(),
+        args.file.display(),
+        tokens.len(),
+        tokens.len() / args.ctx.max(1),
+        args.ctx
+    );
+    let report = wick_engine::perplexity::perplexity(loaded.model.as_ref(), &tokens, &opts, |w| {
+        println!("[{}]{:.4}", w.index + 1, w.running_ppl);
+    })?;
+    println!(
+        "PPL = {:.4} +/- {:.5} ({} tokens scored)",
+        report.ppl, report.ppl_stderr, report.tokens_scored
+    );
+    Ok(())
 }
