@@ -55,3 +55,25 @@ fn perplexity_matches_the_oracle_window_by_window() {
     assert!((report.ppl - want_ppl).abs() < 1e-3 * want_ppl, "ppl {} vs oracle {want_ppl}", report.ppl);
     assert_eq!(printed.last().copied(), Some(report.ppl));
 }
+
+/// llama.cpp's `llama-perplexity` on the same file and settings (SmolLM2-135M-Instruct Q4_1,
+/// /usr/share/common-licenses/GPL-3, -c 512, no BOS): 14 windows, 3570 scored tokens.
+const LLAMA_CPP_GPL3_PPL: f64 = 18.3914;
+
+#[test]
+fn smollm2_perplexity_on_gpl3_is_within_one_percent_of_llama_cpp() {
+    let Ok(path) = std::env::var("WICK_TEST_MODEL_SMOLLM2") else {
+        eprintln!("NOTICE: WICK_TEST_MODEL_SMOLLM2 unset; SmolLM2 perplexity test not run");
+        return;
+    };
+    let loaded = wick_engine::load(std::path::Path::new(&path), &Default::default()).unwrap();
+    let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap();
+    let (_, add_bos) = loaded.text.bos();
+    assert!(!add_bos, "SmolLM2 does not add BOS");
+    let tokens = loaded.text.encode(&text, true).unwrap();
+    let report = perplexity(loaded.model.as_ref(), &tokens, &PerplexityOptions::default(), |_| {}).unwrap();
+    assert_eq!(report.windows.len(), 14);
+    assert_eq!(report.tokens_scored, 3570);
+    let rel = (report.ppl - LLAMA_CPP_GPL3_PPL).abs() / LLAMA_CPP_GPL3_PPL;
+    assert!(rel < 0.01, "PPL {:.4} vs llama.cpp {LLAMA_CPP_GPL3_PPL} ({:.2}% off)", report.ppl, rel * 100.0);
+}
