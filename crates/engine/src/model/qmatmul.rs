@@ -281,24 +281,25 @@ mod avx2 {
     unsafe fn tile<const R: usize, const C: usize>(a: &Operand, w: &Operand, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK8_0);
         let aq = a.qs[r * k..(r + R) * k].as_ptr();
-        let ad = &a.d[r * kb..(r + R) * kb];
+        let ad = a.d[r * kb..(r + R) * kb].as_ptr();
         let wq = w.qs[c * k..(c + C) * k].as_ptr();
-        let wd = &w.d[c * kb..(c + C) * kb];
+        let wd = w.d[c * kb..(c + C) * kb].as_ptr();
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         for b in 0..kb {
             for j in 0..C {
-                // SAFETY: block `b` of column `c + j` lies inside `w.qs` (sliced above).
+                // SAFETY: block `b` of column `c + j` lies inside `w` (sliced above).
                 let wv = unsafe { _mm256_loadu_si256(wq.add(j * k + b * QK8_0) as *const __m256i) };
                 let wabs = _mm256_sign_epi8(wv, wv);
-                let dw = _mm256_set1_ps(wd[j * kb + b]);
+                let dw = _mm256_set1_ps(unsafe { *wd.add(j * kb + b) });
                 for i in 0..R {
-                    // SAFETY: block `b` of row `r + i` lies inside `a.qs` (sliced above).
+                    // SAFETY: block `b` of row `r + i` lies inside `a` (sliced above).
                     let av = unsafe { _mm256_loadu_si256(aq.add(i * k + b * QK8_0) as *const __m256i) };
+                    let da = unsafe { *ad.add(i * kb + b) };
                     let signed = _mm256_sign_epi8(av, wv);
                     let pairs = _mm256_maddubs_epi16(wabs, signed);
                     let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
-                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(ad[i * kb + b]));
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
                     acc[i][j] = _mm256_fmadd_ps(scale, lanes, acc[i][j]);
                 }
             }
