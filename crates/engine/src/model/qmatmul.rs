@@ -290,6 +290,10 @@ mod avx2 {
             for j in 0..C {
                 // SAFETY: block `b` of column `c + j` lies inside `w` (sliced above).
                 let wv = unsafe { _mm256_loadu_si256(wq.add(j * k + b * QK8_0) as *const __m256i) };
+                // Weights stream from memory once per call at small M: ask for the
+                // columns two tiles ahead (the address may lie past the end; prefetches of
+                // any address are harmless).
+                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(2 * C * k + j * k + b * QK8_0) as *const i8);
                 let wabs = _mm256_sign_epi8(wv, wv);
                 let dw = _mm256_set1_ps(unsafe { *wd.add(j * kb + b) });
                 for i in 0..R {
