@@ -1,10 +1,11 @@
-//! Building blocks shared by the architectures: `Linear` (quantized or dense weights, with the
-//! kernel picked per step size), `RmsNorm`, rotary position tables applied with per-token
+//! Building blocks shared by the architectures: `Linear` (quantized or dense weights; Q8_0 on
+//! wick's batch-invariant kernel), `RmsNorm`, rotary position tables applied with per-token
 //! positions (`Rope`), and the SwiGLU activation.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor};
 
+use crate::model::qmatmul::Q8Matrix;
 use crate::{EngineError, Result};
 
 /// A linear layer `y = x · Wᵀ` over `[T, in]` activations.
@@ -13,9 +14,19 @@ pub enum Linear {
     /// f32 weights `[out, in]`.
     Dense(Tensor),
     /// Quantized weights; `dense` is an optional f32 copy used when a step has at least
-    /// `dense_min_tokens` rows, where the f32 gemm amortizes weight reads across rows and
-    /// beats one quantized gemv per row.
-    Quant { q: QMatMul, dense: Option<Tensor>, dense_min_tokens: usize },
+    /// `dense_min_tokens` rows. The copy makes a row's result depend on how many rows share
+    /// the step (two different kernels), so it is off by default (`WeightOptions`).
+    Quant { q: QuantWeight, dense: Option<Tensor>, dense_min_tokens: usize },
+}
+
+/// A quantized weight and the kernel that runs it. Both compute each row on its own, so a
+/// sequence's results do not depend on what else is in the batch.
+#[derive(Debug, Clone)]
+pub enum QuantWeight {
+    /// Q8_0 on wick's register-blocked kernel (weights read once for several rows).
+    Q8(Q8Matrix),
+    /// Other types on candle's `QMatMul` (one gemv per row).
+    Candle(QMatMul),
 }
 
 impl Linear {
@@ -24,7 +35,8 @@ impl Linear {
         Ok(match self {
             Linear::Dense(w) => x.matmul(&w.t()?)?,
             Linear::Quant { dense: Some(w), dense_min_tokens, .. } if rows >= *dense_min_tokens => x.matmul(&w.t()?)?,
-            Linear::Quant { q, .. } => q.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q8(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Candle(q), .. } => q.forward(x)?,
         })
     }
 }

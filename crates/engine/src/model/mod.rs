@@ -13,6 +13,7 @@ use crate::Result;
 pub mod layers;
 pub mod llama;
 pub mod llama_load;
+pub mod qmatmul;
 pub mod weights;
 
 pub use weights::WeightOptions;

@@ -1,11 +1,13 @@
 //! Turning stored tensors into runnable layers: fusing projections that share an input
-//! (q/k/v, gate/up), re-quantizing types without a fast CPU kernel, and optionally keeping an
-//! f32 copy of quantized weights for large steps (`WeightOptions`).
+//! (q/k/v, gate/up), re-quantizing types without a fast CPU kernel to Q8_0 (which runs on
+//! wick's batch-invariant kernel), and optionally keeping an f32 copy of quantized weights for
+//! large steps (`WeightOptions`; off by default since it breaks batch invariance).
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::layers::Linear;
+use crate::model::layers::{Linear, QuantWeight};
+use crate::model::qmatmul::Q8Matrix;
 use crate::{EngineError, Result};
 
 /// How weights are held in memory.
@@ -15,11 +17,9 @@ pub struct WeightOptions {
     /// Q5_1) to Q8_0 at load time.
     pub requantize_slow: bool,
     /// Keep an f32 copy of quantized linear weights and use it for steps with at least this
-    /// many tokens (prefill, large decode batches). `None` never does, and is the default:
-    /// switching kernels by step size makes a sequence's numbers depend on what else runs in
-    /// its step, so greedy and seeded outputs would change under load. Measured on SmolLM2
-    /// (AVX2): the Q8_0 gemv wins up to ~8 rows, the f32 gemm from ~12 on (1.5x at 16 rows,
-    /// 2.8x at 512).
+    /// many tokens. `None` (the default) never does: switching kernels by step size makes a
+    /// sequence's output depend on what else is in the batch, and the Q8_0 kernel already
+    /// amortizes weight reads over the rows of a step.
     pub dense_min_tokens: Option<usize>,
     /// The f32 copies are skipped when they would take more than this many bytes.
     pub dense_max_bytes: usize,
@@ -120,8 +120,13 @@ impl LinearBuilder {
                 _ => Some(dense_f32(&parts)?),
             },
         };
+        let q = if qt.dtype() == GgmlDType::Q8_0 {
+            QuantWeight::Q8(Q8Matrix::from_qtensor(&qt)?)
+        } else {
+            QuantWeight::Candle(QMatMul::from_qtensor(qt)?)
+        };
         Ok(Linear::Quant {
-            q: QMatMul::from_qtensor(qt)?,
+            q,
             dense,
             dense_min_tokens: self.dense_min_tokens.unwrap_or(usize::MAX),
         })
@@ -179,15 +184,30 @@ mod tests {
         let q41 = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
         let opts = WeightOptions { requantize_slow: true, dense_min_tokens: Some(4), dense_max_bytes: 1 << 20 };
         let lin = LinearBuilder::new(&opts, 64 * 32 * 4).build(vec![RawWeight::Quant(q41)], None).unwrap();
-        let Linear::Quant { q: QMatMul::QTensor(qt), dense: Some(d), dense_min_tokens: 4 } = &lin else {
+        let Linear::Quant { q: QuantWeight::Q8(_), dense: Some(d), dense_min_tokens: 4 } = &lin else {
             panic!("expected a Q8_0 weight with an f32 copy, got {lin:?}");
         };
-        assert_eq!(qt.dtype(), GgmlDType::Q8_0);
         // Four rows take the f32 path: exactly x · dense^T.
         let x = rand(4, 64, 5);
         let want = x.matmul(&d.t().unwrap()).unwrap();
         let got = lin.forward(&x).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn default_layers_give_each_row_the_same_bits_alone_or_in_a_large_step() {
+        // Q4_1 is re-quantized to Q8_0; no f32 copy takes over large steps by default.
+        let w = rand(48, 64, 13);
+        let q41 = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let lin = LinearBuilder::new(&WeightOptions::default(), 64 * 48 * 4).build(vec![RawWeight::Quant(q41)], None).unwrap();
+        assert!(matches!(&lin, Linear::Quant { q: QuantWeight::Q8(_), dense: None, .. }), "got {lin:?}");
+        let x = rand(40, 64, 17);
+        let together: Vec<Vec<f32>> = lin.forward(&x).unwrap().to_vec2().unwrap();
+        for (r, row) in together.iter().enumerate() {
+            let alone: Vec<Vec<f32>> = lin.forward(&x.narrow(0, r, 1).unwrap()).unwrap().to_vec2().unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(row), bits(&alone[0]), "row {r}");
+        }
     }
 }
