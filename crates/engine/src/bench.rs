@@ -65,8 +65,8 @@ fn run_concurrent(engine: &Engine, prompts: Vec<Vec<u32>>, gen: usize) -> Result
             .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         receivers.push(rx);
     }
-    let mut out = Vec::new();
-    for mut rx in receivers {
+    // One reader per request, so each event is timed when it arrives, not when drained.
+    let read = |mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>| -> Result<RunTimes> {
         let mut first = None;
         let mut generated = 0;
         loop {
@@ -81,8 +81,15 @@ fn run_concurrent(engine: &Engine, prompts: Vec<Vec<u32>>, gen: usize) -> Result
                 None => return Err(EngineError::Stopped),
             }
         }
-        out.push(RunTimes { first_token: first.unwrap_or_default(), end: start.elapsed(), generated });
-    }
+        Ok(RunTimes { first_token: first.unwrap_or_default(), end: start.elapsed(), generated })
+    };
+    let out = std::thread::scope(|scope| {
+        let handles: Vec<_> = receivers.into_iter().map(|rx| scope.spawn(move || read(rx))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(EngineError::Stopped)))
+            .collect::<Result<Vec<_>>>()
+    })?;
     Ok(out)
 }
 
