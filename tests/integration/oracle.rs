@@ -161,6 +161,20 @@ fn gguf_model_matches_candle_quantized_llama() {
 }
 
 #[test]
+fn q4_1_gguf_on_wicks_kernel_matches_candle_quantized_llama() {
+    // SmolLM2's file is Q4_1: by default wick runs it on its own 4-bit kernel, candle on its
+    // scalar `vec_dot_q4_1_q8_1`. Same quantized operands, different summation order.
+    for tied in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        TinyLlama { tied_embeddings: tied, ..TinyLlama::default() }.write_gguf(&path, GgmlDType::Q4_1).unwrap();
+        let ours = load_gguf_model(&path, &WeightOptions::default()).unwrap();
+        let mut oracle = CandleQuantLlama::load(&path);
+        check_against(ours.as_ref(), &mut oracle, 1e-3);
+    }
+}
+
+#[test]
 fn gguf_and_safetensors_of_one_network_agree() {
     let dir = tempfile::tempdir().unwrap();
     let tiny = TinyLlama::default();
@@ -224,6 +238,8 @@ fn mixed_batch_gives_the_same_logits_as_each_sequence_alone() {
     tiny.write_hf(dir.path()).unwrap();
     let gguf = dir.path().join("tiny.gguf");
     tiny.write_gguf(&gguf, GgmlDType::Q8_0).unwrap();
+    let gguf_q4_1 = dir.path().join("tiny-q4_1.gguf");
+    tiny.write_gguf(&gguf_q4_1, GgmlDType::Q4_1).unwrap();
     let tokens = |seed: u32, n: u32| (0..n).map(|i| (seed * 31 + i * 17) % 300).collect::<Vec<u32>>();
     // A: prefill 9 then decodes; B: chunked prefill 5 + 6 then a decode; C: arrives in step 2.
     let plans = vec![
@@ -231,9 +247,10 @@ fn mixed_batch_gives_the_same_logits_as_each_sequence_alone() {
         Plan { tokens: tokens(2, 12), chunks: [5, 6, 1], first_block: 2 },
         Plan { tokens: tokens(3, 8), chunks: [0, 7, 1], first_block: 40 },
     ];
-    let models: [(Box<dyn CausalLm>, f32); 2] = [
+    let models: [(Box<dyn CausalLm>, f32); 3] = [
         // Quantized matmuls and our attention are row-independent: exactly equal.
         (load_gguf_model(&gguf, &WeightOptions::as_stored()).unwrap(), 0.0),
+        (load_gguf_model(&gguf_q4_1, &WeightOptions::default()).unwrap(), 0.0),
         // The f32 gemm may block differently with more rows.
         (load_safetensors_model(dir.path(), &WeightOptions::default()).unwrap(), 1e-4),
     ];

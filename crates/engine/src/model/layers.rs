@@ -1,11 +1,11 @@
-//! Building blocks shared by the architectures: `Linear` (quantized or dense weights; Q8_0 on
-//! wick's batch-invariant kernel), `RmsNorm`, rotary position tables applied with per-token
+//! Building blocks shared by the architectures: `Linear` (quantized or dense weights; Q8_0 and
+//! Q4_1 on wick's batch-invariant kernels), `RmsNorm`, rotary position tables applied with per-token
 //! positions (`Rope`), and the SwiGLU activation.
 
 use candle_core::quantized::QMatMul;
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
-use crate::model::qmatmul::Q8Matrix;
+use crate::model::qmatmul::{Q41Matrix, Q8Matrix, TileKernel};
 use crate::{EngineError, Result};
 
 /// A linear layer `y = x · Wᵀ` over `[T, in]` activations.
@@ -25,6 +25,8 @@ pub enum Linear {
 pub enum QuantWeight {
     /// Q8_0 on wick's register-blocked kernel (weights read once for several rows).
     Q8(Q8Matrix),
+    /// Q4_1 on wick's register-blocked kernel, kept at 4 bits.
+    Q41(Q41Matrix),
     /// Other types on candle's `QMatMul` (one gemv per row).
     Candle(QMatMul),
 }
@@ -36,8 +38,36 @@ impl Linear {
             Linear::Dense(w) => x.matmul(&w.t()?)?,
             Linear::Quant { dense: Some(w), dense_min_tokens, .. } if rows >= *dense_min_tokens => x.matmul(&w.t()?)?,
             Linear::Quant { q: QuantWeight::Q8(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q41(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Candle(q), .. } => q.forward(x)?,
         })
+    }
+
+    /// `x · Wᵀ` on host rows: `x` is `[rows, in]`; `out` is resized to `[rows, out]`. wick's
+    /// kernels write straight into `out`; other weights go through a tensor.
+    pub fn forward_host(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
+        if let Linear::Quant { q, dense, dense_min_tokens } = self {
+            if dense.is_none() || rows < *dense_min_tokens {
+                match q {
+                    QuantWeight::Q8(w) => {
+                        out.resize(rows * w.dims().0, 0.0);
+                        w.matmul(x, out);
+                        return Ok(());
+                    }
+                    QuantWeight::Q41(w) => {
+                        out.resize(rows * w.dims().0, 0.0);
+                        w.matmul(x, out);
+                        return Ok(());
+                    }
+                    QuantWeight::Candle(_) => {}
+                }
+            }
+        }
+        let t = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu)?;
+        let y = self.forward(&t)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        out.clear();
+        out.extend_from_slice(&y);
+        Ok(())
     }
 }
 
@@ -45,15 +75,43 @@ impl Linear {
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
+    /// The same weight on the host, for `forward_rows`.
+    host: Vec<f32>,
     eps: f32,
 }
 
 impl RmsNorm {
-    pub fn new(weight: Tensor, eps: f32) -> Self {
-        Self { weight, eps }
+    pub fn new(weight: Tensor, eps: f32) -> Result<Self> {
+        let host = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(Self { weight, host, eps })
     }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+
+    /// Normalizes each row of `x` (`[rows, dim]`) into `out` (resized to match), on the
+    /// calling thread: `x / sqrt(mean(x²) + eps) · weight`, as candle's `rms_norm`.
+    pub fn forward_rows(&self, x: &[f32], out: &mut Vec<f32>) {
+        let dim = self.host.len();
+        out.resize(x.len(), 0.0);
+        for (src, dst) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            // Eight partial sums in a fixed order: vectorizes, and each row gets the same bits
+            // whatever else is in the step.
+            let mut acc = [0f32; 8];
+            let chunks = src.chunks_exact(8);
+            let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+            for c in chunks {
+                for (a, v) in acc.iter_mut().zip(c) {
+                    *a += v * v;
+                }
+            }
+            let sum2 = acc.iter().sum::<f32>() + tail;
+            let m = (sum2 / dim as f32 + self.eps).sqrt();
+            for ((d, s), w) in dst.iter_mut().zip(src).zip(&self.host) {
+                *d = *s / m * *w;
+            }
+        }
     }
 }
 
@@ -131,15 +189,13 @@ impl Rope {
     }
 }
 
-/// `silu(gate) * up` for rows laid out `[gate (n) | up (n)]`, into `[rows, n]`.
-pub fn swiglu_rows(gate_up: &[f32], n: usize) -> Vec<f32> {
-    let rows = gate_up.len() / (2 * n);
-    let mut out = Vec::with_capacity(rows * n);
-    for r in 0..rows {
-        let (g, u) = gate_up[r * 2 * n..(r + 1) * 2 * n].split_at(n);
+/// `silu(gate) * up` for rows laid out `[gate (n) | up (n)]`, into `out` (`[rows, n]`).
+pub fn swiglu_rows(gate_up: &[f32], n: usize, out: &mut Vec<f32>) {
+    out.clear();
+    for row in gate_up.chunks_exact(2 * n) {
+        let (g, u) = row.split_at(n);
         out.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
     }
-    out
 }
 
 #[cfg(test)]
@@ -183,7 +239,8 @@ mod tests {
 
     #[test]
     fn swiglu_is_silu_gate_times_up() {
-        let out = swiglu_rows(&[0.0, 2.0, 3.0, -1.0], 2);
+        let mut out = Vec::new();
+        swiglu_rows(&[0.0, 2.0, 3.0, -1.0], 2, &mut out);
         assert_eq!(out[0], 0.0);
         assert!((out[1] - (2.0 / (1.0 + (-2f32).exp())) * -1.0).abs() < 1e-6);
     }

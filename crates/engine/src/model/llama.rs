@@ -3,6 +3,8 @@
 //! uses each token's own position, attention runs per sequence against its paged context,
 //! and the final norm + LM head run only for the rows whose logits are wanted.
 
+use std::sync::Mutex;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::batch::ForwardBatch;
@@ -53,6 +55,8 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Linear,
     rope: Rope,
+    /// Buffers of the forward pass (one pass at a time: the engine thread owns the model).
+    scratch: Mutex<Scratch>,
 }
 
 impl Llama {
@@ -68,7 +72,7 @@ impl Llama {
             max_position_embeddings: hp.max_position_embeddings,
         };
         let rope = Rope::new(&hp.rope_inv_freq, hp.max_position_embeddings, hp.rope_interleaved);
-        Self { config, hp, embed, layers, norm, lm_head, rope }
+        Self { config, hp, embed, layers, norm, lm_head, rope, scratch: Mutex::new(Scratch::default()) }
     }
 
     fn check(&self, batch: &ForwardBatch, cache: &PagedKvCache) -> Result<()> {
@@ -96,36 +100,58 @@ impl Llama {
         Ok(())
     }
 
-    /// Attention block of one layer: returns the o-projection output for all tokens.
-    fn attention(&self, l: usize, h: &Tensor, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor> {
+    /// Attention block of one layer: `s.h` (normed input) → `s.out` (o-projection output).
+    fn attention(&self, l: usize, batch: &ForwardBatch, cache: &mut PagedKvCache, s: &mut Scratch) -> Result<()> {
         let hp = &self.hp;
         let (t, hd) = (batch.num_tokens(), hp.head_dim);
         let (qw, kw) = (hp.num_heads * hd, hp.num_kv_heads * hd);
-        let qkv: Vec<f32> = self.layers[l].qkv.forward(h)?.flatten_all()?.to_vec1()?;
+        self.layers[l].qkv.forward_host(&s.h, t, &mut s.proj)?;
         let width = qw + 2 * kw;
-        let mut q = Vec::with_capacity(t * qw);
-        let mut k = Vec::with_capacity(t * kw);
-        let mut v = Vec::with_capacity(t * kw);
-        for row in qkv.chunks_exact(width) {
-            q.extend_from_slice(&row[..qw]);
-            k.extend_from_slice(&row[qw..qw + kw]);
-            v.extend_from_slice(&row[qw + kw..]);
+        s.q.clear();
+        s.k.clear();
+        s.v.clear();
+        for row in s.proj.chunks_exact(width) {
+            s.q.extend_from_slice(&row[..qw]);
+            s.k.extend_from_slice(&row[qw..qw + kw]);
+            s.v.extend_from_slice(&row[qw + kw..]);
         }
-        self.rope.apply(&mut q, &batch.positions, hp.num_heads, hd)?;
-        self.rope.apply(&mut k, &batch.positions, hp.num_kv_heads, hd)?;
-        cache.write(l, batch, &k, &v);
+        self.rope.apply(&mut s.q, &batch.positions, hp.num_heads, hd)?;
+        self.rope.apply(&mut s.k, &batch.positions, hp.num_kv_heads, hd)?;
+        cache.write(l, batch, &s.k, &s.v);
         let params = AttnParams { scale: 1.0 / (hd as f32).sqrt(), window: hp.sliding_window };
-        let att = paged_attention(cache, l, batch, &q, hp.num_heads, params);
-        let att = Tensor::from_vec(att, (t, qw), &Device::Cpu)?;
-        self.layers[l].o.forward(&att)
+        let att = paged_attention(cache, l, batch, &s.q, hp.num_heads, params);
+        self.layers[l].o.forward_host(&att, t, &mut s.out)
     }
 
-    fn mlp(&self, l: usize, h: &Tensor) -> Result<Tensor> {
-        let t = h.dim(0)?;
-        let n = self.hp.intermediate_size;
-        let gu: Vec<f32> = self.layers[l].gate_up.forward(h)?.flatten_all()?.to_vec1()?;
-        let act = Tensor::from_vec(swiglu_rows(&gu, n), (t, n), &Device::Cpu)?;
-        self.layers[l].down.forward(&act)
+    /// MLP block of one layer: `s.h` → `s.out`.
+    fn mlp(&self, l: usize, t: usize, s: &mut Scratch) -> Result<()> {
+        self.layers[l].gate_up.forward_host(&s.h, t, &mut s.proj)?;
+        swiglu_rows(&s.proj, self.hp.intermediate_size, &mut s.act);
+        self.layers[l].down.forward_host(&s.act, t, &mut s.out)
+    }
+}
+
+/// Host buffers of one forward pass, reused from layer to layer and step to step.
+#[derive(Default)]
+struct Scratch {
+    /// Residual stream `[T, hidden]`.
+    x: Vec<f32>,
+    /// Normed input of the current block.
+    h: Vec<f32>,
+    /// Fused projection output (qkv or gate/up).
+    proj: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    act: Vec<f32>,
+    /// Block output, added into `x`.
+    out: Vec<f32>,
+}
+
+/// `x += y`.
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
     }
 }
 
@@ -140,20 +166,29 @@ impl CausalLm for Llama {
         if t == 0 {
             return Ok(Tensor::zeros((0, self.hp.vocab_size), DType::F32, &Device::Cpu)?);
         }
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &mut *guard;
         let ids = Tensor::from_slice(&batch.input_ids, t, &Device::Cpu)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        s.x = self.embed.index_select(&ids, 0)?.flatten_all()?.to_vec1()?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(&x)?;
-            x = (x + self.attention(l, &h, batch, cache)?)?;
-            let h = layer.ffn_norm.forward(&x)?;
-            x = (x + self.mlp(l, &h)?)?;
+            layer.attn_norm.forward_rows(&s.x, &mut s.h);
+            self.attention(l, batch, cache, s)?;
+            add_into(&mut s.x, &s.out);
+            layer.ffn_norm.forward_rows(&s.x, &mut s.h);
+            self.mlp(l, t, s)?;
+            add_into(&mut s.x, &s.out);
         }
-        if batch.logits_rows.is_empty() {
+        let hidden = self.hp.hidden_size;
+        let rows = batch.logits_rows.len();
+        if rows == 0 {
             return Ok(Tensor::zeros((0, self.hp.vocab_size), DType::F32, &Device::Cpu)?);
         }
-        let rows: Vec<u32> = batch.logits_rows.iter().map(|&r| r as u32).collect();
-        let rows = Tensor::from_vec(rows, batch.logits_rows.len(), &Device::Cpu)?;
-        let x = self.norm.forward(&x.index_select(&rows, 0)?)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        s.act.clear();
+        for &r in &batch.logits_rows {
+            s.act.extend_from_slice(&s.x[r * hidden..(r + 1) * hidden]);
+        }
+        self.norm.forward_rows(&s.act, &mut s.h);
+        self.lm_head.forward_host(&s.h, rows, &mut s.out)?;
+        Ok(Tensor::from_slice(&s.out, (rows, self.hp.vocab_size), &Device::Cpu)?)
     }
 }

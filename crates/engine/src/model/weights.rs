@@ -1,21 +1,24 @@
 //! Turning stored tensors into runnable layers: fusing projections that share an input
-//! (q/k/v, gate/up), re-quantizing types without a fast CPU kernel to Q8_0 (which runs on
-//! wick's batch-invariant kernel), and optionally keeping an f32 copy of quantized weights for
-//! large steps (`WeightOptions`; off by default since it breaks batch invariance).
+//! (q/k/v, gate/up), choosing the kernel per quantization type (Q8_0 and Q4_1 run on wick's
+//! batch-invariant kernels; types without a fast CPU kernel are re-quantized to Q8_0), and
+//! optionally keeping an f32 copy of quantized weights for large steps (`WeightOptions`; off
+//! by default since it breaks batch invariance).
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::model::layers::{Linear, QuantWeight};
-use crate::model::qmatmul::Q8Matrix;
+use crate::model::qmatmul::{Q41Matrix, Q8Matrix};
 use crate::{EngineError, Result};
 
 /// How weights are held in memory.
 #[derive(Debug, Clone)]
 pub struct WeightOptions {
-    /// Re-quantize quantized weights whose type has no SIMD matmul on this CPU (Q4_1, Q5_0,
-    /// Q5_1) to Q8_0 at load time.
-    pub requantize_slow: bool,
+    /// Run Q4_1 on wick's kernel and re-quantize quantized weights whose type has no SIMD
+    /// matmul on this CPU (Q5_0, Q5_1, Q8_1) to Q8_0 at load time. When off, those types run on
+    /// candle's `QMatMul` as stored (an oracle setting). Q8_0 always runs on wick's kernel,
+    /// which gives candle's bits.
+    pub fast_kernels: bool,
     /// Keep an f32 copy of quantized linear weights and use it for steps with at least this
     /// many tokens. `None` (the default) never does: switching kernels by step size makes a
     /// sequence's output depend on what else is in the batch, and the Q8_0 kernel already
@@ -27,14 +30,14 @@ pub struct WeightOptions {
 
 impl Default for WeightOptions {
     fn default() -> Self {
-        Self { requantize_slow: true, dense_min_tokens: None, dense_max_bytes: 2 << 30 }
+        Self { fast_kernels: true, dense_min_tokens: None, dense_max_bytes: 2 << 30 }
     }
 }
 
 impl WeightOptions {
     /// Quantized weights used as stored: no re-quantization, no f32 copies.
     pub fn as_stored() -> Self {
-        Self { requantize_slow: false, dense_min_tokens: None, dense_max_bytes: 0 }
+        Self { fast_kernels: false, dense_min_tokens: None, dense_max_bytes: 0 }
     }
 }
 
@@ -53,9 +56,9 @@ impl RawWeight {
     }
 }
 
-/// Types whose quantized matmul is a scalar loop on x86.
+/// Types whose quantized matmul is a scalar loop on x86 and that wick has no kernel for.
 fn is_slow(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1)
+    matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1)
 }
 
 fn is_float(dtype: GgmlDType) -> bool {
@@ -64,7 +67,7 @@ fn is_float(dtype: GgmlDType) -> bool {
 
 /// Builds linear layers under one set of options.
 pub struct LinearBuilder {
-    requantize_slow: bool,
+    fast_kernels: bool,
     /// Set when f32 copies are kept (and fit the budget).
     dense_min_tokens: Option<usize>,
 }
@@ -76,7 +79,7 @@ impl LinearBuilder {
         if opts.dense_min_tokens.is_some() && dense_min_tokens.is_none() {
             tracing::info!(dense_bytes, "f32 weight copies skipped: over the memory budget");
         }
-        Self { requantize_slow: opts.requantize_slow, dense_min_tokens }
+        Self { fast_kernels: opts.fast_kernels, dense_min_tokens }
     }
 
     /// One linear layer whose output is the concatenation of `parts`' outputs (each `[out_i, in]`).
@@ -98,7 +101,7 @@ impl LinearBuilder {
         };
         let dtype = quant[0].dtype();
         let same = quant.iter().all(|q| q.dtype() == dtype);
-        let requant = !same || (self.requantize_slow && is_slow(dtype));
+        let requant = !same || (self.fast_kernels && is_slow(dtype));
         let dense_f32 = |parts: &[RawWeight]| -> Result<Tensor> {
             let d = parts.iter().map(RawWeight::to_f32).collect::<Result<Vec<_>>>()?;
             Ok(Tensor::cat(&d, 0)?.contiguous()?)
@@ -120,10 +123,10 @@ impl LinearBuilder {
                 _ => Some(dense_f32(&parts)?),
             },
         };
-        let q = if qt.dtype() == GgmlDType::Q8_0 {
-            QuantWeight::Q8(Q8Matrix::from_qtensor(&qt)?)
-        } else {
-            QuantWeight::Candle(QMatMul::from_qtensor(qt)?)
+        let q = match qt.dtype() {
+            GgmlDType::Q8_0 => QuantWeight::Q8(Q8Matrix::from_qtensor(&qt)?),
+            GgmlDType::Q4_1 if self.fast_kernels => QuantWeight::Q41(Q41Matrix::from_qtensor(&qt)?),
+            _ => QuantWeight::Candle(QMatMul::from_qtensor(qt)?),
         };
         Ok(Linear::Quant {
             q,
@@ -181,9 +184,9 @@ mod tests {
     #[test]
     fn slow_types_are_requantized_and_large_steps_use_the_f32_copy() {
         let w = rand(32, 64, 3);
-        let q41 = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-        let opts = WeightOptions { requantize_slow: true, dense_min_tokens: Some(4), dense_max_bytes: 1 << 20 };
-        let lin = LinearBuilder::new(&opts, 64 * 32 * 4).build(vec![RawWeight::Quant(q41)], None).unwrap();
+        let q51 = QTensor::quantize(&w, GgmlDType::Q5_1).unwrap();
+        let opts = WeightOptions { fast_kernels: true, dense_min_tokens: Some(4), dense_max_bytes: 1 << 20 };
+        let lin = LinearBuilder::new(&opts, 64 * 32 * 4).build(vec![RawWeight::Quant(q51)], None).unwrap();
         let Linear::Quant { q: QuantWeight::Q8(_), dense: Some(d), dense_min_tokens: 4 } = &lin else {
             panic!("expected a Q8_0 weight with an f32 copy, got {lin:?}");
         };
@@ -197,17 +200,24 @@ mod tests {
 
     #[test]
     fn default_layers_give_each_row_the_same_bits_alone_or_in_a_large_step() {
-        // Q4_1 is re-quantized to Q8_0; no f32 copy takes over large steps by default.
+        // Q4_1 runs on wick's kernel as stored, Q5_0 is re-quantized to Q8_0; no f32 copy takes
+        // over large steps by default.
         let w = rand(48, 64, 13);
-        let q41 = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-        let lin = LinearBuilder::new(&WeightOptions::default(), 64 * 48 * 4).build(vec![RawWeight::Quant(q41)], None).unwrap();
-        assert!(matches!(&lin, Linear::Quant { q: QuantWeight::Q8(_), dense: None, .. }), "got {lin:?}");
-        let x = rand(40, 64, 17);
-        let together: Vec<Vec<f32>> = lin.forward(&x).unwrap().to_vec2().unwrap();
-        for (r, row) in together.iter().enumerate() {
-            let alone: Vec<Vec<f32>> = lin.forward(&x.narrow(0, r, 1).unwrap()).unwrap().to_vec2().unwrap();
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(row), bits(&alone[0]), "row {r}");
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let lin = LinearBuilder::new(&WeightOptions::default(), 64 * 48 * 4).build(vec![RawWeight::Quant(q)], None).unwrap();
+            let Linear::Quant { q, dense: None, .. } = &lin else { panic!("got {lin:?}") };
+            match (dtype, q) {
+                (GgmlDType::Q4_1, QuantWeight::Q41(_)) | (GgmlDType::Q5_0, QuantWeight::Q8(_)) => {}
+                _ => panic!("{dtype:?} runs on {q:?}"),
+            }
+            let x = rand(40, 64, 17);
+            let together: Vec<Vec<f32>> = lin.forward(&x).unwrap().to_vec2().unwrap();
+            for (r, row) in together.iter().enumerate() {
+                let alone: Vec<Vec<f32>> = lin.forward(&x.narrow(0, r, 1).unwrap()).unwrap().to_vec2().unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(row), bits(&alone[0]), "{dtype:?} row {r}");
+            }
         }
     }
 }

@@ -1,0 +1,244 @@
+//! wick's batch-invariant quantized matmuls for CPU: `y[M, N] = x[M, K] · W[N, K]ᵀ` with
+//! quantized weights and activations quantized per row to 8 bits (32 values and one scale per
+//! block, exactly as ggml's and candle's `quantize_row_q8_0` / `q8_1`).
+//!
+//! This module owns what every weight format shares: quantizing the activations
+//! (`QuantizedActs`), spreading (row chunk, column chunk) items over candle's CPU thread pool
+//! (the one its own matmuls use, so the two never compete for cores), and the `TileKernel`
+//! trait each format implements (`q8_0`, `q4_1`).
+//!
+//! Batch invariance is by construction: every output `y[m, n]` is computed by the same
+//! sequence of floating-point operations whatever `M` is, whichever rows share the call and
+//! however the work is split across threads. Per (row, column) an 8-lane f32 accumulator takes,
+//! block after block in order, `fma(d_w · d_x, i32→f32(Σ int8 products per lane), acc)` and is
+//! reduced by one fixed horizontal sum; the int8 dot products are exact integers, so only the
+//! float steps are pinned. Speed comes from register blocking: a tile of up to 4 activation
+//! rows × 2–4 weight columns loads each weight block once for several rows.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use candle_core::{DType, Device, Storage, Tensor};
+use half::f16;
+
+use crate::{EngineError, Result};
+
+mod q4_1;
+mod q8_0;
+
+pub use q4_1::Q41Matrix;
+pub use q8_0::Q8Matrix;
+
+/// Values per quantization block (Q8_0, Q8_1, Q4_1 alike).
+pub const QK: usize = 32;
+/// Activation rows per thread work item (their quantized blocks stay in L2 while the item's
+/// weight columns stream past).
+const ROW_CHUNK: usize = 64;
+/// Weight columns per thread work item.
+const COL_CHUNK: usize = 16;
+/// Rows per work item when quantizing activations in parallel (below this, one thread).
+const QUANT_ROWS: usize = 16;
+
+/// Activations `[m, k]` quantized to 8 bits per value: int8 values, the f16-rounded block scale
+/// widened to f32, and (for formats with a per-block offset) `s = d · Σ values` rounded as
+/// candle's `BlockQ8_1` does.
+#[derive(Default)]
+pub struct QuantizedActs {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+    pub k: usize,
+}
+
+impl QuantizedActs {
+    /// Row `r`'s values and scales.
+    #[inline]
+    pub fn row(&self, r: usize) -> (&[i8], &[f32]) {
+        let kb = self.k / QK;
+        (&self.qs[r * self.k..(r + 1) * self.k], &self.d[r * kb..(r + 1) * kb])
+    }
+
+    /// Quantizes `x` (`m` rows of `k`), reusing the buffers; rows are split over the pool.
+    fn quantize(&mut self, x: &[f32], k: usize) {
+        let m = x.len() / k;
+        self.k = k;
+        self.qs.resize(m * k, 0);
+        self.d.resize(m * k / QK, 0.0);
+        self.s.resize(m * k / QK, 0.0);
+        if m < 2 * QUANT_ROWS {
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s);
+            return;
+        }
+        let kb = k / QK;
+        let (qs, d, s) = (SendPtr(self.qs.as_mut_ptr()), SendPtr(self.d.as_mut_ptr()), SendPtr(self.s.as_mut_ptr()));
+        candle_core::utils::barrier_pool().execute_chunked(m.div_ceil(QUANT_ROWS), |items| {
+            let (qs, d, s) = (&qs, &d, &s);
+            for item in items {
+                let rows = item * QUANT_ROWS..m.min((item + 1) * QUANT_ROWS);
+                // SAFETY: each item owns rows `rows` of the three buffers, sized above for
+                // `m` rows; the buffers outlive the parallel region.
+                let (qs, d, s) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qs.0.add(rows.start * k), rows.len() * k),
+                        std::slice::from_raw_parts_mut(d.0.add(rows.start * kb), rows.len() * kb),
+                        std::slice::from_raw_parts_mut(s.0.add(rows.start * kb), rows.len() * kb),
+                    )
+                };
+                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s);
+            }
+        });
+    }
+}
+
+/// A raw pointer handed to pool workers that write disjoint ranges through it.
+struct SendPtr<T>(*mut T);
+// SAFETY: only used for disjoint writes inside one parallel region (see the call sites).
+unsafe impl<T> Sync for SendPtr<T> {}
+unsafe impl<T> Send for SendPtr<T> {}
+
+/// Quantizes each 32-value block of `x` as ggml's `quantize_row_q8_0` does (candle's
+/// `BlockQ8_0::from_float`): scale `amax / 127` rounded to f16, values `round(x / scale)`
+/// computed with the unrounded scale. `d` receives the f16 scales widened to f32; `s` receives
+/// `f16(Σ values) · d` in f16 arithmetic, as candle's `BlockQ8_1::from_float` stores it.
+pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()));
+    for ((xb, qb), (db, sb)) in blocks {
+        let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        let d16 = f16::from_f32(scale);
+        *db = d16.to_f32();
+        let mut sum = 0i32;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = (v * inv).round() as i8;
+            sum += *q as i32;
+        }
+        *sb = (f16::from_f32(sum as f32) * d16).to_f32();
+    }
+}
+
+/// The output matrix, shared by the workers (each writes disjoint elements).
+#[derive(Clone, Copy)]
+pub struct OutPtr {
+    addr: usize,
+    stride: usize,
+}
+
+impl OutPtr {
+    pub fn new(out: &mut [f32], stride: usize) -> Self {
+        Self { addr: out.as_mut_ptr() as usize, stride }
+    }
+
+    /// # Safety
+    /// `(r, c)` must lie inside the output and no other thread may write it concurrently.
+    #[inline]
+    pub unsafe fn write(self, r: usize, c: usize, v: f32) {
+        unsafe { *(self.addr as *mut f32).add(r * self.stride + c) = v };
+    }
+}
+
+/// A quantized weight format with a register-tiled kernel.
+pub trait TileKernel: Sync {
+    /// `(n, k)`: outputs and inputs.
+    fn dims(&self) -> (usize, usize);
+
+    /// Computes `out[rows, cols]` from the quantized activations.
+    ///
+    /// # Safety
+    /// `rows` lie inside `acts`, `cols` inside the weight, both inside `out`, and no other
+    /// thread writes those output elements concurrently.
+    unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr);
+}
+
+/// `out[m, n] = x[m, k] · Wᵀ` on row-major slices (`x.len() = m · k`, `out.len() = m · n`).
+pub fn matmul(w: &impl TileKernel, x: &[f32], out: &mut [f32]) {
+    let (n, k) = w.dims();
+    let m = x.len() / k;
+    assert_eq!(x.len(), m * k, "input is not a whole number of rows");
+    assert_eq!(out.len(), m * n, "output has the wrong size");
+    thread_local! {
+        static ACTS: RefCell<QuantizedActs> = RefCell::new(QuantizedActs::default());
+    }
+    ACTS.with(|cell| {
+        let mut acts = cell.borrow_mut();
+        acts.quantize(x, k);
+        let acts = &*acts;
+        let row_chunks = m.div_ceil(ROW_CHUNK);
+        let col_chunks = n.div_ceil(COL_CHUNK);
+        let out = OutPtr::new(out, n);
+        // Items are (row chunk, column chunk), row-chunk major; each output element belongs to
+        // exactly one item, so workers never write the same element.
+        candle_core::utils::barrier_pool().execute_chunked(row_chunks * col_chunks, |items| {
+            for item in items {
+                let (rc, cc) = (item / col_chunks, item % col_chunks);
+                let rows = rc * ROW_CHUNK..m.min((rc + 1) * ROW_CHUNK);
+                let cols = cc * COL_CHUNK..n.min((cc + 1) * COL_CHUNK);
+                // SAFETY: `rows` and `cols` lie inside the operands and `out`, and this item
+                // alone writes its output elements.
+                unsafe { w.block(acts, rows, cols, out) };
+            }
+        });
+    })
+}
+
+/// `x · Wᵀ` for a tensor `x` of shape `[..., k]`; the result is `[..., n]` f32.
+pub fn forward(w: &impl TileKernel, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims();
+    let mut dims = x.dims().to_vec();
+    if dims.last() != Some(&k) {
+        return Err(EngineError::InvalidRequest(format!("input {:?} does not end in {k}", x.dims())));
+    }
+    let x = if x.dtype() == DType::F32 { x.contiguous()? } else { x.to_dtype(DType::F32)?.contiguous()? };
+    let m = x.elem_count() / k;
+    let mut out = vec![0f32; m * n];
+    {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            return Err(EngineError::Unsupported("the quantized kernels run on CPU tensors only".into()));
+        };
+        let (start, end) =
+            layout.contiguous_offsets().ok_or_else(|| EngineError::Unsupported("non-contiguous input".into()))?;
+        matmul(w, &cpu.as_slice::<f32>()?[start..end], &mut out);
+    }
+    dims.pop();
+    dims.push(n);
+    Ok(Tensor::from_vec(out, dims, &Device::Cpu)?)
+}
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// candle's / ggml's `hsum_float_8`, emulated on 8 lanes (the scalar paths use it).
+fn hsum_lanes(acc: &[f32; 8]) -> f32 {
+    let h: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
+    (h[0] + h[2]) + (h[1] + h[3])
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// candle's / ggml's `hsum_float_8`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn hsum(x: __m256) -> f32 {
+        let res = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+        let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        let res = _mm_add_ss(res, _mm_movehdup_ps(res));
+        _mm_cvtss_f32(res)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! Q4_1 weights (per block of 32: an f16 scale `d`, an f16 offset `m` and 32 unsigned 4-bit
+//! values, `w = d·q + m`) on wick's register-tiled kernel, kept as stored: half the bytes of
+//! Q8_0, which is what single-sequence decode (memory-bound) pays for.
+//!
+//! Per (row, column): `Σ_b d_w·d_x·Σ q·x  +  Σ_b m_w·s_x` with `s_x = d_x·Σ x` (ggml's
+//! `vec_dot_q4_1_q8_1`). The first sum is an 8-lane accumulator taking, block after block,
+//! `fma(d_w·d_x, i32→f32(lane), acc)` where lane `j` is the exact integer `Σ q·x` over values
+//! `4j..4j+4`; the second is a scalar fma chain over the blocks in order; the result is
+//! `hsum(acc) + msum`. The same operations run whatever tile the element falls in, so rows
+//! are bit-identical whatever else shares the call.
+
+use std::ops::Range;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Tensor;
+use half::f16;
+
+use super::{has_avx2_fma, hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use crate::{EngineError, Result};
+
+/// Bytes of one stored ggml Q4_1 block: f16 `d`, f16 `m`, then 16 bytes of nibbles (byte `i`
+/// holds value `i` in its low nibble and value `i + 16` in its high nibble).
+const BLOCK_BYTES: usize = 4 + QK / 2;
+
+/// Q4_1 weights `[n, k]` in ggml's block layout, each column's blocks contiguous.
+#[derive(Clone)]
+pub struct Q41Matrix {
+    n: usize,
+    k: usize,
+    blocks: Vec<u8>,
+}
+
+impl std::fmt::Debug for Q41Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Q41Matrix[{}, {}]", self.n, self.k)
+    }
+}
+
+impl Q41Matrix {
+    /// Takes a Q4_1 `QTensor` of shape `[n, k]`.
+    pub fn from_qtensor(q: &QTensor) -> Result<Self> {
+        if q.dtype() != GgmlDType::Q4_1 {
+            return Err(EngineError::Load(format!("Q41Matrix needs Q4_1 weights, got {:?}", q.dtype())));
+        }
+        let (n, k) = q.shape().dims2()?;
+        let blocks = q.data()?.to_vec();
+        if !k.is_multiple_of(QK) || blocks.len() != n * k / QK * BLOCK_BYTES {
+            return Err(EngineError::Load(format!("bad Q4_1 data: {} bytes for [{n}, {k}]", blocks.len())));
+        }
+        Ok(Self { n, k, blocks })
+    }
+
+    /// `x · Wᵀ` for `x` of shape `[..., k]`; the result is `[..., n]` f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        super::forward(self, x)
+    }
+
+    /// `out[m, n] = x[m, k] · Wᵀ` on row-major slices.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
+        super::matmul(self, x, out)
+    }
+
+    /// Column `c`'s blocks.
+    fn col(&self, c: usize) -> &[u8] {
+        let bytes = self.k / QK * BLOCK_BYTES;
+        &self.blocks[c * bytes..(c + 1) * bytes]
+    }
+}
+
+/// `(d, m)` of a stored block.
+fn scales(block: &[u8]) -> (f32, f32) {
+    (f16::from_le_bytes([block[0], block[1]]).to_f32(), f16::from_le_bytes([block[2], block[3]]).to_f32())
+}
+
+/// `Σ_b m_w·s_x` as one fma chain in block order (shared by the scalar and SIMD paths).
+#[inline]
+fn offset_sum(col: &[u8], s: &[f32]) -> f32 {
+    col.chunks_exact(BLOCK_BYTES).zip(s).fold(0f32, |acc, (block, &sx)| scales(block).1.mul_add(sx, acc))
+}
+
+impl TileKernel for Q41Matrix {
+    fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
+        if has_avx2_fma() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2, FMA and F16C were detected; the caller's contract covers the ranges.
+            unsafe {
+                avx2::block(acts, self, rows, cols, out)
+            };
+        } else {
+            // SAFETY: the caller's contract.
+            unsafe { scalar_block(acts, self, rows, cols, out) };
+        }
+    }
+}
+
+/// One output element, emulating the AVX2 kernel lane for lane.
+fn dot_scalar(acts: &QuantizedActs, r: usize, col: &[u8]) -> f32 {
+    let (xq, xd) = acts.row(r);
+    let kb = acts.k / QK;
+    let mut acc = [0f32; 8];
+    for (b, block) in col.chunks_exact(BLOCK_BYTES).enumerate() {
+        let (dw, _) = scales(block);
+        let scale = dw * xd[b];
+        let nib = &block[4..];
+        let q = |i: usize| if i < QK / 2 { nib[i] & 0x0F } else { nib[i - QK / 2] >> 4 } as i32;
+        let x = &xq[b * QK..(b + 1) * QK];
+        for (j, lane) in acc.iter_mut().enumerate() {
+            let s: i32 = (4 * j..4 * j + 4).map(|i| q(i) * x[i] as i32).sum();
+            *lane = (s as f32).mul_add(scale, *lane);
+        }
+    }
+    hsum_lanes(&acc) + offset_sum(col, &acts.s[r * kb..(r + 1) * kb])
+}
+
+/// # Safety
+/// See `TileKernel::block`.
+pub(super) unsafe fn scalar_block(a: &QuantizedActs, w: &Q41Matrix, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
+    for r in rows {
+        for c in cols.clone() {
+            unsafe { out.write(r, c, dot_scalar(a, r, w.col(c))) };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
+mod avx2 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::super::simd::hsum;
+    use super::{offset_sum, OutPtr, Q41Matrix, QuantizedActs, BLOCK_BYTES, QK};
+
+    /// Covers `rows × cols` with register tiles: 4×2 while 4 rows remain, then 3×2, 2×4 or
+    /// 1×4 (decode), and single columns for what is left of `cols`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are available; see `TileKernel::block`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn block(a: &QuantizedActs, w: &Q41Matrix, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
+        let mut r = rows.start;
+        while r < rows.end {
+            let step = (rows.end - r).min(4);
+            unsafe {
+                match step {
+                    4 => cols_with::<4, 2>(a, w, r, cols.clone(), out),
+                    3 => cols_with::<3, 2>(a, w, r, cols.clone(), out),
+                    2 => cols_with::<2, 4>(a, w, r, cols.clone(), out),
+                    _ => cols_with::<1, 4>(a, w, r, cols.clone(), out),
+                }
+            }
+            r += step;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn cols_with<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q41Matrix, r: usize, cols: Range<usize>, out: OutPtr) {
+        let mut c = cols.start;
+        while c + C <= cols.end {
+            unsafe { tile::<R, C>(a, w, r, c, out) };
+            c += C;
+        }
+        while c < cols.end {
+            unsafe { tile::<R, 1>(a, w, r, c, out) };
+            c += 1;
+        }
+    }
+
+    /// `R` rows from `r` times `C` columns from `c`, one 8-lane accumulator per pair.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q41Matrix, r: usize, c: usize, out: OutPtr) {
+        let (k, kb) = (a.k, a.k / QK);
+        let col_bytes = kb * BLOCK_BYTES;
+        let aq = a.qs[r * k..(r + R) * k].as_ptr();
+        let ad = a.d[r * kb..(r + R) * kb].as_ptr();
+        let wp = w.blocks[c * col_bytes..(c + C) * col_bytes].as_ptr();
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm_set1_epi8(0x0F);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..kb {
+            for j in 0..C {
+                let blk = wp.wrapping_add(j * col_bytes + b * BLOCK_BYTES);
+                // Weights stream from memory once per call at small M: ask for the columns
+                // two tiles ahead (the address may lie past the end; prefetches of any
+                // address are harmless).
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * C * col_bytes) as *const i8);
+                // SAFETY: block `b` of column `c + j` lies inside `w` (sliced above): 4 bytes
+                // of scales, then 16 of nibbles.
+                let (dm, nib) = unsafe {
+                    (
+                        _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned())),
+                        _mm_loadu_si128(blk.add(4) as *const __m128i),
+                    )
+                };
+                let lo = _mm_and_si128(nib, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low);
+                let wv = _mm256_set_m128i(hi, lo);
+                let dw = _mm256_set1_ps(_mm_cvtss_f32(dm));
+                for i in 0..R {
+                    // SAFETY: block `b` of row `r + i` lies inside `a` (sliced above).
+                    let av = unsafe { _mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i) };
+                    let da = unsafe { *ad.add(i * kb + b) };
+                    let pairs = _mm256_maddubs_epi16(wv, av);
+                    let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
+                    acc[i][j] = _mm256_fmadd_ps(scale, lanes, acc[i][j]);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            let s = &a.s[(r + i) * kb..(r + i + 1) * kb];
+            for (j, &v) in row.iter().enumerate() {
+                let col = &w.blocks[(c + j) * col_bytes..(c + j + 1) * col_bytes];
+                // SAFETY: the caller owns these output elements.
+                unsafe { out.write(r + i, c + j, hsum(v) + offset_sum(col, s)) };
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Tests of the quantized kernels: batch invariance (bit for bit), agreement with the f32
+//! reference and with candle's own quantized matmuls, and the scalar paths against the SIMD
+//! ones, for Q8_0 and Q4_1 weights.
+
+use super::*;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::Module;
+
+/// Deterministic values in [-scale, scale) with some outliers, like activations.
+fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|i| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            let v = (2.0 * u - 1.0) * scale;
+            if i % 97 == 5 { v * 8.0 } else { v }
+        })
+        .collect()
+}
+
+fn qtensor(n: usize, k: usize, seed: u64, dtype: GgmlDType) -> QTensor {
+    let w = Tensor::from_vec(values(n * k, seed, 0.1), (n, k), &Device::Cpu).unwrap();
+    QTensor::quantize(&w, dtype).unwrap()
+}
+
+/// Both kernels behind one type, so every test runs on each.
+enum Kernel {
+    Q8(Q8Matrix),
+    Q41(Q41Matrix),
+}
+
+const FORMATS: [GgmlDType; 2] = [GgmlDType::Q8_0, GgmlDType::Q4_1];
+
+fn kernel(q: &QTensor) -> Kernel {
+    match q.dtype() {
+        GgmlDType::Q8_0 => Kernel::Q8(Q8Matrix::from_qtensor(q).unwrap()),
+        _ => Kernel::Q41(Q41Matrix::from_qtensor(q).unwrap()),
+    }
+}
+
+fn run(w: &Kernel, x: &[f32]) -> Vec<f32> {
+    match w {
+        Kernel::Q8(w) => run_with(w, x),
+        Kernel::Q41(w) => run_with(w, x),
+    }
+}
+
+fn run_with(w: &impl TileKernel, x: &[f32]) -> Vec<f32> {
+    let (n, k) = w.dims();
+    let mut out = vec![0f32; x.len() / k * n];
+    matmul(w, x, &mut out);
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+#[test]
+fn each_row_is_bit_identical_whatever_the_batch() {
+    // n = 37 and m up to 70 exercise every register tile, column tails, several thread items
+    // and the parallel activation quantization.
+    let (k, n) = (96, 37);
+    for dtype in FORMATS {
+        let w = kernel(&qtensor(n, k, 1, dtype));
+        for m in [1, 3, 16, 37, 70] {
+            let x = values(m * k, 100 + m as u64, 1.0);
+            let together = run(&w, &x);
+            for r in 0..m {
+                let alone = run(&w, &x[r * k..(r + 1) * k]);
+                assert_eq!(bits(&together[r * n..(r + 1) * n]), bits(&alone), "{dtype:?}: row {r} of {m}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_row_gives_the_same_bits_next_to_different_neighbours() {
+    let (k, n) = (64, 20);
+    for dtype in FORMATS {
+        let w = kernel(&qtensor(n, k, 2, dtype));
+        let row = values(k, 7, 1.0);
+        let alone = run(&w, &row);
+        for (m, pos) in [(5, 0), (5, 4), (9, 6), (66, 65)] {
+            let mut x = values(m * k, 1000 + pos as u64, 3.0);
+            x[pos * k..(pos + 1) * k].copy_from_slice(&row);
+            let got = run(&w, &x);
+            assert_eq!(bits(&got[pos * n..(pos + 1) * n]), bits(&alone), "{dtype:?}: row at {pos} of {m}");
+        }
+    }
+}
+
+#[test]
+fn close_to_the_f32_product_with_dequantized_weights() {
+    let (m, k, n) = (16, 576, 48);
+    for dtype in FORMATS {
+        let q = qtensor(n, k, 3, dtype);
+        let w = kernel(&q);
+        let x = values(m * k, 5, 1.0);
+        let got = run(&w, &x);
+        let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
+        let want: Vec<f32> =
+            xt.matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+        assert!(err / norm < 1e-2, "{dtype:?}: relative error {}", err / norm);
+    }
+}
+
+#[test]
+fn activation_quantization_matches_candle_q8_0() {
+    let (m, k) = (40, 128);
+    let x = values(m * k, 9, 2.0);
+    let mut acts = QuantizedActs::default();
+    acts.quantize(&x, k); // 40 rows: the parallel path
+    let q = QTensor::quantize(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
+    let theirs = Q8Matrix::from_qtensor(&q).unwrap();
+    assert_eq!(acts.qs, theirs.qs);
+    assert_eq!(bits(&acts.d), bits(&theirs.d));
+    let (mut qs, mut d, mut s) = (vec![0i8; m * k], vec![0f32; m * k / QK], vec![0f32; m * k / QK]);
+    quantize_rows(&x, &mut qs, &mut d, &mut s);
+    assert_eq!(bits(&acts.s), bits(&s), "parallel and serial quantization differ");
+}
+
+/// The scalar path of `w` over the whole output, for comparison with the SIMD one.
+fn scalar(w: &Kernel, x: &[f32], n: usize, k: usize) -> Vec<f32> {
+    let m = x.len() / k;
+    let mut acts = QuantizedActs::default();
+    acts.quantize(x, k);
+    let mut slow = vec![0f32; m * n];
+    let out = OutPtr::new(&mut slow, n);
+    // SAFETY: the ranges cover `slow` exactly and one thread writes it.
+    unsafe {
+        match w {
+            Kernel::Q8(w) => q8_0::scalar_block(&acts, w, 0..m, 0..n, out),
+            Kernel::Q41(w) => q4_1::scalar_block(&acts, w, 0..m, 0..n, out),
+        }
+    }
+    slow
+}
+
+#[test]
+fn the_scalar_path_gives_the_simd_bits() {
+    let (m, k, n) = (7, 96, 11);
+    for dtype in FORMATS {
+        let w = kernel(&qtensor(n, k, 4, dtype));
+        let x = values(m * k, 8, 1.0);
+        assert_eq!(bits(&run(&w, &x)), bits(&scalar(&w, &x, n, k)), "{dtype:?}");
+    }
+}
+
+#[test]
+fn same_bits_as_candles_q8_0_matmul_on_avx2() {
+    // candle runs one AVX2 `vec_dot_q8_0_q8_0` per (row, column) for Q8_0 when k is not a
+    // multiple of 256 (otherwise AVX-512 VNNI machines take its repacked path).
+    if !has_avx2_fma() {
+        return;
+    }
+    let (m, k, n) = (5, 96, 12);
+    let q = qtensor(n, k, 6, GgmlDType::Q8_0);
+    let w = Q8Matrix::from_qtensor(&q).unwrap();
+    let x = values(m * k, 10, 1.0);
+    let got = run_with(&w, &x);
+    let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+    let want: Vec<f32> = QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(bits(&got), bits(&want));
+    let through_tensor: Vec<f32> = w.forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(bits(&through_tensor), bits(&want));
+}
+
+#[test]
+fn q4_1_agrees_with_candles_q4_1_matmul() {
+    // Same quantized operands as candle's `vec_dot_q4_1_q8_1` (Q8_1 activations with the f16
+    // `s`); only the order of the float additions differs.
+    let (m, k, n) = (6, 576, 40);
+    let q = qtensor(n, k, 12, GgmlDType::Q4_1);
+    let w = Q41Matrix::from_qtensor(&q).unwrap();
+    let x = values(m * k, 13, 1.0);
+    let got = run_with(&w, &x);
+    let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
+    let want: Vec<f32> = QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "element {i}: {a} vs candle's {b}");
+    }
+}
