@@ -22,12 +22,16 @@ use crate::{EngineError, Result};
 /// holds value `i` in its low nibble and value `i + 16` in its high nibble).
 const BLOCK_BYTES: usize = 4 + QK / 2;
 
-/// Q4_1 weights `[n, k]` in ggml's block layout, each column's blocks contiguous.
+/// Q4_1 weights `[n, k]`: per column, its blocks' 16 nibble bytes (ggml's order), and the
+/// f16 `d` and `m` widened to f32 in arrays of their own (so the kernel broadcasts them from
+/// memory instead of converting them for every tile).
 #[derive(Clone)]
 pub struct Q41Matrix {
     n: usize,
     k: usize,
-    blocks: Vec<u8>,
+    nibbles: Vec<u8>,
+    d: Vec<f32>,
+    m: Vec<f32>,
 }
 
 impl std::fmt::Debug for Q41Matrix {
@@ -43,11 +47,19 @@ impl Q41Matrix {
             return Err(EngineError::Load(format!("Q41Matrix needs Q4_1 weights, got {:?}", q.dtype())));
         }
         let (n, k) = q.shape().dims2()?;
-        let blocks = q.data()?.to_vec();
-        if !k.is_multiple_of(QK) || blocks.len() != n * k / QK * BLOCK_BYTES {
-            return Err(EngineError::Load(format!("bad Q4_1 data: {} bytes for [{n}, {k}]", blocks.len())));
+        let bytes = q.data()?;
+        if !k.is_multiple_of(QK) || bytes.len() != n * k / QK * BLOCK_BYTES {
+            return Err(EngineError::Load(format!("bad Q4_1 data: {} bytes for [{n}, {k}]", bytes.len())));
         }
-        Ok(Self { n, k, blocks })
+        let blocks = n * k / QK;
+        let mut nibbles = Vec::with_capacity(blocks * QK / 2);
+        let (mut d, mut m) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
+        for block in bytes.chunks_exact(BLOCK_BYTES) {
+            d.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
+            m.push(f16::from_le_bytes([block[2], block[3]]).to_f32());
+            nibbles.extend_from_slice(&block[4..]);
+        }
+        Ok(Self { n, k, nibbles, d, m })
     }
 
     /// `x · Wᵀ` for `x` of shape `[..., k]`; the result is `[..., n]` f32.
@@ -60,22 +72,12 @@ impl Q41Matrix {
         super::matmul(self, x, out)
     }
 
-    /// Column `c`'s blocks.
-    fn col(&self, c: usize) -> &[u8] {
-        let bytes = self.k / QK * BLOCK_BYTES;
-        &self.blocks[c * bytes..(c + 1) * bytes]
+    /// Column `c`'s nibbles, scales and offsets.
+    fn col(&self, c: usize) -> (&[u8], &[f32], &[f32]) {
+        let kb = self.k / QK;
+        let bytes = kb * QK / 2;
+        (&self.nibbles[c * bytes..(c + 1) * bytes], &self.d[c * kb..(c + 1) * kb], &self.m[c * kb..(c + 1) * kb])
     }
-}
-
-/// `(d, m)` of a stored block.
-fn scales(block: &[u8]) -> (f32, f32) {
-    (f16::from_le_bytes([block[0], block[1]]).to_f32(), f16::from_le_bytes([block[2], block[3]]).to_f32())
-}
-
-/// `Σ_b m_w·s_x` as one fma chain in block order (shared by the scalar and SIMD paths).
-#[inline]
-fn offset_sum(col: &[u8], s: &[f32]) -> f32 {
-    col.chunks_exact(BLOCK_BYTES).zip(s).fold(0f32, |acc, (block, &sx)| scales(block).1.mul_add(sx, acc))
 }
 
 impl TileKernel for Q41Matrix {
@@ -86,7 +88,7 @@ impl TileKernel for Q41Matrix {
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
         if has_avx2_fma() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2, FMA and F16C were detected; the caller's contract covers the ranges.
+            // SAFETY: AVX2 and FMA were detected; the caller's contract covers the ranges.
             unsafe {
                 avx2::block(acts, self, rows, cols, out)
             };
@@ -97,15 +99,14 @@ impl TileKernel for Q41Matrix {
     }
 }
 
-/// One output element, emulating the AVX2 kernel lane for lane.
-fn dot_scalar(acts: &QuantizedActs, r: usize, col: &[u8]) -> f32 {
+/// One output element, emulating the AVX2 kernel lane for lane; the offsets are one fma chain
+/// in block order, as in the SIMD path.
+fn dot_scalar(acts: &QuantizedActs, r: usize, (nibbles, wd, wm): (&[u8], &[f32], &[f32])) -> f32 {
     let (xq, xd) = acts.row(r);
     let kb = acts.k / QK;
     let mut acc = [0f32; 8];
-    for (b, block) in col.chunks_exact(BLOCK_BYTES).enumerate() {
-        let (dw, _) = scales(block);
-        let scale = dw * xd[b];
-        let nib = &block[4..];
+    for (b, nib) in nibbles.chunks_exact(QK / 2).enumerate() {
+        let scale = wd[b] * xd[b];
         let q = |i: usize| if i < QK / 2 { nib[i] & 0x0F } else { nib[i - QK / 2] >> 4 } as i32;
         let x = &xq[b * QK..(b + 1) * QK];
         for (j, lane) in acc.iter_mut().enumerate() {
@@ -113,7 +114,8 @@ fn dot_scalar(acts: &QuantizedActs, r: usize, col: &[u8]) -> f32 {
             *lane = (s as f32).mul_add(scale, *lane);
         }
     }
-    hsum_lanes(&acc) + offset_sum(col, &acts.s[r * kb..(r + 1) * kb])
+    let msum = wm.iter().zip(&acts.s[r * kb..(r + 1) * kb]).fold(0f32, |acc, (&m, &sx)| m.mul_add(sx, acc));
+    hsum_lanes(&acc) + msum
 }
 
 /// # Safety
@@ -133,14 +135,14 @@ mod avx2 {
     use std::ops::Range;
 
     use super::super::simd::hsum;
-    use super::{offset_sum, OutPtr, Q41Matrix, QuantizedActs, BLOCK_BYTES, QK};
+    use super::{OutPtr, Q41Matrix, QuantizedActs, QK};
 
     /// Covers `rows × cols` with register tiles: 4×2 while 4 rows remain, then 3×2, 2×4 or
     /// 1×4 (decode), and single columns for what is left of `cols`.
     ///
     /// # Safety
-    /// AVX2, FMA and F16C are available; see `TileKernel::block`.
-    #[target_feature(enable = "avx2,fma,f16c")]
+    /// AVX2 and FMA are available; see `TileKernel::block`.
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block(a: &QuantizedActs, w: &Q41Matrix, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
         let mut r = rows.start;
         while r < rows.end {
@@ -157,7 +159,7 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn cols_with<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q41Matrix, r: usize, cols: Range<usize>, out: OutPtr) {
         let mut c = cols.start;
         while c + C <= cols.end {
@@ -171,35 +173,33 @@ mod avx2 {
     }
 
     /// `R` rows from `r` times `C` columns from `c`, one 8-lane accumulator per pair.
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q41Matrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
-        let col_bytes = kb * BLOCK_BYTES;
+        let col_bytes = kb * QK / 2;
         let aq = a.qs[r * k..(r + R) * k].as_ptr();
         let ad = a.d[r * kb..(r + R) * kb].as_ptr();
-        let wp = w.blocks[c * col_bytes..(c + C) * col_bytes].as_ptr();
+        let sp = a.s[r * kb..(r + R) * kb].as_ptr();
+        let wq = w.nibbles[c * col_bytes..(c + C) * col_bytes].as_ptr();
+        let wd = w.d[c * kb..(c + C) * kb].as_ptr();
+        let wm = w.m[c * kb..(c + C) * kb].as_ptr();
         let ones = _mm256_set1_epi16(1);
-        let low = _mm_set1_epi8(0x0F);
+        let low = _mm256_set1_epi8(0x0F);
+        // Lanes 0..4 keep the low nibbles (values 0..16), lanes 4..8 take the high ones.
+        let shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         for b in 0..kb {
             for j in 0..C {
-                let blk = wp.wrapping_add(j * col_bytes + b * BLOCK_BYTES);
+                let nib = wq.wrapping_add(j * col_bytes + b * QK / 2);
                 // Weights stream from memory once per call at small M: ask for the columns
                 // two tiles ahead (the address may lie past the end; prefetches of any
                 // address are harmless).
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(2 * C * col_bytes) as *const i8);
-                // SAFETY: block `b` of column `c + j` lies inside `w` (sliced above): 4 bytes
-                // of scales, then 16 of nibbles.
-                let (dm, nib) = unsafe {
-                    (
-                        _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned())),
-                        _mm_loadu_si128(blk.add(4) as *const __m128i),
-                    )
+                _mm_prefetch::<_MM_HINT_T0>(nib.wrapping_add(2 * C * col_bytes) as *const i8);
+                // SAFETY: block `b` of column `c + j` lies inside `w` (sliced above).
+                let (both, dw) = unsafe {
+                    (_mm256_broadcastsi128_si256(_mm_loadu_si128(nib as *const __m128i)), _mm256_set1_ps(*wd.add(j * kb + b)))
                 };
-                let lo = _mm_and_si128(nib, low);
-                let hi = _mm_and_si128(_mm_srli_epi16(nib, 4), low);
-                let wv = _mm256_set_m128i(hi, lo);
-                let dw = _mm256_set1_ps(_mm_cvtss_f32(dm));
+                let wv = _mm256_and_si256(_mm256_srlv_epi32(both, shift), low);
                 for i in 0..R {
                     // SAFETY: block `b` of row `r + i` lies inside `a` (sliced above).
                     let av = unsafe { _mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i) };
@@ -211,12 +211,21 @@ mod avx2 {
                 }
             }
         }
-        for (i, row) in acc.iter().enumerate() {
-            let s = &a.s[(r + i) * kb..(r + i + 1) * kb];
-            for (j, &v) in row.iter().enumerate() {
-                let col = &w.blocks[(c + j) * col_bytes..(c + j + 1) * col_bytes];
+        // `Σ_b m_w·s_x`: one fma chain per element in block order, the chains interleaved.
+        let mut msum = [[0f32; C]; R];
+        for b in 0..kb {
+            for i in 0..R {
+                // SAFETY: block `b` of row `r + i` / column `c + j` lies inside the slices above.
+                let sx = unsafe { *sp.add(i * kb + b) };
+                for j in 0..C {
+                    msum[i][j] = unsafe { *wm.add(j * kb + b) }.mul_add(sx, msum[i][j]);
+                }
+            }
+        }
+        for i in 0..R {
+            for j in 0..C {
                 // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, hsum(v) + offset_sum(col, s)) };
+                unsafe { out.write(r + i, c + j, hsum(acc[i][j]) + msum[i][j]) };
             }
         }
     }

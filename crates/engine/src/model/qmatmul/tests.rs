@@ -142,11 +142,13 @@ fn scalar(w: &Kernel, x: &[f32], n: usize, k: usize) -> Vec<f32> {
 
 #[test]
 fn the_scalar_path_gives_the_simd_bits() {
-    let (m, k, n) = (7, 96, 11);
-    for dtype in FORMATS {
-        let w = kernel(&qtensor(n, k, 4, dtype));
-        let x = values(m * k, 8, 1.0);
-        assert_eq!(bits(&run(&w, &x)), bits(&scalar(&w, &x, n, k)), "{dtype:?}");
+    // k = 2304 is 72 blocks: more than one chunk of the Q4_1 offset pass.
+    for (m, k, n) in [(7, 96, 11), (5, 2304, 6)] {
+        for dtype in FORMATS {
+            let w = kernel(&qtensor(n, k, 4, dtype));
+            let x = values(m * k, 8, 1.0);
+            assert_eq!(bits(&run(&w, &x)), bits(&scalar(&w, &x, n, k)), "{dtype:?} k {k}");
+        }
     }
 }
 
