@@ -101,6 +101,12 @@ unsafe impl<T> Send for SendPtr<T> {}
 /// computed with the unrounded scale. `d` receives the f16 scales widened to f32; `s` receives
 /// `f16(Σ values) · d` in f16 arithmetic, as candle's `BlockQ8_1::from_float` stores it.
 pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 was detected.
+        unsafe { simd::quantize_rows(x, qs, d, s) };
+        return;
+    }
     let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()));
     for ((xb, qb), (db, sb)) in blocks {
         let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
@@ -229,6 +235,50 @@ fn hsum_lanes(acc: &[f32; 8]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::QK;
+
+    /// `super::quantize_rows` with AVX2, giving the same bits: the same scale, the same
+    /// `x · inv` products, and `f32::round` (half away from zero) rebuilt from truncation.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        let sign = _mm256_set1_ps(-0.0);
+        let half = _mm256_set1_ps(0.5);
+        let one = _mm256_set1_ps(1.0);
+        let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()));
+        for ((xb, qb), (db, sb)) in blocks {
+            // SAFETY: `xb` holds 32 floats.
+            let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
+            let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+            let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let scale = amax / 127.0;
+            let inv = _mm256_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
+            let d16 = f16::from_f32(scale);
+            *db = d16.to_f32();
+            let q = v.map(|v| {
+                let y = _mm256_mul_ps(v, inv);
+                let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                // |y - t| is exact; a fraction of at least one half rounds away from zero.
+                let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
+                let up = _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), _mm256_or_ps(_mm256_and_ps(y, sign), one));
+                _mm256_cvtps_epi32(_mm256_add_ps(t, up))
+            });
+            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            let sum = _mm_add_epi32(sum, _mm_unpackhi_epi64(sum, sum));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 1)));
+            let p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            // SAFETY: `qb` holds 32 bytes.
+            unsafe { _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, p) };
+            *sb = (f16::from_f32(sum as f32) * d16).to_f32();
+        }
+    }
 
     /// candle's / ggml's `hsum_float_8`.
     #[target_feature(enable = "avx2,fma")]

@@ -111,7 +111,11 @@ fn close_to_the_f32_product_with_dequantized_weights() {
 #[test]
 fn activation_quantization_matches_candle_q8_0() {
     let (m, k) = (40, 128);
-    let x = values(m * k, 9, 2.0);
+    let mut x = values(m * k, 9, 2.0);
+    // A block whose scale is exactly 1: ties round away from zero, as f32::round does.
+    let ties = [127.0, 0.5, 1.5, -2.5, 2.5, -0.5, 0.499_999_97, -126.5, 3.0, -0.0];
+    x[..ties.len()].copy_from_slice(&ties);
+    x[32..64].fill(0.0);
     let mut acts = QuantizedActs::default();
     acts.quantize(&x, k); // 40 rows: the parallel path
     let q = QTensor::quantize(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
@@ -121,6 +125,28 @@ fn activation_quantization_matches_candle_q8_0() {
     let (mut qs, mut d, mut s) = (vec![0i8; m * k], vec![0f32; m * k / QK], vec![0f32; m * k / QK]);
     quantize_rows(&x, &mut qs, &mut d, &mut s);
     assert_eq!(bits(&acts.s), bits(&s), "parallel and serial quantization differ");
+    assert_eq!(&acts.qs[..10], &[127, 1, 2, -3, 3, -1, 0, -127, 3, 0]);
+    // The scalar definition gives the same bits as the SIMD one.
+    let (mut qs2, mut d2, mut s2) = (vec![0i8; m * k], vec![0f32; m * k / QK], vec![0f32; m * k / QK]);
+    for r in 0..m {
+        let (xr, kb) = (&x[r * k..(r + 1) * k], k / QK);
+        for (b, xb) in xr.chunks_exact(QK).enumerate() {
+            let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            let d16 = half::f16::from_f32(scale);
+            d2[r * kb + b] = d16.to_f32();
+            let mut sum = 0;
+            for (i, &v) in xb.iter().enumerate() {
+                qs2[r * k + b * QK + i] = (v * inv).round() as i8;
+                sum += (v * inv).round() as i32;
+            }
+            s2[r * kb + b] = (half::f16::from_f32(sum as f32) * d16).to_f32();
+        }
+    }
+    assert_eq!(acts.qs, qs2);
+    assert_eq!(bits(&acts.d), bits(&d2));
+    assert_eq!(bits(&acts.s), bits(&s2));
 }
 
 /// The scalar path of `w` over the whole output, for comparison with the SIMD one.
