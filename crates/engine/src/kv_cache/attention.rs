@@ -256,6 +256,8 @@ fn run_item(step: &Step, item: &Item, scratch: &mut Scratch, dst: &OutPtr) {
 }
 
 /// One tile of queries `(token, head, position)`: scores, softmax, weighted values, output.
+// The per-query loops index several per-query arrays in step.
+#[allow(clippy::needless_range_loop)]
 fn run_tile<const N: usize>(
     step: &Step,
     tile: [(usize, usize, usize); N],
