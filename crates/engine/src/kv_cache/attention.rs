@@ -2,11 +2,23 @@
 //! `softmax(q·k * scale) · v` over that sequence's cached positions `<= p` (optionally only the
 //! last `window` of them), read block by block through its block table. Grouped-query
 //! attention maps query head `h` to kv head `h / (heads / kv_heads)`; K/V are never copied.
-//! Work is split over (sequence, head, query chunk) on candle's CPU thread pool, so it shares
-//! the threads the matmuls use instead of competing with them.
+//!
+//! This module owns the work split and the tiling; the arithmetic is in `attention_avx2`
+//! (AVX2+FMA, chosen at run time) and `attention_scalar` (portable). Work is split over
+//! (sequence, kv head, query chunk) on candle's CPU thread pool, so it shares the threads the
+//! matmuls use. Inside an item, the queries of one kv head (its group's heads, for
+//! consecutive tokens) go through in tiles of up to four that share every K and V row load.
+//!
+//! Batch invariance: a query's result is the same bits whatever else is in the step, how the
+//! work is split, and which tile it lands in: the kernels give each (query, key) score and
+//! each output lane the same operations in every tile size, softmax is per query, and a
+//! query's keys are always accumulated in position order (the keys a tile does not share
+//! are handled per query before and after the shared run).
+
+use std::ops::Range;
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::PagedKvCache;
+use crate::kv_cache::{attention_scalar as scalar, PagedKvCache};
 
 /// How scores are formed.
 #[derive(Debug, Clone, Copy)]
@@ -20,14 +32,88 @@ pub struct AttnParams {
 /// Query tokens per work item: enough to amortize the item, small enough to balance threads.
 const QUERY_CHUNK: usize = 16;
 
+/// Queries sharing each K/V row load.
+const TILE: usize = 4;
+
 /// Below this many query·key products a step's attention runs on the calling thread: waking
 /// the pool costs more than it saves (single-sequence decode with a short context).
-const PARALLEL_MIN_PRODUCTS: usize = 1 << 15;
+const PARALLEL_MIN_PRODUCTS: usize = 1 << 11;
 
-/// One unit of parallel work: a head of a range of one sequence's query tokens.
+/// Which kernels run the arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernels {
+    /// The fastest kernels this host runs (checked once).
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+                return Kernels::Avx2;
+            }
+        }
+        Kernels::Scalar
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scores<const N: usize>(
+        self,
+        q: &[f32],
+        qrow: [usize; N],
+        ks: &[f32],
+        offs: &[usize],
+        hd: usize,
+        scale: f32,
+        out: &mut [f32],
+        at: [usize; N],
+    ) {
+        match self {
+            Kernels::Scalar => scalar::scores(q, qrow, ks, offs, hd, scale, out, at),
+            // SAFETY: `Avx2` is only chosen when the host has AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2 => unsafe { super::attention_avx2::scores(q, qrow, ks, offs, hd, scale, out, at) },
+        }
+    }
+
+    fn softmax_exp(self, s: &mut [f32]) -> f32 {
+        match self {
+            Kernels::Scalar => scalar::softmax_exp(s),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2 => unsafe { super::attention_avx2::softmax_exp(s) },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate<const N: usize>(
+        self,
+        w: &[f32],
+        at: [usize; N],
+        vs: &[f32],
+        offs: &[usize],
+        hd: usize,
+        acc: &mut [f32],
+        acc_at: [usize; N],
+    ) {
+        match self {
+            Kernels::Scalar => scalar::accumulate(w, at, vs, offs, hd, acc, acc_at),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2 => unsafe { super::attention_avx2::accumulate(w, at, vs, offs, hd, acc, acc_at) },
+        }
+    }
+}
+
+/// One unit of parallel work: the heads of one kv head's group for a range of one
+/// sequence's query tokens.
 struct Item {
     seq: usize,
-    head: usize,
+    kv_head: usize,
     start: usize,
     end: usize,
 }
@@ -40,6 +126,31 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
 
+/// What every item reads.
+struct Step<'a> {
+    ks: &'a [f32],
+    vs: &'a [f32],
+    cache: &'a PagedKvCache,
+    batch: &'a ForwardBatch,
+    q: &'a [f32],
+    num_heads: usize,
+    group: usize,
+    hd: usize,
+    params: AttnParams,
+    kern: Kernels,
+}
+
+/// Per-worker buffers, reused across items.
+#[derive(Default)]
+struct Scratch {
+    /// Row offsets (in the layer's storage) of the item's key positions, from `base`.
+    offs: Vec<usize>,
+    /// `TILE` score rows of `stride` each.
+    scores: Vec<f32>,
+    /// `TILE` accumulator rows of `head_dim` each.
+    acc: Vec<f32>,
+}
+
 /// Attention of `layer` for every token in `batch`. `q` is `[T, num_heads, head_dim]`
 /// (RoPE applied); the step's K/V must already be written into `cache`. Returns
 /// `[T, num_heads * head_dim]`.
@@ -51,165 +162,162 @@ pub fn paged_attention(
     num_heads: usize,
     params: AttnParams,
 ) -> Vec<f32> {
+    let products: usize = batch.seqs.iter().map(|s| s.num_tokens * s.context_len).sum::<usize>() * num_heads;
+    attention_with(cache, layer, batch, q, num_heads, params, Kernels::detect(), products >= PARALLEL_MIN_PRODUCTS)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_with(
+    cache: &PagedKvCache,
+    layer: usize,
+    batch: &ForwardBatch,
+    q: &[f32],
+    num_heads: usize,
+    params: AttnParams,
+    kern: Kernels,
+    parallel: bool,
+) -> Vec<f32> {
     let hd = cache.head_dim();
     let t = batch.num_tokens();
     let mut out = vec![0f32; t * num_heads * hd];
+    let kv_heads = cache.num_kv_heads();
+    let group = (num_heads / kv_heads).max(1);
     let mut items = Vec::new();
     for (seq, s) in batch.seqs.iter().enumerate() {
-        for head in 0..num_heads {
+        for kv_head in 0..num_heads.div_ceil(group) {
             let mut start = 0;
             while start < s.num_tokens {
                 let end = (start + QUERY_CHUNK).min(s.num_tokens);
-                items.push(Item { seq, head, start, end });
+                items.push(Item { seq, kv_head, start, end });
                 start = end;
             }
         }
     }
-    let group = (num_heads / cache.num_kv_heads()).max(1);
+    let (ks, vs) = cache.layer(layer);
+    let step = Step { ks, vs, cache, batch, q, num_heads, group, hd, params, kern };
     let dst = OutPtr(out.as_mut_ptr());
-    let run = |range: std::ops::Range<usize>| {
-        let dst = &dst;
-        let mut scores = Vec::new();
-        let mut acc = vec![0f32; hd];
+    let run = |range: Range<usize>| {
+        let mut scratch = Scratch::default();
         for item in &items[range] {
-            let s = &batch.seqs[item.seq];
-            let kv_head = item.head / group;
-            let first = s.context_len - s.num_tokens;
-            for j in item.start..item.end {
-                let tok = s.token_start + j;
-                let row = (tok * num_heads + item.head) * hd;
-                let qv = &q[row..row + hd];
-                attend_one(cache, layer, &s.block_table, kv_head, first + j, qv, params, &mut scores, &mut acc);
-                // SAFETY: see `OutPtr`; `row + hd <= out.len()` because tok < T and head < num_heads.
-                let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(row), hd) };
-                o.copy_from_slice(&acc);
-            }
+            run_item(&step, item, &mut scratch, &dst);
         }
     };
-    let products: usize = batch.seqs.iter().map(|s| s.num_tokens * s.context_len).sum::<usize>() * num_heads;
-    if products < PARALLEL_MIN_PRODUCTS {
-        run(0..items.len());
-    } else {
+    if parallel {
         candle_core::utils::barrier_pool().execute_chunked(items.len(), run);
+    } else {
+        run(0..items.len());
     }
     out
 }
 
-/// Attention of one query vector at position `pos` against the sequence's keys; the result
-/// is left in `acc`.
-#[allow(clippy::too_many_arguments)]
-fn attend_one(
-    cache: &PagedKvCache,
-    layer: usize,
-    block_table: &[u32],
-    kv_head: usize,
-    pos: usize,
-    q: &[f32],
-    params: AttnParams,
-    scores: &mut Vec<f32>,
-    acc: &mut [f32],
-) {
-    let (ks, vs) = cache.layer(layer);
-    let hd = q.len();
-    let bs = cache.block_size;
-    let lo = match params.window {
+/// First position a query at `pos` sees.
+fn first_key(pos: usize, window: Option<usize>) -> usize {
+    match window {
         Some(w) if w > 0 => (pos + 1).saturating_sub(w),
         _ => 0,
-    };
-    scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for p in lo..=pos {
-        let off = cache.offset(block_table[p / bs] as usize, kv_head, p % bs);
-        let sc = dot(q, &ks[off..off + hd]) * params.scale;
-        max = max.max(sc);
-        scores.push(sc);
-    }
-    let mut sum = 0f32;
-    for sc in scores.iter_mut() {
-        *sc = (*sc - max).exp();
-        sum += *sc;
-    }
-    acc.fill(0.0);
-    for (i, p) in (lo..=pos).enumerate() {
-        let off = cache.offset(block_table[p / bs] as usize, kv_head, p % bs);
-        axpy(scores[i], &vs[off..off + hd], acc);
-    }
-    let inv = 1.0 / sum;
-    for a in acc.iter_mut() {
-        *a *= inv;
     }
 }
 
-/// Dot product with eight independent accumulators so the compiler can vectorize it.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+/// All queries of one item, in tiles of up to `TILE`.
+fn run_item(step: &Step, item: &Item, scratch: &mut Scratch, dst: &OutPtr) {
+    let s = &step.batch.seqs[item.seq];
+    let first = s.context_len - s.num_tokens;
+    let heads = (item.kv_head * step.group)..((item.kv_head + 1) * step.group).min(step.num_heads);
+    let base = first_key(first + item.start, step.params.window);
+    let last = first + item.end - 1;
+    // Row offsets of positions base..=last, walking the block table without divisions.
+    let bs = step.cache.block_size;
+    scratch.offs.clear();
+    let (mut block, mut slot) = (base / bs, base % bs);
+    for _ in base..=last {
+        scratch.offs.push(step.cache.offset(s.block_table[block] as usize, item.kv_head, slot));
+        slot += 1;
+        if slot == bs {
+            slot = 0;
+            block += 1;
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let stride = (last + 1 - base).next_multiple_of(8);
+    scratch.scores.resize(TILE * stride, 0.0);
+    scratch.acc.resize(TILE * step.hd, 0.0);
+    // Queries as (token index in the batch, head, position), token-major.
+    let queries = (item.start..item.end)
+        .flat_map(|j| heads.clone().map(move |h| (s.token_start + j, h, first + j)))
+        .collect::<Vec<_>>();
+    for tile in queries.chunks(TILE) {
+        match *tile {
+            [a] => run_tile(step, [a], base, stride, scratch, dst),
+            [a, b] => run_tile(step, [a, b], base, stride, scratch, dst),
+            [a, b, c] => run_tile(step, [a, b, c], base, stride, scratch, dst),
+            [a, b, c, d] => run_tile(step, [a, b, c, d], base, stride, scratch, dst),
+            _ => {}
+        }
+    }
 }
 
-/// `acc += w * v`.
-#[inline]
-fn axpy(w: f32, v: &[f32], acc: &mut [f32]) {
-    for (a, x) in acc.iter_mut().zip(v) {
-        *a += w * x;
+/// One tile of queries `(token, head, position)`: scores, softmax, weighted values, output.
+// The per-query loops index several per-query arrays in step.
+#[allow(clippy::needless_range_loop)]
+fn run_tile<const N: usize>(
+    step: &Step,
+    tile: [(usize, usize, usize); N],
+    base: usize,
+    stride: usize,
+    scratch: &mut Scratch,
+    dst: &OutPtr,
+) {
+    let (hd, kern) = (step.hd, step.kern);
+    let qrow = tile.map(|(t, h, _)| (t * step.num_heads + h) * hd);
+    let lo = tile.map(|(_, _, p)| first_key(p, step.params.window));
+    let end = tile.map(|(_, _, p)| p + 1);
+    // Keys every query of the tile sees: [c0, c1).
+    let c0 = lo.iter().copied().max().unwrap_or(0);
+    let c1 = end.iter().copied().min().unwrap_or(0).max(c0);
+    // Query `a`'s scores live at `scores[a * stride..]`, indexed by position - lo[a].
+    let row = |a: usize, p: usize| a * stride + (p - lo[a]);
+    let Scratch { offs, scores, acc } = scratch;
+    let offs = &offs[..];
+    let own = |a: usize| [lo[a]..c0.min(end[a]), c1.max(lo[a])..end[a]];
+    let keys = |r: &Range<usize>| &offs[r.start - base..r.end - base];
+    for a in 0..N {
+        for r in own(a).iter().filter(|r| r.start < r.end) {
+            kern.scores(step.q, [qrow[a]], step.ks, keys(r), hd, step.params.scale, scores, [row(a, r.start)]);
+        }
+    }
+    if c0 < c1 {
+        let at: [usize; N] = std::array::from_fn(|a| row(a, c0));
+        kern.scores(step.q, qrow, step.ks, keys(&(c0..c1)), hd, step.params.scale, scores, at);
+    }
+    let mut inv = [0f32; N];
+    for a in 0..N {
+        let n = end[a] - lo[a];
+        inv[a] = 1.0 / kern.softmax_exp(&mut scores[a * stride..a * stride + n]);
+    }
+    acc[..N * hd].fill(0.0);
+    let acc_at: [usize; N] = std::array::from_fn(|a| a * hd);
+    // Per query: its own keys before the shared run, the shared run, then its own keys after.
+    for a in 0..N {
+        let r = &own(a)[0];
+        if r.start < r.end {
+            kern.accumulate(scores, [row(a, r.start)], step.vs, keys(r), hd, acc, [acc_at[a]]);
+        }
+    }
+    if c0 < c1 {
+        let at: [usize; N] = std::array::from_fn(|a| row(a, c0));
+        kern.accumulate(scores, at, step.vs, keys(&(c0..c1)), hd, acc, acc_at);
+    }
+    for a in 0..N {
+        let r = &own(a)[1];
+        if r.start < r.end {
+            kern.accumulate(scores, [row(a, r.start)], step.vs, keys(r), hd, acc, [acc_at[a]]);
+        }
+        // SAFETY: see `OutPtr`; the row is inside `out` because token < T and head < heads.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(qrow[a]), hd) };
+        for (o, x) in o.iter_mut().zip(&acc[a * hd..(a + 1) * hd]) {
+            *o = x * inv[a];
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Plain reference: softmax over all visible positions of a contiguous K/V.
-    fn reference(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], scale: f32) -> Vec<f32> {
-        let s: Vec<f32> = k.iter().map(|k| q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
-        let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
-        let z: f32 = e.iter().sum();
-        (0..q.len()).map(|d| e.iter().zip(v).map(|(w, v)| w * v[d]).sum::<f32>() / z).collect()
-    }
-
-    fn val(i: usize) -> f32 {
-        ((i * 7919 % 101) as f32 / 50.0) - 1.0
-    }
-
-    #[test]
-    fn matches_reference_across_blocks_with_gqa_and_window() {
-        let (heads, kvh, hd, bs) = (4, 2, 12, 3);
-        let mut cache = PagedKvCache::new(1, kvh, hd, 16, bs);
-        let n = 8; // a prefill of 8 tokens over blocks 7, 2, 9
-        let mut batch = ForwardBatch::default();
-        batch.push_seq(&vec![0; n], n, vec![7, 2, 9], true);
-        cache.validate(&batch).unwrap();
-        let k: Vec<f32> = (0..n * kvh * hd).map(val).collect();
-        let v: Vec<f32> = (0..n * kvh * hd).map(|i| val(i + 13)).collect();
-        let q: Vec<f32> = (0..n * heads * hd).map(|i| val(i + 5)).collect();
-        cache.write(0, &batch, &k, &v);
-        for window in [None, Some(3)] {
-            let params = AttnParams { scale: 0.3, window };
-            let out = paged_attention(&cache, 0, &batch, &q, heads, params);
-            for t in 0..n {
-                for h in 0..heads {
-                    let kh = h / (heads / kvh);
-                    let lo = window.map_or(0, |w| (t + 1).saturating_sub(w));
-                    let ks: Vec<Vec<f32>> =
-                        (lo..=t).map(|p| k[(p * kvh + kh) * hd..(p * kvh + kh + 1) * hd].to_vec()).collect();
-                    let vs: Vec<Vec<f32>> =
-                        (lo..=t).map(|p| v[(p * kvh + kh) * hd..(p * kvh + kh + 1) * hd].to_vec()).collect();
-                    let want = reference(&q[(t * heads + h) * hd..(t * heads + h + 1) * hd], &ks, &vs, 0.3);
-                    let got = &out[(t * heads + h) * hd..(t * heads + h + 1) * hd];
-                    for (a, b) in got.iter().zip(&want) {
-                        assert!((a - b).abs() < 1e-5, "t {t} h {h} window {window:?}: {a} vs {b}");
-                    }
-                }
-            }
-        }
-    }
-}
+mod tests;

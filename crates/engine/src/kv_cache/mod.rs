@@ -2,6 +2,9 @@
 //! model writes into and attends over (`PagedKvCache`).
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx2;
+mod attention_scalar;
 pub mod block_pool;
 pub mod paged;
 
