@@ -246,7 +246,7 @@ fn byte_level_bpe(
     tokenizer.with_pre_tokenizer(Some(Sequence::new(pieces)));
     tokenizer.with_decoder(Some(ByteLevel::default()));
 
-    add_gguf_added_tokens(&mut tokenizer, tokens, types, byte_level::is_spelled);
+    add_gguf_added_tokens(&mut tokenizer, tokens, types, byte_level::is_spelled)?;
 
     let token_bytes = tokens
         .iter()
@@ -269,7 +269,7 @@ pub(crate) fn add_gguf_added_tokens(
     tokens: &[String],
     types: &[i32],
     keep: impl Fn(&str) -> bool,
-) {
+) -> Result<()> {
     let added = |ty: i32, special: bool| -> Vec<AddedToken> {
         tokens
             .iter()
@@ -278,6 +278,7 @@ pub(crate) fn add_gguf_added_tokens(
             .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false))
             .collect()
     };
-    tokenizer.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
-    tokenizer.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
+    tokenizer.add_special_tokens(added(TOKEN_TYPE_CONTROL, true)).map_err(tok_err)?;
+    tokenizer.add_tokens(added(TOKEN_TYPE_USER_DEFINED, false)).map_err(tok_err)?;
+    Ok(())
 }

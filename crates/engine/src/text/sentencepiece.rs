@@ -96,7 +96,7 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
         Fuse::new().into(),
     ];
     if gemma {
-        tokenizer.with_normalizer(Some(Replace::new(" ", SPACE.to_string()).map_err(tok_err)?));
+        tokenizer.with_normalizer(Some(Replace::new(" ", SPACE.to_string()).map_err(tok_err)?)).map_err(tok_err)?;
     } else {
         let scheme = if spec.add_space_prefix {
             PrependScheme::First
@@ -111,9 +111,7 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
 
     let in_vocab: std::collections::HashSet<&str> = spelled.iter().map(String::as_str).collect();
-    add_gguf_added_tokens(&mut tokenizer, spec.tokens, spec.types, |t| {
-        in_vocab.contains(t)
-    });
+    add_gguf_added_tokens(&mut tokenizer, spec.tokens, spec.types, |t| in_vocab.contains(t))?;
 
     let token_bytes = spec
         .tokens
