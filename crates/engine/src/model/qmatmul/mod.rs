@@ -232,6 +232,48 @@ fn hsum_lanes(acc: &[f32; 8]) -> f32 {
     (h[0] + h[2]) + (h[1] + h[3])
 }
 
+/// The walk over a work item that both formats' AVX2 kernels share: `block` covers
+/// `rows × cols` with register tiles — 4×2 while 4 rows remain, then 3×2, 2×4 or 1×4 (decode)
+/// — and single columns for what is left of `cols`, calling the format's `tile::<R, C>`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_walk {
+    ($matrix:ty) => {
+        /// # Safety
+        /// AVX2 and FMA are available; see `TileKernel::block`.
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) unsafe fn block(a: &QuantizedActs, w: &$matrix, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
+            let mut r = rows.start;
+            while r < rows.end {
+                let step = (rows.end - r).min(4);
+                unsafe {
+                    match step {
+                        4 => cols_with::<4, 2>(a, w, r, cols.clone(), out),
+                        3 => cols_with::<3, 2>(a, w, r, cols.clone(), out),
+                        2 => cols_with::<2, 4>(a, w, r, cols.clone(), out),
+                        _ => cols_with::<1, 4>(a, w, r, cols.clone(), out),
+                    }
+                }
+                r += step;
+            }
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn cols_with<const R: usize, const C: usize>(a: &QuantizedActs, w: &$matrix, r: usize, cols: Range<usize>, out: OutPtr) {
+            let mut c = cols.start;
+            while c + C <= cols.end {
+                unsafe { tile::<R, C>(a, w, r, c, out) };
+                c += C;
+            }
+            while c < cols.end {
+                unsafe { tile::<R, 1>(a, w, r, c, out) };
+                c += 1;
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use tile_walk;
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
