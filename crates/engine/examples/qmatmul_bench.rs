@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use wick_engine::model::qmatmul::{Q41Matrix, Q8Matrix};
+use wick_engine::model::qmatmul::{Q41Matrix, Q8Matrix, TileKernel};
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_add(0x9e3779b97f4a7c15);

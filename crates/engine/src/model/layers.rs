@@ -47,20 +47,10 @@ impl Linear {
     /// kernels write straight into `out`; other weights go through a tensor.
     pub fn forward_host(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
         if let Linear::Quant { q, dense, dense_min_tokens } = self {
-            if dense.is_none() || rows < *dense_min_tokens {
-                match q {
-                    QuantWeight::Q8(w) => {
-                        out.resize(rows * w.dims().0, 0.0);
-                        w.matmul(x, out);
-                        return Ok(());
-                    }
-                    QuantWeight::Q41(w) => {
-                        out.resize(rows * w.dims().0, 0.0);
-                        w.matmul(x, out);
-                        return Ok(());
-                    }
-                    QuantWeight::Candle(_) => {}
-                }
+            if let Some(w) = q.wick_kernel().filter(|_| dense.is_none() || rows < *dense_min_tokens) {
+                out.resize(rows * w.dims().0, 0.0);
+                w.matmul(x, out);
+                return Ok(());
             }
         }
         let t = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu)?;
@@ -71,29 +61,33 @@ impl Linear {
     }
 }
 
+impl QuantWeight {
+    /// The wick kernel this weight runs on, if any.
+    fn wick_kernel(&self) -> Option<&dyn TileKernel> {
+        match self {
+            QuantWeight::Q8(w) => Some(w),
+            QuantWeight::Q41(w) => Some(w),
+            QuantWeight::Candle(_) => None,
+        }
+    }
+}
+
 /// Root-mean-square normalization with a learned scale.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
-    weight: Tensor,
-    /// The same weight on the host, for `forward_rows`.
-    host: Vec<f32>,
+    weight: Vec<f32>,
     eps: f32,
 }
 
 impl RmsNorm {
-    pub fn new(weight: Tensor, eps: f32) -> Result<Self> {
-        let host = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        Ok(Self { weight, host, eps })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    pub fn new(weight: &Tensor, eps: f32) -> Result<Self> {
+        Ok(Self { weight: weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, eps })
     }
 
     /// Normalizes each row of `x` (`[rows, dim]`) into `out` (resized to match), on the
     /// calling thread: `x / sqrt(mean(x²) + eps) · weight`, as candle's `rms_norm`.
     pub fn forward_rows(&self, x: &[f32], out: &mut Vec<f32>) {
-        let dim = self.host.len();
+        let dim = self.weight.len();
         out.resize(x.len(), 0.0);
         for (src, dst) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
             // Eight partial sums in a fixed order: vectorizes, and each row gets the same bits
@@ -108,7 +102,7 @@ impl RmsNorm {
             }
             let sum2 = acc.iter().sum::<f32>() + tail;
             let m = (sum2 / dim as f32 + self.eps).sqrt();
-            for ((d, s), w) in dst.iter_mut().zip(src).zip(&self.host) {
+            for ((d, s), w) in dst.iter_mut().zip(src).zip(&self.weight) {
                 *d = *s / m * *w;
             }
         }

@@ -75,7 +75,7 @@ fn assemble(hp: LlamaHparams, names: &Names, opts: &WeightOptions, mut get: impl
             RawWeight::Quant(q) => q.dequantize(&Device::Cpu)?,
             RawWeight::Dense(t) => t.to_dtype(DType::F32)?,
         };
-        RmsNorm::new(w, hp.rms_norm_eps)
+        RmsNorm::new(&w, hp.rms_norm_eps)
     };
     let embed = match &embed_raw {
         RawWeight::Quant(q) => q.dequantize(&Device::Cpu)?,

@@ -154,10 +154,20 @@ pub trait TileKernel: Sync {
     /// `rows` lie inside `acts`, `cols` inside the weight, both inside `out`, and no other
     /// thread writes those output elements concurrently.
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr);
+
+    /// `out[m, n] = x[m, k] · Wᵀ` on row-major slices.
+    fn matmul(&self, x: &[f32], out: &mut [f32]) {
+        matmul(self, x, out)
+    }
+
+    /// `x · Wᵀ` for a tensor `x` of shape `[..., k]`; the result is `[..., n]` f32.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        forward(self, x)
+    }
 }
 
 /// `out[m, n] = x[m, k] · Wᵀ` on row-major slices (`x.len() = m · k`, `out.len() = m · n`).
-pub fn matmul(w: &impl TileKernel, x: &[f32], out: &mut [f32]) {
+pub fn matmul<W: TileKernel + ?Sized>(w: &W, x: &[f32], out: &mut [f32]) {
     let (n, k) = w.dims();
     let m = x.len() / k;
     assert_eq!(x.len(), m * k, "input is not a whole number of rows");
@@ -188,7 +198,7 @@ pub fn matmul(w: &impl TileKernel, x: &[f32], out: &mut [f32]) {
 }
 
 /// `x · Wᵀ` for a tensor `x` of shape `[..., k]`; the result is `[..., n]` f32.
-pub fn forward(w: &impl TileKernel, x: &Tensor) -> Result<Tensor> {
+pub fn forward<W: TileKernel + ?Sized>(w: &W, x: &Tensor) -> Result<Tensor> {
     let (n, k) = w.dims();
     let mut dims = x.dims().to_vec();
     if dims.last() != Some(&k) {

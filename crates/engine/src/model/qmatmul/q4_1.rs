@@ -12,7 +12,6 @@
 use std::ops::Range;
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::Tensor;
 use half::f16;
 
 use super::{has_avx2_fma, hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
@@ -60,16 +59,6 @@ impl Q41Matrix {
             nibbles.extend_from_slice(&block[4..]);
         }
         Ok(Self { n, k, nibbles, d, m })
-    }
-
-    /// `x · Wᵀ` for `x` of shape `[..., k]`; the result is `[..., n]` f32.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        super::forward(self, x)
-    }
-
-    /// `out[m, n] = x[m, k] · Wᵀ` on row-major slices.
-    pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
-        super::matmul(self, x, out)
     }
 
     /// Column `c`'s nibbles, scales and offsets.

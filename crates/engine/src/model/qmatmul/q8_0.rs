@@ -6,7 +6,6 @@
 use std::ops::Range;
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::Tensor;
 use half::f16;
 
 use super::{has_avx2_fma, hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
@@ -53,16 +52,6 @@ impl Q8Matrix {
             qs.extend(block[2..].iter().map(|&b| b as i8));
         }
         Ok(Self { n, k, qs, d })
-    }
-
-    /// `x · Wᵀ` for `x` of shape `[..., k]`; the result is `[..., n]` f32.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        super::forward(self, x)
-    }
-
-    /// `out[m, n] = x[m, k] · Wᵀ` on row-major slices.
-    pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
-        super::matmul(self, x, out)
     }
 
     fn col(&self, c: usize) -> (&[i8], &[f32]) {
