@@ -201,7 +201,8 @@ struct Plan {
 fn run_plans(model: &dyn CausalLm, plans: &[Plan], together: bool) -> Vec<Vec<Vec<Vec<f32>>>> {
     let cfg = model.config();
     let mut out: Vec<Vec<Vec<Vec<f32>>>> = plans.iter().map(|_| Vec::new()).collect();
-    let groups: Vec<Vec<usize>> = if together { vec![(0..plans.len()).collect()] } else { (0..plans.len()).map(|i| vec![i]).collect() };
+    let groups: Vec<Vec<usize>> =
+        if together { vec![(0..plans.len()).collect()] } else { (0..plans.len()).map(|i| vec![i]).collect() };
     for group in groups {
         let mut cache = PagedKvCache::new(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 96, BLOCK);
         let mut done = vec![0usize; plans.len()];

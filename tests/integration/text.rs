@@ -21,12 +21,8 @@ fn model_path(var: &str) -> Option<PathBuf> {
 }
 
 /// Loads each model's text side once for all tests of this module (Gemma's takes seconds).
-fn cached(
-    var: &'static str,
-    cell: &'static OnceLock<Option<TextProcessor>>,
-) -> Option<&'static TextProcessor> {
-    cell.get_or_init(|| model_path(var).map(|p| load(&p)))
-        .as_ref()
+fn cached(var: &'static str, cell: &'static OnceLock<Option<TextProcessor>>) -> Option<&'static TextProcessor> {
+    cell.get_or_init(|| model_path(var).map(|p| load(&p))).as_ref()
 }
 
 fn smollm2() -> Option<&'static TextProcessor> {
@@ -46,31 +42,19 @@ fn load(path: &Path) -> TextProcessor {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("read fixture"))
-        .expect("parse fixture")
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("read fixture")).expect("parse fixture")
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
+    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
 fn messages_of(v: &Value) -> Vec<ChatMessage> {
     v.as_array()
         .expect("messages")
         .iter()
-        .map(|m| {
-            ChatMessage::new(
-                m["role"].as_str().expect("role"),
-                m["content"].as_str().expect("content"),
-            )
-        })
+        .map(|m| ChatMessage::new(m["role"].as_str().expect("role"), m["content"].as_str().expect("content")))
         .collect()
 }
 
@@ -84,11 +68,7 @@ fn check_goldens(text: &TextProcessor, golden: &Value) {
         let want = ids_of(&case["ids"]);
         let got = text.encode(s, false).expect("encode");
         assert_eq!(got, want, "token ids of {s:?}");
-        assert_eq!(
-            text.decode(&got, false).expect("decode"),
-            s,
-            "decode(encode({s:?}))"
-        );
+        assert_eq!(text.decode(&got, false).expect("decode"), s, "decode(encode({s:?}))");
         let bytes: Vec<u8> = got.iter().flat_map(|&id| text.token_text(id).1).collect();
         assert_eq!(bytes, s.as_bytes(), "token bytes of {s:?}");
     }
@@ -121,10 +101,7 @@ fn smollm2_chat_template_matches_reference_rendering() {
     let ids = text.encode_chat(&messages).expect("encode_chat");
     assert_eq!(ids, text.encode(&rendered, false).expect("encode"));
     assert_eq!(ids[0], 1, "<|im_start|>");
-    assert_eq!(
-        text.encode("Hi", true).expect("encode"),
-        text.encode("Hi", false).expect("encode")
-    );
+    assert_eq!(text.encode("Hi", true).expect("encode"), text.encode("Hi", false).expect("encode"));
 }
 
 #[test]
@@ -135,9 +112,7 @@ fn smollm2_ends_generation_at_im_end_and_endoftext() {
     assert!(eog.contains(&0), "<|endoftext|>: {eog:?}");
     assert!(!eog.contains(&1), "<|im_start|> does not end generation");
     // Special tokens are skipped on request and kept otherwise.
-    let ids = text
-        .encode("<|im_start|>assistant\nHi<|im_end|>", false)
-        .expect("encode");
+    let ids = text.encode("<|im_start|>assistant\nHi<|im_end|>", false).expect("encode");
     assert_eq!(text.decode(&ids, true).expect("decode"), "assistant\nHi");
     assert_eq!(text.token_text(2).0, "<|im_end|>");
 }

@@ -85,10 +85,7 @@ fn run_concurrent(engine: &Engine, prompts: Vec<Vec<u32>>, gen: usize) -> Result
     };
     let out = std::thread::scope(|scope| {
         let handles: Vec<_> = receivers.into_iter().map(|rx| scope.spawn(move || read(rx))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(Err(EngineError::Stopped)))
-            .collect::<Result<Vec<_>>>()
+        handles.into_iter().map(|h| h.join().unwrap_or(Err(EngineError::Stopped))).collect::<Result<Vec<_>>>()
     })?;
     Ok(out)
 }
@@ -136,7 +133,11 @@ pub fn run(engine: &Engine, opts: &BenchOptions, mut on_result: impl FnMut(&Benc
                     let end = times.iter().map(|t| t.end).max().unwrap_or_default();
                     let tokens: usize = times.iter().map(|t| t.generated.saturating_sub(1)).sum();
                     Ok(BenchResult {
-                        name: if c == 1 { format!("tg{}", opts.gen_tokens) } else { format!("tg{} x{c} (aggregate)", opts.gen_tokens) },
+                        name: if c == 1 {
+                            format!("tg{}", opts.gen_tokens)
+                        } else {
+                            format!("tg{} x{c} (aggregate)", opts.gen_tokens)
+                        },
                         tokens,
                         seconds: (end - start).as_secs_f64(),
                     })

@@ -139,12 +139,8 @@ pub fn perplexity(
             nll_total += nll;
             nll2_total += nll2;
             count_total += count;
-            let score = WindowScore {
-                index: group_start + w,
-                nll,
-                count,
-                running_ppl: (nll_total / count_total as f64).exp(),
-            };
+            let score =
+                WindowScore { index: group_start + w, nll, count, running_ppl: (nll_total / count_total as f64).exp() };
             on_window(&score);
             windows.push(score);
         }
@@ -152,8 +148,7 @@ pub fn perplexity(
     let mean_nll = nll_total / count_total as f64;
     let ppl = mean_nll.exp();
     let var = nll2_total / count_total as f64 - mean_nll * mean_nll;
-    let ppl_stderr =
-        if var > 0.0 && count_total > 1 { ppl * (var / (count_total - 1) as f64).sqrt() } else { 0.0 };
+    let ppl_stderr = if var > 0.0 && count_total > 1 { ppl * (var / (count_total - 1) as f64).sqrt() } else { 0.0 };
     Ok(PerplexityReport { windows, ppl, ppl_stderr, mean_nll, tokens_scored: count_total })
 }
 
@@ -179,7 +174,13 @@ mod tests {
         let log_z = (hi.exp() + lo.exp() + (VOCAB - 2) as f64).ln();
         let next = next_token(context);
         let other = 2 + (next as usize + 7) % (VOCAB - 2);
-        let logit = if target == next { hi } else if target as usize == other { lo } else { 0.0 };
+        let logit = if target == next {
+            hi
+        } else if target as usize == other {
+            lo
+        } else {
+            0.0
+        };
         log_z - logit
     }
 

@@ -32,10 +32,7 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route("/metrics", get(health::metrics))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
     let mut app = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))

@@ -24,17 +24,9 @@ pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
-    let ok = given.is_some_and(|g| {
-        state
-            .api_keys
-            .iter()
-            .any(|k| same(k.as_bytes(), g.as_bytes()))
-    });
+    let ok = given.is_some_and(|g| state.api_keys.iter().any(|k| same(k.as_bytes(), g.as_bytes())));
     if ok {
         next.run(req).await
     } else {

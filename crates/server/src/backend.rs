@@ -15,11 +15,7 @@ pub trait Backend: Send + Sync + 'static {
     fn vocab_size(&self) -> usize;
     /// Chat template + tokenize, with the generation prompt.
     fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError>;
-    fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, EngineError>;
+    fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError>;
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, EngineError>;
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EngineError>;
     fn token_text(&self, id: u32) -> (String, Vec<u8>);
@@ -44,11 +40,7 @@ impl Backend for Engine {
     fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
         self.text().encode_chat(messages)
     }
-    fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, EngineError> {
+    fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
         self.text().render_chat(messages, add_generation_prompt)
     }
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, EngineError> {

@@ -8,11 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{ConfigError, LogFormat, Settings};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "wick",
-    version,
-    about = "An OpenAI-compatible LLM inference server on candle (CPU)."
-)]
+#[command(name = "wick", version, about = "An OpenAI-compatible LLM inference server on candle (CPU).")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -58,22 +54,13 @@ pub struct ServeArgs {
     #[arg(long, env = "WICK_OFFLINE", num_args = 0..=1, default_missing_value = "true")]
     pub offline: Option<bool>,
     /// Accepted API key (repeatable; WICK_API_KEY may hold a comma-separated list). No key: open.
-    #[arg(
-        long = "api-key",
-        env = "WICK_API_KEY",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    #[arg(long = "api-key", env = "WICK_API_KEY", value_delimiter = ',', hide_env_values = true)]
     pub api_key: Vec<String>,
     /// File with one API key per line.
     #[arg(long, env = "WICK_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
     /// Allowed CORS origin (repeatable, or `*`). None: CORS off.
-    #[arg(
-        long = "cors-allow-origin",
-        env = "WICK_CORS_ALLOW_ORIGIN",
-        value_delimiter = ','
-    )]
+    #[arg(long = "cors-allow-origin", env = "WICK_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
     pub cors_allow_origin: Vec<String>,
     /// Log format [default: text].
     #[arg(long, env = "WICK_LOG_FORMAT", value_enum)]
@@ -200,10 +187,7 @@ impl ServeArgs {
             s.engine.num_blocks = a.num_blocks;
         }
         set(&mut s.engine.max_num_seqs, a.max_num_seqs);
-        set(
-            &mut s.engine.max_num_batched_tokens,
-            a.max_num_batched_tokens,
-        );
+        set(&mut s.engine.max_num_batched_tokens, a.max_num_batched_tokens);
         set(&mut s.engine.max_waiting, a.max_waiting);
         if a.max_model_len.is_some() {
             s.engine.max_model_len = a.max_model_len;
@@ -228,35 +212,17 @@ mod tests {
     fn flags_override_the_config_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wick.toml");
-        std::fs::write(
-            &path,
-            "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[engine]\nmax_waiting = 3\n",
-        )
-        .expect("write");
+        std::fs::write(&path, "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[engine]\nmax_waiting = 3\n").expect("write");
         let cfg = path.to_str().expect("utf8");
-        let s = serve(&[
-            "--config",
-            cfg,
-            "--port",
-            "9100",
-            "--api-key",
-            "a",
-            "--api-key",
-            "b",
-            "--offline",
-        ])
-        .settings()
-        .expect("settings");
+        let s = serve(&["--config", cfg, "--port", "9100", "--api-key", "a", "--api-key", "b", "--offline"])
+            .settings()
+            .expect("settings");
         assert_eq!(s.server.port, 9100, "flag beats file");
         assert_eq!(s.server.host, "0.0.0.0", "file beats default");
         assert_eq!(s.engine.max_waiting, 3);
         assert_eq!(s.server.api_keys, vec!["a".to_string(), "b".to_string()]);
         assert!(s.model.offline);
-        assert_eq!(
-            s.engine.max_num_seqs,
-            Settings::default().engine.max_num_seqs,
-            "untouched knob keeps its default"
-        );
+        assert_eq!(s.engine.max_num_seqs, Settings::default().engine.max_num_seqs, "untouched knob keeps its default");
     }
 
     #[test]
@@ -264,14 +230,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("keys");
         std::fs::write(&path, "k1\n\n# comment\n k2 \n").expect("write");
-        let s = serve(&[
-            "--api-key",
-            "k0",
-            "--api-key-file",
-            path.to_str().expect("utf8"),
-        ])
-        .settings()
-        .expect("settings");
+        let s =
+            serve(&["--api-key", "k0", "--api-key-file", path.to_str().expect("utf8")]).settings().expect("settings");
         assert_eq!(s.all_api_keys().expect("keys"), vec!["k0", "k1", "k2"]);
     }
 }

@@ -148,58 +148,33 @@ impl EngineSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("api key file {path}: {source}")]
-    KeyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    KeyFile { path: PathBuf, source: std::io::Error },
 }
 
 impl Settings {
     /// Parses a config file's text; missing keys keep their defaults, unknown keys are errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text, path)
     }
 
     /// Every API key: the listed ones plus one per non-empty line of the key file.
     pub fn all_api_keys(&self) -> Result<Vec<String>, ConfigError> {
-        let mut keys: Vec<String> = self
-            .server
-            .api_keys
-            .iter()
-            .filter(|k| !k.is_empty())
-            .cloned()
-            .collect();
+        let mut keys: Vec<String> = self.server.api_keys.iter().filter(|k| !k.is_empty()).cloned().collect();
         if let Some(path) = &self.server.api_key_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
-                path: path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile { path: path.clone(), source })?;
             keys.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_owned),
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned),
             );
         }
         Ok(keys)
@@ -219,11 +194,8 @@ mod tests {
 
     #[test]
     fn file_overrides_defaults_and_rejects_typos() {
-        let s = Settings::from_toml(
-            "[server]\nport = 9000\n[engine]\nmax_num_seqs = 8\n",
-            Path::new("x.toml"),
-        )
-        .expect("parses");
+        let s = Settings::from_toml("[server]\nport = 9000\n[engine]\nmax_num_seqs = 8\n", Path::new("x.toml"))
+            .expect("parses");
         assert_eq!(s.server.port, 9000);
         assert_eq!(s.engine.max_num_seqs, 8);
         assert_eq!(s.server.host, "127.0.0.1");

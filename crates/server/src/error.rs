@@ -37,38 +37,22 @@ pub struct ErrorDetail<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            kind,
-            param: None,
-            code: None,
-            retry_after: None,
-        }
+        Self { status, message: message.into(), kind, param: None, code: None, retry_after: None }
     }
 
     /// 400 `invalid_request_error`, optionally naming the offending parameter.
     pub fn invalid(param: Option<&str>, message: impl Into<String>) -> Self {
-        Self {
-            param: param.map(str::to_owned),
-            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
-        }
+        Self { param: param.map(str::to_owned), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
     }
 
     /// 400 naming `param`, with code `invalid_value`.
     pub fn invalid_value(param: &str, message: impl Into<String>) -> Self {
-        Self {
-            code: Some("invalid_value"),
-            ..Self::invalid(Some(param), message)
-        }
+        Self { code: Some("invalid_value"), ..Self::invalid(Some(param), message) }
     }
 
     /// 400 for a field we know but do not support (yet).
     pub fn unsupported(param: &str, message: impl Into<String>) -> Self {
-        Self {
-            code: Some("unsupported_parameter"),
-            ..Self::invalid(Some(param), message)
-        }
+        Self { code: Some("unsupported_parameter"), ..Self::invalid(Some(param), message) }
     }
 
     pub fn model_not_found(model: &str) -> Self {
@@ -84,10 +68,7 @@ impl ApiError {
     }
 
     pub fn context_length(message: impl Into<String>) -> Self {
-        Self {
-            code: Some("context_length_exceeded"),
-            ..Self::invalid(Some("messages"), message)
-        }
+        Self { code: Some("context_length_exceeded"), ..Self::invalid(Some("messages"), message) }
     }
 
     pub fn unauthorized() -> Self {
@@ -104,22 +85,14 @@ impl ApiError {
     pub fn not_found_route(path: &str) -> Self {
         Self {
             code: Some("not_found"),
-            ..Self::new(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                format!("Unknown route: {path}"),
-            )
+            ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("Unknown route: {path}"))
         }
     }
 
     pub fn method_not_allowed() -> Self {
         Self {
             code: Some("method_not_allowed"),
-            ..Self::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request_error",
-                "Method not allowed for this route.",
-            )
+            ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "Method not allowed for this route.")
         }
     }
 
@@ -160,11 +133,7 @@ impl ApiError {
 
     /// Generic error for a status without a dedicated constructor.
     pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
-        let kind = if status.is_server_error() {
-            "server_error"
-        } else {
-            "invalid_request_error"
-        };
+        let kind = if status.is_server_error() { "server_error" } else { "invalid_request_error" };
         Self::new(status, kind, message)
     }
 
@@ -182,39 +151,24 @@ impl ApiError {
     /// The body as a JSON string (for SSE error events).
     pub fn to_json(&self) -> String {
         serde_json::to_string(&self.body()).unwrap_or_else(|_| {
-            String::from(
-                r#"{"error":{"message":"error","type":"server_error","param":null,"code":null}}"#,
-            )
+            String::from(r#"{"error":{"message":"error","type":"server_error","param":null,"code":null}}"#)
         })
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.kind,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            self.to_json(),
-        )
-            .into_response();
+        let mut resp =
+            (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.to_json())
+                .into_response();
         if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -239,16 +193,12 @@ mod tests {
     async fn envelope_has_openai_shape_and_string_code() {
         let resp = ApiError::model_not_found("gpt-9").into_response();
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
-            .await
-            .expect("body");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.expect("body");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["param"], "model");
-        assert!(v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("gpt-9")));
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("gpt-9")));
     }
 
     #[tokio::test]
@@ -260,12 +210,8 @@ mod tests {
 
     #[test]
     fn context_length_maps_to_400_with_code() {
-        let e = ApiError::from(SubmitError::ContextLength {
-            max_context: 10,
-            requested: 20,
-            prompt: 15,
-            completion: 5,
-        });
+        let e =
+            ApiError::from(SubmitError::ContextLength { max_context: 10, requested: 20, prompt: 15, completion: 5 });
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.code, Some("context_length_exceeded"));
         assert!(e.message.contains("10") && e.message.contains("20"));

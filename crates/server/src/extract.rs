@@ -22,10 +22,7 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::from_status(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "The request body is too large.",
-                )
+                ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large.")
             } else {
                 ApiError::invalid(None, format!("Could not read the request body: {rej}"))
             }
@@ -60,10 +57,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// unknown field), extended by the field named in a "missing field `x`" message.
 fn field_param(path: &str, message: &str) -> Option<String> {
     let pre = "missing field `";
-    let missing = message
-        .find(pre)
-        .map(|i| &message[i + pre.len()..])
-        .and_then(|rest| rest.split('`').next());
+    let missing = message.find(pre).map(|i| &message[i + pre.len()..]).and_then(|rest| rest.split('`').next());
     let base = if path == "." { "" } else { path };
     match (base.is_empty(), missing) {
         (true, Some(f)) => Some(f.to_owned()),

@@ -24,12 +24,7 @@ pub struct Tracked {
 
 impl Tracked {
     pub fn new(rx: UnboundedReceiver<Event>, arrival: Instant, n: usize) -> Self {
-        Self {
-            rx,
-            arrival,
-            first_token: false,
-            last_token: vec![None; n],
-        }
+        Self { rx, arrival, first_token: false, last_token: vec![None; n] }
     }
 
     pub async fn recv(&mut self) -> Option<Event> {
@@ -88,10 +83,7 @@ pub fn merge(requests: Vec<Tracked>, n: usize) -> BoxStream<'static, Event> {
                     let last = matches!(ev, Event::Done { .. } | Event::Error(_));
                     Some(((i, ev), if last { None } else { Some(t) }))
                 }
-                None => Some((
-                    (i, Event::Error("the engine dropped the request".into())),
-                    None,
-                )),
+                None => Some(((i, Event::Error("the engine dropped the request".into())), None)),
             }
         })
         .boxed()
@@ -103,44 +95,20 @@ pub fn merge(requests: Vec<Tracked>, n: usize) -> BoxStream<'static, Event> {
         first: Option<Duration>,
         failed: bool,
     }
-    let acc = Acc {
-        remaining: count,
-        usage: Usage::default(),
-        queue: Duration::ZERO,
-        first: None,
-        failed: false,
-    };
+    let acc = Acc { remaining: count, usage: Usage::default(), queue: Duration::ZERO, first: None, failed: false };
     stream::select_all(streams)
         .scan(acc, move |acc, (i, ev)| {
             if acc.failed {
                 return futures::future::ready(None);
             }
             let out = match ev {
-                Event::Token {
-                    choice,
-                    token_id,
-                    text,
-                    logprob,
-                } => Some(Event::Token {
-                    choice: i * n + choice,
-                    token_id,
-                    text,
-                    logprob,
-                }),
-                Event::Finished {
-                    choice,
-                    reason,
-                    text,
-                } => Some(Event::Finished {
-                    choice: i * n + choice,
-                    reason,
-                    text,
-                }),
-                Event::Done {
-                    usage,
-                    queue_time,
-                    first_token_time,
-                } => {
+                Event::Token { choice, token_id, text, logprob } => {
+                    Some(Event::Token { choice: i * n + choice, token_id, text, logprob })
+                }
+                Event::Finished { choice, reason, text } => {
+                    Some(Event::Finished { choice: i * n + choice, reason, text })
+                }
+                Event::Done { usage, queue_time, first_token_time } => {
                     acc.usage.prompt_tokens += usage.prompt_tokens;
                     acc.usage.completion_tokens += usage.completion_tokens;
                     acc.queue = acc.queue.max(queue_time);
@@ -182,22 +150,13 @@ pub async fn collect(
     let mut out = vec![ChoiceResult::default(); choices];
     while let Some(ev) = events.next().await {
         match ev {
-            Event::Token {
-                choice,
-                text,
-                logprob,
-                ..
-            } => {
+            Event::Token { choice, text, logprob, .. } => {
                 if let Some(c) = out.get_mut(choice) {
                     c.text.push_str(&text);
                     c.logprobs.extend(logprob);
                 }
             }
-            Event::Finished {
-                choice,
-                reason,
-                text,
-            } => {
+            Event::Finished { choice, reason, text } => {
                 if let Some(c) = out.get_mut(choice) {
                     c.text.push_str(&text);
                     c.finish = Some(reason);

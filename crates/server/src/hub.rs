@@ -9,12 +9,8 @@ use hf_hub::{Cache, Repo, RepoType};
 
 /// Files a safetensors model folder needs (the optional ones may be absent).
 const HF_REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
-const HF_OPTIONAL: &[&str] = &[
-    "tokenizer_config.json",
-    "generation_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-];
+const HF_OPTIONAL: &[&str] =
+    &["tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja"];
 
 fn repo(id: &str, revision: &str) -> Repo {
     Repo::with_revision(id.to_owned(), RepoType::Model, revision.to_owned())
@@ -35,10 +31,7 @@ pub fn cached_file(id: &str, revision: &str, file: &str) -> Option<PathBuf> {
 
 /// Downloads one file (or finds it in the cache).
 pub fn download_file(id: &str, revision: &str, file: &str) -> Result<PathBuf, String> {
-    api()?
-        .repo(repo(id, revision))
-        .get(file)
-        .map_err(|e| e.to_string())
+    api()?.repo(repo(id, revision)).get(file).map_err(|e| e.to_string())
 }
 
 /// Picks the GGUF file of a repo: the selector as a file name, else as a quant substring
@@ -51,56 +44,37 @@ pub fn pick_gguf(files: &[String], selector: Option<&str>) -> Result<String, Str
                 return Ok((*exact).clone());
             }
             let s = sel.to_ascii_lowercase();
-            ggufs
-                .iter()
-                .filter(|f| f.to_ascii_lowercase().contains(&s))
-                .copied()
-                .collect()
+            ggufs.iter().filter(|f| f.to_ascii_lowercase().contains(&s)).copied().collect()
         }
         None => ggufs.clone(),
     };
     match chosen.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(format!(
-            "no GGUF file matches {:?}; the repo has: {}",
-            selector.unwrap_or(""),
-            list(&ggufs)
-        )),
-        many => Err(format!(
-            "several GGUF files match; choose one with --gguf-file: {}",
-            list(many)
-        )),
+        [] => Err(format!("no GGUF file matches {:?}; the repo has: {}", selector.unwrap_or(""), list(&ggufs))),
+        many => Err(format!("several GGUF files match; choose one with --gguf-file: {}", list(many))),
     }
 }
 
 fn list(files: &[&String]) -> String {
-    files
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    files.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// Fetches a repo's model: a GGUF file (picked by `gguf_file`) or a safetensors folder.
 /// Returns the GGUF file or the snapshot folder.
-pub fn fetch_repo(
-    id: &str,
-    revision: &str,
-    gguf_file: Option<&str>,
-    offline: bool,
-) -> Result<PathBuf, String> {
+pub fn fetch_repo(id: &str, revision: &str, gguf_file: Option<&str>, offline: bool) -> Result<PathBuf, String> {
     if offline {
         let cache = Cache::from_env().repo(repo(id, revision));
         if let Some(file) = gguf_file.filter(|f| f.ends_with(".gguf")) {
-            return cache.get(file).ok_or_else(|| {
-                format!("{id}/{file} is not in the Hugging Face cache (offline mode)")
-            });
+            return cache
+                .get(file)
+                .ok_or_else(|| format!("{id}/{file} is not in the Hugging Face cache (offline mode)"));
         }
-        let config = cache.get("config.json").ok_or_else(|| format!("{id} is not in the Hugging Face cache (offline mode); for a GGUF repo give the file with --gguf-file"))?;
-        return config
-            .parent()
-            .map(PathBuf::from)
-            .ok_or_else(|| "bad cache layout".to_owned());
+        let config = cache.get("config.json").ok_or_else(|| {
+            format!(
+                "{id} is not in the Hugging Face cache (offline mode); for a GGUF repo give the file with --gguf-file"
+            )
+        })?;
+        return config.parent().map(PathBuf::from).ok_or_else(|| "bad cache layout".to_owned());
     }
     let api = api()?;
     let r = api.repo(repo(id, revision));
@@ -118,16 +92,12 @@ pub fn fetch_repo(
     for f in HF_OPTIONAL.iter().filter(|f| files.iter().any(|x| x == *f)) {
         r.get(f).map_err(|e| format!("{id}/{f}: {e}"))?;
     }
-    let weights: Vec<&String> = files
-        .iter()
-        .filter(|f| f.ends_with(".safetensors") && !f.contains('/'))
-        .collect();
+    let weights: Vec<&String> = files.iter().filter(|f| f.ends_with(".safetensors") && !f.contains('/')).collect();
     if weights.is_empty() {
         return Err(format!("{id} has neither GGUF nor safetensors weights"));
     }
     if files.iter().any(|f| f == "model.safetensors.index.json") {
-        r.get("model.safetensors.index.json")
-            .map_err(|e| format!("{id}: {e}"))?;
+        r.get("model.safetensors.index.json").map_err(|e| format!("{id}: {e}"))?;
     }
     for w in weights {
         r.get(w).map_err(|e| format!("{id}/{w}: {e}"))?;
@@ -140,28 +110,16 @@ mod tests {
     use super::*;
 
     fn files() -> Vec<String> {
-        ["README.md", "m.Q4_0.gguf", "m.Q4_K_M.gguf", "m.Q8_0.gguf"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        ["README.md", "m.Q4_0.gguf", "m.Q4_K_M.gguf", "m.Q8_0.gguf"].iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
     fn gguf_selector_by_name_or_quant() {
-        assert_eq!(
-            pick_gguf(&files(), Some("q4_k_m")).expect("quant"),
-            "m.Q4_K_M.gguf"
-        );
-        assert_eq!(
-            pick_gguf(&files(), Some("m.Q8_0.gguf")).expect("name"),
-            "m.Q8_0.gguf"
-        );
+        assert_eq!(pick_gguf(&files(), Some("q4_k_m")).expect("quant"), "m.Q4_K_M.gguf");
+        assert_eq!(pick_gguf(&files(), Some("m.Q8_0.gguf")).expect("name"), "m.Q8_0.gguf");
         let e = pick_gguf(&files(), None).expect_err("ambiguous");
         assert!(e.contains("--gguf-file"));
         assert!(pick_gguf(&files(), Some("Q5")).is_err());
-        assert_eq!(
-            pick_gguf(&["only.gguf".to_string()], None).expect("single"),
-            "only.gguf"
-        );
+        assert_eq!(pick_gguf(&["only.gguf".to_string()], None).expect("single"), "only.gguf");
     }
 }

@@ -26,23 +26,15 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(*args)),
         Command::Perplexity(args) => perplexity(args),
-        Command::Bench(args) => {
-            rt.block_on(async { tokio::task::spawn_blocking(move || bench(args)).await? })
-        }
+        Command::Bench(args) => rt.block_on(async { tokio::task::spawn_blocking(move || bench(args)).await? }),
     }
 }
 
 fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
@@ -51,10 +43,7 @@ fn init_logging(format: LogFormat, level: &str) {
 #[allow(clippy::needless_update)]
 fn load_options(settings: &Settings) -> Result<LoadOptions> {
     let chat_template = match &settings.model.chat_template {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading chat template {}", p.display()))?,
-        ),
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading chat template {}", p.display()))?),
         None => None,
     };
     Ok(LoadOptions { chat_template, ..LoadOptions::default() })
@@ -66,12 +55,8 @@ fn start_engine(settings: &Settings) -> Result<(Engine, ResolvedModel)> {
     tracing::info!(path = %resolved.path.display(), "loading model");
     let loaded = wick_engine::load(&resolved.path, &load_options(settings)?)
         .with_context(|| format!("loading {}", resolved.path.display()))?;
-    let engine = Engine::start(
-        loaded.model,
-        Arc::new(loaded.text),
-        settings.engine.to_engine_config(),
-    )
-    .context("starting the engine")?;
+    let engine = Engine::start(loaded.model, Arc::new(loaded.text), settings.engine.to_engine_config())
+        .context("starting the engine")?;
     Ok((engine, resolved))
 }
 
@@ -80,18 +65,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     init_logging(settings.server.log_format, &settings.server.log_level);
     let keys = settings.all_api_keys()?;
     let s = &settings.server;
-    let state = Arc::new(AppState::new(
-        keys,
-        Duration::from_secs(s.sse_keep_alive_secs.max(1)),
-        s.max_body_bytes,
-    ));
+    let state = Arc::new(AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes));
     let router = app::router(state.clone(), &s.cors_allow_origins);
     let addr: SocketAddr = format!("{}:{}", s.host, s.port)
         .parse()
         .with_context(|| format!("bad listen address {}:{}", s.host, s.port))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "listening (model loading; /ready answers 503 until it is up)");
 
     let load_settings = settings.clone();
@@ -101,17 +80,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(async move {
         match loader.await {
             Ok(Ok((engine, resolved))) => {
-                let model_ids = if names.is_empty() {
-                    vec![resolved.name]
-                } else {
-                    names
-                };
+                let model_ids = if names.is_empty() { vec![resolved.name] } else { names };
                 tracing::info!(model = %model_ids[0], "ready");
-                load_state.set_ready(Ready {
-                    backend: Arc::new(engine),
-                    model_ids,
-                    created: unix_now(),
-                });
+                load_state.set_ready(Ready { backend: Arc::new(engine), model_ids, created: unix_now() });
             }
             Ok(Err(e)) => {
                 tracing::error!("{e:#}");
@@ -127,8 +98,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let signal = shutdown::on_signal();
     let grace = Duration::from_secs(s.shutdown_timeout_secs);
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown::triggered(signal.clone()));
+    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown::triggered(signal.clone()));
     let deadline = async move {
         shutdown::triggered(signal).await;
         tokio::time::sleep(grace).await;
@@ -159,13 +129,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         repetitions: args.repetitions.max(1),
     };
     wick_engine::bench::run(&engine, &opts, |r| {
-        println!(
-            "{:<24} {:>8} tokens {:>9.3} s {:>10.1} tok/s",
-            r.name,
-            r.tokens,
-            r.seconds,
-            r.tokens_per_second()
-        )
+        println!("{:<24} {:>8} tokens {:>9.3} s {:>10.1} tok/s", r.name, r.tokens, r.seconds, r.tokens_per_second())
     })?;
     Ok(())
 }
@@ -178,8 +142,7 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     let resolved = model_source::resolve(&model, &settings.default_model)?;
     let loaded = wick_engine::load(&resolved.path, &LoadOptions::default())
         .with_context(|| format!("loading {}", resolved.path.display()))?;
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     // As llama-perplexity: tokenize with the model's own BOS rule, and put BOS at the start of
     // every window when the model adds one.
     let (bos, add_bos) = loaded.text.bos();
@@ -200,9 +163,6 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     let report = wick_engine::perplexity::perplexity(loaded.model.as_ref(), &tokens, &opts, |w| {
         println!("[{}]{:.4}", w.index + 1, w.running_ppl);
     })?;
-    println!(
-        "PPL = {:.4} +/- {:.5} ({} tokens scored)",
-        report.ppl, report.ppl_stderr, report.tokens_scored
-    );
+    println!("PPL = {:.4} +/- {:.5} ({} tokens scored)", report.ppl, report.ppl_stderr, report.tokens_scored);
     Ok(())
 }

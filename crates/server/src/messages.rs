@@ -10,10 +10,7 @@ use crate::openai::chat::{MessageContent, RequestMessage};
 
 /// Flattens the messages for the chat template, rejecting what the model cannot take.
 pub fn messages(msgs: &[RequestMessage]) -> Result<Vec<ChatMessage>, ApiError> {
-    msgs.iter()
-        .enumerate()
-        .map(|(i, m)| message(i, m))
-        .collect()
+    msgs.iter().enumerate().map(|(i, m)| message(i, m)).collect()
 }
 
 fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
@@ -26,54 +23,28 @@ fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
         other => {
             return Err(ApiError::invalid_value(
                 &at("role"),
-                format!(
-                "Unsupported role {other:?}; expected system, developer, user, assistant or tool."
-            ),
+                format!("Unsupported role {other:?}; expected system, developer, user, assistant or tool."),
             ))
         }
     };
     if m.name.is_some() {
-        return Err(ApiError::unsupported(
-            &at("name"),
-            "Participant names are not supported by the chat template.",
-        ));
+        return Err(ApiError::unsupported(&at("name"), "Participant names are not supported by the chat template."));
     }
-    if m.tool_calls
-        .as_ref()
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-    {
-        return Err(ApiError::unsupported(
-            &at("tool_calls"),
-            "Tool calls are not supported yet.",
-        ));
+    if m.tool_calls.as_ref().and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+        return Err(ApiError::unsupported(&at("tool_calls"), "Tool calls are not supported yet."));
     }
     if m.function_call.is_some() {
-        return Err(ApiError::unsupported(
-            &at("function_call"),
-            "Function calls are not supported.",
-        ));
+        return Err(ApiError::unsupported(&at("function_call"), "Function calls are not supported."));
     }
     if m.audio.is_some() {
-        return Err(ApiError::unsupported(
-            &at("audio"),
-            "This model does not accept audio.",
-        ));
+        return Err(ApiError::unsupported(&at("audio"), "This model does not accept audio."));
     }
     if m.tool_call_id.is_some() && role != "tool" {
-        return Err(ApiError::invalid_value(
-            &at("tool_call_id"),
-            "`tool_call_id` belongs on tool messages only.",
-        ));
+        return Err(ApiError::invalid_value(&at("tool_call_id"), "`tool_call_id` belongs on tool messages only."));
     }
     let content = match &m.content {
         None if role == "assistant" => String::new(),
-        None => {
-            return Err(ApiError::invalid_value(
-                &at("content"),
-                "`content` is required.",
-            ))
-        }
+        None => return Err(ApiError::invalid_value(&at("content"), "`content` is required.")),
         Some(MessageContent::Text(s)) => s.clone(),
         Some(MessageContent::Parts(parts)) => {
             let mut text = String::new();
@@ -82,10 +53,7 @@ fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
                 match (part.kind.as_str(), &part.text) {
                     ("text", Some(t)) if part.rest.is_empty() => text.push_str(t),
                     ("text", None) => {
-                        return Err(ApiError::invalid_value(
-                            &format!("{p}.text"),
-                            "A text part needs `text`.",
-                        ))
+                        return Err(ApiError::invalid_value(&format!("{p}.text"), "A text part needs `text`."))
                     }
                     ("text", Some(_)) => {
                         let extra = part.rest.keys().next().map_or("", String::as_str);
@@ -124,10 +92,7 @@ fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
             text
         }
     };
-    Ok(ChatMessage {
-        role: role.to_owned(),
-        content,
-    })
+    Ok(ChatMessage { role: role.to_owned(), content })
 }
 
 #[cfg(test)]
@@ -143,20 +108,8 @@ mod tests {
         )
         .expect("parses");
         let msgs = messages(&req.messages).expect("valid");
-        assert_eq!(
-            msgs[0],
-            ChatMessage {
-                role: "system".into(),
-                content: "be brief".into()
-            }
-        );
-        assert_eq!(
-            msgs[1],
-            ChatMessage {
-                role: "user".into(),
-                content: "ab".into()
-            }
-        );
+        assert_eq!(msgs[0], ChatMessage { role: "system".into(), content: "be brief".into() });
+        assert_eq!(msgs[1], ChatMessage { role: "user".into(), content: "ab".into() });
     }
 
     #[test]
@@ -172,23 +125,12 @@ mod tests {
 
     #[test]
     fn roles_and_names_are_checked() {
-        let req: ChatCompletionRequest = parse(
-            br#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"wizard","content":"b"}]}"#,
-        )
-        .expect("parses");
-        assert_eq!(
-            messages(&req.messages)
-                .expect_err("bad role")
-                .param
-                .as_deref(),
-            Some("messages[1].role")
-        );
         let req: ChatCompletionRequest =
-            parse(br#"{"model":"m","messages":[{"role":"user","content":"a","name":"bob"}]}"#)
+            parse(br#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"wizard","content":"b"}]}"#)
                 .expect("parses");
-        assert_eq!(
-            messages(&req.messages).expect_err("names").param.as_deref(),
-            Some("messages[0].name")
-        );
+        assert_eq!(messages(&req.messages).expect_err("bad role").param.as_deref(), Some("messages[1].role"));
+        let req: ChatCompletionRequest =
+            parse(br#"{"model":"m","messages":[{"role":"user","content":"a","name":"bob"}]}"#).expect("parses");
+        assert_eq!(messages(&req.messages).expect_err("names").param.as_deref(), Some("messages[0].name"));
     }
 }

@@ -5,9 +5,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
-};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use wick_engine::EngineStats;
 
@@ -24,8 +22,7 @@ pub const QUEUE: &str = "wick:request_queue_time_seconds";
 pub const SUCCESS: &str = "wick:request_success_total";
 
 const BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    20.0, 40.0, 80.0, 160.0,
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -52,21 +49,13 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_gauge!(RUNNING, "Requests in the running batch.");
     describe_gauge!(WAITING, "Requests waiting for admission.");
-    describe_gauge!(
-        KV_USAGE,
-        Unit::Percent,
-        "Fraction of KV-cache blocks in use (0 to 1)."
-    );
+    describe_gauge!(KV_USAGE, Unit::Percent, "Fraction of KV-cache blocks in use (0 to 1).");
     describe_counter!(PROMPT_TOKENS, "Prompt tokens processed.");
     describe_counter!(GENERATION_TOKENS, "Tokens generated.");
     describe_counter!(PREEMPTIONS, "Sequences preempted for lack of KV blocks.");
     describe_counter!(SUCCESS, "Requests finished, by finish reason.");
     describe_histogram!(TTFT, Unit::Seconds, "Time from arrival to the first token.");
-    describe_histogram!(
-        ITL,
-        Unit::Seconds,
-        "Time between consecutive tokens of a sequence."
-    );
+    describe_histogram!(ITL, Unit::Seconds, "Time between consecutive tokens of a sequence.");
     describe_histogram!(E2E, Unit::Seconds, "Time from arrival to the last token.");
     describe_histogram!(QUEUE, Unit::Seconds, "Time spent waiting for admission.");
 }
@@ -76,11 +65,7 @@ pub fn render(handle: &PrometheusHandle, stats: Option<EngineStats>) -> String {
     if let Some(s) = stats {
         gauge!(RUNNING).set(s.running as f64);
         gauge!(WAITING).set(s.waiting as f64);
-        let usage = if s.kv_blocks_total == 0 {
-            0.0
-        } else {
-            s.kv_blocks_used as f64 / s.kv_blocks_total as f64
-        };
+        let usage = if s.kv_blocks_total == 0 { 0.0 } else { s.kv_blocks_used as f64 / s.kv_blocks_total as f64 };
         gauge!(KV_USAGE).set(usage);
         counter!(PROMPT_TOKENS).absolute(s.prompt_tokens_total);
         counter!(GENERATION_TOKENS).absolute(s.generation_tokens_total);

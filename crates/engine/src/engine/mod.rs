@@ -85,7 +85,8 @@ impl Engine {
         });
         shared.stats.kv_blocks_total.store(num_blocks as u64, Ordering::Relaxed);
         let (tx, rx) = sync_channel(cfg.max_waiting);
-        let worker = worker::Worker::new(model, cache, text.clone(), &cfg, num_blocks, max_model_len, rx, shared.clone());
+        let worker =
+            worker::Worker::new(model, cache, text.clone(), &cfg, num_blocks, max_model_len, rx, shared.clone());
         let thread = std::thread::Builder::new().name("wick-engine".into()).spawn(move || worker.run())?;
         Ok(Self {
             tx: Some(tx),
@@ -106,8 +107,8 @@ impl Engine {
             _ => return Err(SubmitError::Stopped),
         };
         self.validate(&req)?;
-        let waiting = self.shared.queued.load(Ordering::Relaxed)
-            + self.shared.stats.waiting.load(Ordering::Relaxed) as usize;
+        let waiting =
+            self.shared.queued.load(Ordering::Relaxed) + self.shared.stats.waiting.load(Ordering::Relaxed) as usize;
         if waiting >= self.max_waiting {
             return Err(SubmitError::Overloaded { waiting });
         }

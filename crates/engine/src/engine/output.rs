@@ -45,7 +45,8 @@ impl Worker {
             }
         }
         let stopped_by_string = finish.is_some() && !ends_generation;
-        if finish.is_none() && (seq.tokens.len() - seq.prompt_len >= params.max_tokens || seq.tokens.len() >= self.max_model_len)
+        if finish.is_none()
+            && (seq.tokens.len() - seq.prompt_len >= params.max_tokens || seq.tokens.len() >= self.max_model_len)
         {
             finish = Some(FinishReason::Length);
         }

@@ -30,7 +30,11 @@ unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> [f32; 4] {
 /// Raw dot products of `NQ` query rows with `NK` key rows of length `hd`, as 8-lane sums.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dots<const NQ: usize, const NK: usize>(q: &[*const f32; NQ], k: &[*const f32; NK], hd: usize) -> [[f32; NK]; NQ] {
+unsafe fn dots<const NQ: usize, const NK: usize>(
+    q: &[*const f32; NQ],
+    k: &[*const f32; NK],
+    hd: usize,
+) -> [[f32; NK]; NQ] {
     const { assert!(NQ * NK <= 32) };
     let n8 = hd / 8 * 8;
     let mut acc = [[_mm256_setzero_ps(); NK]; NQ];

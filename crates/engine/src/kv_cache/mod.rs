@@ -8,6 +8,6 @@ mod attention_scalar;
 pub mod block_pool;
 pub mod paged;
 
-pub use block_pool::BlockPool;
 pub use attention::{paged_attention, AttnParams};
+pub use block_pool::BlockPool;
 pub use paged::PagedKvCache;

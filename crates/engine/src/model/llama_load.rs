@@ -21,7 +21,8 @@ fn load_err(msg: impl Into<String>) -> EngineError {
 
 /// Bytes f32 copies of every linear weight would take.
 fn dense_bytes(hp: &LlamaHparams) -> usize {
-    let attn = hp.hidden_size * (hp.num_heads + 2 * hp.num_kv_heads) * hp.head_dim + hp.num_heads * hp.head_dim * hp.hidden_size;
+    let attn = hp.hidden_size * (hp.num_heads + 2 * hp.num_kv_heads) * hp.head_dim
+        + hp.num_heads * hp.head_dim * hp.hidden_size;
     let mlp = 3 * hp.hidden_size * hp.intermediate_size;
     4 * (hp.num_layers * (attn + mlp) + hp.vocab_size * hp.hidden_size)
 }
@@ -66,7 +67,12 @@ const HF_NAMES: Names = Names {
 };
 
 /// Assembles the model from a tensor source (`get` returns None for absent tensors).
-fn assemble(hp: LlamaHparams, names: &Names, opts: &WeightOptions, mut get: impl FnMut(&str) -> Result<Option<RawWeight>>) -> Result<Llama> {
+fn assemble(
+    hp: LlamaHparams,
+    names: &Names,
+    opts: &WeightOptions,
+    mut get: impl FnMut(&str) -> Result<Option<RawWeight>>,
+) -> Result<Llama> {
     let mut need = |name: &str| get(name)?.ok_or_else(|| load_err(format!("missing tensor {name}")));
     let embed_raw = need(names.embed)?;
     let builder = LinearBuilder::new(opts, dense_bytes(&hp));
@@ -112,7 +118,8 @@ pub fn llama_from_gguf<R: Read + Seek>(content: &Content, reader: &mut R, opts: 
         return Err(EngineError::Unsupported(format!("GGUF architecture {arch:?} (supported: llama)")));
     }
     let get_u = |k: &str| -> Option<usize> {
-        md.get(&format!("llama.{k}")).and_then(|v| v.to_u32().ok().map(|x| x as usize).or_else(|| v.to_u64().ok().map(|x| x as usize)))
+        md.get(&format!("llama.{k}"))
+            .and_then(|v| v.to_u32().ok().map(|x| x as usize).or_else(|| v.to_u64().ok().map(|x| x as usize)))
     };
     let need_u = |k: &str| get_u(k).ok_or_else(|| load_err(format!("GGUF metadata llama.{k} missing")));
     let get_f = |k: &str| md.get(&format!("llama.{k}")).and_then(|v: &Value| v.to_f32().ok());
@@ -122,13 +129,25 @@ pub fn llama_from_gguf<R: Read + Seek>(content: &Content, reader: &mut R, opts: 
     let head_dim = get_u("attention.key_length").unwrap_or(hidden_size / num_heads.max(1));
     let intermediate_size = match get_u("feed_forward_length") {
         Some(n) => n,
-        None => content.tensor_infos.get("blk.0.ffn_gate.weight").ok_or_else(|| load_err("missing blk.0.ffn_gate.weight"))?.shape.dims2()?.0,
+        None => {
+            content
+                .tensor_infos
+                .get("blk.0.ffn_gate.weight")
+                .ok_or_else(|| load_err("missing blk.0.ffn_gate.weight"))?
+                .shape
+                .dims2()?
+                .0
+        }
     };
     let rot_dim = get_u("rope.dimension_count").unwrap_or(head_dim);
     let mut inv_freq = Rope::default_inv_freq(rot_dim, get_f("rope.freq_base").unwrap_or(10000.0));
     if content.tensor_infos.contains_key("rope_freqs.weight") {
         // Llama 3.1+ long-context scaling, stored as per-frequency divisors.
-        let f: Vec<f32> = content.tensor(reader, "rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        let f: Vec<f32> = content
+            .tensor(reader, "rope_freqs.weight", &Device::Cpu)?
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
         if f.len() != inv_freq.len() {
             return Err(load_err("rope_freqs.weight has the wrong length"));
         }
@@ -159,7 +178,10 @@ pub fn llama_from_gguf<R: Read + Seek>(content: &Content, reader: &mut R, opts: 
 /// Partial rotary dimensions are not supported by the llama path (no llama model uses them).
 fn full_rot(inv_freq: Vec<f32>, head_dim: usize) -> Result<Vec<f32>> {
     if inv_freq.len() * 2 != head_dim {
-        return Err(EngineError::Unsupported(format!("rotary dimension {} with head dim {head_dim}", inv_freq.len() * 2)));
+        return Err(EngineError::Unsupported(format!(
+            "rotary dimension {} with head dim {head_dim}",
+            inv_freq.len() * 2
+        )));
     }
     Ok(inv_freq)
 }
@@ -175,7 +197,8 @@ pub fn llama_hparams_from_hf(cfg: &Json) -> Result<LlamaHparams> {
             return Err(EngineError::Unsupported(format!("llama with {flag}")));
         }
     }
-    let need = |k: &str| cfg[k].as_u64().map(|x| x as usize).ok_or_else(|| load_err(format!("config.json: {k} missing")));
+    let need =
+        |k: &str| cfg[k].as_u64().map(|x| x as usize).ok_or_else(|| load_err(format!("config.json: {k} missing")));
     let hidden_size = need("hidden_size")?;
     let num_heads = need("num_attention_heads")?;
     let head_dim = cfg["head_dim"].as_u64().map(|x| x as usize).unwrap_or(hidden_size / num_heads.max(1));

@@ -128,11 +128,7 @@ impl LinearBuilder {
             GgmlDType::Q4_1 if self.fast_kernels => QuantWeight::Q41(Q41Matrix::from_qtensor(&qt)?),
             _ => QuantWeight::Candle(QMatMul::from_qtensor(qt)?),
         };
-        Ok(Linear::Quant {
-            q,
-            dense,
-            dense_min_tokens: self.dense_min_tokens.unwrap_or(usize::MAX),
-        })
+        Ok(Linear::Quant { q, dense, dense_min_tokens: self.dense_min_tokens.unwrap_or(usize::MAX) })
     }
 }
 
@@ -205,7 +201,9 @@ mod tests {
         let w = rand(48, 64, 13);
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0] {
             let q = QTensor::quantize(&w, dtype).unwrap();
-            let lin = LinearBuilder::new(&WeightOptions::default(), 64 * 48 * 4).build(vec![RawWeight::Quant(q)], None).unwrap();
+            let lin = LinearBuilder::new(&WeightOptions::default(), 64 * 48 * 4)
+                .build(vec![RawWeight::Quant(q)], None)
+                .unwrap();
             let Linear::Quant { q, dense: None, .. } = &lin else { panic!("got {lin:?}") };
             match (dtype, q) {
                 (GgmlDType::Q4_1, QuantWeight::Q41(_)) | (GgmlDType::Q5_0, QuantWeight::Q8(_)) => {}

@@ -58,11 +58,7 @@ pub fn candidates(logits: &[f32], adj: &Adjustments, t: &Truncation) -> Option<V
         return None;
     }
     // p_i / p_max >= min_p  <=>  x_i >= x_max + T * ln(min_p)
-    let threshold = if t.min_p > 0.0 {
-        max + t.temperature * t.min_p.ln()
-    } else {
-        f32::NEG_INFINITY
-    };
+    let threshold = if t.min_p > 0.0 { max + t.temperature * t.min_p.ln() } else { f32::NEG_INFINITY };
     let mut out = Vec::with_capacity(if t.min_p > 0.0 { 64 } else { logits.len() });
     let inv_t = 1.0 / t.temperature;
     adj.scan(logits, |id, v| {
@@ -125,11 +121,7 @@ pub fn draw(cands: &[Candidate], rng: &mut impl Rng) -> Option<u32> {
         }
     }
     // Rounding left `target` at the very end: the last token with any mass.
-    cands
-        .iter()
-        .rev()
-        .find(|c| c.1 > f32::NEG_INFINITY)
-        .map(|c| c.0)
+    cands.iter().rev().find(|c| c.1 > f32::NEG_INFINITY).map(|c| c.0)
 }
 
 #[cfg(test)]
@@ -143,20 +135,13 @@ mod tests {
     }
 
     fn trunc(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> Truncation {
-        Truncation {
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-        }
+        Truncation { temperature, top_k, top_p, min_p }
     }
 
     #[test]
     fn min_p_keeps_tokens_at_least_that_fraction_of_the_top_probability() {
         // probabilities proportional to 1, 1/2, 1/4, 1/8
-        let logits: Vec<f32> = (0..4)
-            .map(|i| -(i as f32) * std::f32::consts::LN_2)
-            .collect();
+        let logits: Vec<f32> = (0..4).map(|i| -(i as f32) * std::f32::consts::LN_2).collect();
         let adj = Adjustments::default();
         let c = candidates(&logits, &adj, &trunc(1.0, 0, 1.0, 0.3)).unwrap();
         assert_eq!(sorted_ids(&c), vec![0, 1]);

@@ -7,19 +7,11 @@ use std::collections::BinaryHeap;
 
 /// `log(sum(exp(logits)))`, computed stably. NaN logits count as `-inf`.
 pub fn log_sum_exp(logits: &[f32]) -> f32 {
-    let max = logits
-        .iter()
-        .copied()
-        .filter(|v| !v.is_nan())
-        .fold(f32::NEG_INFINITY, f32::max);
+    let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
     if max.is_infinite() {
         return max;
     }
-    let sum: f64 = logits
-        .iter()
-        .filter(|v| !v.is_nan())
-        .map(|&v| f64::from((v - max).exp()))
-        .sum();
+    let sum: f64 = logits.iter().filter(|v| !v.is_nan()).map(|&v| f64::from((v - max).exp())).sum();
     max + (sum.ln() as f32)
 }
 
@@ -35,9 +27,7 @@ impl Eq for Ranked {}
 impl Ord for Ranked {
     /// Greater = better: higher value, then lower id.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.value
-            .total_cmp(&other.value)
-            .then_with(|| other.id.cmp(&self.id))
+        self.value.total_cmp(&other.value).then_with(|| other.id.cmp(&self.id))
     }
 }
 
@@ -57,10 +47,7 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
         if value.is_nan() {
             continue;
         }
-        let r = Ranked {
-            value,
-            id: id as u32,
-        };
+        let r = Ranked { value, id: id as u32 };
         if heap.len() < k {
             heap.push(Reverse(r));
         } else if let Some(Reverse(worst)) = heap.peek() {
@@ -85,13 +72,8 @@ pub fn logprobs(logits: &[f32], chosen: u32, k: usize) -> (f32, Vec<(u32, f32)>)
             v - lse
         }
     };
-    let chosen_lp = logits
-        .get(chosen as usize)
-        .map_or(f32::NEG_INFINITY, |&v| of(v));
-    let top = top_k(logits, k)
-        .into_iter()
-        .map(|(id, v)| (id, of(v)))
-        .collect();
+    let chosen_lp = logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |&v| of(v));
+    let top = top_k(logits, k).into_iter().map(|(id, v)| (id, of(v))).collect();
     (chosen_lp, top)
 }
 
@@ -108,18 +90,13 @@ mod tests {
 
     #[test]
     fn values_equal_a_direct_log_softmax_and_are_sorted() {
-        let logits: Vec<f32> = (0..1000)
-            .map(|i| ((i * 7919) % 1013) as f32 * 0.013 - 6.0)
-            .collect();
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1013) as f32 * 0.013 - 6.0).collect();
         let reference = reference_log_softmax(&logits);
         let (chosen, top) = logprobs(&logits, 17, 20);
         assert!((chosen as f64 - reference[17]).abs() < 1e-4);
         assert_eq!(top.len(), 20);
         for w in top.windows(2) {
-            assert!(
-                w[0].1 >= w[1].1,
-                "top logprobs must be sorted descending: {top:?}"
-            );
+            assert!(w[0].1 >= w[1].1, "top logprobs must be sorted descending: {top:?}");
         }
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| reference[b].total_cmp(&reference[a]).then(a.cmp(&b)));
@@ -131,10 +108,7 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-9);
         let lse = log_sum_exp(&logits) as f64;
         let mass: f64 = logits.iter().map(|&v| (v as f64 - lse).exp()).sum();
-        assert!(
-            (mass - 1.0).abs() < 1e-4,
-            "probabilities must sum to 1, got {mass}"
-        );
+        assert!((mass - 1.0).abs() < 1e-4, "probabilities must sum to 1, got {mass}");
     }
 
     #[test]

@@ -73,15 +73,12 @@ impl Sampler {
                 Some(mut cands) => {
                     filter::apply_top_k(&mut cands, self.truncation.top_k);
                     filter::apply_top_p(&mut cands, self.truncation.top_p);
-                    filter::draw(&cands, &mut self.rng)
-                        .unwrap_or_else(|| filter::argmax(logits, &adj))
+                    filter::draw(&cands, &mut self.rng).unwrap_or_else(|| filter::argmax(logits, &adj))
                 }
                 None => filter::argmax(logits, &adj),
             }
         };
-        let logprobs = self
-            .logprobs
-            .map(|k| logprobs::logprobs(logits, token_id, k));
+        let logprobs = self.logprobs.map(|k| logprobs::logprobs(logits, token_id, k));
         Sampled { token_id, logprobs }
     }
 }
@@ -122,9 +119,7 @@ mod tests {
 
     fn draws(p: &SamplingParams, seed: u64, logits: &[f32], n: usize) -> Vec<u32> {
         let mut s = Sampler::new(p, seed);
-        (0..n)
-            .map(|_| s.sample(logits, &[], &[]).token_id)
-            .collect()
+        (0..n).map(|_| s.sample(logits, &[], &[]).token_id).collect()
     }
 
     #[test]
@@ -147,11 +142,7 @@ mod tests {
         let mut distinct = a.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        assert!(
-            distinct.len() > 10,
-            "only {} distinct tokens",
-            distinct.len()
-        );
+        assert!(distinct.len() > 10, "only {} distinct tokens", distinct.len());
     }
 
     #[test]
@@ -160,10 +151,7 @@ mod tests {
             let logits = logits_row(10 + seed, 20_000);
             let top1 = params(|p| p.top_k = 1);
             let tiny_p = params(|p| p.top_p = 1e-6);
-            for id in draws(&top1, seed, &logits, 5)
-                .into_iter()
-                .chain(draws(&tiny_p, seed, &logits, 5))
-            {
+            for id in draws(&top1, seed, &logits, 5).into_iter().chain(draws(&tiny_p, seed, &logits, 5)) {
                 assert_eq!(id, argmax(&logits));
             }
         }
@@ -179,10 +167,7 @@ mod tests {
         assert!((share(1) - 0.25).abs() < 0.03, "share of 1: {}", share(1));
         let top2 = draws(&params(|p| p.top_k = 2), 5, &logits, 2000);
         assert!(top2.iter().all(|&t| t < 2));
-        assert!(
-            top2.contains(&1),
-            "top_k=2 must still sample the second token"
-        );
+        assert!(top2.contains(&1), "top_k=2 must still sample the second token");
     }
 
     #[test]
@@ -259,16 +244,11 @@ mod tests {
         assert_eq!(out.token_id, 9);
         let (chosen, top) = out.logprobs.expect("logprobs requested");
         let lse = logprobs::log_sum_exp(&logits);
-        assert!(
-            (chosen - (logits[9] - lse)).abs() < 1e-5,
-            "the bias must not change the logprob"
-        );
+        assert!((chosen - (logits[9] - lse)).abs() < 1e-5, "the bias must not change the logprob");
         assert_eq!(top.len(), 5);
         assert_eq!(top[0].0, argmax(&logits));
         assert!(top.windows(2).all(|w| w[0].1 >= w[1].1));
-        assert!(top
-            .iter()
-            .all(|&(id, lp)| (lp - (logits[id as usize] - lse)).abs() < 1e-5));
+        assert!(top.iter().all(|&(id, lp)| (lp - (logits[id as usize] - lse)).abs() < 1e-5));
         let none = Sampler::new(&params(|_| {}), 0).sample(&logits, &[], &[]);
         assert!(none.logprobs.is_none());
     }

@@ -26,12 +26,7 @@ impl Penalties {
     pub fn new(repetition: f32, presence: f32, frequency: f32, bias: &HashMap<u32, f32>) -> Self {
         let mut logit_bias: Vec<(u32, f32)> = bias.iter().map(|(&id, &b)| (id, b)).collect();
         logit_bias.sort_unstable_by_key(|&(id, _)| id);
-        Self {
-            repetition,
-            presence,
-            frequency,
-            logit_bias,
-        }
+        Self { repetition, presence, frequency, logit_bias }
     }
 
     fn uses_repetition(&self) -> bool {
@@ -48,27 +43,15 @@ impl Penalties {
     }
 
     /// The adjusted logits of every touched id of `logits`.
-    pub fn adjustments(
-        &self,
-        logits: &[f32],
-        prompt_ids: &[u32],
-        output_ids: &[u32],
-    ) -> Adjustments {
+    pub fn adjustments(&self, logits: &[f32], prompt_ids: &[u32], output_ids: &[u32]) -> Adjustments {
         if !self.is_active() {
             return Adjustments::default();
         }
         let vocab = logits.len() as u32;
-        let mut output_sorted: Vec<u32> = if self.uses_repetition() || self.uses_output_counts() {
-            output_ids.to_vec()
-        } else {
-            Vec::new()
-        };
+        let mut output_sorted: Vec<u32> =
+            if self.uses_repetition() || self.uses_output_counts() { output_ids.to_vec() } else { Vec::new() };
         output_sorted.sort_unstable();
-        let mut prompt_sorted: Vec<u32> = if self.uses_repetition() {
-            prompt_ids.to_vec()
-        } else {
-            Vec::new()
-        };
+        let mut prompt_sorted: Vec<u32> = if self.uses_repetition() { prompt_ids.to_vec() } else { Vec::new() };
         prompt_sorted.sort_unstable();
         prompt_sorted.dedup();
 
@@ -87,13 +70,8 @@ impl Penalties {
                     v += self.logit_bias[i].1;
                 }
                 let count = count_of(&output_sorted, id);
-                if self.uses_repetition() && (count > 0 || prompt_sorted.binary_search(&id).is_ok())
-                {
-                    v = if v > 0.0 {
-                        v / self.repetition
-                    } else {
-                        v * self.repetition
-                    };
+                if self.uses_repetition() && (count > 0 || prompt_sorted.binary_search(&id).is_ok()) {
+                    v = if v > 0.0 { v / self.repetition } else { v * self.repetition };
                 }
                 if count > 0 {
                     v -= self.frequency * count as f32 + self.presence;

@@ -9,9 +9,7 @@ pub(crate) fn byte_to_char() -> &'static [char; 256] {
     static TABLE: OnceLock<[char; 256]> = OnceLock::new();
     TABLE.get_or_init(|| {
         let printable = |b: u32| {
-            (u32::from(b'!')..=u32::from(b'~')).contains(&b)
-                || (0xA1..=0xAC).contains(&b)
-                || (0xAE..=0xFF).contains(&b)
+            (u32::from(b'!')..=u32::from(b'~')).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
         };
         let mut table = ['\0'; 256];
         let mut next = 256u32;
@@ -31,13 +29,7 @@ pub(crate) fn byte_to_char() -> &'static [char; 256] {
 
 fn char_to_byte() -> &'static HashMap<char, u8> {
     static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
-    MAP.get_or_init(|| {
-        byte_to_char()
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect()
-    })
+    MAP.get_or_init(|| byte_to_char().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect())
 }
 
 /// The raw bytes a byte-level token stands for, or `None` when the token uses a character

@@ -44,11 +44,7 @@ impl IncrementalDetokenizer {
         let start = prompt_ids.len().saturating_sub(PROMPT_CONTEXT);
         let ids = prompt_ids[start..].to_vec();
         let read_offset = ids.len();
-        Self {
-            ids,
-            read_offset,
-            partial: 0,
-        }
+        Self { ids, read_offset, partial: 0 }
     }
 
     /// Feeds one generated token; returns the newly complete text (possibly empty).
@@ -67,18 +63,11 @@ impl IncrementalDetokenizer {
         let prefix_text = decode(&self.ids[..self.read_offset]);
         let new_text = decode(&self.ids);
         let forced = self.ids.len() - self.read_offset >= MAX_PENDING;
-        let complete = if forced {
-            new_text.as_str()
-        } else {
-            new_text.trim_end_matches('\u{FFFD}')
-        };
+        let complete = if forced { new_text.as_str() } else { new_text.trim_end_matches('\u{FFFD}') };
         if complete.len() <= prefix_text.len() + self.partial {
             return String::new();
         }
-        let delta = suffix_after(complete, &prefix_text)
-            .get(self.partial..)
-            .unwrap_or("")
-            .to_string();
+        let delta = suffix_after(complete, &prefix_text).get(self.partial..).unwrap_or("").to_string();
         if complete.len() == new_text.len() {
             self.slide();
         } else {
@@ -94,10 +83,7 @@ impl IncrementalDetokenizer {
         }
         let prefix_text = decode(&self.ids[..self.read_offset]);
         let new_text = decode(&self.ids);
-        let delta = suffix_after(&new_text, &prefix_text)
-            .get(self.partial..)
-            .unwrap_or("")
-            .to_string();
+        let delta = suffix_after(&new_text, &prefix_text).get(self.partial..).unwrap_or("").to_string();
         self.slide();
         delta
     }
@@ -152,15 +138,9 @@ mod tests {
                 let mut out = String::new();
                 for &id in &ids {
                     let piece = detok.push_with(id, decode);
-                    assert!(
-                        !piece.contains('\u{FFFD}'),
-                        "round {round}: broken char in {piece:?}"
-                    );
+                    assert!(!piece.contains('\u{FFFD}'), "round {round}: broken char in {piece:?}");
                     out.push_str(&piece);
-                    assert!(
-                        text.starts_with(&out),
-                        "round {round}: emitted {out:?} is not a prefix"
-                    );
+                    assert!(text.starts_with(&out), "round {round}: emitted {out:?} is not a prefix");
                 }
                 out.push_str(&detok.flush_with(decode));
                 assert_eq!(out, text, "round {round}");
@@ -170,9 +150,7 @@ mod tests {
 
     #[test]
     fn an_incomplete_character_is_held_until_it_completes_and_flush_marks_a_dangling_one() {
-        let tok = ByteTokenizer {
-            vocab: vec![b"a".to_vec(), vec![0xE2, 0x82], vec![0xAC], vec![0xF0]],
-        };
+        let tok = ByteTokenizer { vocab: vec![b"a".to_vec(), vec![0xE2, 0x82], vec![0xAC], vec![0xF0]] };
         let mut d = IncrementalDetokenizer::new();
         assert_eq!(d.push_with(0, |w| tok.decode(w)), "a");
         assert_eq!(d.push_with(1, |w| tok.decode(w)), "");
@@ -184,9 +162,7 @@ mod tests {
 
     #[test]
     fn invalid_bytes_are_released_with_the_next_text_or_after_max_pending_tokens() {
-        let tok = ByteTokenizer {
-            vocab: vec![vec![0xFF], b"ok".to_vec()],
-        };
+        let tok = ByteTokenizer { vocab: vec![vec![0xFF], b"ok".to_vec()] };
         let mut d = IncrementalDetokenizer::new();
         assert_eq!(d.push_with(0, |w| tok.decode(w)), "");
         assert_eq!(d.push_with(0, |w| tok.decode(w)), "");
@@ -204,13 +180,7 @@ mod tests {
     fn complete_characters_before_a_pending_one_are_emitted_at_once() {
         // "👨‍👩" cut inside every character: 👨 + 2 bytes of ZWJ, 1 byte + 2 bytes of 👩, ...
         let bytes = "👨\u{200d}👩".as_bytes();
-        let tok = ByteTokenizer {
-            vocab: vec![
-                bytes[..6].to_vec(),
-                bytes[6..9].to_vec(),
-                bytes[9..].to_vec(),
-            ],
-        };
+        let tok = ByteTokenizer { vocab: vec![bytes[..6].to_vec(), bytes[6..9].to_vec(), bytes[9..].to_vec()] };
         let mut d = IncrementalDetokenizer::new();
         assert_eq!(d.push_with(0, |w| tok.decode(w)), "👨");
         assert_eq!(d.push_with(1, |w| tok.decode(w)), "\u{200d}");
@@ -220,33 +190,16 @@ mod tests {
     /// SentencePiece-style pieces: `▁` is a space, and the decoder drops the leading space
     /// of the decoded text (like Llama's `Strip` decoder).
     fn sp_decode(vocab: &[&str], ids: &[u32]) -> String {
-        let s: String = ids
-            .iter()
-            .map(|&id| vocab[id as usize])
-            .collect::<String>()
-            .replace('▁', " ");
+        let s: String = ids.iter().map(|&id| vocab[id as usize]).collect::<String>().replace('▁', " ");
         s.strip_prefix(' ').map(str::to_string).unwrap_or(s)
     }
 
     #[test]
     fn sentencepiece_leading_spaces_survive_between_tokens_and_after_the_prompt() {
-        let vocab = [
-            "▁Hello",
-            "▁world",
-            ",",
-            "▁how",
-            "▁are",
-            "▁you",
-            "?",
-            "▁The",
-            "▁answer",
-            "▁is",
-        ];
+        let vocab = ["▁Hello", "▁world", ",", "▁how", "▁are", "▁you", "?", "▁The", "▁answer", "▁is"];
         let mut d = IncrementalDetokenizer::new();
-        let pieces: Vec<String> = [0u32, 2, 1, 3, 4, 5, 6]
-            .iter()
-            .map(|&id| d.push_with(id, |w| sp_decode(&vocab, w)))
-            .collect();
+        let pieces: Vec<String> =
+            [0u32, 2, 1, 3, 4, 5, 6].iter().map(|&id| d.push_with(id, |w| sp_decode(&vocab, w))).collect();
         assert_eq!(pieces.concat(), "Hello, world how are you?");
         assert_eq!(pieces[2], " world");
         // Decoding tokens one by one would lose the spaces; with the prompt as context the
@@ -303,18 +256,12 @@ pub(crate) mod testing {
             (Self { vocab }, ids)
         }
         pub fn decode(&self, ids: &[u32]) -> String {
-            let bytes: Vec<u8> = ids
-                .iter()
-                .flat_map(|&id| self.vocab[id as usize].clone())
-                .collect();
+            let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.vocab[id as usize].clone()).collect();
             String::from_utf8_lossy(&bytes).into_owned()
         }
         /// Like a SentencePiece byte-fallback decoder: one U+FFFD per undecodable byte.
         pub fn decode_per_byte(&self, ids: &[u32]) -> String {
-            let bytes: Vec<u8> = ids
-                .iter()
-                .flat_map(|&id| self.vocab[id as usize].clone())
-                .collect();
+            let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.vocab[id as usize].clone()).collect();
             let (mut out, mut rest) = (String::new(), &bytes[..]);
             loop {
                 match std::str::from_utf8(rest) {

@@ -80,20 +80,12 @@ fn meta_strings(content: &Content, key: &str) -> Result<Option<Vec<String>>> {
     let items = v.to_vec().map_err(|e| tok_err(format!("{key}: {e}")))?;
     items
         .iter()
-        .map(|i| {
-            i.to_string()
-                .cloned()
-                .map_err(|e| tok_err(format!("{key}: {e}")))
-        })
+        .map(|i| i.to_string().cloned().map_err(|e| tok_err(format!("{key}: {e}"))))
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }
 
-fn meta_numbers<T>(
-    content: &Content,
-    key: &str,
-    f: impl Fn(&Value) -> Option<T>,
-) -> Result<Option<Vec<T>>> {
+fn meta_numbers<T>(content: &Content, key: &str, f: impl Fn(&Value) -> Option<T>) -> Result<Option<Vec<T>>> {
     let Some(v) = meta(content, key) else {
         return Ok(None);
     };
@@ -118,9 +110,7 @@ pub(crate) fn from_gguf(content: &Content) -> Result<TokenizerParts> {
     })?
     .unwrap_or_else(|| vec![1; tokens.len()]);
     if types.len() != tokens.len() {
-        return Err(tok_err(
-            "tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length",
-        ));
+        return Err(tok_err("tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length"));
     }
     let pre = meta_string(content, "tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
     let arch = meta_string(content, "general.architecture").unwrap_or_default();
@@ -136,40 +126,32 @@ pub(crate) fn from_gguf(content: &Content) -> Result<TokenizerParts> {
             let scores = meta_numbers(content, "tokenizer.ggml.scores", |v| v.to_f32().ok())?
                 .ok_or_else(|| tok_err("a llama (SentencePiece) GGUF tokenizer needs tokenizer.ggml.scores"))?;
             let add_space_prefix = meta_bool(content, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
-            let spm = sentencepiece::Spec { tokens: &tokens, types: &types, scores: &scores, arch: &arch, add_space_prefix };
+            let spm =
+                sentencepiece::Spec { tokens: &tokens, types: &types, scores: &scores, arch: &arch, add_space_prefix };
             let (t, b) = sentencepiece::build(&spm)?;
             (t, b, true)
         }
         other => {
             return Err(tok_err(format!(
-                "unsupported GGUF tokenizer model {other:?} (supported: \"gpt2\" byte-level BPE, \"llama\" SentencePiece)"
-            )))
+            "unsupported GGUF tokenizer model {other:?} (supported: \"gpt2\" byte-level BPE, \"llama\" SentencePiece)"
+        )))
         }
     };
 
     let bos_id = meta_u32(content, "tokenizer.ggml.bos_token_id");
     let eos_id = meta_u32(content, "tokenizer.ggml.eos_token_id");
-    let add_bos = meta_bool(content, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos)
-        && bos_id.is_some();
+    let add_bos = meta_bool(content, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos) && bos_id.is_some();
     let extra_eog = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
         .iter()
         .filter_map(|k| meta_u32(content, k))
         .collect();
-    Ok(TokenizerParts {
-        tokenizer,
-        token_bytes,
-        tokens,
-        bos_id,
-        eos_id,
-        add_bos,
-        extra_eog,
-    })
+    Ok(TokenizerParts { tokenizer, token_bytes, tokens, bos_id, eos_id, add_bos, extra_eog })
 }
 
-const GPT2_SPLIT: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const GPT4O_SPLIT: &str = concat!(
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
@@ -192,14 +174,11 @@ fn pre_tokenizer_splits(pre: &str) -> Option<(Vec<&'static str>, bool)> {
     })
 }
 
-fn byte_level_bpe(
-    tokens: &[String],
-    types: &[i32],
-    merges: &[String],
-    pre: &str,
-) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
+fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     let (splits, ignore_merges) = pre_tokenizer_splits(pre).ok_or_else(|| {
-        tok_err(format!("unsupported GGUF pre-tokenizer tokenizer.ggml.pre = {pre:?} for a gpt2 (byte-level BPE) vocabulary"))
+        tok_err(format!(
+            "unsupported GGUF pre-tokenizer tokenizer.ggml.pre = {pre:?} for a gpt2 (byte-level BPE) vocabulary"
+        ))
     })?;
     // Tokens outside the byte alphabet (rare mislabels) are spelled byte by byte, as the
     // reference converter does, so every entry of the BPE vocabulary is in the alphabet.
@@ -207,16 +186,10 @@ fn byte_level_bpe(
         if byte_level::is_spelled(t) {
             t.to_owned()
         } else {
-            t.bytes()
-                .map(|b| byte_level::byte_to_char()[b as usize])
-                .collect()
+            t.bytes().map(|b| byte_level::byte_to_char()[b as usize]).collect()
         }
     };
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (spell(t), i as u32))
-        .collect();
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (spell(t), i as u32)).collect();
     let merges = merges
         .iter()
         .map(|m| {
@@ -225,21 +198,13 @@ fn byte_level_bpe(
                 .ok_or_else(|| tok_err(format!("malformed merge {m:?}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .ignore_merges(ignore_merges)
-        .build()
-        .map_err(tok_err)?;
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).ignore_merges(ignore_merges).build().map_err(tok_err)?;
     let mut tokenizer = Tokenizer::new(bpe);
 
     let mut pieces: Vec<PreTokenizerWrapper> = Vec::new();
     for split in splits {
-        let s = Split::new(
-            SplitPattern::Regex(split.to_owned()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(tok_err)?;
+        let s = Split::new(SplitPattern::Regex(split.to_owned()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(tok_err)?;
         pieces.push(s.into());
     }
     pieces.push(ByteLevel::new(false, true, false).into());

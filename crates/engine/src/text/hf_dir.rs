@@ -25,9 +25,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path)?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))
+    serde_json::from_str(&text).map(Some).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))
 }
 
 /// A special token in `tokenizer_config.json` is a string or an AddedToken object.
@@ -55,16 +53,8 @@ fn chat_template(config: &Json) -> Option<String> {
 
 fn ids(v: Option<&Json>) -> Vec<u32> {
     match v {
-        Some(Json::Number(n)) => n
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .into_iter()
-            .collect(),
-        Some(Json::Array(a)) => a
-            .iter()
-            .filter_map(Json::as_u64)
-            .filter_map(|n| u32::try_from(n).ok())
-            .collect(),
+        Some(Json::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()).into_iter().collect(),
+        Some(Json::Array(a)) => a.iter().filter_map(Json::as_u64).filter_map(|n| u32::try_from(n).ok()).collect(),
         _ => Vec::new(),
     }
 }
@@ -72,10 +62,9 @@ fn ids(v: Option<&Json>) -> Vec<u32> {
 fn is_byte_level(decoder: Option<&DecoderWrapper>) -> bool {
     match decoder {
         Some(DecoderWrapper::ByteLevel(_)) => true,
-        Some(DecoderWrapper::Sequence(seq)) => seq
-            .get_decoders()
-            .iter()
-            .any(|d| matches!(d, DecoderWrapper::ByteLevel(_))),
+        Some(DecoderWrapper::Sequence(seq)) => {
+            seq.get_decoders().iter().any(|d| matches!(d, DecoderWrapper::ByteLevel(_)))
+        }
         _ => false,
     }
 }
@@ -83,21 +72,15 @@ fn is_byte_level(decoder: Option<&DecoderWrapper>) -> bool {
 pub(crate) fn load(dir: &Path) -> Result<HfText> {
     let tokenizer_path = dir.join("tokenizer.json");
     if !tokenizer_path.exists() {
-        return Err(EngineError::Tokenizer(format!(
-            "{} has no tokenizer.json",
-            dir.display()
-        )));
+        return Err(EngineError::Tokenizer(format!("{} has no tokenizer.json", dir.display())));
     }
     let tokenizer = Tokenizer::from_file(&tokenizer_path)
         .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
     let template_file = dir.join("chat_template.jinja");
-    let chat_template = if template_file.exists() {
-        Some(std::fs::read_to_string(&template_file)?)
-    } else {
-        chat_template(&config)
-    };
+    let chat_template =
+        if template_file.exists() { Some(std::fs::read_to_string(&template_file)?) } else { chat_template(&config) };
 
     let id_of = |s: &Option<String>| s.as_deref().and_then(|s| tokenizer.token_to_id(s));
     let mut bos_token = token_string(config.get("bos_token"));
@@ -111,14 +94,9 @@ pub(crate) fn load(dir: &Path) -> Result<HfText> {
     // BOS is added when tokenizer_config says so, else when the post-processor adds it.
     let post_adds_bos = || -> bool {
         let with = tokenizer.encode("a", true).ok();
-        with.and_then(|e| e.get_ids().first().copied())
-            .is_some_and(|first| Some(first) == bos_id)
+        with.and_then(|e| e.get_ids().first().copied()).is_some_and(|first| Some(first) == bos_id)
     };
-    let add_bos = bos_id.is_some()
-        && config
-            .get("add_bos_token")
-            .and_then(Json::as_bool)
-            .unwrap_or_else(post_adds_bos);
+    let add_bos = bos_id.is_some() && config.get("add_bos_token").and_then(Json::as_bool).unwrap_or_else(post_adds_bos);
 
     let added = tokenizer.get_added_tokens_decoder();
     let byte_level_vocab = is_byte_level(tokenizer.get_decoder());
@@ -131,10 +109,8 @@ pub(crate) fn load(dir: &Path) -> Result<HfText> {
             token.as_bytes().to_vec()
         } else if byte_level_vocab {
             byte_level::token_to_bytes(&token).unwrap_or_else(|| token.as_bytes().to_vec())
-        } else if let Some(b) = token
-            .strip_prefix("<0x")
-            .and_then(|h| h.strip_suffix('>'))
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        } else if let Some(b) =
+            token.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             vec![b]
         } else {
@@ -143,15 +119,7 @@ pub(crate) fn load(dir: &Path) -> Result<HfText> {
         tokens.push(token);
         token_bytes.push(bytes);
     }
-    let parts = TokenizerParts {
-        tokenizer,
-        token_bytes,
-        tokens,
-        bos_id,
-        eos_id,
-        add_bos,
-        extra_eog: gen_eos,
-    };
+    let parts = TokenizerParts { tokenizer, token_bytes, tokens, bos_id, eos_id, add_bos, extra_eog: gen_eos };
     Ok(HfText {
         parts,
         chat_template,

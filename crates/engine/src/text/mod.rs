@@ -68,20 +68,12 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
 impl TextProcessor {
     /// Builds from GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`).
     /// `template_override` replaces the model's chat template.
-    pub fn from_gguf(
-        content: &gguf_file::Content,
-        template_override: Option<&str>,
-    ) -> Result<Self> {
+    pub fn from_gguf(content: &gguf_file::Content, template_override: Option<&str>) -> Result<Self> {
         let parts = gguf_tokenizer::from_gguf(content)?;
-        let token_str = |id: Option<u32>| {
-            id.and_then(|i| parts.tokens.get(i as usize))
-                .cloned()
-                .unwrap_or_default()
-        };
+        let token_str = |id: Option<u32>| id.and_then(|i| parts.tokens.get(i as usize)).cloned().unwrap_or_default();
         let (bos, eos) = (token_str(parts.bos_id), token_str(parts.eos_id));
         let arch = meta_string(content, "general.architecture").unwrap_or_default();
-        let builtin =
-            matches!(arch.as_str(), "gemma" | "gemma2" | "gemma3").then_some(GEMMA3_TEMPLATE);
+        let builtin = matches!(arch.as_str(), "gemma" | "gemma2" | "gemma3").then_some(GEMMA3_TEMPLATE);
         let source = template_override
             .map(str::to_owned)
             .or_else(|| meta_string(content, "tokenizer.chat_template"))
@@ -97,25 +89,12 @@ impl TextProcessor {
         Self::assemble(hf.parts, source.as_deref(), &hf.bos_token, &hf.eos_token)
     }
 
-    fn assemble(
-        parts: TokenizerParts,
-        template: Option<&str>,
-        bos: &str,
-        eos: &str,
-    ) -> Result<Self> {
+    fn assemble(parts: TokenizerParts, template: Option<&str>, bos: &str, eos: &str) -> Result<Self> {
         let template = ChatTemplate::new(template.unwrap_or(CHATML_TEMPLATE), bos, eos)?;
         let added = parts.tokenizer.get_added_tokens_decoder();
-        let mut eog_ids: Vec<u32> = parts
-            .eos_id
-            .into_iter()
-            .chain(parts.extra_eog.iter().copied())
-            .collect();
+        let mut eog_ids: Vec<u32> = parts.eos_id.into_iter().chain(parts.extra_eog.iter().copied()).collect();
         for name in END_OF_TURN_TOKENS {
-            if let Some(id) = parts
-                .tokenizer
-                .token_to_id(name)
-                .filter(|id| added.contains_key(id))
-            {
+            if let Some(id) = parts.tokenizer.token_to_id(name).filter(|id| added.contains_key(id)) {
                 eog_ids.push(id);
             }
         }
@@ -144,17 +123,11 @@ impl TextProcessor {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.tokenizer
-            .decode(ids, skip_special_tokens)
-            .map_err(tok_err)
+        self.tokenizer.decode(ids, skip_special_tokens).map_err(tok_err)
     }
 
     /// Renders `messages` with the chat template.
-    pub fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String> {
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         self.template.render(messages, add_generation_prompt)
     }
 

@@ -20,9 +20,7 @@ use tokenizers::normalizers::Replace;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::Tokenizer;
 
-use super::gguf_tokenizer::{
-    add_gguf_added_tokens, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED,
-};
+use super::gguf_tokenizer::{add_gguf_added_tokens, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
 use crate::{EngineError, Result};
 
 const SPACE: char = '\u{2581}';
@@ -43,9 +41,7 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
 /// Builds the tokenizer and the raw bytes of every token.
 pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     if spec.scores.len() != spec.tokens.len() {
-        return Err(tok_err(
-            "tokenizer.ggml.scores and tokenizer.ggml.tokens differ in length",
-        ));
+        return Err(tok_err("tokenizer.ggml.scores and tokenizer.ggml.tokens differ in length"));
     }
     let gemma = matches!(spec.arch, "gemma" | "gemma2" | "gemma3");
     let spelled: Vec<String> = if gemma {
@@ -68,11 +64,7 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
         spec.scores.iter().map(|&s| f64::from(s)).collect()
     };
     let merges = generate_merges(&spelled, &rank);
-    let vocab: Vocab = spelled
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab: Vocab = spelled.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let unk = spec
         .tokens
         .iter()
@@ -89,20 +81,14 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     let mut tokenizer = Tokenizer::new(bpe);
 
     let mut decoders: Vec<DecoderWrapper> = vec![
-        Replace::new(SPACE.to_string(), " ")
-            .map_err(tok_err)?
-            .into(),
+        Replace::new(SPACE.to_string(), " ").map_err(tok_err)?.into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
     ];
     if gemma {
         tokenizer.with_normalizer(Some(Replace::new(" ", SPACE.to_string()).map_err(tok_err)?)).map_err(tok_err)?;
     } else {
-        let scheme = if spec.add_space_prefix {
-            PrependScheme::First
-        } else {
-            PrependScheme::Never
-        };
+        let scheme = if spec.add_space_prefix { PrependScheme::First } else { PrependScheme::Never };
         tokenizer.with_pre_tokenizer(Some(Metaspace::new(SPACE, scheme, false)));
         if spec.add_space_prefix {
             decoders.push(Strip::new(' ', 1, 0).into());
@@ -113,21 +99,14 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     let in_vocab: std::collections::HashSet<&str> = spelled.iter().map(String::as_str).collect();
     add_gguf_added_tokens(&mut tokenizer, spec.tokens, spec.types, |t| in_vocab.contains(t))?;
 
-    let token_bytes = spec
-        .tokens
-        .iter()
-        .zip(spec.types)
-        .map(|(t, &ty)| token_bytes(t, ty))
-        .collect();
+    let token_bytes = spec.tokens.iter().zip(spec.types).map(|(t, &ty)| token_bytes(t, ty)).collect();
     Ok((tokenizer, token_bytes))
 }
 
 fn token_bytes(token: &str, ty: i32) -> Vec<u8> {
     if ty == TOKEN_TYPE_BYTE {
-        if let Some(b) = token
-            .strip_prefix("<0x")
-            .and_then(|h| h.strip_suffix('>'))
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        if let Some(b) =
+            token.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             return vec![b];
         }
@@ -187,10 +166,7 @@ fn generate_merges(tokens: &[String], rank: &[f64]) -> Vec<(String, String)> {
             .then(b.left_len.cmp(&a.left_len))
             .then(b.right_len.cmp(&a.right_len))
     });
-    merges
-        .into_iter()
-        .map(|m| (m.left.to_owned(), m.right.to_owned()))
-        .collect()
+    merges.into_iter().map(|m| (m.left.to_owned(), m.right.to_owned())).collect()
 }
 
 #[cfg(test)]
@@ -199,30 +175,18 @@ mod tests {
 
     #[test]
     fn merges_are_ranked_by_the_token_they_make() {
-        let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "bc"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "bc"].iter().map(|s| s.to_string()).collect();
         let rank = [0.0, 0.0, 0.0, -1.0, -3.0, -2.0];
         let merges = generate_merges(&tokens, &rank);
-        let pairs: Vec<(&str, &str)> = merges
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_str()))
-            .collect();
+        let pairs: Vec<(&str, &str)> = merges.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         // "ab" (rank -1) first, then "bc" (-2), then the two ways to make "abc", longer left first.
-        assert_eq!(
-            pairs,
-            vec![("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")]
-        );
+        assert_eq!(pairs, vec![("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")]);
     }
 
     #[test]
     fn byte_tokens_map_to_their_byte_and_spaces_are_restored() {
         assert_eq!(token_bytes("<0x0A>", TOKEN_TYPE_BYTE), vec![b'\n']);
         assert_eq!(token_bytes("\u{2581}hello", 1), b" hello".to_vec());
-        assert_eq!(
-            token_bytes("<end_of_turn>", TOKEN_TYPE_CONTROL),
-            b"<end_of_turn>".to_vec()
-        );
+        assert_eq!(token_bytes("<end_of_turn>", TOKEN_TYPE_CONTROL), b"<end_of_turn>".to_vec());
     }
 }

@@ -28,11 +28,7 @@ impl StopChecker {
     /// Empty stop strings are ignored (they would match everywhere).
     pub fn new(stops: Vec<String>) -> Self {
         let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
-        Self {
-            stops,
-            held: String::new(),
-            stopped: false,
-        }
+        Self { stops, held: String::new(), stopped: false }
     }
 
     pub fn push(&mut self, delta: &str) -> StopOutcome {
@@ -43,12 +39,7 @@ impl StopChecker {
             return StopOutcome::Continue(delta.to_string());
         }
         self.held.push_str(delta);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             self.stopped = true;
             self.held.truncate(at);
             return StopOutcome::Stopped(std::mem::take(&mut self.held));
@@ -121,10 +112,7 @@ mod tests {
                     return (out, true);
                 }
             }
-            assert!(
-                expected.starts_with(&out),
-                "released {out:?}, beyond {expected:?}"
-            );
+            assert!(expected.starts_with(&out), "released {out:?}, beyond {expected:?}");
         }
         out.push_str(&checker.finish());
         (out, false)
@@ -142,11 +130,7 @@ mod tests {
         ];
         let mut rng = SplitMix(7);
         for &(text, stops) in cases {
-            let first = stops
-                .iter()
-                .filter_map(|st| text.find(st))
-                .min()
-                .expect("case has a stop");
+            let first = stops.iter().filter_map(|st| text.find(st)).min().expect("case has a stop");
             let expected = &text[..first];
             for round in 0..100 {
                 let pieces = random_pieces(text, &mut rng);
@@ -190,10 +174,7 @@ mod tests {
                         break;
                     }
                 }
-                assert!(
-                    expected.starts_with(&out),
-                    "round {round}: released {out:?}"
-                );
+                assert!(expected.starts_with(&out), "round {round}: released {out:?}");
             }
             assert!(stopped, "round {round}: the stop string was missed");
             assert_eq!(out, expected, "round {round}");

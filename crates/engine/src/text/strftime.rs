@@ -17,21 +17,11 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const DAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// Formats the current UTC time.
 pub(crate) fn strftime_now(format: &str) -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     strftime(format, i64::try_from(secs).unwrap_or(0))
 }
 
@@ -120,10 +110,7 @@ mod tests {
         // 2024-07-26 13:05:09 UTC, a Friday, day 208 of a leap year.
         let t = 1_721_999_109;
         assert_eq!(strftime("%d %b %Y", t), "26 Jul 2024");
-        assert_eq!(
-            strftime("%A %B %-d, %H:%M:%S %j %%", t),
-            "Friday July 26, 13:05:09 208 %"
-        );
+        assert_eq!(strftime("%A %B %-d, %H:%M:%S %j %%", t), "Friday July 26, 13:05:09 208 %");
         assert_eq!(strftime("%Y-%m-%d", 0), "1970-01-01");
     }
 }

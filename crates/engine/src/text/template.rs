@@ -26,10 +26,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -43,9 +40,7 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("source", &self.source)
-            .finish_non_exhaustive()
+        f.debug_struct("ChatTemplate").field("source", &self.source).finish_non_exhaustive()
     }
 }
 
@@ -66,22 +61,13 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<Value, JinjaError> {
-                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+        });
         env.add_function("strftime_now", |format: String| strftime_now(&format));
         env.add_filter("tojson", tojson);
-        env.add_template_owned(NAME, source.to_owned())
-            .map_err(template_err)?;
-        Ok(Self {
-            env,
-            source: source.to_owned(),
-            bos_token: bos_token.to_owned(),
-            eos_token: eos_token.to_owned(),
-        })
+        env.add_template_owned(NAME, source.to_owned()).map_err(template_err)?;
+        Ok(Self { env, source: source.to_owned(), bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
     }
 
     /// The template source text.
@@ -105,11 +91,7 @@ impl ChatTemplate {
 
 /// `tojson` as Hugging Face defines it: Python's `json.dumps(x, ensure_ascii=False, indent=...)`,
 /// so `{"a": 1, "b": [1, 2]}` keeps Python's separators and key order, and `<` stays `<`.
-fn tojson(
-    value: Value,
-    indent: Option<usize>,
-    kwargs: Kwargs,
-) -> std::result::Result<Value, JinjaError> {
+fn tojson(value: Value, indent: Option<usize>, kwargs: Kwargs) -> std::result::Result<Value, JinjaError> {
     let indent = match kwargs.get::<Option<usize>>("indent")? {
         Some(n) => Some(n),
         None => indent,
@@ -123,12 +105,7 @@ fn tojson(
     Ok(Value::from_safe_string(out))
 }
 
-fn write_json(
-    v: &Value,
-    indent: Option<usize>,
-    depth: usize,
-    out: &mut String,
-) -> std::result::Result<(), JinjaError> {
+fn write_json(v: &Value, indent: Option<usize>, depth: usize, out: &mut String) -> std::result::Result<(), JinjaError> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -136,15 +113,12 @@ fn write_json(
         }
     };
     let item_sep = if indent.is_some() { "," } else { ", " };
-    let json_err =
-        |e: serde_json::Error| JinjaError::new(ErrorKind::BadSerialization, e.to_string());
+    let json_err = |e: serde_json::Error| JinjaError::new(ErrorKind::BadSerialization, e.to_string());
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
         ValueKind::Number => out.push_str(&serde_json::to_string(v).map_err(json_err)?),
-        ValueKind::String => {
-            out.push_str(&serde_json::to_string(v.as_str().unwrap_or_default()).map_err(json_err)?)
-        }
+        ValueKind::String => out.push_str(&serde_json::to_string(v.as_str().unwrap_or_default()).map_err(json_err)?),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
             if items.is_empty() {
@@ -191,10 +165,7 @@ mod tests {
     use super::*;
 
     fn msgs() -> Vec<ChatMessage> {
-        vec![
-            ChatMessage::new("system", "Be brief."),
-            ChatMessage::new("user", "Hi"),
-        ]
+        vec![ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")]
     }
 
     #[test]
@@ -211,9 +182,7 @@ mod tests {
     fn python_string_methods_and_special_tokens_are_available() {
         let src = "{{ bos_token }}{% for m in messages %}{{ m.role.upper() }}:{{ m.content.strip() }}|{% endfor %}{{ eos_token }}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
-        let out = t
-            .render(&[ChatMessage::new("user", "  padded  ")], false)
-            .unwrap();
+        let out = t.render(&[ChatMessage::new("user", "  padded  ")], false).unwrap();
         assert_eq!(out, "<s>USER:padded|</s>");
     }
 
@@ -228,24 +197,15 @@ mod tests {
 
     #[test]
     fn a_syntax_error_fails_at_compile_time() {
-        assert!(matches!(
-            ChatTemplate::new("{% for m in messages %}", "", ""),
-            Err(EngineError::Template(_))
-        ));
+        assert!(matches!(ChatTemplate::new("{% for m in messages %}", "", ""), Err(EngineError::Template(_))));
     }
 
     #[test]
     fn tojson_writes_python_json() {
-        let t = ChatTemplate::new(
-            "{{ {'a': 1, 'b': ['<x>', true, none]} | tojson }}|{{ [1] | tojson(indent=2) }}",
-            "",
-            "",
-        )
-        .unwrap();
-        assert_eq!(
-            t.render(&[], false).unwrap(),
-            "{\"a\": 1, \"b\": [\"<x>\", true, null]}|[\n  1\n]"
-        );
+        let t =
+            ChatTemplate::new("{{ {'a': 1, 'b': ['<x>', true, none]} | tojson }}|{{ [1] | tojson(indent=2) }}", "", "")
+                .unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "{\"a\": 1, \"b\": [\"<x>\", true, null]}|[\n  1\n]");
     }
 
     #[test]

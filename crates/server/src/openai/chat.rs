@@ -110,11 +110,7 @@ impl From<&wick_engine::TokenLogprob> for TokenLogprob {
             top_logprobs: l
                 .top
                 .iter()
-                .map(|t| TopLogprob {
-                    token: t.token.clone(),
-                    logprob: t.logprob,
-                    bytes: t.bytes.clone(),
-                })
+                .map(|t| TopLogprob { token: t.token.clone(), logprob: t.logprob, bytes: t.bytes.clone() })
                 .collect(),
         }
     }

@@ -53,9 +53,7 @@ pub fn finish_reason_str(r: wick_engine::FinishReason) -> &'static str {
 
 /// Seconds since the Unix epoch, for `created`.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The `system_fingerprint` we report: the server build.

@@ -11,8 +11,8 @@ use crate::error::ApiError;
 use crate::extract::Json;
 use crate::generation;
 use crate::openai::chat::{
-    ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs,
-    ChunkChoice, Delta, ResponseMessage, TokenLogprob,
+    ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs, ChunkChoice, Delta,
+    ResponseMessage, TokenLogprob,
 };
 use crate::openai::common::{finish_reason_str, system_fingerprint, unix_now, Usage};
 use crate::sse::{self, ChunkWriter};
@@ -29,12 +29,7 @@ pub async fn handler(
     let mut v = validate::chat(&req, backend.vocab_size())?;
     let messages = crate::messages::messages(&req.messages)?;
     let prompt_ids = backend.encode_chat(&messages).map_err(super::text_error)?;
-    validate::resolve_max_tokens(
-        &mut v,
-        prompt_ids.len(),
-        backend.max_model_len(),
-        "messages",
-    )?;
+    validate::resolve_max_tokens(&mut v, prompt_ids.len(), backend.max_model_len(), "messages")?;
     let id = super::new_id("chatcmpl");
     tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompt_tokens = prompt_ids.len(), n = v.n, stream = v.stream, "chat completion");
     let with_logprobs = v.params.logprobs.is_some();
@@ -64,11 +59,7 @@ pub async fn handler(
             .enumerate()
             .map(|(index, c)| Choice {
                 index,
-                message: ResponseMessage {
-                    role: "assistant",
-                    content: c.text,
-                    refusal: None,
-                },
+                message: ResponseMessage { role: "assistant", content: c.text, refusal: None },
                 logprobs: with_logprobs.then(|| ChoiceLogprobs {
                     content: c.logprobs.iter().map(TokenLogprob::from).collect(),
                     refusal: None,
@@ -115,30 +106,14 @@ impl ChatChunks {
         logprobs: Option<ChoiceLogprobs>,
         finish: Option<&'static str>,
     ) -> String {
-        self.chunk(
-            vec![ChunkChoice {
-                index,
-                delta,
-                logprobs,
-                finish_reason: finish,
-            }],
-            None,
-        )
+        self.chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason: finish }], None)
     }
 
     fn role_once(&mut self, choice: usize, out: &mut Vec<String>) {
         if let Some(sent) = self.role_sent.get_mut(choice) {
             if !*sent {
                 *sent = true;
-                out.push(self.one(
-                    choice,
-                    Delta {
-                        role: Some("assistant"),
-                        content: Some(String::new()),
-                    },
-                    None,
-                    None,
-                ));
+                out.push(self.one(choice, Delta { role: Some("assistant"), content: Some(String::new()) }, None, None));
             }
         }
     }
@@ -148,55 +123,22 @@ impl ChunkWriter for ChatChunks {
     fn event(&mut self, ev: Event) -> Vec<String> {
         let mut out = Vec::new();
         match ev {
-            Event::Token {
-                choice,
-                text,
-                logprob,
-                ..
-            } => {
+            Event::Token { choice, text, logprob, .. } => {
                 self.role_once(choice, &mut out);
                 let lp = match (&logprob, self.with_logprobs) {
-                    (Some(l), true) => Some(ChoiceLogprobs {
-                        content: vec![TokenLogprob::from(l)],
-                        refusal: None,
-                    }),
+                    (Some(l), true) => Some(ChoiceLogprobs { content: vec![TokenLogprob::from(l)], refusal: None }),
                     _ => None,
                 };
                 if !text.is_empty() || lp.is_some() {
-                    out.push(self.one(
-                        choice,
-                        Delta {
-                            role: None,
-                            content: Some(text),
-                        },
-                        lp,
-                        None,
-                    ));
+                    out.push(self.one(choice, Delta { role: None, content: Some(text) }, lp, None));
                 }
             }
-            Event::Finished {
-                choice,
-                reason,
-                text,
-            } => {
+            Event::Finished { choice, reason, text } => {
                 self.role_once(choice, &mut out);
                 if !text.is_empty() {
-                    out.push(self.one(
-                        choice,
-                        Delta {
-                            role: None,
-                            content: Some(text),
-                        },
-                        None,
-                        None,
-                    ));
+                    out.push(self.one(choice, Delta { role: None, content: Some(text) }, None, None));
                 }
-                out.push(self.one(
-                    choice,
-                    Delta::default(),
-                    None,
-                    Some(finish_reason_str(reason)),
-                ));
+                out.push(self.one(choice, Delta::default(), None, Some(finish_reason_str(reason))));
             }
             Event::Done { usage, .. } => {
                 if self.include_usage {

@@ -13,9 +13,7 @@ use crate::error::ApiError;
 use crate::extract::Json;
 use crate::generation;
 use crate::openai::common::{finish_reason_str, system_fingerprint, unix_now, Usage};
-use crate::openai::completions::{
-    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptSpec,
-};
+use crate::openai::completions::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptSpec};
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
 use crate::validate;
@@ -25,23 +23,12 @@ const MAX_PROMPTS: usize = 64;
 
 /// Token ids and text of each prompt.
 fn prompts(spec: &PromptSpec, backend: &dyn Backend) -> Result<Vec<(Vec<u32>, String)>, ApiError> {
-    let from_text = |t: &str| {
-        backend
-            .encode(t, true)
-            .map(|ids| (ids, t.to_owned()))
-            .map_err(super::text_error)
-    };
+    let from_text = |t: &str| backend.encode(t, true).map(|ids| (ids, t.to_owned())).map_err(super::text_error);
     let from_ids = |ids: &Vec<u32>| {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= backend.vocab_size()) {
-            return Err(ApiError::invalid_value(
-                "prompt",
-                format!("Token id {bad} is out of the vocabulary."),
-            ));
+            return Err(ApiError::invalid_value("prompt", format!("Token id {bad} is out of the vocabulary.")));
         }
-        backend
-            .decode(ids, false)
-            .map(|t| (ids.clone(), t))
-            .map_err(super::text_error)
+        backend.decode(ids, false).map(|t| (ids.clone(), t)).map_err(super::text_error)
     };
     let out = match spec {
         PromptSpec::Text(t) => vec![from_text(t)?],
@@ -50,16 +37,10 @@ fn prompts(spec: &PromptSpec, backend: &dyn Backend) -> Result<Vec<(Vec<u32>, St
         PromptSpec::TokenLists(lists) => lists.iter().map(from_ids).collect::<Result<_, _>>()?,
     };
     if out.is_empty() || out.len() > MAX_PROMPTS {
-        return Err(ApiError::invalid_value(
-            "prompt",
-            format!("Send between 1 and {MAX_PROMPTS} prompts."),
-        ));
+        return Err(ApiError::invalid_value("prompt", format!("Send between 1 and {MAX_PROMPTS} prompts.")));
     }
     if out.iter().any(|(ids, _)| ids.is_empty()) {
-        return Err(ApiError::invalid_value(
-            "prompt",
-            "A prompt must not be empty.",
-        ));
+        return Err(ApiError::invalid_value("prompt", "A prompt must not be empty."));
     }
     Ok(out)
 }
@@ -79,20 +60,11 @@ pub async fn handler(
     for (ids, _) in &prompts {
         let mut pv = v.clone();
         validate::resolve_max_tokens(&mut pv, ids.len(), backend.max_model_len(), "prompt")?;
-        tracked.push(generation::submit(
-            backend,
-            &id,
-            ids.clone(),
-            pv.params,
-            v.n,
-        )?);
+        tracked.push(generation::submit(backend, &id, ids.clone(), pv.params, v.n)?);
     }
     let total = prompts.len() * v.n;
-    let echo: Vec<String> = if req.echo == Some(true) {
-        prompts.iter().map(|(_, t)| t.clone()).collect()
-    } else {
-        Vec::new()
-    };
+    let echo: Vec<String> =
+        if req.echo == Some(true) { prompts.iter().map(|(_, t)| t.clone()).collect() } else { Vec::new() };
     let events = generation::merge(tracked, v.n);
     let mut writer = CompletionChunks {
         id: id.clone(),
@@ -119,9 +91,7 @@ pub async fn handler(
             .map(|(index, c)| {
                 let prefix = writer.echo.get(index / v.n).cloned().unwrap_or_default();
                 writer.offsets[index] = prefix.len();
-                let logprobs = writer
-                    .with_logprobs
-                    .then(|| writer.logprobs(index, &c.logprobs));
+                let logprobs = writer.with_logprobs.then(|| writer.logprobs(index, &c.logprobs));
                 CompletionChoice {
                     text: prefix + &c.text,
                     index,
@@ -170,12 +140,7 @@ impl CompletionChunks {
         for t in tokens {
             lp.tokens.push(t.token.clone());
             lp.token_logprobs.push(t.logprob);
-            lp.top_logprobs.push(
-                t.top
-                    .iter()
-                    .map(|a| (a.token.clone(), a.logprob))
-                    .collect::<HashMap<_, _>>(),
-            );
+            lp.top_logprobs.push(t.top.iter().map(|a| (a.token.clone(), a.logprob)).collect::<HashMap<_, _>>());
             let offset = self.offsets.get(choice).copied().unwrap_or(0);
             lp.text_offset.push(offset);
             if let Some(o) = self.offsets.get_mut(choice) {
@@ -192,15 +157,7 @@ impl CompletionChunks {
         logprobs: Option<CompletionLogprobs>,
         finish: Option<&'static str>,
     ) -> String {
-        self.chunk(
-            vec![CompletionChoice {
-                text,
-                index,
-                logprobs,
-                finish_reason: finish,
-            }],
-            None,
-        )
+        self.chunk(vec![CompletionChoice { text, index, logprobs, finish_reason: finish }], None)
     }
 }
 
@@ -218,12 +175,7 @@ impl ChunkWriter for CompletionChunks {
 
     fn event(&mut self, ev: Event) -> Vec<String> {
         match ev {
-            Event::Token {
-                choice,
-                text,
-                logprob,
-                ..
-            } => {
+            Event::Token { choice, text, logprob, .. } => {
                 let lp = match (logprob, self.with_logprobs) {
                     (Some(l), true) => Some(self.logprobs(choice, std::slice::from_ref(&l))),
                     _ => None,
@@ -233,11 +185,9 @@ impl ChunkWriter for CompletionChunks {
                 }
                 vec![self.text(choice, text, lp, None)]
             }
-            Event::Finished {
-                choice,
-                reason,
-                text,
-            } => vec![self.text(choice, text, None, Some(finish_reason_str(reason)))],
+            Event::Finished { choice, reason, text } => {
+                vec![self.text(choice, text, None, Some(finish_reason_str(reason)))]
+            }
             Event::Done { usage, .. } if self.include_usage => {
                 vec![self.chunk(Vec::new(), Some(usage.into()))]
             }

@@ -16,18 +16,14 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn ready(
-    State(state): State<Arc<AppState>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     let ready = state.ready()?;
     if !ready.backend.is_running() {
         let mut e = ApiError::not_ready();
         e.message = "The engine thread is not running.".into();
         return Err(e);
     }
-    Ok(Json(
-        json!({"status": "ready", "model": ready.model_ids.first()}),
-    ))
+    Ok(Json(json!({"status": "ready", "model": ready.model_ids.first()})))
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -13,10 +13,9 @@ use crate::error::ApiError;
 /// Tokenizer or template failures on the client's input are 400s; anything else is ours.
 pub fn text_error(e: EngineError) -> ApiError {
     match e {
-        EngineError::Template(m) => ApiError::invalid(
-            Some("messages"),
-            format!("The chat template could not render these messages: {m}"),
-        ),
+        EngineError::Template(m) => {
+            ApiError::invalid(Some("messages"), format!("The chat template could not render these messages: {m}"))
+        }
         EngineError::Tokenizer(m) | EngineError::InvalidRequest(m) => ApiError::invalid(None, m),
         other => ApiError::internal(other.to_string()),
     }

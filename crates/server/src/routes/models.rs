@@ -36,16 +36,10 @@ fn model(ready: &Ready, id: &str) -> Model {
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
     let ready = state.ready()?;
-    Ok(Json(ModelList {
-        object: "list",
-        data: ready.model_ids.iter().map(|id| model(ready, id)).collect(),
-    }))
+    Ok(Json(ModelList { object: "list", data: ready.model_ids.iter().map(|id| model(ready, id)).collect() }))
 }
 
-pub async fn get(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Model>, ApiError> {
+pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Model>, ApiError> {
     let ready = state.ready()?;
     ready.check_model(&id)?;
     Ok(Json(model(ready, &id)))

@@ -52,16 +52,11 @@ pub async fn tokenize(
     }
     let b = ready.backend.as_ref();
     let tokens = match (&req.prompt, &req.messages) {
-        (Some(p), None) => b
-            .encode(p, req.add_special_tokens.unwrap_or(true))
-            .map_err(super::text_error)?,
+        (Some(p), None) => b.encode(p, req.add_special_tokens.unwrap_or(true)).map_err(super::text_error)?,
         (None, Some(msgs)) => {
             if req.add_generation_prompt.is_some() && req.add_generation_prompt != Some(true) {
-                let text = b
-                    .render_chat(&crate::messages::messages(msgs)?, false)
-                    .map_err(super::text_error)?;
-                b.encode(&text, req.add_special_tokens.unwrap_or(false))
-                    .map_err(super::text_error)?
+                let text = b.render_chat(&crate::messages::messages(msgs)?, false).map_err(super::text_error)?;
+                b.encode(&text, req.add_special_tokens.unwrap_or(false)).map_err(super::text_error)?
             } else {
                 if req.add_special_tokens == Some(true) {
                     return Err(ApiError::unsupported(
@@ -69,27 +64,14 @@ pub async fn tokenize(
                         "The chat template adds the special tokens itself.",
                     ));
                 }
-                b.encode_chat(&crate::messages::messages(msgs)?)
-                    .map_err(super::text_error)?
+                b.encode_chat(&crate::messages::messages(msgs)?).map_err(super::text_error)?
             }
         }
-        _ => {
-            return Err(ApiError::invalid(
-                Some("prompt"),
-                "Send exactly one of `prompt` and `messages`.",
-            ))
-        }
+        _ => return Err(ApiError::invalid(Some("prompt"), "Send exactly one of `prompt` and `messages`.")),
     };
-    let token_strs = req
-        .return_token_strs
-        .unwrap_or(false)
-        .then(|| tokens.iter().map(|&t| b.token_text(t).0).collect());
-    Ok(JsonOut(TokenizeResponse {
-        count: tokens.len(),
-        max_model_len: b.max_model_len(),
-        tokens,
-        token_strs,
-    }))
+    let token_strs =
+        req.return_token_strs.unwrap_or(false).then(|| tokens.iter().map(|&t| b.token_text(t).0).collect());
+    Ok(JsonOut(TokenizeResponse { count: tokens.len(), max_model_len: b.max_model_len(), tokens, token_strs }))
 }
 
 pub async fn detokenize(
@@ -102,10 +84,7 @@ pub async fn detokenize(
     }
     let b = ready.backend.as_ref();
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= b.vocab_size()) {
-        return Err(ApiError::invalid_value(
-            "tokens",
-            format!("Token id {bad} is out of the vocabulary."),
-        ));
+        return Err(ApiError::invalid_value("tokens", format!("Token id {bad} is out of the vocabulary.")));
     }
     let prompt = b.decode(&req.tokens, false).map_err(super::text_error)?;
     Ok(JsonOut(DetokenizeResponse { prompt }))

@@ -7,8 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use wick_engine::text::ChatMessage;
 use wick_engine::{
-    EngineError, EngineStats, Event, FinishReason, GenerateRequest, SubmitError, TokenLogprob,
-    TopLogprob, Usage,
+    EngineError, EngineStats, Event, FinishReason, GenerateRequest, SubmitError, TokenLogprob, TopLogprob, Usage,
 };
 
 use crate::backend::Backend;
@@ -33,11 +32,7 @@ pub struct Fake {
 
 impl Fake {
     pub fn new(script: Script) -> Self {
-        Self {
-            script,
-            submitted: Mutex::new(Vec::new()),
-            held: Mutex::new(Vec::new()),
-        }
+        Self { script, submitted: Mutex::new(Vec::new()), held: Mutex::new(Vec::new()) }
     }
 
     /// Whether every held request has been cancelled (its receiver dropped).
@@ -47,12 +42,7 @@ impl Fake {
     }
 
     pub fn last(&self) -> GenerateRequest {
-        self.submitted
-            .lock()
-            .expect("lock")
-            .last()
-            .cloned()
-            .expect("a submitted request")
+        self.submitted.lock().expect("lock").last().cloned().expect("a submitted request")
     }
 }
 
@@ -62,12 +52,7 @@ fn logprob(id: u32, text: &str) -> TokenLogprob {
         token: text.to_owned(),
         bytes: text.as_bytes().to_vec(),
         logprob: -0.5,
-        top: vec![TopLogprob {
-            token_id: id,
-            token: text.to_owned(),
-            bytes: text.as_bytes().to_vec(),
-            logprob: -0.5,
-        }],
+        top: vec![TopLogprob { token_id: id, token: text.to_owned(), bytes: text.as_bytes().to_vec(), logprob: -0.5 }],
     }
 }
 
@@ -76,24 +61,12 @@ async fn play(tx: UnboundedSender<Event>, req: GenerateRequest) {
     for choice in 0..req.n {
         for (id, text) in [(1u32, "Hel"), (2, ""), (3, "lo")] {
             let logprob = lp.then(|| logprob(id, if text.is_empty() { "l" } else { text }));
-            let _ = tx.send(Event::Token {
-                choice,
-                token_id: id,
-                text: text.to_owned(),
-                logprob,
-            });
+            let _ = tx.send(Event::Token { choice, token_id: id, text: text.to_owned(), logprob });
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let _ = tx.send(Event::Finished {
-            choice,
-            reason: FinishReason::Stop,
-            text: "!".into(),
-        });
+        let _ = tx.send(Event::Finished { choice, reason: FinishReason::Stop, text: "!".into() });
     }
-    let usage = Usage {
-        prompt_tokens: req.prompt_ids.len(),
-        completion_tokens: 3 * req.n,
-    };
+    let usage = Usage { prompt_tokens: req.prompt_ids.len(), completion_tokens: 3 * req.n };
     let _ = tx.send(Event::Done {
         usage,
         queue_time: Duration::from_millis(1),
@@ -113,12 +86,7 @@ impl Backend for Fake {
                 tokio::spawn(play(tx, req));
             }
             Script::FailAfterOne => {
-                let _ = tx.send(Event::Token {
-                    choice: 0,
-                    token_id: 1,
-                    text: "Hel".into(),
-                    logprob: None,
-                });
+                let _ = tx.send(Event::Token { choice: 0, token_id: 1, text: "Hel".into(), logprob: None });
                 let _ = tx.send(Event::Error("kv cache exploded".into()));
             }
             Script::Hang | Script::Overloaded => self.held.lock().expect("lock").push(tx),
@@ -126,13 +94,7 @@ impl Backend for Fake {
         Ok(rx)
     }
     fn stats(&self) -> EngineStats {
-        EngineStats {
-            running: 2,
-            waiting: 1,
-            kv_blocks_used: 1,
-            kv_blocks_total: 4,
-            ..EngineStats::default()
-        }
+        EngineStats { running: 2, waiting: 1, kv_blocks_used: 1, kv_blocks_total: 4, ..EngineStats::default() }
     }
     fn is_running(&self) -> bool {
         true
@@ -144,21 +106,11 @@ impl Backend for Fake {
         128
     }
     fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
-        let text: String = messages
-            .iter()
-            .map(|m| format!("{}:{};", m.role, m.content))
-            .collect();
+        let text: String = messages.iter().map(|m| format!("{}:{};", m.role, m.content)).collect();
         self.encode(&text, false)
     }
-    fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        _add_generation_prompt: bool,
-    ) -> Result<String, EngineError> {
-        Ok(messages
-            .iter()
-            .map(|m| format!("{}:{};", m.role, m.content))
-            .collect())
+    fn render_chat(&self, messages: &[ChatMessage], _add_generation_prompt: bool) -> Result<String, EngineError> {
+        Ok(messages.iter().map(|m| format!("{}:{};", m.role, m.content)).collect())
     }
     fn encode(&self, text: &str, _add_special_tokens: bool) -> Result<Vec<u32>, EngineError> {
         if text.contains("PANIC") {

@@ -13,16 +13,13 @@ use super::{app, app_with, call, chat, post, sse_data, MODEL};
 #[tokio::test]
 async fn chat_completion_shape_and_forwarded_params() {
     let (app, fake) = app(Script::Normal);
-    let body = chat(
-        json!({"temperature": 0.3, "seed": 5, "stop": "x", "logprobs": true, "top_logprobs": 1, "max_tokens": 7}),
-    );
+    let body =
+        chat(json!({"temperature": 0.3, "seed": 5, "stop": "x", "logprobs": true, "top_logprobs": 1, "max_tokens": 7}));
     let (s, _, b) = call(&app, post("/v1/chat/completions", body)).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let v: Value = serde_json::from_str(&b).expect("json");
     assert_eq!(v["object"], "chat.completion");
-    assert!(v["id"]
-        .as_str()
-        .is_some_and(|id| id.starts_with("chatcmpl-")));
+    assert!(v["id"].as_str().is_some_and(|id| id.starts_with("chatcmpl-")));
     assert_eq!(v["model"], MODEL);
     assert!(v["system_fingerprint"].is_string());
     let c = &v["choices"][0];
@@ -34,10 +31,7 @@ async fn chat_completion_shape_and_forwarded_params() {
     assert_eq!(lp["bytes"], json!([72, 101, 108]));
     assert_eq!(lp["top_logprobs"][0]["token"], "Hel");
     assert_eq!(v["usage"]["completion_tokens"], 3);
-    assert_eq!(
-        v["usage"]["total_tokens"],
-        v["usage"]["prompt_tokens"].as_u64().expect("u64") + 3
-    );
+    assert_eq!(v["usage"]["total_tokens"], v["usage"]["prompt_tokens"].as_u64().expect("u64") + 3);
     let req = fake.last();
     assert_eq!(req.params.temperature, 0.3);
     assert_eq!(req.params.seed, Some(5));
@@ -52,61 +46,37 @@ async fn chat_stream_follows_openai_chunk_order() {
     let body = chat(json!({"stream": true, "n": 2, "stream_options": {"include_usage": true}}));
     let (s, h, b) = call(&app, post("/v1/chat/completions", body)).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(h[header::CONTENT_TYPE]
-        .to_str()
-        .expect("ascii")
-        .starts_with("text/event-stream"));
+    assert!(h[header::CONTENT_TYPE].to_str().expect("ascii").starts_with("text/event-stream"));
     let data = sse_data(&b);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).expect("chunk json"))
-        .collect();
+    let chunks: Vec<Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("chunk json")).collect();
     let id = chunks[0]["id"].clone();
-    assert!(chunks
-        .iter()
-        .all(|c| c["id"] == id && c["object"] == "chat.completion.chunk" && c["model"] == MODEL));
+    assert!(chunks.iter().all(|c| c["id"] == id && c["object"] == "chat.completion.chunk" && c["model"] == MODEL));
     let usage_chunk = chunks.last().expect("usage chunk");
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(usage_chunk["usage"]["completion_tokens"], 6);
     for index in 0..2 {
-        let mine: Vec<&Value> = chunks
-            .iter()
-            .filter(|c| c["choices"][0]["index"] == index)
-            .collect();
+        let mine: Vec<&Value> = chunks.iter().filter(|c| c["choices"][0]["index"] == index).collect();
         assert_eq!(mine[0]["choices"][0]["delta"]["role"], "assistant");
         assert!(mine.iter().all(|c| c["usage"].is_null()));
-        let text: String = mine
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-            .collect();
+        let text: String = mine.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
         assert_eq!(text, "Hello!");
         let last = mine.last().expect("finish chunk");
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
-        assert_eq!(
-            mine.iter()
-                .filter(|c| !c["choices"][0]["finish_reason"].is_null())
-                .count(),
-            1
-        );
+        assert_eq!(mine.iter().filter(|c| !c["choices"][0]["finish_reason"].is_null()).count(), 1);
     }
 }
 
 #[tokio::test]
 async fn mid_stream_error_is_an_error_event_then_done() {
     let (app, _) = app(Script::FailAfterOne);
-    let (s, _, b) = call(
-        &app,
-        post("/v1/chat/completions", chat(json!({"stream": true}))),
-    )
-    .await;
+    let (s, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"stream": true})))).await;
     assert_eq!(s, StatusCode::OK);
     let data = sse_data(&b);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
     let err: Value = serde_json::from_str(&data[data.len() - 2]).expect("json");
-    assert!(err["error"]["message"]
-        .as_str()
-        .is_some_and(|m| m.contains("kv cache exploded")));
+    assert!(err["error"]["message"].as_str().is_some_and(|m| m.contains("kv cache exploded")));
 }
 
 #[tokio::test]
@@ -115,10 +85,7 @@ async fn dropping_the_request_cancels_it_in_the_engine() {
     let (app, fake) = app(Script::Hang);
     let task = tokio::spawn({
         let app = app.clone();
-        async move {
-            app.oneshot(post("/v1/chat/completions", chat(json!({}))))
-                .await
-        }
+        async move { app.oneshot(post("/v1/chat/completions", chat(json!({})))).await }
     });
     while fake.held.lock().expect("lock").is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -129,10 +96,7 @@ async fn dropping_the_request_cancels_it_in_the_engine() {
     assert!(fake.all_cancelled());
     // Streaming: the response body owns it.
     let (app, fake) = app_with(Script::Hang, &[], &[], true);
-    let resp = app
-        .oneshot(post("/v1/chat/completions", chat(json!({"stream": true}))))
-        .await
-        .expect("resp");
+    let resp = app.oneshot(post("/v1/chat/completions", chat(json!({"stream": true})))).await.expect("resp");
     assert!(!fake.all_cancelled());
     drop(resp);
     assert!(fake.all_cancelled());
@@ -141,8 +105,7 @@ async fn dropping_the_request_cancels_it_in_the_engine() {
 #[tokio::test]
 async fn legacy_completions_with_prompts_echo_and_logprobs() {
     let (app, fake) = app(Script::Normal);
-    let body =
-        json!({"model": MODEL, "prompt": ["ab", "cd"], "n": 2, "logprobs": 1, "max_tokens": 5});
+    let body = json!({"model": MODEL, "prompt": ["ab", "cd"], "n": 2, "logprobs": 1, "max_tokens": 5});
     let (s, _, b) = call(&app, post("/v1/completions", body.to_string())).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let v: Value = serde_json::from_str(&b).expect("json");

@@ -160,7 +160,9 @@ fn a_query_gives_the_same_bits_however_its_step_is_composed() {
         ],
         vec![vec![(1, 0, 3), (2, 0, 1), (a, 0, 22)], vec![(2, 1, 1), (a, 22, 1)]],
     ];
-    for sh in [Shape { heads: 6, kvh: 2, hd: 12 }, Shape { heads: 9, kvh: 3, hd: 64 }, Shape { heads: 4, kvh: 4, hd: 40 }] {
+    for sh in
+        [Shape { heads: 6, kvh: 2, hd: 12 }, Shape { heads: 9, kvh: 3, hd: 64 }, Shape { heads: 4, kvh: 4, hd: 40 }]
+    {
         for window in [None, Some(2), Some(5)] {
             let params = AttnParams { scale: 0.37, window };
             for kern in all_kernels() {

@@ -251,7 +251,13 @@ macro_rules! tile_walk {
         /// # Safety
         /// AVX2 and FMA are available; see `TileKernel::block`.
         #[target_feature(enable = "avx2,fma")]
-        pub(super) unsafe fn block(a: &QuantizedActs, w: &$matrix, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
+        pub(super) unsafe fn block(
+            a: &QuantizedActs,
+            w: &$matrix,
+            rows: Range<usize>,
+            cols: Range<usize>,
+            out: OutPtr,
+        ) {
             let mut r = rows.start;
             while r < rows.end {
                 let step = (rows.end - r).min(4);
@@ -268,7 +274,13 @@ macro_rules! tile_walk {
         }
 
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn cols_with<const R: usize, const C: usize>(a: &QuantizedActs, w: &$matrix, r: usize, cols: Range<usize>, out: OutPtr) {
+        unsafe fn cols_with<const R: usize, const C: usize>(
+            a: &QuantizedActs,
+            w: &$matrix,
+            r: usize,
+            cols: Range<usize>,
+            out: OutPtr,
+        ) {
             let mut c = cols.start;
             while c + C <= cols.end {
                 unsafe { tile::<R, C>(a, w, r, c, out) };
@@ -317,7 +329,8 @@ mod simd {
                 let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
                 // |y - t| is exact; a fraction of at least one half rounds away from zero.
                 let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
-                let up = _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), _mm256_or_ps(_mm256_and_ps(y, sign), one));
+                let up =
+                    _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), _mm256_or_ps(_mm256_and_ps(y, sign), one));
                 _mm256_cvtps_epi32(_mm256_add_ps(t, up))
             });
             let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));

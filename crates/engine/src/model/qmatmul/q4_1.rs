@@ -109,7 +109,13 @@ fn dot_scalar(acts: &QuantizedActs, r: usize, (nibbles, wd, wm): (&[u8], &[f32],
 
 /// # Safety
 /// See `TileKernel::block`.
-pub(super) unsafe fn scalar_block(a: &QuantizedActs, w: &Q41Matrix, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
+pub(super) unsafe fn scalar_block(
+    a: &QuantizedActs,
+    w: &Q41Matrix,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    out: OutPtr,
+) {
     for r in rows {
         for c in cols.clone() {
             unsafe { out.write(r, c, dot_scalar(a, r, w.col(c))) };
@@ -153,7 +159,10 @@ mod avx2 {
                 _mm_prefetch::<_MM_HINT_T0>(nib.wrapping_add(2 * C * col_bytes) as *const i8);
                 // SAFETY: block `b` of column `c + j` lies inside `w` (sliced above).
                 let (both, dw) = unsafe {
-                    (_mm256_broadcastsi128_si256(_mm_loadu_si128(nib as *const __m128i)), _mm256_set1_ps(*wd.add(j * kb + b)))
+                    (
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128(nib as *const __m128i)),
+                        _mm256_set1_ps(*wd.add(j * kb + b)),
+                    )
                 };
                 let wv = _mm256_and_si256(_mm256_srlv_epi32(both, shift), low);
                 for i in 0..R {

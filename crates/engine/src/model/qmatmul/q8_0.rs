@@ -97,7 +97,13 @@ fn dot_scalar(a: (&[i8], &[f32]), w: (&[i8], &[f32])) -> f32 {
 
 /// # Safety
 /// See `TileKernel::block`.
-pub(super) unsafe fn scalar_block(a: &QuantizedActs, w: &Q8Matrix, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
+pub(super) unsafe fn scalar_block(
+    a: &QuantizedActs,
+    w: &Q8Matrix,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    out: OutPtr,
+) {
     for r in rows {
         for c in cols.clone() {
             unsafe { out.write(r, c, dot_scalar(a.row(r), w.col(c))) };

@@ -14,7 +14,11 @@ fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let u = (s >> 40) as f32 / (1u64 << 24) as f32;
             let v = (2.0 * u - 1.0) * scale;
-            if i % 97 == 5 { v * 8.0 } else { v }
+            if i % 97 == 5 {
+                v * 8.0
+            } else {
+                v
+            }
         })
         .collect()
 }
@@ -100,8 +104,13 @@ fn close_to_the_f32_product_with_dequantized_weights() {
         let x = values(m * k, 5, 1.0);
         let got = run(&w, &x);
         let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
-        let want: Vec<f32> =
-            xt.matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<f32> = xt
+            .matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
         let err = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
         assert!(err / norm < 1e-2, "{dtype:?}: relative error {}", err / norm);
@@ -191,7 +200,8 @@ fn same_bits_as_candles_q8_0_matmul_on_avx2() {
     let x = values(m * k, 10, 1.0);
     let got = run_with(&w, &x);
     let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
-    let want: Vec<f32> = QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<f32> =
+        QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(bits(&got), bits(&want));
     let through_tensor: Vec<f32> = w.forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(bits(&through_tensor), bits(&want));
@@ -207,7 +217,8 @@ fn q4_1_agrees_with_candles_q4_1_matmul() {
     let x = values(m * k, 13, 1.0);
     let got = run_with(&w, &x);
     let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
-    let want: Vec<f32> = QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<f32> =
+        QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "element {i}: {a} vs candle's {b}");
     }
