@@ -43,7 +43,7 @@ struct Run {
 /// Drives the scheduler and the model as the engine does, greedy or teacher-forced.
 fn run(model: &dyn CausalLm, prompts: &[Vec<u32>], cfg: &Run) -> (Outputs, u64) {
     let mc = model.config();
-    let mut cache = PagedKvCache::new(mc.num_layers, mc.num_kv_heads, mc.head_dim, cfg.num_blocks, BLOCK);
+    let mut cache = PagedKvCache::new(&mc.kv_layout, cfg.num_blocks, BLOCK);
     let sched_cfg = SchedulerConfig { max_num_seqs: 8, max_num_batched_tokens: cfg.budget };
     let mut sched: Scheduler<()> = Scheduler::new(sched_cfg, BlockPool::new(cfg.num_blocks, BLOCK));
     let mut out: Outputs = HashMap::new();

@@ -1,5 +1,6 @@
 //! Wick's integration tests: one binary, one module per area.
 
+mod archs;
 mod batching;
 mod oracle;
 mod perplexity;

@@ -38,7 +38,7 @@ fn blocks(first: u32, n: usize) -> Vec<u32> {
 /// `decode` tokens one step each. Returns logits per position.
 fn run_ours(model: &dyn CausalLm, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
     let cfg = model.config();
-    let mut cache = PagedKvCache::new(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 64, BLOCK);
+    let mut cache = PagedKvCache::new(&cfg.kv_layout, 64, BLOCK);
     let table = blocks(2, (prompt.len() + decode.len()).div_ceil(BLOCK));
     let mut batch = ForwardBatch::default();
     batch.push_seq(prompt, prompt.len(), table[..prompt.len().div_ceil(BLOCK)].to_vec(), true);
@@ -204,7 +204,7 @@ fn run_plans(model: &dyn CausalLm, plans: &[Plan], together: bool) -> Vec<Vec<Ve
     let groups: Vec<Vec<usize>> =
         if together { vec![(0..plans.len()).collect()] } else { (0..plans.len()).map(|i| vec![i]).collect() };
     for group in groups {
-        let mut cache = PagedKvCache::new(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 96, BLOCK);
+        let mut cache = PagedKvCache::new(&cfg.kv_layout, 96, BLOCK);
         let mut done = vec![0usize; plans.len()];
         for step in 0..3 {
             let mut batch = ForwardBatch::default();

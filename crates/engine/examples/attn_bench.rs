@@ -44,7 +44,7 @@ fn best(mut f: impl FnMut(), budget: f64) -> f64 {
 /// whole context's K/V written, and a matching query.
 fn setup(seqs: &[(usize, usize)]) -> (PagedKvCache, ForwardBatch, Vec<f32>) {
     let blocks: usize = seqs.iter().map(|&(_, c)| c.div_ceil(BLOCK)).sum();
-    let mut cache = PagedKvCache::new(1, KV_HEADS, HEAD_DIM, blocks, BLOCK);
+    let mut cache = PagedKvCache::new(&wick_engine::kv_cache::KvLayout::uniform(1, KV_HEADS, HEAD_DIM), blocks, BLOCK);
     // Fill the full contexts as one prefill per sequence.
     let mut next = 0u32;
     let mut full = ForwardBatch::default();

@@ -52,7 +52,7 @@ fn main() {
     let model = load_gguf_model(path.as_ref(), &opts).expect("load");
     eprintln!("loaded in {:.2}s with {opts:?}", t0.elapsed().as_secs_f64());
     let cfg = model.config().clone();
-    let new_cache = || PagedKvCache::new(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 64 * 17, BS);
+    let new_cache = || PagedKvCache::new(&cfg.kv_layout, 64 * 17, BS);
 
     let mut cache = new_cache();
     decode(model.as_ref(), &mut cache, 1, 4);

@@ -23,6 +23,20 @@ pub enum EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+impl EngineError {
+    /// The same error, naming the model file or folder it came from.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        let at = path.display();
+        match self {
+            EngineError::Load(m) => EngineError::Load(format!("{at}: {m}")),
+            EngineError::Unsupported(m) => EngineError::Unsupported(format!("{at}: {m}")),
+            EngineError::Candle(e) => EngineError::Load(format!("{at}: {e}")),
+            EngineError::Io(e) => EngineError::Load(format!("{at}: {e}")),
+            other => other,
+        }
+    }
+}
+
 /// Why [`crate::Engine::submit`] refused a request.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum SubmitError {

@@ -46,7 +46,7 @@ pub(crate) struct Shared {
 /// Allocates the KV storage of `num_blocks` blocks of `block_size` tokens for `model`.
 /// The one place that constructs a [`PagedKvCache`] (the engine and perplexity use it).
 pub fn new_kv_cache(model: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<PagedKvCache> {
-    Ok(PagedKvCache::new(model.num_layers, model.num_kv_heads, model.head_dim, num_blocks, block_size))
+    Ok(PagedKvCache::new(&model.kv_layout, num_blocks, block_size))
 }
 
 /// Handle to the engine thread. Cheap to share behind an `Arc`; dropping it stops the thread.

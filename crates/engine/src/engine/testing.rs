@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 
 use crate::batch::ForwardBatch;
 use crate::kv_cache::PagedKvCache;
-use crate::model::{Arch, CausalLm, ModelConfig};
+use crate::model::{CausalLm, ModelConfig};
 use crate::{EngineError, Result};
 
 /// Lets a test hold `forward` until it releases permits.
@@ -81,7 +81,7 @@ pub struct FakeLm {
 impl FakeLm {
     pub fn new(block_size: usize, max_len: usize) -> Self {
         let cfg = ModelConfig {
-            arch: Arch::Llama,
+            arch: "fake",
             vocab_size: VOCAB,
             hidden_size: 8,
             num_layers: 1,
@@ -89,6 +89,7 @@ impl FakeLm {
             num_kv_heads: 1,
             head_dim: 8,
             max_position_embeddings: max_len,
+            kv_layout: crate::kv_cache::KvLayout::uniform(1, 1, 8),
         };
         Self { cfg, block_size, slots: Mutex::new(HashMap::new()), gate: None, poison: None }
     }

@@ -6,8 +6,10 @@ pub mod attention;
 mod attention_avx2;
 mod attention_scalar;
 pub mod block_pool;
+pub mod layout;
 pub mod paged;
 
 pub use attention::{paged_attention, AttnParams};
 pub use block_pool::BlockPool;
+pub use layout::{AttentionKind, KvLayout};
 pub use paged::PagedKvCache;

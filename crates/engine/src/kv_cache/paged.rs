@@ -19,7 +19,8 @@ pub struct PagedKvCache {
 }
 
 impl PagedKvCache {
-    pub fn new(num_layers: usize, num_kv_heads: usize, head_dim: usize, num_blocks: usize, block_size: usize) -> Self {
+    pub fn new(layout: &crate::kv_cache::KvLayout, num_blocks: usize, block_size: usize) -> Self {
+        let (num_layers, num_kv_heads, head_dim) = (layout.num_layers(), layout.num_kv_heads, layout.head_dim);
         let per_layer = num_blocks * num_kv_heads * block_size * head_dim;
         Self {
             num_blocks,
@@ -140,7 +141,7 @@ mod tests {
 
     #[test]
     fn writes_land_in_the_block_table_slots() {
-        let mut cache = PagedKvCache::new(1, 2, 4, 8, 2);
+        let mut cache = PagedKvCache::new(&crate::kv_cache::KvLayout::uniform(1, 2, 4), 8, 2);
         let mut batch = ForwardBatch::default();
         // Three tokens continuing a context of 2, blocks 5 and 3 and 6.
         batch.push_seq(&[1, 2, 3], 5, vec![5, 3, 6], true);
@@ -159,7 +160,7 @@ mod tests {
 
     #[test]
     fn validate_rejects_short_block_tables_and_unknown_blocks() {
-        let cache = PagedKvCache::new(1, 1, 4, 4, 2);
+        let cache = PagedKvCache::new(&crate::kv_cache::KvLayout::uniform(1, 1, 4), 4, 2);
         let mut batch = ForwardBatch::default();
         batch.push_seq(&[1, 2, 3], 3, vec![0], true);
         assert!(cache.validate(&batch).is_err());

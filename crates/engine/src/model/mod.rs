@@ -1,34 +1,39 @@
-//! The `CausalLm` trait every architecture implements, the hyperparameters they share, and
-//! entry points that load just the network from a file. One file per architecture family
-//! (`llama`); shared layers live in `layers`, weight handling in `weights`.
+//! The model layer. An architecture file (`arch/*.rs`, one per architecture, found through
+//! the registry in `arch`) reads a [`spec::ModelSpec`] from GGUF metadata or `config.json`;
+//! the [`decoder::Decoder`] loads the weights that spec names from a [`source::TensorSource`]
+//! and runs the ragged batched forward through a [`backend::Backend`] (today the host
+//! [`backend::cpu::CpuBackend`]). [`CausalLm`] is what the engine sees.
 
+use std::io::{Read, Seek};
 use std::path::Path;
 
+use candle_core::quantized::gguf_file::Content;
 use candle_core::Tensor;
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::PagedKvCache;
+use crate::kv_cache::{KvLayout, PagedKvCache};
 use crate::Result;
 
-pub mod layers;
-pub mod llama;
-pub mod llama_load;
-pub mod qmatmul;
-pub mod weights;
+pub mod arch;
+pub mod backend;
+pub mod decoder;
+pub mod rope;
+pub mod source;
+pub mod spec;
 
-pub use weights::WeightOptions;
+pub use backend::cpu::qmatmul;
+pub use backend::cpu::weights::WeightOptions;
 
-/// Architecture family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Llama,
-    Gemma3,
-}
+use backend::cpu::CpuBackend;
+use decoder::Decoder;
+use source::{GgufMeta, GgufSource, HfConfig, HfSource};
+use spec::ModelSpec;
 
 /// Hyperparameters the engine needs to size the cache and validate requests.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
-    pub arch: Arch,
+    /// Registry name of the architecture.
+    pub arch: &'static str,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_layers: usize,
@@ -37,6 +42,8 @@ pub struct ModelConfig {
     pub head_dim: usize,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
+    /// The KV cache's groups of layers (full attention, sliding windows).
+    pub kv_layout: KvLayout,
 }
 
 /// A decoder-only language model running a ragged batch over a paged KV cache.
@@ -44,27 +51,64 @@ pub trait CausalLm: Send {
     fn config(&self) -> &ModelConfig;
 
     /// Runs every token of `batch`, writing their K/V into `cache` at the slots given by each
-    /// sequence's block table, and returns f32 logits of shape `[batch.logits_rows.len(), vocab]`.
+    /// sequence's block tables, and returns f32 logits of shape `[batch.logits_rows.len(), vocab]`.
     fn forward(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor>;
+}
+
+impl CausalLm for Decoder<CpuBackend> {
+    fn config(&self) -> &ModelConfig {
+        Decoder::config(self)
+    }
+
+    fn forward(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor> {
+        Decoder::forward(self, batch, cache)
+    }
+}
+
+/// Bytes f32 copies of every linear weight would take (the optional f32-copy budget).
+fn dense_bytes(spec: &ModelSpec) -> usize {
+    let (h, hd) = (spec.hidden_size, spec.head_dim);
+    let attn = h * (spec.num_heads + 2 * spec.num_kv_heads) * hd + spec.num_heads * hd * h;
+    let mlp = 3 * h * spec.intermediate_size;
+    4 * (spec.num_layers() * (attn + mlp) + spec.vocab_size * h)
+}
+
+fn on_cpu(spec: ModelSpec, src: &mut impl source::TensorSource, opts: &WeightOptions) -> Result<Box<dyn CausalLm>> {
+    let backend = CpuBackend::new(opts, dense_bytes(&spec));
+    Ok(Box::new(Decoder::load(backend, spec, src)?))
+}
+
+/// The spec of a parsed GGUF file, by its `general.architecture`.
+pub fn gguf_spec<R: Read + Seek>(content: &Content, reader: &mut R) -> Result<ModelSpec> {
+    let meta = GgufMeta::new(content);
+    let (_, from_gguf) = arch::by_gguf(&meta.arch)?;
+    from_gguf(&meta, &mut GgufSource { content, reader })
 }
 
 /// Loads the network of a GGUF file (no tokenizer).
 pub fn load_gguf_model(path: &Path, opts: &WeightOptions) -> Result<Box<dyn CausalLm>> {
-    let mut file = std::fs::File::open(path)?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
-    load_gguf_content(&content, &mut file, opts)
+    let (content, mut file) = source::open_gguf(path)?;
+    load_gguf_content(&content, &mut file, opts).map_err(|e| e.in_file(path))
 }
 
 /// Builds the network from an already parsed GGUF file, by its `general.architecture`.
-pub fn load_gguf_content<R: std::io::Read + std::io::Seek>(
-    content: &candle_core::quantized::gguf_file::Content,
+pub fn load_gguf_content<R: Read + Seek>(
+    content: &Content,
     reader: &mut R,
     opts: &WeightOptions,
 ) -> Result<Box<dyn CausalLm>> {
-    Ok(Box::new(llama_load::llama_from_gguf(content, reader, opts)?))
+    let spec = gguf_spec(content, reader)?;
+    on_cpu(spec, &mut GgufSource { content, reader }, opts)
+}
+
+/// The spec of a Hugging Face folder, by its `config.json` `architectures`.
+pub fn hf_spec(dir: &Path) -> Result<ModelSpec> {
+    let cfg = source::read_hf_config(dir)?;
+    (arch::by_hf(&cfg)?.from_hf)(&HfConfig(&cfg))
 }
 
 /// Loads the network of a Hugging Face folder (config.json + *.safetensors; no tokenizer).
 pub fn load_safetensors_model(dir: &Path, opts: &WeightOptions) -> Result<Box<dyn CausalLm>> {
-    Ok(Box::new(llama_load::llama_from_hf_dir(dir, opts)?))
+    let load = || on_cpu(hf_spec(dir)?, &mut HfSource::open(dir)?, opts);
+    load().map_err(|e| e.in_file(dir))
 }

@@ -30,7 +30,7 @@ fn all_kernels() -> Vec<Kernels> {
 fn matches_reference_across_blocks_with_gqa_and_window() {
     for (heads, kvh, hd) in [(4, 2, 12), (6, 2, 64), (2, 1, 21)] {
         let bs = 3;
-        let mut cache = PagedKvCache::new(1, kvh, hd, 16, bs);
+        let mut cache = PagedKvCache::new(&crate::kv_cache::KvLayout::uniform(1, kvh, hd), 16, bs);
         let n = 8; // a prefill of 8 tokens over blocks 7, 2, 9
         let mut batch = ForwardBatch::default();
         batch.push_seq(&vec![0; n], n, vec![7, 2, 9], true);
@@ -105,7 +105,7 @@ fn run_steps(
     parallel: bool,
 ) -> HashMap<(usize, usize), Vec<f32>> {
     let (bs, nb) = (4, 16);
-    let mut cache = PagedKvCache::new(1, sh.kvh, sh.hd, 4 * nb, bs);
+    let mut cache = PagedKvCache::new(&crate::kv_cache::KvLayout::uniform(1, sh.kvh, sh.hd), 4 * nb, bs);
     let table = |seq: usize| (0..nb).map(|i| (seq * nb + (i * 7) % nb) as u32).collect::<Vec<_>>();
     let mut got = HashMap::new();
     for parts in steps {

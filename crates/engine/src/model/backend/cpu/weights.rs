@@ -7,8 +7,9 @@
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::layers::{Linear, QuantWeight};
-use crate::model::qmatmul::{Q41Matrix, Q8Matrix};
+use super::layers::{Linear, QuantWeight};
+use super::qmatmul::{Q41Matrix, Q8Matrix};
+use crate::model::backend::RawWeight;
 use crate::{EngineError, Result};
 
 /// How weights are held in memory.
@@ -26,29 +27,31 @@ pub struct WeightOptions {
     pub dense_min_tokens: Option<usize>,
     /// The f32 copies are skipped when they would take more than this many bytes.
     pub dense_max_bytes: usize,
+    /// Dequantize every weight to f32 at load (an oracle setting: exact weights, f32
+    /// activations, no quantized kernels).
+    pub dequantize: bool,
 }
 
 impl Default for WeightOptions {
     fn default() -> Self {
-        Self { fast_kernels: true, dense_min_tokens: None, dense_max_bytes: 2 << 30 }
+        Self { fast_kernels: true, dense_min_tokens: None, dense_max_bytes: 2 << 30, dequantize: false }
     }
 }
 
 impl WeightOptions {
     /// Quantized weights used as stored: no re-quantization, no f32 copies.
     pub fn as_stored() -> Self {
-        Self { fast_kernels: false, dense_min_tokens: None, dense_max_bytes: 0 }
+        Self { fast_kernels: false, dense_min_tokens: None, dense_max_bytes: 0, dequantize: false }
+    }
+
+    /// Every weight dequantized to f32.
+    pub fn dequantized() -> Self {
+        Self { dequantize: true, ..Self::as_stored() }
     }
 }
 
-/// A weight as read from a file.
-pub enum RawWeight {
-    Quant(QTensor),
-    Dense(Tensor),
-}
-
 impl RawWeight {
-    fn to_f32(&self) -> Result<Tensor> {
+    pub(crate) fn to_f32(&self) -> Result<Tensor> {
         Ok(match self {
             RawWeight::Quant(q) => q.dequantize(&Device::Cpu)?,
             RawWeight::Dense(t) => t.to_dtype(DType::F32)?,
@@ -68,6 +71,7 @@ fn is_float(dtype: GgmlDType) -> bool {
 /// Builds linear layers under one set of options.
 pub struct LinearBuilder {
     fast_kernels: bool,
+    dequantize: bool,
     /// Set when f32 copies are kept (and fit the budget).
     dense_min_tokens: Option<usize>,
 }
@@ -79,7 +83,7 @@ impl LinearBuilder {
         if opts.dense_min_tokens.is_some() && dense_min_tokens.is_none() {
             tracing::info!(dense_bytes, "f32 weight copies skipped: over the memory budget");
         }
-        Self { fast_kernels: opts.fast_kernels, dense_min_tokens }
+        Self { fast_kernels: opts.fast_kernels, dequantize: opts.dequantize, dense_min_tokens }
     }
 
     /// One linear layer whose output is the concatenation of `parts`' outputs (each `[out_i, in]`).
@@ -91,7 +95,7 @@ impl LinearBuilder {
         let quant: Option<Vec<&QTensor>> = parts
             .iter()
             .map(|p| match p {
-                RawWeight::Quant(q) if !is_float(q.dtype()) => Some(q),
+                RawWeight::Quant(q) if !is_float(q.dtype()) && !self.dequantize => Some(q),
                 _ => None,
             })
             .collect();
@@ -181,7 +185,12 @@ mod tests {
     fn slow_types_are_requantized_and_large_steps_use_the_f32_copy() {
         let w = rand(32, 64, 3);
         let q51 = QTensor::quantize(&w, GgmlDType::Q5_1).unwrap();
-        let opts = WeightOptions { fast_kernels: true, dense_min_tokens: Some(4), dense_max_bytes: 1 << 20 };
+        let opts = WeightOptions {
+            fast_kernels: true,
+            dense_min_tokens: Some(4),
+            dense_max_bytes: 1 << 20,
+            dequantize: false,
+        };
         let lin = LinearBuilder::new(&opts, 64 * 32 * 4).build(vec![RawWeight::Quant(q51)], None).unwrap();
         let Linear::Quant { q: QuantWeight::Q8(_), dense: Some(d), dense_min_tokens: 4 } = &lin else {
             panic!("expected a Q8_0 weight with an f32 copy, got {lin:?}");

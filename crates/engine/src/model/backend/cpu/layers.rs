@@ -1,0 +1,155 @@
+//! The CPU backend's layers: `Linear` (quantized or dense weights; Q8_0 and Q4_1 on wick's
+//! batch-invariant kernels), `RmsNorm` on host rows, and the gated activations.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::qmatmul::{Q41Matrix, Q8Matrix, TileKernel};
+use crate::Result;
+
+/// A linear layer `y = x · Wᵀ` over `[T, in]` activations.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// f32 weights `[out, in]`.
+    Dense(Tensor),
+    /// Quantized weights; `dense` is an optional f32 copy used when a step has at least
+    /// `dense_min_tokens` rows. The copy makes a row's result depend on how many rows share
+    /// the step (two different kernels), so it is off by default (`WeightOptions`).
+    Quant { q: QuantWeight, dense: Option<Tensor>, dense_min_tokens: usize },
+}
+
+/// A quantized weight and the kernel that runs it. Both compute each row on its own, so a
+/// sequence's results do not depend on what else is in the batch.
+#[derive(Debug, Clone)]
+pub enum QuantWeight {
+    /// Q8_0 on wick's register-blocked kernel (weights read once for several rows).
+    Q8(Q8Matrix),
+    /// Q4_1 on wick's register-blocked kernel, kept at 4 bits.
+    Q41(Q41Matrix),
+    /// Other types on candle's `QMatMul` (one gemv per row).
+    Candle(QMatMul),
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.dim(0)?;
+        Ok(match self {
+            Linear::Dense(w) => x.matmul(&w.t()?)?,
+            Linear::Quant { dense: Some(w), dense_min_tokens, .. } if rows >= *dense_min_tokens => x.matmul(&w.t()?)?,
+            Linear::Quant { q: QuantWeight::Q8(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q41(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Candle(q), .. } => q.forward(x)?,
+        })
+    }
+
+    /// `x · Wᵀ` on host rows: `x` is `[rows, in]`; `out` is resized to `[rows, out]`. wick's
+    /// kernels write straight into `out`; other weights go through a tensor.
+    pub fn forward_host(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
+        if let Linear::Quant { q, dense, dense_min_tokens } = self {
+            if let Some(w) = q.wick_kernel().filter(|_| dense.is_none() || rows < *dense_min_tokens) {
+                out.resize(rows * w.dims().0, 0.0);
+                w.matmul(x, out);
+                return Ok(());
+            }
+        }
+        let t = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu)?;
+        let y = self.forward(&t)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        out.clear();
+        out.extend_from_slice(&y);
+        Ok(())
+    }
+}
+
+impl QuantWeight {
+    /// The wick kernel this weight runs on, if any.
+    fn wick_kernel(&self) -> Option<&dyn TileKernel> {
+        match self {
+            QuantWeight::Q8(w) => Some(w),
+            QuantWeight::Q41(w) => Some(w),
+            QuantWeight::Candle(_) => None,
+        }
+    }
+}
+
+/// Root-mean-square normalization with a learned scale.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Vec<f32>,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(weight: &Tensor, eps: f32) -> Result<Self> {
+        Ok(Self { weight: weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, eps })
+    }
+
+    /// Normalizes each row of `x` (`[rows, dim]`) into `out` (resized to match), on the
+    /// calling thread: `x / sqrt(mean(x²) + eps) · weight`, as candle's `rms_norm`.
+    pub fn forward_rows(&self, x: &[f32], out: &mut Vec<f32>) {
+        let dim = self.weight.len();
+        out.resize(x.len(), 0.0);
+        for (src, dst) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            // Eight partial sums in a fixed order: vectorizes, and each row gets the same bits
+            // whatever else is in the step.
+            let mut acc = [0f32; 8];
+            let chunks = src.chunks_exact(8);
+            let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+            for c in chunks {
+                for (a, v) in acc.iter_mut().zip(c) {
+                    *a += v * v;
+                }
+            }
+            let sum2 = acc.iter().sum::<f32>() + tail;
+            let m = (sum2 / dim as f32 + self.eps).sqrt();
+            for ((d, s), w) in dst.iter_mut().zip(src).zip(&self.weight) {
+                *d = *s / m * *w;
+            }
+        }
+    }
+}
+
+/// `silu(gate) * up` for rows laid out `[gate (n) | up (n)]`, into `out` (`[rows, n]`).
+pub fn swiglu_rows(gate_up: &[f32], n: usize, out: &mut Vec<f32>) {
+    out.clear();
+    for row in gate_up.chunks_exact(2 * n) {
+        let (g, u) = row.split_at(n);
+        out.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
+    }
+}
+
+/// `gelu_tanh(gate) * up` for rows laid out `[gate (n) | up (n)]`, into `out` (`[rows, n]`).
+pub fn geglu_rows(gate_up: &[f32], n: usize, out: &mut Vec<f32>) {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    out.clear();
+    for row in gate_up.chunks_exact(2 * n) {
+        let (g, u) = row.split_at(n);
+        out.extend(g.iter().zip(u).map(|(&g, &u)| 0.5 * g * (1.0 + (C * (g + 0.044715 * g * g * g)).tanh()) * u));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn swiglu_is_silu_gate_times_up() {
+        let mut out = Vec::new();
+        swiglu_rows(&[0.0, 2.0, 3.0, -1.0], 2, &mut out);
+        assert_eq!(out[0], 0.0);
+        assert!((out[1] + 2.0 / (1.0 + (-2f32).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn geglu_matches_candle_gelu_tanh() {
+        let g: Vec<f32> = (0..16).map(|i| i as f32 * 0.7 - 5.0).collect();
+        let mut gu = g.clone();
+        gu.extend(std::iter::repeat_n(2.0f32, 16));
+        let mut out = Vec::new();
+        geglu_rows(&gu, 16, &mut out);
+        let want: Vec<f32> = Tensor::new(&g[..], &Device::Cpu).unwrap().gelu().unwrap().to_vec1().unwrap();
+        for (a, b) in out.iter().zip(&want) {
+            assert!((a - 2.0 * b).abs() < 1e-5, "{a} vs {}", 2.0 * b);
+        }
+    }
+}

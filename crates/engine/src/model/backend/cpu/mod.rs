@@ -1,0 +1,247 @@
+//! `CpuBackend`: the [`Backend`] on host memory. Activations are `Vec<f32>` buffers reused
+//! from layer to layer and step to step; linear layers run on wick's batch-invariant
+//! quantized kernels (`qmatmul`) or candle's CPU matmuls (`layers`, `weights`); attention is
+//! the AVX2-tiled ragged paged attention of `kv_cache`. This module and the loaders are the
+//! only places that name `Device::Cpu`.
+
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+
+use crate::batch::ForwardBatch;
+use crate::kv_cache::{paged_attention, AttnParams, KvLayout, PagedKvCache};
+use crate::model::backend::{Backend, RawWeight};
+use crate::model::rope::RopeRows;
+use crate::model::spec::Activation;
+use crate::{EngineError, Result};
+
+pub mod layers;
+pub mod qmatmul;
+pub mod weights;
+
+use layers::{geglu_rows, swiglu_rows, Linear, RmsNorm};
+use weights::{LinearBuilder, WeightOptions};
+
+/// The host backend, with the weight options it loads under.
+pub struct CpuBackend {
+    builder: LinearBuilder,
+}
+
+impl CpuBackend {
+    /// `dense_bytes`: what f32 copies of every linear weight would take (for the optional
+    /// f32-copy budget of `WeightOptions`).
+    pub fn new(opts: &WeightOptions, dense_bytes: usize) -> Self {
+        Self { builder: LinearBuilder::new(opts, dense_bytes) }
+    }
+}
+
+/// A linear layer: one fused weight, or parts of different types run one after another
+/// (a Q4_K_M file may store q and k as Q4_K and v as Q6_K), plus an optional bias.
+pub struct CpuLinear {
+    parts: Vec<(Linear, usize)>,
+    out: usize,
+    bias: Option<Vec<f32>>,
+}
+
+/// Token embeddings: rows dequantized on demand (a 262k-token vocabulary stays at its stored
+/// size), or a float tensor.
+pub enum CpuEmbedding {
+    Quant { dtype: GgmlDType, bytes: Vec<u8>, row_bytes: usize, hidden: usize },
+    Dense(Tensor),
+}
+
+fn flat_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+impl Backend for CpuBackend {
+    type Act = Vec<f32>;
+    type Linear = CpuLinear;
+    type Norm = RmsNorm;
+    type Embedding = CpuEmbedding;
+    type Kv = PagedKvCache;
+
+    fn linear(&self, parts: Vec<RawWeight>, biases: Vec<Option<RawWeight>>) -> Result<CpuLinear> {
+        let outs: Vec<usize> = parts.iter().map(|p| p.dims().first().copied().unwrap_or(0)).collect();
+        let out = outs.iter().sum();
+        let bias = if biases.iter().any(Option::is_some) {
+            let mut b = Vec::with_capacity(out);
+            for (raw, n) in biases.iter().zip(&outs) {
+                match raw {
+                    Some(raw) => {
+                        let v = flat_f32(&raw.to_f32()?)?;
+                        if v.len() != *n {
+                            return Err(EngineError::Load(format!("bias of {} values for {n} outputs", v.len())));
+                        }
+                        b.extend(v);
+                    }
+                    None => b.extend(std::iter::repeat_n(0.0, *n)),
+                }
+            }
+            Some(b)
+        } else {
+            None
+        };
+        let dtype = |p: &RawWeight| match p {
+            RawWeight::Quant(q) => Some(q.dtype()),
+            RawWeight::Dense(_) => None,
+        };
+        let same = parts.windows(2).all(|w| dtype(&w[0]) == dtype(&w[1]));
+        let parts = if same {
+            vec![(self.builder.build(parts, None)?, out)]
+        } else {
+            parts
+                .into_iter()
+                .zip(outs)
+                .map(|(p, n)| Ok((self.builder.build(vec![p], None)?, n)))
+                .collect::<Result<_>>()?
+        };
+        Ok(CpuLinear { parts, out, bias })
+    }
+
+    fn norm(&self, w: RawWeight, eps: f32, offset: f32) -> Result<RmsNorm> {
+        let w = w.to_f32()?;
+        let w = if offset != 0.0 { (w + offset as f64)? } else { w };
+        RmsNorm::new(&w, eps)
+    }
+
+    fn embedding(&self, w: &RawWeight) -> Result<CpuEmbedding> {
+        let (_, hidden) = match w.dims()[..] {
+            [v, h] => (v, h),
+            ref d => return Err(EngineError::Load(format!("embedding of shape {d:?}"))),
+        };
+        Ok(match w {
+            RawWeight::Quant(q) if !matches!(q.dtype(), GgmlDType::F32) => {
+                let dtype = q.dtype();
+                let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+                CpuEmbedding::Quant { dtype, bytes: q.data()?.into_owned(), row_bytes, hidden }
+            }
+            RawWeight::Quant(q) => CpuEmbedding::Dense(q.dequantize(&Device::Cpu)?),
+            RawWeight::Dense(t) => CpuEmbedding::Dense(t.clone()),
+        })
+    }
+
+    fn kv_cache(&self, layout: &KvLayout, num_blocks: usize, block_size: usize) -> Result<PagedKvCache> {
+        Ok(PagedKvCache::new(layout, num_blocks, block_size))
+    }
+
+    fn validate(&self, kv: &PagedKvCache, batch: &ForwardBatch) -> Result<()> {
+        kv.validate(batch)
+    }
+
+    fn embed(&self, e: &CpuEmbedding, ids: &[u32], scale: Option<f32>, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        match e {
+            CpuEmbedding::Quant { dtype, bytes, row_bytes, hidden } => {
+                for &id in ids {
+                    let at = id as usize * row_bytes;
+                    let row = bytes.get(at..at + row_bytes).ok_or_else(|| {
+                        EngineError::InvalidRequest(format!("token id {id} is outside the vocabulary"))
+                    })?;
+                    let q = qtensor_from_ggml(*dtype, row, vec![1, *hidden], &Device::Cpu)?;
+                    out.extend(flat_f32(&q.dequantize(&Device::Cpu)?)?);
+                }
+            }
+            CpuEmbedding::Dense(t) => {
+                let idx = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
+                out.extend(flat_f32(&t.index_select(&idx, 0)?)?);
+            }
+        }
+        if let Some(s) = scale {
+            out.iter_mut().for_each(|x| *x *= s);
+        }
+        Ok(())
+    }
+
+    fn matmul(&self, w: &CpuLinear, x: &Vec<f32>, rows: usize, out: &mut Vec<f32>) -> Result<()> {
+        if let [(lin, _)] = &w.parts[..] {
+            lin.forward_host(x, rows, out)?;
+        } else {
+            out.clear();
+            out.resize(rows * w.out, 0.0);
+            let mut part = Vec::new();
+            let mut col = 0;
+            for (lin, n) in &w.parts {
+                lin.forward_host(x, rows, &mut part)?;
+                for (dst, src) in out.chunks_exact_mut(w.out).zip(part.chunks_exact(*n)) {
+                    dst[col..col + n].copy_from_slice(src);
+                }
+                col += n;
+            }
+        }
+        if let Some(b) = &w.bias {
+            for row in out.chunks_exact_mut(w.out) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, n: &RmsNorm, x: &Vec<f32>, out: &mut Vec<f32>) {
+        n.forward_rows(x, out);
+    }
+
+    fn rms_norm_in_place(&self, n: &RmsNorm, x: &mut Vec<f32>) {
+        let mut out = Vec::with_capacity(x.len());
+        n.forward_rows(x, &mut out);
+        *x = out;
+    }
+
+    fn split3(&self, x: &Vec<f32>, [a, b, c]: [usize; 3], [qa, qb, qc]: [&mut Vec<f32>; 3]) {
+        qa.clear();
+        qb.clear();
+        qc.clear();
+        for row in x.chunks_exact(a + b + c) {
+            qa.extend_from_slice(&row[..a]);
+            qb.extend_from_slice(&row[a..a + b]);
+            qc.extend_from_slice(&row[a + b..]);
+        }
+    }
+
+    fn rope(&self, x: &mut Vec<f32>, rows: &RopeRows, heads: usize, head_dim: usize) {
+        rows.apply_host(x, heads, head_dim);
+    }
+
+    fn attention(
+        &self,
+        kv: &mut PagedKvCache,
+        layer: usize,
+        batch: &ForwardBatch,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        num_heads: usize,
+        params: AttnParams,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        kv.write(layer, batch, k, v);
+        *out = paged_attention(kv, layer, batch, q, num_heads, params);
+        Ok(())
+    }
+
+    fn gated(&self, act: Activation, gate_up: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
+        match act {
+            Activation::Silu => swiglu_rows(gate_up, n, out),
+            Activation::GeluTanh => geglu_rows(gate_up, n, out),
+        }
+    }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
+        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    }
+
+    fn gather_rows(&self, x: &Vec<f32>, rows: &[usize], width: usize, out: &mut Vec<f32>) {
+        out.clear();
+        for &r in rows {
+            out.extend_from_slice(&x[r * width..(r + 1) * width]);
+        }
+    }
+
+    fn softcap(&self, x: &mut Vec<f32>, cap: f32) {
+        x.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    }
+
+    fn to_tensor(&self, x: &Vec<f32>, rows: usize, width: usize) -> Result<Tensor> {
+        Ok(Tensor::from_slice(&x[..rows * width], (rows, width), &Device::Cpu)?)
+    }
+}
