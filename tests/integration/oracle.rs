@@ -277,9 +277,10 @@ fn unsupported_architecture_is_reported_as_such() {
     tiny.write_hf(dir.path()).unwrap();
     let mut cfg = tiny.config_json();
     cfg["model_type"] = "gpt_neox".into();
+    cfg["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     match load_safetensors_model(dir.path(), &WeightOptions::default()) {
-        Err(EngineError::Unsupported(msg)) => assert!(msg.contains("gpt_neox"), "{msg}"),
+        Err(EngineError::Unsupported(msg)) => assert!(msg.contains("GPTNeoXForCausalLM") && msg.contains("Qwen3ForCausalLM"), "{msg}"),
         Err(e) => panic!("expected Unsupported, got {e}"),
         Ok(_) => panic!("a gpt_neox config loaded as llama"),
     }

@@ -49,11 +49,17 @@ pub fn by_gguf(name: &str) -> Result<(&'static Architecture, FromGguf)> {
     )
 }
 
-/// The architecture of a `config.json`'s `architectures` list.
+/// The architecture of a `config.json`'s `architectures` list (or, for configs without one,
+/// its `model_type`).
 pub fn by_hf(cfg: &serde_json::Value) -> Result<&'static Architecture> {
     let listed: Vec<&str> =
         cfg["architectures"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-    listed.iter().find_map(|name| ARCHITECTURES.iter().find(|a| a.hf.contains(name)).copied()).ok_or_else(|| {
+    let by_type = || {
+        let t = cfg["model_type"].as_str().filter(|_| listed.is_empty())?;
+        ARCHITECTURES.iter().find(|a| a.name == t).copied()
+    };
+    let found = listed.iter().find_map(|name| ARCHITECTURES.iter().find(|a| a.hf.contains(name)).copied());
+    found.or_else(by_type).ok_or_else(|| {
         let names: Vec<&str> = ARCHITECTURES.iter().flat_map(|a| a.hf.iter().copied()).collect();
         EngineError::Unsupported(format!("config.json architectures {listed:?} (supported: {})", names.join(", ")))
     })
