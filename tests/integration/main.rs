@@ -1,6 +1,7 @@
 //! Wick's integration tests: one binary, one module per area.
 
 mod archs;
+mod bad_models;
 mod batching;
 mod oracle;
 mod perplexity;

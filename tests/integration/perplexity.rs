@@ -77,3 +77,26 @@ fn smollm2_perplexity_on_gpl3_is_within_one_percent_of_llama_cpp() {
     let rel = (report.ppl - LLAMA_CPP_GPL3_PPL).abs() / LLAMA_CPP_GPL3_PPL;
     assert!(rel < 0.01, "PPL {:.4} vs llama.cpp {LLAMA_CPP_GPL3_PPL} ({:.2}% off)", report.ppl, rel * 100.0);
 }
+
+/// llama.cpp's `llama-perplexity` on Gemma 3 270M Q4_K_M (`scripts/fetch-model.sh gemma3`),
+/// GPL-3, `-c 512` (BOS first in every window): the figure the architecture issue gives.
+const LLAMA_CPP_GEMMA3_GPL3_PPL: f64 = 13.9062;
+
+#[test]
+fn gemma3_perplexity_on_gpl3_is_within_one_percent_of_llama_cpp() {
+    let Ok(path) = std::env::var("WICK_TEST_MODEL_GEMMA3") else {
+        eprintln!("NOTICE: WICK_TEST_MODEL_GEMMA3 unset; Gemma 3 perplexity test not run");
+        return;
+    };
+    let loaded = wick_engine::load(std::path::Path::new(&path), &Default::default()).unwrap();
+    let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap();
+    let (bos, add_bos) = loaded.text.bos();
+    assert!(add_bos && bos.is_some(), "Gemma adds BOS");
+    let tokens = loaded.text.encode(&text, true).unwrap();
+    let opts = PerplexityOptions { bos, ..PerplexityOptions::default() };
+    let report = perplexity(loaded.model.as_ref(), &tokens, &opts, |_| {}).unwrap();
+    assert_eq!(report.windows.len(), 14);
+    let rel = (report.ppl - LLAMA_CPP_GEMMA3_GPL3_PPL).abs() / LLAMA_CPP_GEMMA3_GPL3_PPL;
+    eprintln!("Gemma 3 270M PPL {:.4} vs llama.cpp {LLAMA_CPP_GEMMA3_GPL3_PPL} ({:.2}% off)", report.ppl, rel * 100.0);
+    assert!(rel < 0.01, "PPL {:.4} vs llama.cpp {LLAMA_CPP_GEMMA3_GPL3_PPL} ({:.2}% off)", report.ppl, rel * 100.0);
+}
