@@ -280,7 +280,9 @@ fn unsupported_architecture_is_reported_as_such() {
     cfg["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     match load_safetensors_model(dir.path(), &WeightOptions::default()) {
-        Err(EngineError::Unsupported(msg)) => assert!(msg.contains("GPTNeoXForCausalLM") && msg.contains("Qwen3ForCausalLM"), "{msg}"),
+        Err(EngineError::Unsupported(msg)) => {
+            assert!(msg.contains("GPTNeoXForCausalLM") && msg.contains("Qwen3ForCausalLM"), "{msg}")
+        }
         Err(e) => panic!("expected Unsupported, got {e}"),
         Ok(_) => panic!("a gpt_neox config loaded as llama"),
     }
