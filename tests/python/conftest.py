@@ -44,8 +44,8 @@ def _free_port():
 class Server:
     """A running `wick serve`, its base URL and process."""
 
-    def __init__(self, *extra):
-        model = _model()
+    def __init__(self, *extra, model=None):
+        model = model or _model()
         if not model:
             pytest.skip("WICK_TEST_MODEL_SMOLLM2 / WICK_TEST_MODEL_TINY unset: notice, python server tests not run")
         self.port = _free_port()
