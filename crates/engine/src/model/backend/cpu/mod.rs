@@ -82,11 +82,9 @@ impl Backend for CpuBackend {
         } else {
             None
         };
-        let dtype = |p: &RawWeight| match p {
-            RawWeight::Quant(q) => Some(q.dtype()),
-            RawWeight::Dense(_) => None,
-        };
-        let same = parts.windows(2).all(|w| dtype(&w[0]) == dtype(&w[1]));
+        // Parts that run as the same type are fused into one matrix (a Q5_0 q/k beside a
+        // Q8_0 v all run as Q8_0: one matmul); others run one after another.
+        let same = parts.windows(2).all(|w| self.builder.runs_as(&w[0]) == self.builder.runs_as(&w[1]));
         let parts = if same {
             vec![(self.builder.build(parts, None)?, out)]
         } else {

@@ -86,6 +86,17 @@ impl LinearBuilder {
         Self { fast_kernels: opts.fast_kernels, dequantize: opts.dequantize, dense_min_tokens }
     }
 
+    /// The type a stored weight runs as: types without a kernel here are re-quantized to
+    /// Q8_0 (when fast kernels are on), floats and dequantized weights run as f32 (`None`).
+    pub fn runs_as(&self, w: &RawWeight) -> Option<GgmlDType> {
+        match w {
+            RawWeight::Quant(q) if !is_float(q.dtype()) && !self.dequantize => {
+                Some(if self.fast_kernels && is_slow(q.dtype()) { GgmlDType::Q8_0 } else { q.dtype() })
+            }
+            _ => None,
+        }
+    }
+
     /// One linear layer whose output is the concatenation of `parts`' outputs (each `[out_i, in]`).
     /// `shared_dense` is an f32 copy of the (single) weight already in memory, reused as is.
     pub fn build(&self, parts: Vec<RawWeight>, shared_dense: Option<Tensor>) -> Result<Linear> {
