@@ -31,8 +31,37 @@ impl CpuBackend {
     /// `dense_bytes`: what f32 copies of every linear weight would take (for the optional
     /// f32-copy budget of `WeightOptions`).
     pub fn new(opts: &WeightOptions, dense_bytes: usize) -> Self {
+        keep_candle_off_amx();
         Self { builder: LinearBuilder::new(opts, dense_bytes) }
     }
+}
+
+/// candle's repacked Q4_K matmul switches to AMX tiles for 32+ rows wherever CPUID
+/// advertises AMX, and on some of the machines wick runs on AMX instructions trap although
+/// advertised. Where AMX is advertised, candle is told (before its first quantized matmul
+/// reads the setting) to use its 256-bit AVX-VNNI tier, which every AMX CPU has; its AMX
+/// path is only taken on the 512-bit tier.
+fn keep_candle_off_amx() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU that runs this build (AVX2).
+            #[allow(unused_unsafe)]
+            let edx = unsafe { core::arch::x86_64::__cpuid_count(7, 0) }.edx;
+            let amx = edx & (1 << 24) != 0 || edx & (1 << 25) != 0;
+            if amx && std::env::var_os("MISTRALRS_FORCE_AVX2").is_none() {
+                let var = if std::is_x86_feature_detected!("avxvnni") {
+                    "MISTRALRS_FORCE_AVXVNNI"
+                } else {
+                    "MISTRALRS_FORCE_AVX2"
+                };
+                tracing::info!("CPU advertises AMX: candle's K-quant kernels kept on their 256-bit tier ({var}=1)");
+                // Set while the model loads, before any quantized matmul has run.
+                std::env::set_var(var, "1");
+            }
+        }
+    });
 }
 
 /// A linear layer: one fused weight, or parts of different types run one after another

@@ -30,18 +30,34 @@ pub struct WeightOptions {
     /// Dequantize every weight to f32 at load (an oracle setting: exact weights, f32
     /// activations, no quantized kernels).
     pub dequantize: bool,
+    /// Quantize float linear weights (HF F32/F16/BF16, GGUF F16/F32) to this type at load
+    /// (Q8_0 or Q4_1, wick's batch-invariant kernels): half or a quarter of BF16's memory,
+    /// and every row's result independent of the step it runs in.
+    pub quantize_floats: Option<GgmlDType>,
 }
 
 impl Default for WeightOptions {
     fn default() -> Self {
-        Self { fast_kernels: true, dense_min_tokens: None, dense_max_bytes: 2 << 30, dequantize: false }
+        Self {
+            fast_kernels: true,
+            dense_min_tokens: None,
+            dense_max_bytes: 2 << 30,
+            dequantize: false,
+            quantize_floats: None,
+        }
     }
 }
 
 impl WeightOptions {
     /// Quantized weights used as stored: no re-quantization, no f32 copies.
     pub fn as_stored() -> Self {
-        Self { fast_kernels: false, dense_min_tokens: None, dense_max_bytes: 0, dequantize: false }
+        Self {
+            fast_kernels: false,
+            dense_min_tokens: None,
+            dense_max_bytes: 0,
+            dequantize: false,
+            quantize_floats: None,
+        }
     }
 
     /// Every weight dequantized to f32.
@@ -72,6 +88,7 @@ fn is_float(dtype: GgmlDType) -> bool {
 pub struct LinearBuilder {
     fast_kernels: bool,
     dequantize: bool,
+    quantize_floats: Option<GgmlDType>,
     /// Set when f32 copies are kept (and fit the budget).
     dense_min_tokens: Option<usize>,
 }
@@ -83,7 +100,12 @@ impl LinearBuilder {
         if opts.dense_min_tokens.is_some() && dense_min_tokens.is_none() {
             tracing::info!(dense_bytes, "f32 weight copies skipped: over the memory budget");
         }
-        Self { fast_kernels: opts.fast_kernels, dequantize: opts.dequantize, dense_min_tokens }
+        Self {
+            fast_kernels: opts.fast_kernels,
+            dequantize: opts.dequantize,
+            quantize_floats: opts.quantize_floats.filter(|_| !opts.dequantize),
+            dense_min_tokens,
+        }
     }
 
     /// The type a stored weight runs as: types without a kernel here are re-quantized to
@@ -93,7 +115,7 @@ impl LinearBuilder {
             RawWeight::Quant(q) if !is_float(q.dtype()) && !self.dequantize => {
                 Some(if self.fast_kernels && is_slow(q.dtype()) { GgmlDType::Q8_0 } else { q.dtype() })
             }
-            _ => None,
+            _ => self.quantize_floats,
         }
     }
 
@@ -110,17 +132,21 @@ impl LinearBuilder {
                 _ => None,
             })
             .collect();
-        let Some(quant) = quant else {
-            let dense = parts.iter().map(RawWeight::to_f32).collect::<Result<Vec<_>>>()?;
-            return Ok(Linear::Dense(Tensor::cat(&dense, 0)?.contiguous()?));
-        };
-        let dtype = quant[0].dtype();
-        let same = quant.iter().all(|q| q.dtype() == dtype);
-        let requant = !same || (self.fast_kernels && is_slow(dtype));
         let dense_f32 = |parts: &[RawWeight]| -> Result<Tensor> {
             let d = parts.iter().map(RawWeight::to_f32).collect::<Result<Vec<_>>>()?;
             Ok(Tensor::cat(&d, 0)?.contiguous()?)
         };
+        let Some(quant) = quant else {
+            let f = dense_f32(&parts)?;
+            let k = f.dim(1)?;
+            return match self.quantize_floats.filter(|dt| k % dt.block_size() == 0) {
+                Some(dt) => self.quantized(QTensor::quantize(&f, dt)?, None),
+                None => Ok(Linear::Dense(f)),
+            };
+        };
+        let dtype = quant[0].dtype();
+        let same = quant.iter().all(|q| q.dtype() == dtype);
+        let requant = !same || (self.fast_kernels && is_slow(dtype));
         let (qt, dense) = if requant {
             let f = dense_f32(&parts)?;
             if f.dim(1)? % GgmlDType::Q8_0.block_size() != 0 {
@@ -138,6 +164,11 @@ impl LinearBuilder {
                 _ => Some(dense_f32(&parts)?),
             },
         };
+        self.quantized(qt, dense)
+    }
+
+    /// The layer running `qt` on the best kernel for its type.
+    fn quantized(&self, qt: QTensor, dense: Option<Tensor>) -> Result<Linear> {
         let q = match qt.dtype() {
             GgmlDType::Q8_0 => QuantWeight::Q8(Q8Matrix::from_qtensor(&qt)?),
             GgmlDType::Q4_1 if self.fast_kernels => QuantWeight::Q41(Q41Matrix::from_qtensor(&qt)?),
@@ -201,6 +232,7 @@ mod tests {
             dense_min_tokens: Some(4),
             dense_max_bytes: 1 << 20,
             dequantize: false,
+            quantize_floats: None,
         };
         let lin = LinearBuilder::new(&opts, 64 * 32 * 4).build(vec![RawWeight::Quant(q51)], None).unwrap();
         let Linear::Quant { q: QuantWeight::Q8(_), dense: Some(d), dense_min_tokens: 4 } = &lin else {
