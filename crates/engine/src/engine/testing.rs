@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use candle_core::{Device, Tensor};
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::PagedKvCache;
+use crate::kv_cache::{KvLayout, PagedKvCache};
 use crate::model::{Arch, CausalLm, ModelConfig};
 use crate::{EngineError, Result};
 
@@ -89,6 +89,7 @@ impl FakeLm {
             num_kv_heads: 1,
             head_dim: 8,
             max_position_embeddings: max_len,
+            kv_layout: KvLayout::uniform(1, 1, 8),
         };
         Self { cfg, block_size, slots: Mutex::new(HashMap::new()), gate: None, poison: None }
     }
@@ -112,7 +113,7 @@ impl CausalLm for FakeLm {
         for s in &batch.seqs {
             for i in 0..s.num_tokens {
                 let pos = s.context_len - s.num_tokens + i;
-                slots.insert(slot(&s.block_table, pos), batch.input_ids[s.token_start + i]);
+                slots.insert(slot(&s.block_tables[0], pos), batch.input_ids[s.token_start + i]);
             }
         }
         let mut logits = vec![0f32; batch.logits_rows.len() * VOCAB];
@@ -121,7 +122,7 @@ impl CausalLm for FakeLm {
             let s = s.ok_or_else(|| EngineError::InvalidRequest(format!("row {row} outside every sequence")))?;
             let pos = batch.positions[row] as usize;
             let ctx: Vec<u32> = (0..=pos)
-                .map(|p| slots.get(&slot(&s.block_table, p)).copied())
+                .map(|p| slots.get(&slot(&s.block_tables[0], p)).copied())
                 .collect::<Option<_>>()
                 .ok_or_else(|| EngineError::InvalidRequest("read of an unwritten KV slot".into()))?;
             let next = next_token(&ctx) as usize;

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor};
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::{paged_attention, AttnParams, PagedKvCache};
+use crate::kv_cache::{paged_attention, AttentionKind, AttnParams, KvLayout, PagedKvCache};
 use crate::model::layers::{swiglu_rows, Linear, RmsNorm, Rope};
 use crate::model::{Arch, CausalLm, ModelConfig};
 use crate::{EngineError, Result};
@@ -70,6 +70,10 @@ impl Llama {
             num_kv_heads: hp.num_kv_heads,
             head_dim: hp.head_dim,
             max_position_embeddings: hp.max_position_embeddings,
+            kv_layout: {
+                let kind = hp.sliding_window.map_or(AttentionKind::Full, AttentionKind::Sliding);
+                KvLayout::new(&vec![kind; hp.num_layers], hp.num_kv_heads, hp.head_dim)
+            },
         };
         let rope = Rope::new(&hp.rope_inv_freq, hp.max_position_embeddings, hp.rope_interleaved);
         Self { config, hp, embed, layers, norm, lm_head, rope, scratch: Mutex::new(Scratch::default()) }

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::PagedKvCache;
+use crate::kv_cache::{KvLayout, PagedKvCache};
 use crate::Result;
 
 pub mod layers;
@@ -37,6 +37,8 @@ pub struct ModelConfig {
     pub head_dim: usize,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
+    /// Each layer's attention kind, grouped into KV-cache groups: what the cache is built from.
+    pub kv_layout: KvLayout,
 }
 
 /// A decoder-only language model running a ragged batch over a paged KV cache.
