@@ -272,7 +272,10 @@ fn grouped_layout_with_released_blocks_matches_the_reference_bit_for_bit() {
                         let want = reference(&q[h * sh.hd..(h + 1) * sh.hd], &ks, &vs, 0.37);
                         let got = &kept[&(layer, 0, t)][h * sh.hd..(h + 1) * sh.hd];
                         for (a, b) in got.iter().zip(&want) {
-                            assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{kern:?} layer {layer} t {t} h {h}: {a} vs {b}");
+                            assert!(
+                                (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                                "{kern:?} layer {layer} t {t} h {h}: {a} vs {b}"
+                            );
                         }
                     }
                 }
