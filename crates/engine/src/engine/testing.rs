@@ -1,6 +1,7 @@
 //! Test doubles for the engine's unit tests: `FakeLm`, a `CausalLm` whose logits depend on the
-//! whole context *as read back through the block tables* (so a wrong block table, a block
-//! reused while still live, or a missed recompute changes its output), and `Gate`, which lets a
+//! whole context (or, with a sliding window, the window's part of it) *as read back through the
+//! block tables* (so a wrong block table, a block reused while still live, or a missed
+//! recompute changes its output), and `Gate`, which lets a
 //! test hold the engine thread inside `forward` to observe queued and running states.
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use candle_core::{Device, Tensor};
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::{KvLayout, PagedKvCache};
+use crate::kv_cache::{AttentionKind, KvLayout, PagedKvCache};
 use crate::model::{Arch, CausalLm, ModelConfig};
 use crate::{EngineError, Result};
 
@@ -61,9 +62,15 @@ pub fn next_token(context: &[u32]) -> u32 {
 
 /// Greedy continuation of `prompt` by the fake model.
 pub fn greedy(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    greedy_windowed(prompt, max_tokens, None)
+}
+
+/// Greedy continuation by the fake model that sees only the last `window` tokens.
+pub fn greedy_windowed(prompt: &[u32], max_tokens: usize, window: Option<usize>) -> Vec<u32> {
     let mut ctx = prompt.to_vec();
     for _ in 0..max_tokens {
-        ctx.push(next_token(&ctx));
+        let lo = window.map_or(0, |w| ctx.len().saturating_sub(w));
+        ctx.push(next_token(&ctx[lo..]));
     }
     ctx[prompt.len()..].to_vec()
 }
@@ -93,6 +100,14 @@ impl FakeLm {
         };
         Self { cfg, block_size, slots: Mutex::new(HashMap::new()), gate: None, poison: None }
     }
+
+    /// A fake model whose one layer has a sliding window of `window` tokens: it reads only the
+    /// window, and its KV layout lets the scheduler release the blocks before it.
+    pub fn sliding(block_size: usize, max_len: usize, window: usize) -> Self {
+        let mut lm = Self::new(block_size, max_len);
+        lm.cfg.kv_layout = KvLayout::new(&[AttentionKind::Sliding(window)], 1, 8);
+        lm
+    }
 }
 
 impl CausalLm for FakeLm {
@@ -121,7 +136,7 @@ impl CausalLm for FakeLm {
             let s = batch.seqs.iter().find(|s| row >= s.token_start && row < s.token_start + s.num_tokens);
             let s = s.ok_or_else(|| EngineError::InvalidRequest(format!("row {row} outside every sequence")))?;
             let pos = batch.positions[row] as usize;
-            let ctx: Vec<u32> = (0..=pos)
+            let ctx: Vec<u32> = (self.cfg.kv_layout.layer_kind(0).first_visible(pos)..=pos)
                 .map(|p| slots.get(&slot(&s.block_tables[0], p)).copied())
                 .collect::<Option<_>>()
                 .ok_or_else(|| EngineError::InvalidRequest("read of an unwritten KV slot".into()))?;
