@@ -13,8 +13,11 @@ use serde_json::Value;
 use wick_engine::kv_cache::PagedKvCache;
 use wick_engine::model::{load_gguf_model, CausalLm, WeightOptions};
 use wick_engine::ForwardBatch;
+use wick_tests::group_tables;
 
 const BLOCK: usize = 16;
+/// Block ids each KV-cache group gets (4 sequences' tables).
+const STRIDE: usize = 4 * 13;
 
 /// `shared/fixtures/archs` beside the repository (or `WICK_ARCH_FIXTURES`).
 pub fn fixtures_dir() -> PathBuf {
@@ -104,7 +107,8 @@ fn worst(ours: &[f32], want: &[(u32, f32)]) -> f32 {
 fn step(model: &dyn CausalLm, cache: &mut PagedKvCache, seqs: &[(&[u32], usize, Vec<u32>)]) -> Vec<Vec<Vec<f32>>> {
     let mut batch = ForwardBatch::default();
     for (tokens, ctx, table) in seqs {
-        batch.push_seq(tokens, *ctx, table.clone(), false);
+        let groups = cache.layout().num_groups();
+        batch.push_seq(tokens, *ctx, group_tables(groups, table, STRIDE), false);
     }
     batch.logits_rows = (0..batch.num_tokens()).collect();
     let rows = model.forward(&batch, cache).expect("forward").to_vec2::<f32>().unwrap();
@@ -136,7 +140,7 @@ fn check_reference(name: &str, json: &Value, which: Reference) {
     let table = |s: usize| (0..blocks_per_seq as u32).map(|b| s as u32 * blocks_per_seq as u32 + b).collect::<Vec<_>>();
     let mut report = Vec::new();
     // Alone: each prompt in its own cache region, then its greedy continuation.
-    let mut cache = PagedKvCache::new(&cfg.kv_layout, 4 * blocks_per_seq, BLOCK);
+    let mut cache = PagedKvCache::new(&cfg.kv_layout, cfg.kv_layout.num_groups() * STRIDE, BLOCK);
     let mut alone = Vec::new();
     for (s, p) in prompts.iter().enumerate() {
         let n = p.tokens.len();
@@ -175,7 +179,7 @@ fn check_reference(name: &str, json: &Value, which: Reference) {
         alone.push(rows);
     }
     // Together: the three prompts in one step give what they gave alone.
-    let mut cache = PagedKvCache::new(&cfg.kv_layout, 4 * blocks_per_seq, BLOCK);
+    let mut cache = PagedKvCache::new(&cfg.kv_layout, cfg.kv_layout.num_groups() * STRIDE, BLOCK);
     let seqs: Vec<(&[u32], usize, Vec<u32>)> = prompts
         .iter()
         .enumerate()

@@ -15,6 +15,7 @@ use candle_transformers::models::{gemma3, mistral, phi3, qwen2, qwen3};
 use wick_engine::kv_cache::PagedKvCache;
 use wick_engine::model::{load_safetensors_model, CausalLm, WeightOptions};
 use wick_engine::ForwardBatch;
+use wick_tests::group_tables;
 use wick_tests::tiny_hf::{TinyArch, TinyHf};
 
 const BLOCK: usize = 4;
@@ -101,10 +102,11 @@ fn argmax(v: &[f32]) -> u32 {
 /// Prompt in one step (logits for every row), then greedy decode steps one token each.
 fn run_ours(model: &dyn CausalLm, prompt: &[u32], steps: usize) -> (Vec<Vec<f32>>, Vec<u32>) {
     let cfg = model.config();
-    let mut cache = PagedKvCache::new(&cfg.kv_layout, 32, BLOCK);
+    let groups = cfg.kv_layout.num_groups();
+    let mut cache = PagedKvCache::new(&cfg.kv_layout, groups * 16, BLOCK);
     let table: Vec<u32> = (0..16).rev().collect();
     let mut batch = ForwardBatch::default();
-    batch.push_seq(prompt, prompt.len(), table[..prompt.len().div_ceil(BLOCK)].to_vec(), true);
+    batch.push_seq(prompt, prompt.len(), group_tables(groups, &table[..prompt.len().div_ceil(BLOCK)], 16), true);
     batch.logits_rows = (0..prompt.len()).collect();
     let mut rows: Vec<Vec<f32>> = model.forward(&batch, &mut cache).unwrap().to_vec2().unwrap();
     let mut tokens = prompt.to_vec();
@@ -113,7 +115,7 @@ fn run_ours(model: &dyn CausalLm, prompt: &[u32], steps: usize) -> (Vec<Vec<f32>
         tokens.push(next);
         let ctx = tokens.len();
         let mut batch = ForwardBatch::default();
-        batch.push_seq(&[next], ctx, table[..ctx.div_ceil(BLOCK)].to_vec(), true);
+        batch.push_seq(&[next], ctx, group_tables(groups, &table[..ctx.div_ceil(BLOCK)], 16), true);
         rows.extend(model.forward(&batch, &mut cache).unwrap().to_vec2::<f32>().unwrap());
     }
     (rows, tokens)

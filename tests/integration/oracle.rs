@@ -34,6 +34,12 @@ fn blocks(first: u32, n: usize) -> Vec<u32> {
     (0..n as u32).map(|i| first + (n as u32 - 1 - i) * 3).collect()
 }
 
+/// The block tables of a one-group model (the tiny llamas here have no sliding window).
+fn one_group(model: &dyn CausalLm, table: &[u32]) -> Vec<Vec<u32>> {
+    assert_eq!(model.config().kv_layout.num_groups(), 1, "these tests drive one KV-cache group");
+    vec![table.to_vec()]
+}
+
 /// Our model on one sequence: the prompt in one step (logits for every row), then
 /// `decode` tokens one step each. Returns logits per position.
 fn run_ours(model: &dyn CausalLm, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
@@ -41,13 +47,13 @@ fn run_ours(model: &dyn CausalLm, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32
     let mut cache = PagedKvCache::new(&cfg.kv_layout, 64, BLOCK);
     let table = blocks(2, (prompt.len() + decode.len()).div_ceil(BLOCK));
     let mut batch = ForwardBatch::default();
-    batch.push_seq(prompt, prompt.len(), table[..prompt.len().div_ceil(BLOCK)].to_vec(), true);
+    batch.push_seq(prompt, prompt.len(), one_group(model, &table[..prompt.len().div_ceil(BLOCK)]), true);
     batch.logits_rows = (0..prompt.len()).collect();
     let mut out = rows(&model.forward(&batch, &mut cache).expect("prefill"));
     for (i, &tok) in decode.iter().enumerate() {
         let ctx = prompt.len() + i + 1;
         let mut batch = ForwardBatch::default();
-        batch.push_seq(&[tok], ctx, table[..ctx.div_ceil(BLOCK)].to_vec(), true);
+        batch.push_seq(&[tok], ctx, one_group(model, &table[..ctx.div_ceil(BLOCK)]), true);
         out.extend(rows(&model.forward(&batch, &mut cache).expect("decode")));
     }
     out
@@ -218,7 +224,7 @@ fn run_plans(model: &dyn CausalLm, plans: &[Plan], together: bool) -> Vec<Vec<Ve
                 let ctx = done[i] + n;
                 let start = batch.num_tokens();
                 let table = blocks(p.first_block, p.tokens.len().div_ceil(BLOCK));
-                batch.push_seq(&p.tokens[done[i]..ctx], ctx, table[..ctx.div_ceil(BLOCK)].to_vec(), false);
+                batch.push_seq(&p.tokens[done[i]..ctx], ctx, one_group(model, &table[..ctx.div_ceil(BLOCK)]), false);
                 spans.push((i, start, n));
                 done[i] = ctx;
             }

@@ -24,6 +24,9 @@ pub struct TinyLlama {
     pub rms_norm_eps: f32,
     /// No separate LM head: the embedding matrix is reused.
     pub tied_embeddings: bool,
+    /// Mistral-style sliding window on every layer (HF `sliding_window`, GGUF
+    /// `llama.attention.sliding_window`).
+    pub sliding_window: Option<usize>,
     pub seed: u64,
 }
 
@@ -40,6 +43,7 @@ impl Default for TinyLlama {
             rope_theta: 10000.0,
             rms_norm_eps: 1e-5,
             tied_embeddings: false,
+            sliding_window: None,
             seed: 42,
         }
     }
@@ -99,7 +103,7 @@ impl TinyLlama {
 
     /// The Hugging Face `config.json`.
     pub fn config_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut cfg = serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "vocab_size": self.vocab_size,
@@ -115,7 +119,14 @@ impl TinyLlama {
             "bos_token_id": 1,
             "eos_token_id": 2,
             "torch_dtype": "float32"
-        })
+        });
+        if let Some(w) = self.sliding_window {
+            // transformers' llama has no window; its mistral is llama with one.
+            cfg["sliding_window"] = w.into();
+            cfg["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+            cfg["model_type"] = "mistral".into();
+        }
+        cfg
     }
 
     /// Writes `config.json` and `model.safetensors` (f32) into `dir`.
@@ -141,7 +152,7 @@ impl TinyLlama {
             qtensors.push((name, QTensor::quantize(&tensor, ty)?));
         }
         let u = |x: usize| gguf_file::Value::U32(x as u32);
-        let md: Vec<(&str, gguf_file::Value)> = vec![
+        let mut md: Vec<(&str, gguf_file::Value)> = vec![
             ("general.architecture", gguf_file::Value::String("llama".into())),
             ("general.name", gguf_file::Value::String("tiny-llama".into())),
             ("llama.block_count", u(self.num_layers)),
@@ -154,6 +165,9 @@ impl TinyLlama {
             ("llama.rope.freq_base", gguf_file::Value::F32(self.rope_theta)),
             ("llama.attention.layer_norm_rms_epsilon", gguf_file::Value::F32(self.rms_norm_eps)),
         ];
+        if let Some(w) = self.sliding_window {
+            md.push(("llama.attention.sliding_window", u(w)));
+        }
         let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
         let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let mut f = std::fs::File::create(path)?;

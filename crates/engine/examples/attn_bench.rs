@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use wick_engine::batch::ForwardBatch;
-use wick_engine::kv_cache::{paged_attention, AttnParams, PagedKvCache};
+use wick_engine::kv_cache::{paged_attention, AttnParams, KvLayout, PagedKvCache};
 
 const HEADS: usize = 9;
 const KV_HEADS: usize = 3;
@@ -44,7 +44,7 @@ fn best(mut f: impl FnMut(), budget: f64) -> f64 {
 /// whole context's K/V written, and a matching query.
 fn setup(seqs: &[(usize, usize)]) -> (PagedKvCache, ForwardBatch, Vec<f32>) {
     let blocks: usize = seqs.iter().map(|&(_, c)| c.div_ceil(BLOCK)).sum();
-    let mut cache = PagedKvCache::new(&wick_engine::kv_cache::KvLayout::uniform(1, KV_HEADS, HEAD_DIM), blocks, BLOCK);
+    let mut cache = PagedKvCache::new(&KvLayout::uniform(1, KV_HEADS, HEAD_DIM), blocks, BLOCK);
     // Fill the full contexts as one prefill per sequence.
     let mut next = 0u32;
     let mut full = ForwardBatch::default();
@@ -53,8 +53,8 @@ fn setup(seqs: &[(usize, usize)]) -> (PagedKvCache, ForwardBatch, Vec<f32>) {
         let nb = ctx.div_ceil(BLOCK) as u32;
         let table: Vec<u32> = (next..next + nb).collect();
         next += nb;
-        full.push_seq(&vec![0; ctx], ctx, table.clone(), false);
-        batch.push_seq(&vec![0; n], ctx, table, true);
+        full.push_seq(&vec![0; ctx], ctx, vec![table.clone()], false);
+        batch.push_seq(&vec![0; n], ctx, vec![table], true);
     }
     let t = full.num_tokens();
     let k = values(t * KV_HEADS * HEAD_DIM, 1);

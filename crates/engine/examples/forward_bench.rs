@@ -11,8 +11,9 @@ use wick_engine::ForwardBatch;
 
 const BS: usize = 16;
 
-fn table(seq: usize, len: usize) -> Vec<u32> {
-    (0..len.div_ceil(BS)).map(|b| (seq * 64 + b) as u32).collect()
+/// Block tables of sequence `seq` (one per KV-cache group), 64 blocks per (group, sequence).
+fn table(groups: usize, seq: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..groups).map(|g| (0..len.div_ceil(BS)).map(|b| ((g * 17 + seq) * 64 + b) as u32).collect()).collect()
 }
 
 fn prompt(seq: usize, n: usize) -> Vec<u32> {
@@ -21,9 +22,10 @@ fn prompt(seq: usize, n: usize) -> Vec<u32> {
 
 /// Decodes `steps` tokens for `nseq` sequences that each already hold a 32-token prompt.
 fn decode(model: &dyn CausalLm, cache: &mut PagedKvCache, nseq: usize, steps: usize) -> f64 {
+    let g = model.config().kv_layout.num_groups();
     for s in 0..nseq {
         let mut b = ForwardBatch::default();
-        b.push_seq(&prompt(s, 32), 32, table(s, 32), true);
+        b.push_seq(&prompt(s, 32), 32, table(g, s, 32), true);
         model.forward(&b, cache).expect("prefill");
     }
     let t0 = Instant::now();
@@ -31,7 +33,7 @@ fn decode(model: &dyn CausalLm, cache: &mut PagedKvCache, nseq: usize, steps: us
         let ctx = 33 + step;
         let mut b = ForwardBatch::default();
         for s in 0..nseq {
-            b.push_seq(&[(500 + step + s) as u32], ctx, table(s, ctx), true);
+            b.push_seq(&[(500 + step + s) as u32], ctx, table(g, s, ctx), true);
         }
         model.forward(&b, cache).expect("decode");
     }
@@ -52,7 +54,8 @@ fn main() {
     let model = load_gguf_model(path.as_ref(), &opts).expect("load");
     eprintln!("loaded in {:.2}s with {opts:?}", t0.elapsed().as_secs_f64());
     let cfg = model.config().clone();
-    let new_cache = || PagedKvCache::new(&cfg.kv_layout, 64 * 17, BS);
+    let groups = cfg.kv_layout.num_groups();
+    let new_cache = || PagedKvCache::new(&cfg.kv_layout, 64 * 17 * groups, BS);
 
     let mut cache = new_cache();
     decode(model.as_ref(), &mut cache, 1, 4);
@@ -67,7 +70,7 @@ fn main() {
     for rep in 0..3 {
         let mut cache = new_cache();
         let mut b = ForwardBatch::default();
-        b.push_seq(&prompt(rep, 512), 512, table(0, 512), true);
+        b.push_seq(&prompt(rep, 512), 512, table(groups, 0, 512), true);
         let t0 = Instant::now();
         model.forward(&b, &mut cache).expect("prefill");
         best = best.max(512.0 / t0.elapsed().as_secs_f64());

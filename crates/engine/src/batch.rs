@@ -10,8 +10,11 @@ pub struct SeqSlice {
     pub num_tokens: usize,
     /// Tokens in this sequence's KV cache after this step (cached + these).
     pub context_len: usize,
-    /// KV block ids covering `context_len` tokens, in order.
-    pub block_table: Vec<u32>,
+    /// Per KV-cache group (see [`crate::kv_cache::KvLayout`]), the block ids covering
+    /// `context_len` tokens in order; logical block `i` holds positions `[i*bs, (i+1)*bs)`.
+    /// A sliding-window group's entries before the window may be
+    /// [`crate::kv_cache::NO_BLOCK`] (released).
+    pub block_tables: Vec<Vec<u32>>,
 }
 
 /// All tokens of one step. `positions[i]` is the absolute position of `input_ids[i]`
@@ -32,12 +35,12 @@ impl ForwardBatch {
 
     /// Appends a sequence's chunk: `tokens` continue a context of `context_len - tokens.len()`.
     /// When `want_logits`, the last token's row is added to `logits_rows`.
-    pub fn push_seq(&mut self, tokens: &[u32], context_len: usize, block_table: Vec<u32>, want_logits: bool) {
+    pub fn push_seq(&mut self, tokens: &[u32], context_len: usize, block_tables: Vec<Vec<u32>>, want_logits: bool) {
         let token_start = self.input_ids.len();
         let first_pos = context_len - tokens.len();
         self.input_ids.extend_from_slice(tokens);
         self.positions.extend((0..tokens.len()).map(|i| (first_pos + i) as u32));
-        self.seqs.push(SeqSlice { token_start, num_tokens: tokens.len(), context_len, block_table });
+        self.seqs.push(SeqSlice { token_start, num_tokens: tokens.len(), context_len, block_tables });
         if want_logits && !tokens.is_empty() {
             self.logits_rows.push(token_start + tokens.len() - 1);
         }

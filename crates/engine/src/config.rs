@@ -36,18 +36,11 @@ impl Default for EngineConfig {
     }
 }
 
-/// Bytes of K and V one cached token takes over all layers (f32 storage).
-pub fn kv_bytes_per_token(model: &ModelConfig) -> usize {
-    2 * model.num_layers * model.num_kv_heads * model.head_dim * std::mem::size_of::<f32>()
-}
-
 impl EngineConfig {
-    /// KV blocks the cache gets: `num_blocks` when set, else as many as `kv_cache_bytes` holds.
+    /// KV pages the cache gets: `num_blocks` when set, else as many as `kv_cache_bytes` holds
+    /// (a page is `group_size` layers × `block_size` tokens of the model's `kv_layout`).
     pub fn num_kv_blocks(&self, model: &ModelConfig) -> usize {
-        self.num_blocks.unwrap_or_else(|| {
-            let per_block = kv_bytes_per_token(model) * self.block_size;
-            self.kv_cache_bytes / per_block.max(1)
-        })
+        self.num_blocks.unwrap_or_else(|| self.kv_cache_bytes / model.kv_layout.bytes_per_block(self.block_size).max(1))
     }
 
     /// Longest prompt + completion: `max_model_len` capped by the model's own context.

@@ -86,7 +86,10 @@ pub fn perplexity(
     }
     let per_batch = opts.windows_per_batch.clamp(1, num_windows);
     let chunk = opts.max_batch_tokens.max(per_batch) / per_batch;
-    let mut pool = BlockPool::new(per_batch * ctx.div_ceil(opts.block_size), opts.block_size);
+    // Every group of every window keeps the whole window (no sliding-window release: a window
+    // is short, and this keeps the scoring loop trivial).
+    let num_groups = model.config().kv_layout.num_groups();
+    let mut pool = BlockPool::new(per_batch * num_groups * ctx.div_ceil(opts.block_size), opts.block_size);
     let mut cache = new_kv_cache(model.config(), pool.num_blocks(), opts.block_size)?;
     let first = ctx / 2;
     let vocab = model.config().vocab_size;
@@ -103,9 +106,9 @@ pub fn perplexity(
                 win
             })
             .collect();
-        let tables: Vec<Vec<u32>> = group
+        let tables: Vec<Vec<Vec<u32>>> = group
             .iter()
-            .map(|_| pool.allocate_n(ctx.div_ceil(opts.block_size)))
+            .map(|_| (0..num_groups).map(|_| pool.allocate_n(ctx.div_ceil(opts.block_size))).collect())
             .collect::<Option<_>>()
             .ok_or_else(|| EngineError::InvalidRequest("perplexity block pool exhausted".into()))?;
         let mut sums = vec![(0f64, 0f64, 0usize); group.len()];
@@ -115,7 +118,8 @@ pub fn perplexity(
             let mut owners = Vec::new();
             for (w, win) in group.iter().enumerate() {
                 let token_start = batch.num_tokens();
-                batch.push_seq(&win[start..end], end, tables[w][..end.div_ceil(opts.block_size)].to_vec(), false);
+                let nb = end.div_ceil(opts.block_size);
+                batch.push_seq(&win[start..end], end, tables[w].iter().map(|t| t[..nb].to_vec()).collect(), false);
                 for j in start.max(first)..end.min(ctx - 1) {
                     batch.logits_rows.push(token_start + j - start);
                     owners.push((w, win[j + 1]));
@@ -132,7 +136,7 @@ pub fn perplexity(
                 sums[w].2 += 1;
             }
         }
-        for table in &tables {
+        for table in tables.iter().flatten() {
             pool.free_all(table);
         }
         for (w, (nll, nll2, count)) in sums.into_iter().enumerate() {

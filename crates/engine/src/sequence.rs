@@ -1,7 +1,7 @@
 //! `Sequence`: one choice of one request as it moves through the engine.
 //!
 //! The part the [`crate::scheduler::Scheduler`] reads and writes (token ids, how many of them
-//! are in the KV cache, the block table) is plain data here; the generation side (sampler,
+//! are in the KV cache, the block tables) is plain data here; the generation side (sampler,
 //! detokenizer, stop checker, event sender, timings) is the payload `G`, which the scheduler
 //! never touches. The engine uses [`Generation`]; scheduler tests use `()`.
 
@@ -32,8 +32,9 @@ pub struct Sequence<G> {
     pub prompt_len: usize,
     /// Leading tokens of `tokens` whose K/V are in the cache.
     pub num_computed_tokens: usize,
-    /// KV blocks holding this sequence's context, in order.
-    pub block_table: Vec<u32>,
+    /// Per KV-cache group, the blocks holding this sequence's context in order (empty while
+    /// waiting); a sliding-window group's released entries are [`crate::kv_cache::NO_BLOCK`].
+    pub block_tables: Vec<Vec<u32>>,
     pub status: SeqStatus,
     /// How many times this sequence was preempted (its KV dropped and recomputed).
     pub num_preemptions: usize,
@@ -48,7 +49,7 @@ impl<G> Sequence<G> {
             tokens: prompt_ids,
             prompt_len,
             num_computed_tokens: 0,
-            block_table: Vec::new(),
+            block_tables: Vec::new(),
             status: SeqStatus::Waiting,
             num_preemptions: 0,
             gen,
@@ -69,6 +70,11 @@ impl<G> Sequence<G> {
 
     pub fn output_ids(&self) -> &[u32] {
         &self.tokens[self.prompt_len..]
+    }
+
+    /// Pages this sequence holds, over all groups (released entries not counted).
+    pub fn num_blocks_held(&self) -> usize {
+        self.block_tables.iter().flatten().filter(|&&b| b != crate::kv_cache::NO_BLOCK).count()
     }
 
     /// Known tokens not yet in the KV cache (1 while decoding, more while (re)prefilling).

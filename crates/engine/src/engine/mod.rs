@@ -43,11 +43,30 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
 }
 
-/// Allocates the KV storage of `num_blocks` blocks of `block_size` tokens for `model`.
-/// The one place that constructs a [`PagedKvCache`] (the engine and perplexity use it).
+/// Allocates the KV storage of `num_blocks` pages of `block_size` tokens for `model`, shaped by
+/// its `kv_layout`. The one place that constructs a [`PagedKvCache`] (the engine and perplexity
+/// use it).
 pub fn new_kv_cache(model: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<PagedKvCache> {
-    Ok(PagedKvCache::new(&model.kv_layout, num_blocks, block_size))
+    let layout = &model.kv_layout;
+    if layout.num_layers() != model.num_layers
+        || layout.num_kv_heads != model.num_kv_heads
+        || layout.head_dim != model.head_dim
+    {
+        return Err(EngineError::InvalidRequest(format!(
+            "KV layout of {} layers x {} kv heads x {} dims does not match the model's {} x {} x {}",
+            layout.num_layers(),
+            layout.num_kv_heads,
+            layout.head_dim,
+            model.num_layers,
+            model.num_kv_heads,
+            model.head_dim
+        )));
+    }
+    Ok(PagedKvCache::new(layout, num_blocks, block_size))
 }
+
+/// Sequence length at which the startup log quotes KV bytes per token.
+const KV_LOG_TOKENS: usize = 4096;
 
 /// Handle to the engine thread. Cheap to share behind an `Arc`; dropping it stops the thread.
 pub struct Engine {
@@ -56,8 +75,11 @@ pub struct Engine {
     text: Arc<TextProcessor>,
     model_config: ModelConfig,
     max_model_len: usize,
-    /// Tokens the whole KV cache holds: no single choice may need more.
-    cache_tokens: usize,
+    /// Pages in the KV cache: no single choice may need more at once.
+    num_blocks: usize,
+    block_size: usize,
+    /// Largest prefill chunk (the step budget), which bounds a sliding group's pages.
+    max_chunk: usize,
     max_waiting: usize,
     thread: Option<JoinHandle<()>>,
 }
@@ -77,6 +99,18 @@ impl Engine {
         }
         let max_model_len = cfg.effective_max_model_len(&model_config);
         let cache = new_kv_cache(&model_config, num_blocks, cfg.block_size)?;
+        let layout = &model_config.kv_layout;
+        let full = crate::kv_cache::KvLayout::uniform(layout.num_layers(), layout.num_kv_heads, layout.head_dim);
+        tracing::info!(
+            "KV cache: {}; {num_blocks} pages of {} tokens ({} KiB each, {} MiB in all); \
+             {:.0} KV bytes per token for a {KV_LOG_TOKENS}-token sequence ({:.0} if every layer kept it all)",
+            layout.describe(),
+            cfg.block_size,
+            layout.bytes_per_block(cfg.block_size) / 1024,
+            cache.storage_bytes() >> 20,
+            layout.kv_bytes_per_token(KV_LOG_TOKENS, cfg.block_size),
+            full.kv_bytes_per_token(KV_LOG_TOKENS, cfg.block_size),
+        );
         let shared = Arc::new(Shared {
             stats: StatsCell::default(),
             queued: AtomicUsize::new(0),
@@ -94,7 +128,9 @@ impl Engine {
             text,
             model_config,
             max_model_len,
-            cache_tokens: num_blocks * cfg.block_size,
+            num_blocks,
+            block_size: cfg.block_size,
+            max_chunk: cfg.max_num_batched_tokens,
             max_waiting: cfg.max_waiting,
             thread: Some(thread),
         })
@@ -146,10 +182,12 @@ impl Engine {
         if requested > self.max_model_len {
             return Err(SubmitError::ContextLength { max_context: self.max_model_len, requested, prompt, completion });
         }
-        if requested > self.cache_tokens {
+        let pages = self.model_config.kv_layout.peak_blocks(requested, self.max_chunk, self.block_size);
+        if pages > self.num_blocks {
             return Err(SubmitError::Invalid(format!(
-                "the request needs {requested} tokens of KV cache but the whole cache holds {}",
-                self.cache_tokens
+                "the request needs {requested} tokens of KV cache ({pages} pages of {} tokens over its KV-cache \
+                 groups) but the whole cache holds {} pages",
+                self.block_size, self.num_blocks
             )));
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! Test doubles for the engine's unit tests: `FakeLm`, a `CausalLm` whose logits depend on the
-//! whole context *as read back through the block tables* (so a wrong block table, a block
-//! reused while still live, or a missed recompute changes its output), and `Gate`, which lets a
+//! whole context (or, with a sliding window, the window's part of it) *as read back through the
+//! block tables* (so a wrong block table, a block reused while still live, or a missed
+//! recompute changes its output), and `Gate`, which lets a
 //! test hold the engine thread inside `forward` to observe queued and running states.
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use candle_core::{Device, Tensor};
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::PagedKvCache;
+use crate::kv_cache::{AttentionKind, KvLayout, PagedKvCache};
 use crate::model::{CausalLm, ModelConfig};
 use crate::{EngineError, Result};
 
@@ -61,9 +62,15 @@ pub fn next_token(context: &[u32]) -> u32 {
 
 /// Greedy continuation of `prompt` by the fake model.
 pub fn greedy(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    greedy_windowed(prompt, max_tokens, None)
+}
+
+/// Greedy continuation by the fake model that sees only the last `window` tokens.
+pub fn greedy_windowed(prompt: &[u32], max_tokens: usize, window: Option<usize>) -> Vec<u32> {
     let mut ctx = prompt.to_vec();
     for _ in 0..max_tokens {
-        ctx.push(next_token(&ctx));
+        let lo = window.map_or(0, |w| ctx.len().saturating_sub(w));
+        ctx.push(next_token(&ctx[lo..]));
     }
     ctx[prompt.len()..].to_vec()
 }
@@ -89,9 +96,17 @@ impl FakeLm {
             num_kv_heads: 1,
             head_dim: 8,
             max_position_embeddings: max_len,
-            kv_layout: crate::kv_cache::KvLayout::uniform(1, 1, 8),
+            kv_layout: KvLayout::uniform(1, 1, 8),
         };
         Self { cfg, block_size, slots: Mutex::new(HashMap::new()), gate: None, poison: None }
+    }
+
+    /// A fake model whose one layer has a sliding window of `window` tokens: it reads only the
+    /// window, and its KV layout lets the scheduler release the blocks before it.
+    pub fn sliding(block_size: usize, max_len: usize, window: usize) -> Self {
+        let mut lm = Self::new(block_size, max_len);
+        lm.cfg.kv_layout = KvLayout::new(&[AttentionKind::Sliding(window)], 1, 8);
+        lm
     }
 }
 
@@ -113,7 +128,7 @@ impl CausalLm for FakeLm {
         for s in &batch.seqs {
             for i in 0..s.num_tokens {
                 let pos = s.context_len - s.num_tokens + i;
-                slots.insert(slot(&s.block_table, pos), batch.input_ids[s.token_start + i]);
+                slots.insert(slot(&s.block_tables[0], pos), batch.input_ids[s.token_start + i]);
             }
         }
         let mut logits = vec![0f32; batch.logits_rows.len() * VOCAB];
@@ -121,8 +136,8 @@ impl CausalLm for FakeLm {
             let s = batch.seqs.iter().find(|s| row >= s.token_start && row < s.token_start + s.num_tokens);
             let s = s.ok_or_else(|| EngineError::InvalidRequest(format!("row {row} outside every sequence")))?;
             let pos = batch.positions[row] as usize;
-            let ctx: Vec<u32> = (0..=pos)
-                .map(|p| slots.get(&slot(&s.block_table, p)).copied())
+            let ctx: Vec<u32> = (self.cfg.kv_layout.layer_kind(0).first_visible(pos)..=pos)
+                .map(|p| slots.get(&slot(&s.block_tables[0], p)).copied())
                 .collect::<Option<_>>()
                 .ok_or_else(|| EngineError::InvalidRequest("read of an unwritten KV slot".into()))?;
             let next = next_token(&ctx) as usize;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::testing::{greedy, tiny_text, FakeLm, Gate, OpenOnDrop};
+use super::testing::{greedy, greedy_windowed, tiny_text, FakeLm, Gate, OpenOnDrop};
 use super::Engine;
 use crate::request::{Event, FinishReason, GenerateRequest, SamplingParams};
 use crate::{EngineConfig, EngineStats, SubmitError};
@@ -226,6 +226,30 @@ fn requests_beyond_context_or_cache_are_refused_at_submit() {
     assert!(matches!(engine.submit(request(prompt(20, 1), greedy_params(13))), Err(SubmitError::Invalid(_))));
     assert!(engine.submit(request(prompt(20, 1), greedy_params(12))).is_ok());
     assert!(matches!(engine.submit(request(vec![], greedy_params(4))), Err(SubmitError::Invalid(_))));
+}
+
+#[test]
+fn sliding_window_requests_longer_than_the_cache_run_and_match_their_solo_outputs() {
+    // Window 6, blocks of 4, 8-token steps: a sequence holds at most ceil((6 - 1 + 8) / 4) + 1
+    // = 5 pages, so 8 pages (32 tokens) serve four requests of about 50 tokens each, reusing
+    // the pages their windows left. (Preemption with groups is covered by the scheduler tests.)
+    let cfg = EngineConfig { num_blocks: Some(8), max_num_batched_tokens: 8, ..config() };
+    let eng = engine(FakeLm::sliding(BLOCK, 128, 6), cfg.clone());
+    let cases: Vec<(Vec<u32>, usize)> = (0..4).map(|i| (prompt(14 + 3 * i, i as u32), 36 - 3 * i)).collect();
+    let mut rxs = Vec::new();
+    for (p, max) in &cases {
+        rxs.push(eng.submit(request(p.clone(), greedy_params(*max))).unwrap());
+    }
+    for ((p, max), rx) in cases.iter().zip(rxs.iter_mut()) {
+        let want = greedy_windowed(p, *max, Some(6));
+        assert_ne!(want, greedy(p, *max), "the window changes the output");
+        assert_eq!(tokens(&collect(rx), 0), want, "prompt of {} tokens", p.len());
+    }
+    wait_for(&eng, "all blocks freed", |s| s.kv_blocks_used == 0 && s.running == 0);
+    // The fit check counts the window's pages: 5 fit in 6, not in 4.
+    let small = engine(FakeLm::sliding(BLOCK, 128, 6), EngineConfig { num_blocks: Some(4), ..cfg });
+    assert!(matches!(small.submit(request(prompt(20, 1), greedy_params(30))), Err(SubmitError::Invalid(_))));
+    assert!(small.submit(request(prompt(3, 1), greedy_params(9))).is_ok(), "12 tokens: 3 pages");
 }
 
 #[test]

@@ -74,10 +74,11 @@ impl Worker {
     ) -> Self {
         let sched_cfg =
             SchedulerConfig { max_num_seqs: cfg.max_num_seqs, max_num_batched_tokens: cfg.max_num_batched_tokens };
+        let groups = cache.layout().groups.clone();
         Self {
             model,
             cache,
-            sched: Scheduler::new(sched_cfg, BlockPool::new(num_blocks, cfg.block_size)),
+            sched: Scheduler::new(sched_cfg, BlockPool::new(num_blocks, cfg.block_size), groups),
             requests: HashMap::new(),
             text,
             max_model_len,

@@ -1,7 +1,10 @@
 //! Ragged paged attention on the host: for every query token of every sequence in a step,
 //! `softmax(q·k * scale) · v` over that sequence's cached positions `<= p` (optionally only the
-//! last `window` of them), read block by block through its block table. Grouped-query
-//! attention maps query head `h` to kv head `h / (heads / kv_heads)`; K/V are never copied.
+//! last `window` of them), read block by block through the block table of the layer's KV-cache
+//! group. A sliding-window layer's window is also the layer's own (`KvLayout`): its group keeps
+//! only the window's pages, so no query reads past it even when `AttnParams::window` is unset.
+//! Grouped-query attention maps query head `h` to kv head `h / (heads / kv_heads)`; K/V are
+//! never copied.
 //!
 //! This module owns the work split and the tiling; the arithmetic is in `attention_avx2`
 //! (AVX2+FMA, chosen at run time) and `attention_scalar` (portable). Work is split over
@@ -25,7 +28,8 @@ use crate::kv_cache::{attention_scalar as scalar, PagedKvCache};
 pub struct AttnParams {
     /// Multiplier of q·k (usually `1/sqrt(head_dim)`).
     pub scale: f32,
-    /// Sliding window: a query at position p sees keys at positions `> p - window`.
+    /// Sliding window: a query at position p sees keys at positions `> p - window`. A layer
+    /// whose `AttentionKind` is `Sliding(w)` is always windowed to at most `w`.
     pub window: Option<usize>,
 }
 
@@ -137,6 +141,8 @@ struct Step<'a> {
     group: usize,
     hd: usize,
     params: AttnParams,
+    /// The layer's KV-cache group (which of a sequence's block tables to walk).
+    kv_group: usize,
     kern: Kernels,
 }
 
@@ -162,7 +168,9 @@ pub fn paged_attention(
     num_heads: usize,
     params: AttnParams,
 ) -> Vec<f32> {
-    let products: usize = batch.seqs.iter().map(|s| s.num_tokens * s.context_len).sum::<usize>() * num_heads;
+    let window = layer_window(cache, layer, params.window);
+    let seen = |s: &crate::batch::SeqSlice| window.map_or(s.context_len, |w| s.context_len.min(w + s.num_tokens));
+    let products: usize = batch.seqs.iter().map(|s| s.num_tokens * seen(s)).sum::<usize>() * num_heads;
     attention_with(cache, layer, batch, q, num_heads, params, Kernels::detect(), products >= PARALLEL_MIN_PRODUCTS)
 }
 
@@ -194,7 +202,9 @@ fn attention_with(
         }
     }
     let (ks, vs) = cache.layer(layer);
-    let step = Step { ks, vs, cache, batch, q, num_heads, group, hd, params, kern };
+    let params = AttnParams { window: layer_window(cache, layer, params.window), ..params };
+    let kv_group = cache.layout().layer_group[layer];
+    let step = Step { ks, vs, cache, batch, q, num_heads, group, hd, params, kv_group, kern };
     let dst = OutPtr(out.as_mut_ptr());
     let run = |range: Range<usize>| {
         let mut scratch = Scratch::default();
@@ -208,6 +218,15 @@ fn attention_with(
         run(0..items.len());
     }
     out
+}
+
+/// The window `layer` attends with: the tighter of the requested one and its KV-cache group's.
+fn layer_window(cache: &PagedKvCache, layer: usize, requested: Option<usize>) -> Option<usize> {
+    let requested = requested.filter(|&w| w > 0);
+    match (requested, cache.layout().layer_kind(layer).window()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// First position a query at `pos` sees.
@@ -225,12 +244,13 @@ fn run_item(step: &Step, item: &Item, scratch: &mut Scratch, dst: &OutPtr) {
     let heads = (item.kv_head * step.group)..((item.kv_head + 1) * step.group).min(step.num_heads);
     let base = first_key(first + item.start, step.params.window);
     let last = first + item.end - 1;
-    // Row offsets of positions base..=last, walking the block table without divisions.
+    // Row offsets of positions base..=last, walking the group's block table without divisions.
     let bs = step.cache.block_size;
+    let table = &s.block_tables[step.kv_group];
     scratch.offs.clear();
     let (mut block, mut slot) = (base / bs, base % bs);
     for _ in base..=last {
-        scratch.offs.push(step.cache.offset(s.block_table[block] as usize, item.kv_head, slot));
+        scratch.offs.push(step.cache.offset(table[block] as usize, item.kv_head, slot));
         slot += 1;
         if slot == bs {
             slot = 0;

@@ -1,5 +1,6 @@
-//! The paged KV cache: a refcounted block pool (`BlockPool`) and the per-layer storage the
-//! model writes into and attends over (`PagedKvCache`).
+//! The paged KV cache: the layout of a model's layers over KV-cache groups (`KvLayout`), a
+//! refcounted pool of pages shared by every group (`BlockPool`), and the storage the model
+//! writes into and attends over (`PagedKvCache`).
 
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
@@ -11,5 +12,5 @@ pub mod paged;
 
 pub use attention::{paged_attention, AttnParams};
 pub use block_pool::BlockPool;
-pub use layout::{AttentionKind, KvLayout};
+pub use layout::{AttentionKind, KvLayout, NO_BLOCK};
 pub use paged::PagedKvCache;

@@ -1,150 +1,169 @@
-//! `PagedKvCache`: per-layer K/V storage in fixed-size blocks. Each layer keeps K and V as
-//! plain host `f32` vectors laid out `[block][kv_head][slot][head_dim]`, so a step writes each
-//! new token's K/V in place (no concatenation, no per-head copies) and attention
-//! (`kv_cache::attention`) reads a sequence's context block by block through its block table.
+//! `PagedKvCache`: K/V storage in fixed-size pages, shared by every KV-cache group of a
+//! [`KvLayout`]. A page (block) holds `group_size` layers × `block_size` tokens; the storage is
+//! `group_size` slot arrays, each a plain host `f32` vector laid out
+//! `[block][kv_head][slot][head_dim]`. Layer `l` reads and writes slot array `layer_slot[l]` at
+//! the block ids of its group's table (`SeqSlice::block_tables[layer_group[l]]`), so a step
+//! writes each new token's K/V in place (no concatenation, no per-head copies) and attention
+//! (`kv_cache::attention`) reads a sequence's context block by block.
 
 use crate::batch::ForwardBatch;
+use crate::kv_cache::layout::{KvLayout, NO_BLOCK};
 use crate::{EngineError, Result};
 
-/// K/V storage for every layer, in `num_blocks` blocks of `block_size` token slots.
+/// K/V storage for every layer, in `num_blocks` pages of `block_size` token slots.
 pub struct PagedKvCache {
     pub num_blocks: usize,
     pub block_size: usize,
-    num_layers: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    /// Per layer, `[block][kv_head][slot][head_dim]`.
+    layout: KvLayout,
+    /// Per page slot (`0..group_size`), `[block][kv_head][slot][head_dim]`.
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
 }
 
 impl PagedKvCache {
-    pub fn new(layout: &crate::kv_cache::KvLayout, num_blocks: usize, block_size: usize) -> Self {
-        let (num_layers, num_kv_heads, head_dim) = (layout.num_layers(), layout.num_kv_heads, layout.head_dim);
-        let per_layer = num_blocks * num_kv_heads * block_size * head_dim;
+    /// Storage for `num_blocks` pages of `block_size` tokens of `layout`.
+    pub fn new(layout: &KvLayout, num_blocks: usize, block_size: usize) -> Self {
+        let per_slot = num_blocks * layout.num_kv_heads * block_size * layout.head_dim;
         Self {
             num_blocks,
             block_size,
-            num_layers,
-            num_kv_heads,
-            head_dim,
-            k: (0..num_layers).map(|_| vec![0f32; per_layer]).collect(),
-            v: (0..num_layers).map(|_| vec![0f32; per_layer]).collect(),
+            layout: layout.clone(),
+            k: (0..layout.group_size).map(|_| vec![0f32; per_slot]).collect(),
+            v: (0..layout.group_size).map(|_| vec![0f32; per_slot]).collect(),
         }
     }
 
-    /// Bytes one block takes across all layers (K and V, f32).
-    pub fn bytes_per_block(num_layers: usize, num_kv_heads: usize, head_dim: usize, block_size: usize) -> usize {
-        2 * num_layers * num_kv_heads * head_dim * block_size * std::mem::size_of::<f32>()
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
     }
-
-    /// How many blocks fit in `budget_bytes` (at least one).
-    pub fn num_blocks_for_budget(
-        budget_bytes: usize,
-        num_layers: usize,
-        num_kv_heads: usize,
-        head_dim: usize,
-        block_size: usize,
-    ) -> usize {
-        let per = Self::bytes_per_block(num_layers, num_kv_heads, head_dim, block_size).max(1);
-        (budget_bytes / per).max(1)
-    }
-
     pub fn num_layers(&self) -> usize {
-        self.num_layers
+        self.layout.num_layers()
     }
     pub fn num_kv_heads(&self) -> usize {
-        self.num_kv_heads
+        self.layout.num_kv_heads
     }
     pub fn head_dim(&self) -> usize {
-        self.head_dim
+        self.layout.head_dim
     }
 
-    /// Checks that every sequence of `batch` fits its block table and the cache, so the
-    /// writes and reads of a step cannot go out of bounds.
+    /// Checks every sequence of `batch` against its block tables and the cache, so the writes
+    /// and reads of a step cannot go out of bounds: one table per group; in each, the blocks
+    /// this step writes or any of its queries reads are real pages of the cache, and
+    /// [`NO_BLOCK`] appears only before the window of the step's first query.
     pub fn validate(&self, batch: &ForwardBatch) -> Result<()> {
         let t = batch.num_tokens();
+        let bad = |m: String| Err(EngineError::InvalidRequest(m));
         if batch.positions.len() != t {
-            return Err(EngineError::InvalidRequest(format!(
-                "batch has {t} tokens but {} positions",
-                batch.positions.len()
-            )));
+            return bad(format!("batch has {t} tokens but {} positions", batch.positions.len()));
         }
+        let bs = self.block_size;
         for (i, s) in batch.seqs.iter().enumerate() {
             if s.token_start + s.num_tokens > t || s.num_tokens > s.context_len {
-                return Err(EngineError::InvalidRequest(format!("sequence {i} slice is out of the batch")));
+                return bad(format!("sequence {i} slice is out of the batch"));
             }
-            if s.context_len > s.block_table.len() * self.block_size {
-                return Err(EngineError::InvalidRequest(format!(
-                    "sequence {i}: context of {} tokens but {} blocks of {}",
-                    s.context_len,
-                    s.block_table.len(),
-                    self.block_size
-                )));
-            }
-            if let Some(&b) = s.block_table.iter().find(|&&b| b as usize >= self.num_blocks) {
-                return Err(EngineError::InvalidRequest(format!(
-                    "sequence {i}: block {b} is beyond the cache's {} blocks",
-                    self.num_blocks
-                )));
+            if s.block_tables.len() != self.layout.num_groups() {
+                return bad(format!(
+                    "sequence {i}: {} block tables for {} KV-cache groups",
+                    s.block_tables.len(),
+                    self.layout.num_groups()
+                ));
             }
             let first = s.context_len - s.num_tokens;
+            for (g, (table, kind)) in s.block_tables.iter().zip(&self.layout.groups).enumerate() {
+                if s.context_len > table.len() * bs {
+                    return bad(format!(
+                        "sequence {i} group {g}: context of {} tokens but {} blocks of {bs}",
+                        s.context_len,
+                        table.len()
+                    ));
+                }
+                // Blocks before `live` are never read this step and may be released.
+                let live = kind.first_live_block(first, bs);
+                for (j, &b) in table.iter().enumerate() {
+                    if b == NO_BLOCK && j >= live {
+                        return bad(format!(
+                            "sequence {i} group {g}: block {j} was released but position {first} still reads it"
+                        ));
+                    }
+                    if b != NO_BLOCK && b as usize >= self.num_blocks {
+                        return bad(format!(
+                            "sequence {i} group {g}: block {b} is beyond the cache's {} blocks",
+                            self.num_blocks
+                        ));
+                    }
+                }
+            }
             for (j, &p) in batch.positions[s.token_start..s.token_start + s.num_tokens].iter().enumerate() {
                 if p as usize != first + j {
-                    return Err(EngineError::InvalidRequest(format!(
-                        "sequence {i}: token {j} has position {p}, expected {}",
-                        first + j
-                    )));
+                    return bad(format!("sequence {i}: token {j} has position {p}, expected {}", first + j));
                 }
             }
         }
         Ok(())
     }
 
-    /// Offset of `(block, kv_head, slot)` inside one layer's storage.
+    /// Offset of `(block, kv_head, slot)` inside one slot array.
     #[inline]
     pub(crate) fn offset(&self, block: usize, kv_head: usize, slot: usize) -> usize {
-        ((block * self.num_kv_heads + kv_head) * self.block_size + slot) * self.head_dim
+        ((block * self.layout.num_kv_heads + kv_head) * self.block_size + slot) * self.layout.head_dim
     }
 
     /// Writes this step's keys and values (`[T, kv_heads, head_dim]`, host f32) of `layer`
-    /// into each token's slot. Call `validate` on the batch first.
+    /// into each token's slot of its group's pages. Call `validate` on the batch first.
     pub fn write(&mut self, layer: usize, batch: &ForwardBatch, k: &[f32], v: &[f32]) {
-        let (kvh, hd, bs) = (self.num_kv_heads, self.head_dim, self.block_size);
+        let (kvh, hd, bs) = (self.layout.num_kv_heads, self.layout.head_dim, self.block_size);
+        let (group, page_slot) = (self.layout.layer_group[layer], self.layout.layer_slot[layer]);
         let row = kvh * hd;
         for s in &batch.seqs {
+            let table = &s.block_tables[group];
             let first = s.context_len - s.num_tokens;
             for j in 0..s.num_tokens {
                 let pos = first + j;
-                let block = s.block_table[pos / bs] as usize;
+                let block = table[pos / bs] as usize;
                 let slot = pos % bs;
                 let t = s.token_start + j;
                 for h in 0..kvh {
                     let dst = self.offset(block, h, slot);
                     let src = t * row + h * hd;
-                    self.k[layer][dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-                    self.v[layer][dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                    self.k[page_slot][dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                    self.v[page_slot][dst..dst + hd].copy_from_slice(&v[src..src + hd]);
                 }
             }
         }
     }
 
-    /// This layer's key and value storage.
+    /// The key and value storage `layer` reads (its page slot's arrays).
     pub(crate) fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
-        (&self.k[layer], &self.v[layer])
+        let slot = self.layout.layer_slot[layer];
+        (&self.k[slot], &self.v[slot])
+    }
+
+    /// Overwrites every slot of `block` with NaN (tests: a read of a released page shows).
+    #[cfg(test)]
+    pub(crate) fn poison_block(&mut self, block: usize) {
+        let r = self.offset(block, 0, 0)..self.offset(block + 1, 0, 0);
+        for a in self.k.iter_mut().chain(self.v.iter_mut()) {
+            a[r.clone()].fill(f32::NAN);
+        }
+    }
+
+    /// Bytes of K/V storage the cache holds (`num_blocks` pages).
+    pub fn storage_bytes(&self) -> usize {
+        self.num_blocks * self.layout.bytes_per_block(self.block_size)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv_cache::layout::AttentionKind::{Full, Sliding};
 
     #[test]
     fn writes_land_in_the_block_table_slots() {
-        let mut cache = PagedKvCache::new(&crate::kv_cache::KvLayout::uniform(1, 2, 4), 8, 2);
+        let mut cache = PagedKvCache::new(&KvLayout::uniform(1, 2, 4), 8, 2);
         let mut batch = ForwardBatch::default();
         // Three tokens continuing a context of 2, blocks 5 and 3 and 6.
-        batch.push_seq(&[1, 2, 3], 5, vec![5, 3, 6], true);
+        batch.push_seq(&[1, 2, 3], 5, vec![vec![5, 3, 6]], true);
         cache.validate(&batch).unwrap();
         let k: Vec<f32> = (0..3 * 2 * 4).map(|x| x as f32).collect();
         let v: Vec<f32> = k.iter().map(|x| -x).collect();
@@ -159,20 +178,61 @@ mod tests {
     }
 
     #[test]
-    fn validate_rejects_short_block_tables_and_unknown_blocks() {
-        let cache = PagedKvCache::new(&crate::kv_cache::KvLayout::uniform(1, 1, 4), 4, 2);
+    fn layers_of_a_group_share_pages_in_their_own_slots() {
+        // 4 layers: 0 and 2 sliding (group 0), 1 and 3 full (group 1); group size 2.
+        let layout = KvLayout::new(&[Sliding(3), Full, Sliding(3), Full], 1, 2);
+        assert_eq!(layout.groups, vec![Sliding(3), Full]);
+        let mut cache = PagedKvCache::new(&layout, 4, 2);
+        assert_eq!(cache.storage_bytes(), 4 * 2 * 2 * 2 * 2 * 4);
         let mut batch = ForwardBatch::default();
-        batch.push_seq(&[1, 2, 3], 3, vec![0], true);
+        batch.push_seq(&[7], 1, vec![vec![1], vec![2]], true);
+        cache.validate(&batch).unwrap();
+        for l in 0..4 {
+            let x = [l as f32, 10.0 + l as f32];
+            cache.write(l, &batch, &x, &x);
+        }
+        // Layer 2 is slot 1 of group 0's block 1; layer 3 is slot 1 of group 1's block 2.
+        assert_eq!(&cache.layer(2).0[cache.offset(1, 0, 0)..][..2], &[2.0, 12.0]);
+        assert_eq!(&cache.layer(3).0[cache.offset(2, 0, 0)..][..2], &[3.0, 13.0]);
+        assert_eq!(&cache.layer(0).0[cache.offset(1, 0, 0)..][..2], &[0.0, 10.0]);
+        assert_eq!(&cache.layer(1).1[cache.offset(2, 0, 0)..][..2], &[1.0, 11.0]);
+    }
+
+    #[test]
+    fn validate_rejects_short_block_tables_and_unknown_blocks() {
+        let cache = PagedKvCache::new(&KvLayout::uniform(1, 1, 4), 4, 2);
+        let mut batch = ForwardBatch::default();
+        batch.push_seq(&[1, 2, 3], 3, vec![vec![0]], true);
         assert!(cache.validate(&batch).is_err());
         let mut batch = ForwardBatch::default();
-        batch.push_seq(&[1], 1, vec![9], true);
+        batch.push_seq(&[1], 1, vec![vec![9]], true);
+        assert!(cache.validate(&batch).is_err());
+        // One table per group.
+        let mut batch = ForwardBatch::default();
+        batch.push_seq(&[1], 1, vec![vec![0], vec![1]], true);
+        assert!(cache.validate(&batch).is_err());
+        // A full-attention group never releases blocks.
+        let mut batch = ForwardBatch::default();
+        batch.push_seq(&[1], 5, vec![vec![NO_BLOCK, 1, 2]], true);
         assert!(cache.validate(&batch).is_err());
     }
 
     #[test]
-    fn budget_gives_whole_blocks() {
-        let per = PagedKvCache::bytes_per_block(30, 3, 64, 16);
-        assert_eq!(per, 2 * 30 * 3 * 64 * 16 * 4);
-        assert_eq!(PagedKvCache::num_blocks_for_budget(per * 10 + 5, 30, 3, 64, 16), 10);
+    fn validate_allows_released_blocks_only_before_the_window() {
+        // Window 3, blocks of 2: a decode at position 6 reads 4..=6, blocks 2 and 3.
+        let cache = PagedKvCache::new(&KvLayout::new(&[Sliding(3)], 1, 4), 8, 2);
+        let ok = |tables: Vec<u32>, tokens: &[u32], ctx: usize| {
+            let mut batch = ForwardBatch::default();
+            batch.push_seq(tokens, ctx, vec![tables], true);
+            cache.validate(&batch).is_ok()
+        };
+        assert!(ok(vec![NO_BLOCK, NO_BLOCK, 4, 5], &[1], 7));
+        assert!(ok(vec![0, NO_BLOCK, 4, 5], &[1], 7), "an unreleased early block is fine");
+        assert!(!ok(vec![NO_BLOCK, NO_BLOCK, NO_BLOCK, 5], &[1], 7), "position 4 is still in the window");
+        // A chunk of 3 at positions 4..=6: its first query reads from position 2 (block 1).
+        assert!(ok(vec![NO_BLOCK, 3, 4, 5], &[1, 2, 3], 7));
+        assert!(!ok(vec![NO_BLOCK, NO_BLOCK, 4, 5], &[1, 2, 3], 7));
+        // A sentinel after the window is never allowed.
+        assert!(!ok(vec![NO_BLOCK, NO_BLOCK, 4, 5, NO_BLOCK], &[1], 7));
     }
 }

@@ -14,6 +14,14 @@
 //! waiting queue with every token it has (prompt and output), so its next prefill recomputes the
 //! whole context and generation resumes where it stopped.
 //!
+//! KV blocks are pages of one shared [`BlockPool`], and every sequence has one block table per
+//! KV-cache group (see [`crate::kv_cache::KvLayout`]). For a chunk of `n` tokens from computed
+//! position `c`, a full-attention group holds blocks covering `[0, c + n)`, a sliding-window
+//! group of window `w` only those covering `[max(0, c + 1 - w), c + n)`: earlier entries are
+//! [`NO_BLOCK`], and after each step ([`Scheduler::commit`]) a sliding group returns to the pool
+//! the blocks its next query can no longer see. Admission and preemption count pages over all
+//! groups.
+//!
 //! The scheduler is pure bookkeeping: it owns the sequences and the [`BlockPool`], but no model,
 //! cache tensors or channels. The engine calls [`Scheduler::plan`], builds the
 //! [`ForwardBatch`] with [`Scheduler::build_batch`], runs the model, then calls
@@ -22,7 +30,7 @@
 use std::collections::VecDeque;
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::BlockPool;
+use crate::kv_cache::{AttentionKind, BlockPool, NO_BLOCK};
 use crate::sequence::{SeqId, SeqStatus, Sequence};
 
 #[cfg(test)]
@@ -75,6 +83,8 @@ impl StepPlan {
 pub struct Scheduler<G> {
     cfg: SchedulerConfig,
     pool: BlockPool,
+    /// Kind of each KV-cache group (a sequence has one block table per group).
+    groups: Vec<AttentionKind>,
     waiting: VecDeque<Sequence<G>>,
     /// In admission order, oldest first.
     running: Vec<Sequence<G>>,
@@ -82,13 +92,28 @@ pub struct Scheduler<G> {
 }
 
 impl<G> Scheduler<G> {
-    pub fn new(cfg: SchedulerConfig, pool: BlockPool) -> Self {
+    /// A scheduler over `pool`, whose pages serve the KV-cache groups `groups`
+    /// (`KvLayout::groups`; `vec![AttentionKind::Full]` for a model without sliding windows).
+    pub fn new(cfg: SchedulerConfig, pool: BlockPool, groups: Vec<AttentionKind>) -> Self {
         assert!(cfg.max_num_seqs > 0 && cfg.max_num_batched_tokens > 0, "scheduler limits must be positive");
-        Self { cfg, pool, waiting: VecDeque::new(), running: Vec::new(), num_preemptions: 0 }
+        assert!(!groups.is_empty(), "the KV cache needs at least one group");
+        Self { cfg, pool, groups, waiting: VecDeque::new(), running: Vec::new(), num_preemptions: 0 }
     }
 
     pub fn pool(&self) -> &BlockPool {
         &self.pool
+    }
+
+    /// Kind of each KV-cache group.
+    pub fn groups(&self) -> &[AttentionKind] {
+        &self.groups
+    }
+
+    /// Pages a sequence of `len` tokens may hold at once over all groups while it is computed
+    /// (in chunks of at most the step budget): what admission requires free.
+    pub fn peak_blocks(&self, len: usize) -> usize {
+        let (chunk, bs) = (self.cfg.max_num_batched_tokens, self.pool.block_size());
+        self.groups.iter().map(|k| k.peak_blocks(len, chunk, bs)).sum()
     }
 
     pub fn num_waiting(&self) -> usize {
@@ -135,8 +160,7 @@ impl<G> Scheduler<G> {
             let i = self.waiting.iter().position(|s| s.id == id)?;
             self.waiting.remove(i)?
         };
-        self.pool.free_all(&seq.block_table);
-        seq.block_table.clear();
+        free_tables(&mut self.pool, &mut seq.block_tables);
         seq.num_computed_tokens = 0;
         Some(seq)
     }
@@ -188,11 +212,8 @@ impl<G> Scheduler<G> {
     /// sequences while blocks are short. Returns false if `running[i]` itself was preempted.
     fn reserve_running(&mut self, i: usize, n: usize, plan: &mut StepPlan, budget: &mut usize) -> bool {
         loop {
-            let seq = &self.running[i];
-            let need = self.pool.blocks_for(seq.num_computed_tokens + n).saturating_sub(seq.block_table.len());
-            if need <= self.pool.num_free() {
-                let blocks = self.pool.allocate_n(need).unwrap_or_default();
-                self.running[i].block_table.extend(blocks);
+            let seq = &mut self.running[i];
+            if extend_tables(&mut self.pool, &self.groups, &mut seq.block_tables, seq.num_computed_tokens, n) {
                 return true;
             }
             let victim = self.running.len() - 1;
@@ -209,8 +230,7 @@ impl<G> Scheduler<G> {
         if let Some(k) = plan.seqs.iter().position(|s| s.id == seq.id) {
             *budget += plan.seqs.remove(k).num_tokens;
         }
-        self.pool.free_all(&seq.block_table);
-        seq.block_table.clear();
+        free_tables(&mut self.pool, &mut seq.block_tables);
         seq.num_computed_tokens = 0;
         seq.num_preemptions += 1;
         seq.status = SeqStatus::Waiting;
@@ -219,19 +239,23 @@ impl<G> Scheduler<G> {
         self.waiting.push_front(seq);
     }
 
-    /// Admits waiting sequences in FCFS order. A sequence is admitted only when the blocks for
-    /// its whole known context are free (so a fresh admission never forces a preemption), but
-    /// only the blocks of its first chunk are allocated.
+    /// Admits waiting sequences in FCFS order. A sequence is admitted only when the pages for
+    /// its whole known context are free, counted over every group (a sliding-window group
+    /// needs only its window's, see [`Scheduler::peak_blocks`]), so a fresh admission never
+    /// forces a preemption; only the pages of its first chunk are allocated.
     fn admit(&mut self, plan: &mut StepPlan, budget: &mut usize) {
         while *budget > 0 && self.running.len() < self.cfg.max_num_seqs {
             let Some(seq) = self.waiting.front() else { break };
-            if self.pool.blocks_for(seq.len()) > self.pool.num_free() {
+            if self.peak_blocks(seq.len()) > self.pool.num_free() {
                 break;
             }
             let n = seq.len().min(*budget);
-            let Some(blocks) = self.pool.allocate_n(self.pool.blocks_for(n)) else { break };
+            let mut tables = vec![Vec::new(); self.groups.len()];
+            if !extend_tables(&mut self.pool, &self.groups, &mut tables, 0, n) {
+                break;
+            }
             let Some(mut seq) = self.waiting.pop_front() else { break };
-            seq.block_table = blocks;
+            seq.block_tables = tables;
             seq.num_computed_tokens = 0;
             seq.status = SeqStatus::Running;
             plan.seqs.push(ScheduledSeq { id: seq.id, num_tokens: n, wants_logits: n == seq.len() });
@@ -247,18 +271,64 @@ impl<G> Scheduler<G> {
             let Some(seq) = self.running.iter().find(|q| q.id == s.id) else { continue };
             let start = seq.num_computed_tokens;
             let end = start + s.num_tokens;
-            let table = seq.block_table[..self.pool.blocks_for(end)].to_vec();
-            batch.push_seq(&seq.tokens[start..end], end, table, s.wants_logits);
+            let nb = self.pool.blocks_for(end);
+            let tables = seq.block_tables.iter().map(|t| t[..nb].to_vec()).collect();
+            batch.push_seq(&seq.tokens[start..end], end, tables, s.wants_logits);
         }
         batch
     }
 
-    /// Records that the planned tokens are now in the KV cache.
+    /// Records that the planned tokens are now in the KV cache, and releases the blocks of
+    /// sliding-window groups that the next query (at the new computed position) cannot see.
     pub fn commit(&mut self, plan: &StepPlan) {
+        let bs = self.pool.block_size();
         for s in &plan.seqs {
             if let Some(seq) = self.running.iter_mut().find(|q| q.id == s.id) {
                 seq.num_computed_tokens += s.num_tokens;
+                for (kind, table) in self.groups.iter().zip(&mut seq.block_tables) {
+                    let live = kind.first_live_block(seq.num_computed_tokens, bs).min(table.len());
+                    // Released entries are a prefix: walk back from the window to the last one.
+                    for b in table[..live].iter_mut().rev() {
+                        if *b == NO_BLOCK {
+                            break;
+                        }
+                        self.pool.free(*b);
+                        *b = NO_BLOCK;
+                    }
+                }
             }
         }
     }
+}
+
+/// Extends each group's table (one per entry of `groups`) so a chunk of `n` tokens from
+/// computed position `c` can run: full groups to blocks covering `[0, c + n)`, sliding ones
+/// covering `[max(0, c + 1 - w), c + n)` with [`NO_BLOCK`] before. All or nothing: returns
+/// false, changing nothing, when the pool has too few free blocks.
+fn extend_tables(pool: &mut BlockPool, groups: &[AttentionKind], tables: &mut [Vec<u32>], c: usize, n: usize) -> bool {
+    let bs = pool.block_size();
+    let hi = pool.blocks_for(c + n);
+    let need: usize =
+        groups.iter().zip(tables.iter()).map(|(k, t)| hi.saturating_sub(k.first_live_block(c, bs).max(t.len()))).sum();
+    if need > pool.num_free() {
+        return false;
+    }
+    for (kind, table) in groups.iter().zip(tables.iter_mut()) {
+        let live = kind.first_live_block(c, bs);
+        while table.len() < hi {
+            let b = if table.len() < live { NO_BLOCK } else { pool.allocate().expect("counted free blocks") };
+            table.push(b);
+        }
+    }
+    true
+}
+
+/// Returns every block of every group's table to the pool and empties the tables.
+fn free_tables(pool: &mut BlockPool, tables: &mut Vec<Vec<u32>>) {
+    for &b in tables.iter().flatten() {
+        if b != NO_BLOCK {
+            pool.free(b);
+        }
+    }
+    tables.clear();
 }

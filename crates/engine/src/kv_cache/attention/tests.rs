@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::kv_cache::{AttentionKind, KvLayout, NO_BLOCK};
 
 /// Plain reference: softmax over all visible positions of a contiguous K/V.
 fn reference(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], scale: f32) -> Vec<f32> {
@@ -30,10 +31,10 @@ fn all_kernels() -> Vec<Kernels> {
 fn matches_reference_across_blocks_with_gqa_and_window() {
     for (heads, kvh, hd) in [(4, 2, 12), (6, 2, 64), (2, 1, 21)] {
         let bs = 3;
-        let mut cache = PagedKvCache::new(&crate::kv_cache::KvLayout::uniform(1, kvh, hd), 16, bs);
+        let mut cache = PagedKvCache::new(&KvLayout::uniform(1, kvh, hd), 16, bs);
         let n = 8; // a prefill of 8 tokens over blocks 7, 2, 9
         let mut batch = ForwardBatch::default();
-        batch.push_seq(&vec![0; n], n, vec![7, 2, 9], true);
+        batch.push_seq(&vec![0; n], n, vec![vec![7, 2, 9]], true);
         cache.validate(&batch).unwrap();
         let k: Vec<f32> = (0..n * kvh * hd).map(val).collect();
         let v: Vec<f32> = (0..n * kvh * hd).map(|i| val(i + 13)).collect();
@@ -105,14 +106,14 @@ fn run_steps(
     parallel: bool,
 ) -> HashMap<(usize, usize), Vec<f32>> {
     let (bs, nb) = (4, 16);
-    let mut cache = PagedKvCache::new(&crate::kv_cache::KvLayout::uniform(1, sh.kvh, sh.hd), 4 * nb, bs);
+    let mut cache = PagedKvCache::new(&KvLayout::uniform(1, sh.kvh, sh.hd), 4 * nb, bs);
     let table = |seq: usize| (0..nb).map(|i| (seq * nb + (i * 7) % nb) as u32).collect::<Vec<_>>();
     let mut got = HashMap::new();
     for parts in steps {
         let mut batch = ForwardBatch::default();
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
         for &(seq, start, n) in parts {
-            batch.push_seq(&vec![0; n], start + n, table(seq), false);
+            batch.push_seq(&vec![0; n], start + n, vec![table(seq)], false);
             for p in start..start + n {
                 q.extend(row(0, seq, p, sh.heads * sh.hd));
                 k.extend(row(1, seq, p, sh.kvh * sh.hd));
@@ -179,6 +180,117 @@ fn a_query_gives_the_same_bits_however_its_step_is_composed() {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Per (layer, seq, position) output rows.
+type LayerRows = HashMap<(usize, usize, usize), Vec<f32>>;
+
+/// Two sequences over a 4-layer layout (layers 0 and 2 in a window-5 group, 1 and 3 in a full
+/// group), sequence 0 in chunks of `chunks`, sequence 1 alongside (8 tokens, then decodes).
+/// With `release`, each sliding table's entries before its first query's window are
+/// `NO_BLOCK` and those pages are filled with NaN. `AttnParams::window` stays unset: the
+/// sliding layers' window comes from the layout.
+fn run_grouped(sh: &Shape, chunks: &[usize], release: bool, kern: Kernels, parallel: bool) -> LayerRows {
+    use AttentionKind::{Full, Sliding};
+    let bs = 4;
+    let layout = KvLayout::new(&[Sliding(5), Full, Sliding(5), Full], sh.kvh, sh.hd);
+    assert_eq!((layout.groups.clone(), layout.group_size), (vec![Sliding(5), Full], 2));
+    let mut cache = PagedKvCache::new(&layout, 64, bs);
+    let id = |g: usize, seq: usize, i: usize| ((g * 2 + seq) * 16 + i) as u32;
+    let params = AttnParams { scale: 0.37, window: None };
+    let mut got = HashMap::new();
+    let mut done = [0usize; 2];
+    for (step, &n0) in chunks.iter().enumerate() {
+        let parts = [(0, n0), (1, if step == 0 { 8 } else { 1 })];
+        let mut batch = ForwardBatch::default();
+        for &(seq, n) in &parts {
+            let (first, ctx) = (done[seq], done[seq] + n);
+            let mut tables: Vec<Vec<u32>> = Vec::new();
+            for (g, kind) in layout.groups.iter().enumerate() {
+                let live = if release { kind.first_live_block(first, bs) } else { 0 };
+                for i in 0..live {
+                    cache.poison_block(id(g, seq, i) as usize);
+                }
+                tables.push((0..ctx.div_ceil(bs)).map(|i| if i < live { NO_BLOCK } else { id(g, seq, i) }).collect());
+            }
+            if release && first > 8 {
+                assert!(tables[0].contains(&NO_BLOCK), "step {step}: the test must release blocks");
+            }
+            batch.push_seq(&vec![0; n], ctx, tables, false);
+        }
+        cache.validate(&batch).unwrap();
+        for layer in 0..4 {
+            let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+            for &(seq, n) in &parts {
+                for p in done[seq]..done[seq] + n {
+                    q.extend(row(3 * layer, seq, p, sh.heads * sh.hd));
+                    k.extend(row(3 * layer + 1, seq, p, sh.kvh * sh.hd));
+                    v.extend(row(3 * layer + 2, seq, p, sh.kvh * sh.hd));
+                }
+            }
+            cache.write(layer, &batch, &k, &v);
+            let out = attention_with(&cache, layer, &batch, &q, sh.heads, params, kern, parallel);
+            let w = sh.heads * sh.hd;
+            let mut t = 0;
+            for &(seq, n) in &parts {
+                for p in done[seq]..done[seq] + n {
+                    got.insert((layer, seq, p), out[t * w..(t + 1) * w].to_vec());
+                    t += 1;
+                }
+            }
+        }
+        for &(seq, n) in &parts {
+            done[seq] += n;
+        }
+    }
+    got
+}
+
+#[test]
+fn grouped_layout_with_released_blocks_matches_the_reference_bit_for_bit() {
+    let chunks = [9, 1, 6, 1, 1, 5, 1];
+    let len: usize = chunks.iter().sum();
+    for sh in [Shape { heads: 6, kvh: 2, hd: 12 }, Shape { heads: 4, kvh: 1, hd: 64 }] {
+        for kern in all_kernels() {
+            let kept = run_grouped(&sh, &chunks, false, kern, false);
+            // Against the plain reference: window 5 on layers 0 and 2, everything on 1 and 3.
+            for layer in 0..4 {
+                let lo = |t: usize| if layer % 2 == 0 { (t + 1).saturating_sub(5) } else { 0 };
+                for t in 0..len {
+                    for h in 0..sh.heads {
+                        let kh = h / (sh.heads / sh.kvh);
+                        let kv = |kind: usize, p: usize| {
+                            row(3 * layer + kind, 0, p, sh.kvh * sh.hd)[kh * sh.hd..(kh + 1) * sh.hd].to_vec()
+                        };
+                        let ks: Vec<Vec<f32>> = (lo(t)..=t).map(|p| kv(1, p)).collect();
+                        let vs: Vec<Vec<f32>> = (lo(t)..=t).map(|p| kv(2, p)).collect();
+                        let q = row(3 * layer, 0, t, sh.heads * sh.hd);
+                        let want = reference(&q[h * sh.hd..(h + 1) * sh.hd], &ks, &vs, 0.37);
+                        let got = &kept[&(layer, 0, t)][h * sh.hd..(h + 1) * sh.hd];
+                        for (a, b) in got.iter().zip(&want) {
+                            assert!(
+                                (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                                "{kern:?} layer {layer} t {t} h {h}: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+            // Releasing (and poisoning) the pages before the window changes no bit.
+            for parallel in [false, true] {
+                let released = run_grouped(&sh, &chunks, true, kern, parallel);
+                assert_eq!(released.len(), kept.len());
+                for (key, want) in &kept {
+                    let got = &released[key];
+                    assert!(
+                        got.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{kern:?} hd {} parallel {parallel}: (layer, seq, position) {key:?} differs",
+                        sh.hd
+                    );
                 }
             }
         }
