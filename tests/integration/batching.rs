@@ -267,3 +267,24 @@ fn sliding_window_batched_equals_alone_with_blocks_released_mid_sequence_q8_0() 
 fn sliding_window_batched_equals_alone_with_blocks_released_mid_sequence_q4_1() {
     sliding_gguf(GgmlDType::Q4_1, &WeightOptions::default(), 0.0);
 }
+
+/// Batched == alone, exactly, per architecture: every dense fixture of
+/// `shared/fixtures/archs` (gemma3's local layers have a 16-token window, shorter than most
+/// prompts here), its float weights quantized in situ to Q8_0 so every matmul runs on wick's
+/// batch-invariant kernel, with chunked prefill and forced preemption; sliding-window groups
+/// release blocks mid-sequence.
+fn check_fixture_batched_equals_alone(name: &str) {
+    let path = crate::archs::fixtures_dir().join(format!("{name}.gguf"));
+    let opts = WeightOptions { quantize_floats: Some(GgmlDType::Q8_0), ..WeightOptions::default() };
+    let model = load_gguf_model(&path, &opts).unwrap();
+    let layout = model.config().kv_layout.clone();
+    let events = check_batched_equals_alone_with(model.as_ref(), &layout, 14 * layout.num_groups(), 0.0);
+    eprintln!("{name}: {} KV groups, {events:?}", layout.num_groups());
+}
+
+#[test]
+fn every_architecture_batched_equals_alone_exactly() {
+    for name in ["llama", "qwen2", "qwen3", "gemma3", "phi3", "llama-q4_k_m", "qwen3-q8_0"] {
+        check_fixture_batched_equals_alone(name);
+    }
+}

@@ -26,7 +26,9 @@ pub enum QuantWeight {
     Q8(Q8Matrix),
     /// Q4_1 on wick's register-blocked kernel, kept at 4 bits.
     Q41(Q41Matrix),
-    /// Other types on candle's `QMatMul` (one gemv per row).
+    /// Other types (K-quants) on candle's `QMatMul`. Its repacked kernels tile several rows
+    /// together and round a row differently by its place in the tile, so `forward_host` runs
+    /// them one row at a time: slower prefill, but each row's bits independent of the step.
     Candle(QMatMul),
 }
 
@@ -52,10 +54,14 @@ impl Linear {
                 return Ok(());
             }
         }
-        let t = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu)?;
-        let y = self.forward(&t)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let k = x.len() / rows.max(1);
+        let one_row = matches!(self, Linear::Quant { q: QuantWeight::Candle(_), dense: None, .. });
         out.clear();
-        out.extend_from_slice(&y);
+        let step = if one_row { 1 } else { rows.max(1) };
+        for chunk in x.chunks(step * k.max(1)) {
+            let t = Tensor::from_slice(chunk, (chunk.len() / k.max(1), k), &Device::Cpu)?;
+            out.extend(self.forward(&t)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        }
         Ok(())
     }
 }
