@@ -332,3 +332,172 @@ pub(crate) fn add_gguf_added_tokens(
     tokenizer.add_tokens(added(TOKEN_TYPE_USER_DEFINED, false)).map_err(tok_err)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each `tokenizer.ggml.pre` set must split text exactly as the model's official
+    //! pre-tokenizer regex does. The expected pieces were derived by hand from the regexes and
+    //! cross-checked with Python's `regex` module applying the same patterns in sequence
+    //! (isolated matches), which is how Hugging Face's `Split` and llama.cpp's
+    //! `unicode_regex_split` chain them.
+
+    use tokenizers::tokenizer::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer as _};
+
+    use super::*;
+
+    /// The pieces the split regexes of `pre` cut `text` into (before the byte-level mapping).
+    fn split(pre: &str, text: &str) -> Vec<String> {
+        let pre = pre_tokenizer(pre).unwrap_or_else(|| panic!("{pre} is known"));
+        let mut pieces: Vec<PreTokenizerWrapper> = Vec::new();
+        for s in &pre.splits {
+            pieces.push(
+                Split::new(SplitPattern::Regex((*s).to_owned()), SplitDelimiterBehavior::Isolated, false)
+                    .unwrap()
+                    .into(),
+            );
+        }
+        let mut pts = PreTokenizedString::from(text);
+        Sequence::new(pieces).pre_tokenize(&mut pts).unwrap();
+        pts.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(s, ..)| s.to_owned()).collect()
+    }
+
+    fn check(pre: &str, cases: &[(&str, &[&str])]) {
+        for (text, want) in cases {
+            assert_eq!(split(pre, text), *want, "{pre}: {text:?}");
+        }
+    }
+
+    const DIGITS: &str = "abc 12345 x";
+    const CONTRACTIONS: &str = "I'm can't WE'LL";
+    const WHITESPACE: &str = "a\n\n  b  \n";
+    const PUNCT_NEWLINE: &str = "Hi!\n\nYo";
+    const NON_LATIN: &str = "日本語のテキスト 123 Привет мир";
+    const COMBINING: &str = "cafe\u{301}s";
+    const HAN_DIGITS: &str = "价格是100元";
+    const SYMBOLS: &str = "Hello, world!! $x+1 = 12345";
+
+    #[test]
+    fn gpt2_keeps_digit_runs_with_their_space_and_matches_contractions_case_sensitively() {
+        check(
+            "gpt-2",
+            &[
+                (DIGITS, &["abc", " 12345", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'", "LL"]),
+                (WHITESPACE, &["a", "\n\n ", " b", "  \n"]),
+                (PUNCT_NEWLINE, &["Hi", "!", "\n", "\n", "Yo"]),
+                (NON_LATIN, &["日本語のテキスト", " 123", " Привет", " мир"]),
+                (COMBINING, &["cafe", "\u{301}", "s"]),
+                (SYMBOLS, &["Hello", ",", " world", "!!", " $", "x", "+", "1", " =", " 12345"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn smollm_isolates_every_digit_before_gpt2() {
+        check(
+            "smollm",
+            &[
+                (DIGITS, &["abc", " ", "1", "2", "3", "4", "5", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'", "LL"]),
+                (WHITESPACE, &["a", "\n\n ", " b", "  \n"]),
+                (NON_LATIN, &["日本語のテキスト", " ", "1", "2", "3", " Привет", " мир"]),
+                (HAN_DIGITS, &["价格是", "1", "0", "0", "元"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn llama3_groups_one_to_three_digits_and_folds_contraction_case() {
+        check(
+            "llama-bpe",
+            &[
+                (DIGITS, &["abc", " ", "123", "45", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'LL"]),
+                (WHITESPACE, &["a", "\n\n", " ", " b", "  \n"]),
+                (PUNCT_NEWLINE, &["Hi", "!\n\n", "Yo"]),
+                (NON_LATIN, &["日本語のテキスト", " ", "123", " Привет", " мир"]),
+                (COMBINING, &["cafe", "\u{301}s"]),
+                (HAN_DIGITS, &["价格是", "100", "元"]),
+                (SYMBOLS, &["Hello", ",", " world", "!!", " $", "x", "+", "1", " =", " ", "123", "45"]),
+            ],
+        );
+        assert_eq!(split("llama3", DIGITS), split("llama-bpe", DIGITS));
+    }
+
+    #[test]
+    fn qwen2_splits_single_digits_with_llama3s_other_rules() {
+        check(
+            "qwen2",
+            &[
+                (DIGITS, &["abc", " ", "1", "2", "3", "4", "5", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'LL"]),
+                (WHITESPACE, &["a", "\n\n", " ", " b", "  \n"]),
+                (PUNCT_NEWLINE, &["Hi", "!\n\n", "Yo"]),
+                (NON_LATIN, &["日本語のテキスト", " ", "1", "2", "3", " Привет", " мир"]),
+                (HAN_DIGITS, &["价格是", "1", "0", "0", "元"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn gpt4o_attaches_contractions_and_marks_to_words() {
+        check(
+            "gpt-4o",
+            &[
+                (DIGITS, &["abc", " ", "123", "45", " x"]),
+                (CONTRACTIONS, &["I'm", " can't", " WE'LL"]),
+                (WHITESPACE, &["a", "\n\n", " ", " b", "  \n"]),
+                (NON_LATIN, &["日本語のテキスト", " ", "123", " Привет", " мир"]),
+                (COMBINING, &["cafe\u{301}s"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn tekken_has_gpt4o_letters_single_digits_and_no_contractions() {
+        check(
+            "tekken",
+            &[
+                (DIGITS, &["abc", " ", "1", "2", "3", "4", "5", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'LL"]),
+                (WHITESPACE, &["a", "\n\n", " ", " b", "  \n"]),
+                (PUNCT_NEWLINE, &["Hi", "!\n\n", "Yo"]),
+                (COMBINING, &["cafe\u{301}s"]),
+                (HAN_DIGITS, &["价格是", "1", "0", "0", "元"]),
+            ],
+        );
+        let t = pre_tokenizer("tekken").unwrap();
+        assert!(t.ignore_merges && t.add_bos);
+    }
+
+    #[test]
+    fn default_is_llama_cpps_punctuation_then_gpt2_then_digit_groups() {
+        check(
+            "default",
+            &[
+                (DIGITS, &["abc", " ", "123", "45", " x"]),
+                (CONTRACTIONS, &["I", "'", "m", " can", "'", "t", " WE", "'", "LL"]),
+                (SYMBOLS, &["Hello", ",", " world", "!!", " ", "$", "x", "+", "1", " ", "=", " ", "123", "45"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn flags_follow_llama_cpp() {
+        let flags = |p: &str| pre_tokenizer(p).map(|t| (t.ignore_merges, t.add_bos));
+        assert_eq!(flags("llama-bpe"), Some((true, true)));
+        assert_eq!(flags("dbrx"), Some((false, false)));
+        assert_eq!(flags("qwen2"), Some((false, false)));
+        assert_eq!(flags("smollm"), Some((false, false)));
+        assert_eq!(flags("gpt-4o"), Some((false, false)));
+        assert_eq!(flags("gpt2"), None, "llama.cpp spells it gpt-2");
+        assert_eq!(flags("gemma"), None, "Gemma is SentencePiece, not a BPE pre-tokenizer");
+        for (names, ..) in PRE_TOKENIZERS {
+            for n in *names {
+                assert!(pre_tokenizer(n).is_some());
+                // Every regex compiles in the tokenizer's engine.
+                byte_level_pre_tokenizer(&pre_tokenizer(n).unwrap()).unwrap();
+            }
+        }
+    }
+}
