@@ -1,13 +1,18 @@
 //! Tokenizer built from GGUF metadata (`tokenizer.ggml.*`), for files that carry no
 //! `tokenizer.json`. Two vocabulary kinds are supported:
-//! * `gpt2`: byte-level BPE with the merges the file lists, split first by the regex that
-//!   `tokenizer.ggml.pre` names (SmolLM2's `smollm` isolates every digit before GPT-2's regex);
-//! * `llama`: SentencePiece with byte fallback (Gemma, Llama 2), see [`super::sentencepiece`].
+//! * `gpt2`: byte-level BPE with the merges the file lists, split first by the regexes that
+//!   `tokenizer.ggml.pre` names, with llama.cpp's names and flags (`PRE_TOKENIZERS`: SmolLM2's
+//!   `smollm` isolates every digit before GPT-2's regex, Llama 3's `llama-bpe` groups 1-3
+//!   digits, Qwen's `qwen2` splits single digits, `gpt-4o`, Mistral Nemo's `tekken`, ...);
+//!   a file naming none gets llama.cpp's `default` set, with a warning;
+//! * `llama`: SentencePiece with byte fallback (Gemma, Llama 2, Mistral v0.3, Phi-3), see
+//!   `sentencepiece.rs`; `tokenizer.ggml.pre` does not apply.
 //!
 //! Control tokens (type 3) become special added tokens, user-defined ones (type 4) plain added
 //! tokens, so text like `<|im_start|>` encodes to its single id. No prefix space is inserted after
 //! them (the byte-level pre-tokenizer runs with `add_prefix_space = false`). Anything the file
-//! asks for that is not supported is a load error, never a silent fallback.
+//! asks for that is not supported (an unknown `tokenizer.ggml.pre` included) is a load error
+//! naming it, never a silent fallback.
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use tokenizers::models::bpe::{Vocab, BPE};

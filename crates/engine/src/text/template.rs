@@ -1,6 +1,6 @@
 //! Chat templates: the model's Jinja template (GGUF `tokenizer.chat_template`, or
 //! `tokenizer_config.json`), a user override, or a built-in chosen by architecture for files that
-//! carry none (see [`super::builtin`]). Rendered with minijinja configured like Hugging Face's
+//! carry none (see [`BuiltinTemplate`](super::BuiltinTemplate)). Rendered with minijinja configured like Hugging Face's
 //! `apply_chat_template`: `trim_blocks`, `lstrip_blocks`, Python string methods (pycompat),
 //! `raise_exception`, `strftime_now` and a Python-style `tojson`.
 
