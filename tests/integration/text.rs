@@ -2,13 +2,18 @@
 //! by an independent implementation (Hugging Face `tokenizers`/`transformers` in Python, see
 //! tests/fixtures/record_text_goldens.py). The model paths come from WICK_TEST_MODEL_SMOLLM2 and
 //! WICK_TEST_MODEL_GEMMA3; unset, a test prints a notice and returns.
+//!
+//! Also the text side of every architecture fixture in `shared/fixtures/archs/` (tiny random
+//! models of each llama.cpp architecture carrying SmolLM2's tokenizer): it loads, encodes to
+//! SmolLM2's golden ids, and picks its architecture's built-in template when the file's own is
+//! removed.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file;
 use serde_json::Value;
-use wick_engine::text::{ChatMessage, TextProcessor};
+use wick_engine::text::{BuiltinTemplate, ChatMessage, TemplateSource, TextProcessor};
 
 fn model_path(var: &str) -> Option<PathBuf> {
     match std::env::var_os(var) {
@@ -139,4 +144,95 @@ fn gemma3_uses_the_shipped_template_with_a_single_bos_and_ends_at_end_of_turn() 
     let eog = text.eog_token_ids();
     assert_eq!(eog[0], 1, "<eos>: {eog:?}");
     assert!(eog.contains(&106), "<end_of_turn>: {eog:?}");
+}
+
+#[test]
+fn gemma3_template_is_the_builtin_one() {
+    let Some(text) = gemma3() else { return };
+    assert_eq!(text.template_source(), TemplateSource::Builtin(BuiltinTemplate::Gemma3));
+    let Some(smollm) = smollm2() else { return };
+    assert_eq!(smollm.template_source(), TemplateSource::Model);
+}
+
+/// `shared/fixtures/archs/`: beside the repository in CI (`../shared`, seen from the checkout),
+/// inside it in some worktrees, or where WICK_ARCH_FIXTURES points.
+fn arch_fixtures_dir() -> Option<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        std::env::var_os("WICK_ARCH_FIXTURES").map(PathBuf::from),
+        Some(manifest.join("../../shared/fixtures/archs")),
+        Some(manifest.join("../shared/fixtures/archs")),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| p.is_dir());
+    if found.is_none() {
+        eprintln!("NOTICE: shared/fixtures/archs not found (set WICK_ARCH_FIXTURES); skipping the fixture text test");
+    }
+    found
+}
+
+/// The built-in template each fixture architecture gets without a template of its own. The
+/// `llama` fixtures carry SmolLM2's vocabulary (ChatML tokens, no Llama 3 header tokens).
+fn expected_builtin(arch: &str) -> BuiltinTemplate {
+    match arch {
+        "qwen2" => BuiltinTemplate::Qwen2,
+        "qwen3" => BuiltinTemplate::Qwen3,
+        "gemma3" => BuiltinTemplate::Gemma3,
+        "phi3" => BuiltinTemplate::Phi3,
+        "llama" => BuiltinTemplate::ChatMl,
+        other => panic!("a fixture of an architecture this test does not know: {other}"),
+    }
+}
+
+#[test]
+fn every_arch_fixture_loads_its_text_side_and_picks_its_architectures_template() {
+    let Some(dir) = arch_fixtures_dir() else { return };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read fixture dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        // gpt-oss has its own issue: candle's GGUF reader stops at its MXFP4 tensors (type 39)
+        // before the metadata is returned.
+        .filter(|p| !p.file_stem().is_some_and(|s| s.to_string_lossy().starts_with("gpt-oss")))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "fixtures in {}: {files:?}", dir.display());
+    let golden = fixture("smollm2_text_goldens.json");
+    let mut archs = std::collections::BTreeSet::new();
+    for path in &files {
+        let name = path.display();
+        let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut content = gguf_file::Content::read(&mut file).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let arch = content.metadata["general.architecture"].to_string().expect("arch").clone();
+        archs.insert(arch.clone());
+
+        let text = TextProcessor::from_gguf(&content, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(text.template_source(), TemplateSource::Model, "{name} carries SmolLM2's template");
+        assert_eq!(text.vocab_size(), 49152, "{name}");
+        // SmolLM2's tokenizer: its golden ids, round trips, raw token bytes.
+        check_goldens(&text, &golden);
+        let eog = text.eog_token_ids();
+        assert!(eog.contains(&2) && eog.contains(&0), "{name}: <|im_end|> and <|endoftext|> end generation: {eog:?}");
+
+        // Without its own template the file gets its architecture's built-in, which renders a
+        // chat that encodes and decodes back to the rendering.
+        content.metadata.remove("tokenizer.chat_template");
+        let text = TextProcessor::from_gguf(&content, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = expected_builtin(&arch);
+        assert_eq!(text.template_source(), TemplateSource::Builtin(want), "{name} ({arch})");
+        let messages = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "What is 12+30?"),
+            ChatMessage::new("assistant", "42."),
+            ChatMessage::new("user", "Merci, et ça ? 日本"),
+        ];
+        let rendered = text.render_chat(&messages, true).unwrap_or_else(|e| panic!("{name} ({want}): {e}"));
+        assert!(rendered.contains("Merci, et ça ? 日本"), "{name}: {rendered:?}");
+        let ids = text.encode_chat(&messages).expect("encode_chat");
+        let (bos, add_bos) = text.bos();
+        let body = if add_bos && ids.first() == bos.as_ref() { &ids[1..] } else { &ids[..] };
+        assert_eq!(text.decode(body, false).expect("decode"), rendered, "{name} ({want})");
+    }
+    for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3"] {
+        assert!(archs.contains(arch), "no {arch} fixture in {}", dir.display());
+    }
 }

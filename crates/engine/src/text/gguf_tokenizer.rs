@@ -1,13 +1,18 @@
 //! Tokenizer built from GGUF metadata (`tokenizer.ggml.*`), for files that carry no
 //! `tokenizer.json`. Two vocabulary kinds are supported:
-//! * `gpt2`: byte-level BPE with the merges the file lists, split first by the regex that
-//!   `tokenizer.ggml.pre` names (SmolLM2's `smollm` isolates every digit before GPT-2's regex);
-//! * `llama`: SentencePiece with byte fallback (Gemma, Llama 2), see [`super::sentencepiece`].
+//! * `gpt2`: byte-level BPE with the merges the file lists, split first by the regexes that
+//!   `tokenizer.ggml.pre` names, with llama.cpp's names and flags (`PRE_TOKENIZERS`: SmolLM2's
+//!   `smollm` isolates every digit before GPT-2's regex, Llama 3's `llama-bpe` groups 1-3
+//!   digits, Qwen's `qwen2` splits single digits, `gpt-4o`, Mistral Nemo's `tekken`, ...);
+//!   a file naming none gets llama.cpp's `default` set, with a warning;
+//! * `llama`: SentencePiece with byte fallback (Gemma, Llama 2, Mistral v0.3, Phi-3), see
+//!   `sentencepiece.rs`; `tokenizer.ggml.pre` does not apply.
 //!
 //! Control tokens (type 3) become special added tokens, user-defined ones (type 4) plain added
 //! tokens, so text like `<|im_start|>` encodes to its single id. No prefix space is inserted after
 //! them (the byte-level pre-tokenizer runs with `add_prefix_space = false`). Anything the file
-//! asks for that is not supported is a load error, never a silent fallback.
+//! asks for that is not supported (an unknown `tokenizer.ggml.pre` included) is a load error
+//! naming it, never a silent fallback.
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -112,22 +117,48 @@ pub(crate) fn from_gguf(content: &Content) -> Result<TokenizerParts> {
     if types.len() != tokens.len() {
         return Err(tok_err("tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length"));
     }
-    let pre = meta_string(content, "tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
+    let pre_name = meta_string(content, "tokenizer.ggml.pre");
     let arch = meta_string(content, "general.architecture").unwrap_or_default();
+    let no_rstrip = |_: &str| false;
 
     let (tokenizer, token_bytes, default_add_bos) = match model.as_str() {
         "gpt2" => {
             let merges = meta_strings(content, "tokenizer.ggml.merges")?
                 .ok_or_else(|| tok_err("a gpt2 GGUF tokenizer needs tokenizer.ggml.merges"))?;
-            let (t, b) = byte_level_bpe(&tokens, &types, &merges, &pre)?;
-            (t, b, false)
+            let pre_name = pre_name.unwrap_or_else(|| {
+                tracing::warn!(
+                    "the GGUF file names no tokenizer.ggml.pre; using llama.cpp's \"default\" pre-tokenizer \
+                     (tokenization may differ from the model's own; consider regenerating the file)"
+                );
+                "default".into()
+            });
+            let pre = pre_tokenizer(&pre_name).ok_or_else(|| {
+                tok_err(format!(
+                    "unsupported GGUF pre-tokenizer tokenizer.ggml.pre = {pre_name:?} for a gpt2 (byte-level BPE) \
+                     vocabulary (supported: {})",
+                    known_pre_tokenizers()
+                ))
+            })?;
+            let (t, b) = byte_level_bpe(&tokens, &types, &merges, &pre, &no_rstrip)?;
+            (t, b, pre.add_bos)
         }
         "llama" => {
             let scores = meta_numbers(content, "tokenizer.ggml.scores", |v| v.to_f32().ok())?
                 .ok_or_else(|| tok_err("a llama (SentencePiece) GGUF tokenizer needs tokenizer.ggml.scores"))?;
             let add_space_prefix = meta_bool(content, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
-            let spm =
-                sentencepiece::Spec { tokens: &tokens, types: &types, scores: &scores, arch: &arch, add_space_prefix };
+            // Phi-3 / 3.5 (SentencePiece; Phi-4-mini shares the arch but is BPE): the special
+            // tokens swallow the whitespace after them, as `rstrip: true` in the model's
+            // tokenizer.json says (and llama.cpp reproduces for files named "phi-3").
+            let phi3 = arch == "phi3";
+            let phi3_rstrip = move |t: &str| phi3 && !matches!(t, "<unk>" | "<s>" | "<|endoftext|>");
+            let spm = sentencepiece::Spec {
+                tokens: &tokens,
+                types: &types,
+                scores: &scores,
+                arch: &arch,
+                add_space_prefix,
+                rstrip: &phi3_rstrip,
+            };
             let (t, b) = sentencepiece::build(&spm)?;
             (t, b, true)
         }
@@ -148,6 +179,9 @@ pub(crate) fn from_gguf(content: &Content) -> Result<TokenizerParts> {
     Ok(TokenizerParts { tokenizer, token_bytes, tokens, bos_id, eos_id, add_bos, extra_eog })
 }
 
+// The split regexes, in Hugging Face `tokenizer.json` form (the "original regex" llama.cpp quotes
+// beside each of its hand-adapted versions in `src/llama-vocab.cpp`). `tests.rs` pins each set
+// against known splits.
 const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str =
@@ -157,29 +191,90 @@ const GPT4O_SPLIT: &str = concat!(
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 );
+/// Mistral's Tekken (Nemo, Pixtral): GPT-4o's letter classes without contractions, single digits.
+const TEKKEN_SPLIT: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*",
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+/// llama.cpp's `default` set, used when a BPE file names no pre-tokenizer (llama.cpp warns that
+/// quality will be degraded, and so do we): punctuation runs, then GPT-2's regex, then digit
+/// runs, then three-digit groups.
+const DEFAULT_SPLITS: [&str; 4] = [r"[\p{P}\$\+<=>\^~\|]+", GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]"];
 
-/// The regexes that split text before byte-level BPE, in order, for a `tokenizer.ggml.pre`
-/// name (llama.cpp's names), and whether whole words found in the vocabulary skip the merges.
-fn pre_tokenizer_splits(pre: &str) -> Option<(Vec<&'static str>, bool)> {
-    Some(match pre {
-        "default" | "gpt2" | "gpt-2" | "olmo" | "jais" => (vec![GPT2_SPLIT], false),
-        // starcoder, refact and smollm isolate every digit, then apply GPT-2's regex.
-        "smollm" | "starcoder" | "refact" => (vec![r"\p{N}", GPT2_SPLIT], false),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => {
-            (vec![LLAMA3_SPLIT], true)
-        }
-        "qwen2" | "deepseek-r1-qwen" | "megrez" => (vec![QWEN2_SPLIT], false),
-        "gpt-4o" | "llama4" => (vec![GPT4O_SPLIT], false),
-        _ => return None,
+/// How a `tokenizer.ggml.pre` name pre-tokenizes a byte-level BPE vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PreTokenizer {
+    /// Regexes applied in sequence; each splits every piece further (matches isolated).
+    pub splits: Vec<&'static str>,
+    /// Whole words found in the vocabulary skip the merges (`ignore_merges`).
+    pub ignore_merges: bool,
+    /// Whether BOS is added when the file has no `tokenizer.ggml.add_bos_token`.
+    pub add_bos: bool,
+}
+
+/// The `tokenizer.ggml.pre` names this table knows, grouped as llama.cpp groups them
+/// (`llama_vocab::impl::load`), each with its split regexes and flags.
+const PRE_TOKENIZERS: &[(&[&str], &[&str], bool, bool)] = &[
+    // (names, splits, ignore_merges, add_bos)
+    (&["default"], &DEFAULT_SPLITS, false, false),
+    (&["gpt-2", "phi-2", "mpt", "olmo", "jais", "exaone4", "trillion", "granite-docling"], &[GPT2_SPLIT], false, false),
+    // Digits isolated one by one, then GPT-2's regex (SmolLM, StarCoder).
+    (
+        &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2"],
+        &[r"\p{N}", GPT2_SPLIT],
+        false,
+        false,
+    ),
+    (
+        &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"],
+        &[LLAMA3_SPLIT],
+        true,
+        true,
+    ),
+    (&["dbrx", "smaug-bpe"], &[LLAMA3_SPLIT], false, false),
+    (
+        &["qwen2", "deepseek-r1-qwen", "kormo", "megrez", "stablelm2", "hunyuan", "solar-open"],
+        &[QWEN2_SPLIT],
+        false,
+        false,
+    ),
+    (&["gpt-4o", "llama4", "kanana2", "minimax-m2"], &[GPT4O_SPLIT], false, false),
+    (&["tekken"], &[TEKKEN_SPLIT], true, true),
+];
+
+/// The pre-tokenizer a `tokenizer.ggml.pre` name stands for, or `None` for a name not in the
+/// table (a load error: a wrong regex is a silent quality bug).
+pub(crate) fn pre_tokenizer(pre: &str) -> Option<PreTokenizer> {
+    PRE_TOKENIZERS.iter().find(|(names, ..)| names.contains(&pre)).map(|(_, splits, ignore_merges, add_bos)| {
+        PreTokenizer { splits: splits.to_vec(), ignore_merges: *ignore_merges, add_bos: *add_bos }
     })
 }
 
-fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
-    let (splits, ignore_merges) = pre_tokenizer_splits(pre).ok_or_else(|| {
-        tok_err(format!(
-            "unsupported GGUF pre-tokenizer tokenizer.ggml.pre = {pre:?} for a gpt2 (byte-level BPE) vocabulary"
-        ))
-    })?;
+fn known_pre_tokenizers() -> String {
+    let names: Vec<&str> = PRE_TOKENIZERS.iter().flat_map(|(names, ..)| names.iter().copied()).collect();
+    names.join(", ")
+}
+
+/// Builds the pre-tokenizer (splits, then GPT-2's byte mapping) for `pre`.
+pub(crate) fn byte_level_pre_tokenizer(pre: &PreTokenizer) -> Result<Sequence> {
+    let mut pieces: Vec<PreTokenizerWrapper> = Vec::new();
+    for split in &pre.splits {
+        let s = Split::new(SplitPattern::Regex((*split).to_owned()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(tok_err)?;
+        pieces.push(s.into());
+    }
+    pieces.push(ByteLevel::new(false, true, false).into());
+    Ok(Sequence::new(pieces))
+}
+
+fn byte_level_bpe(
+    tokens: &[String],
+    types: &[i32],
+    merges: &[String],
+    pre: &PreTokenizer,
+    rstrip: &dyn Fn(&str) -> bool,
+) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     // Tokens outside the byte alphabet (rare mislabels) are spelled byte by byte, as the
     // reference converter does, so every entry of the BPE vocabulary is in the alphabet.
     let spell = |t: &str| -> String {
@@ -198,20 +293,13 @@ fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str
                 .ok_or_else(|| tok_err(format!("malformed merge {m:?}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bpe = BPE::builder().vocab_and_merges(vocab, merges).ignore_merges(ignore_merges).build().map_err(tok_err)?;
+    let bpe =
+        BPE::builder().vocab_and_merges(vocab, merges).ignore_merges(pre.ignore_merges).build().map_err(tok_err)?;
     let mut tokenizer = Tokenizer::new(bpe);
-
-    let mut pieces: Vec<PreTokenizerWrapper> = Vec::new();
-    for split in splits {
-        let s = Split::new(SplitPattern::Regex(split.to_owned()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(tok_err)?;
-        pieces.push(s.into());
-    }
-    pieces.push(ByteLevel::new(false, true, false).into());
-    tokenizer.with_pre_tokenizer(Some(Sequence::new(pieces)));
+    tokenizer.with_pre_tokenizer(Some(byte_level_pre_tokenizer(pre)?));
     tokenizer.with_decoder(Some(ByteLevel::default()));
 
-    add_gguf_added_tokens(&mut tokenizer, tokens, types, byte_level::is_spelled)?;
+    add_gguf_added_tokens(&mut tokenizer, tokens, types, byte_level::is_spelled, rstrip)?;
 
     let token_bytes = tokens
         .iter()
@@ -228,22 +316,193 @@ fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String], pre: &str
 }
 
 /// Adds control tokens as special tokens and user-defined ones as plain added tokens, both
-/// matched verbatim in the input. `keep` filters out tokens the vocabulary cannot hold.
+/// matched verbatim in the input. `keep` filters out tokens the vocabulary cannot hold;
+/// `rstrip` says which of them swallow the whitespace that follows them (Phi-3).
 pub(crate) fn add_gguf_added_tokens(
     tokenizer: &mut Tokenizer,
     tokens: &[String],
     types: &[i32],
     keep: impl Fn(&str) -> bool,
+    rstrip: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
     let added = |ty: i32, special: bool| -> Vec<AddedToken> {
         tokens
             .iter()
             .zip(types)
             .filter(|(t, &tt)| tt == ty && keep(t))
-            .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false))
+            .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false).rstrip(rstrip(t)))
             .collect()
     };
     tokenizer.add_special_tokens(added(TOKEN_TYPE_CONTROL, true)).map_err(tok_err)?;
     tokenizer.add_tokens(added(TOKEN_TYPE_USER_DEFINED, false)).map_err(tok_err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each `tokenizer.ggml.pre` set must split text exactly as the model's official
+    //! pre-tokenizer regex does. The expected pieces were derived by hand from the regexes and
+    //! cross-checked with Python's `regex` module applying the same patterns in sequence
+    //! (isolated matches), which is how Hugging Face's `Split` and llama.cpp's
+    //! `unicode_regex_split` chain them.
+
+    use tokenizers::tokenizer::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer as _};
+
+    use super::*;
+
+    /// The pieces the split regexes of `pre` cut `text` into (before the byte-level mapping).
+    fn split(pre: &str, text: &str) -> Vec<String> {
+        let pre = pre_tokenizer(pre).unwrap_or_else(|| panic!("{pre} is known"));
+        let mut pieces: Vec<PreTokenizerWrapper> = Vec::new();
+        for s in &pre.splits {
+            pieces.push(
+                Split::new(SplitPattern::Regex((*s).to_owned()), SplitDelimiterBehavior::Isolated, false)
+                    .unwrap()
+                    .into(),
+            );
+        }
+        let mut pts = PreTokenizedString::from(text);
+        Sequence::new(pieces).pre_tokenize(&mut pts).unwrap();
+        pts.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(s, ..)| s.to_owned()).collect()
+    }
+
+    fn check(pre: &str, cases: &[(&str, &[&str])]) {
+        for (text, want) in cases {
+            assert_eq!(split(pre, text), *want, "{pre}: {text:?}");
+        }
+    }
+
+    const DIGITS: &str = "abc 12345 x";
+    const CONTRACTIONS: &str = "I'm can't WE'LL";
+    const WHITESPACE: &str = "a\n\n  b  \n";
+    const PUNCT_NEWLINE: &str = "Hi!\n\nYo";
+    const NON_LATIN: &str = "日本語のテキスト 123 Привет мир";
+    const COMBINING: &str = "cafe\u{301}s";
+    const HAN_DIGITS: &str = "价格是100元";
+    const SYMBOLS: &str = "Hello, world!! $x+1 = 12345";
+
+    #[test]
+    fn gpt2_keeps_digit_runs_with_their_space_and_matches_contractions_case_sensitively() {
+        check(
+            "gpt-2",
+            &[
+                (DIGITS, &["abc", " 12345", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'", "LL"]),
+                (WHITESPACE, &["a", "\n\n ", " b", "  \n"]),
+                (PUNCT_NEWLINE, &["Hi", "!", "\n", "\n", "Yo"]),
+                (NON_LATIN, &["日本語のテキスト", " 123", " Привет", " мир"]),
+                (COMBINING, &["cafe", "\u{301}", "s"]),
+                (SYMBOLS, &["Hello", ",", " world", "!!", " $", "x", "+", "1", " =", " 12345"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn smollm_isolates_every_digit_before_gpt2() {
+        check(
+            "smollm",
+            &[
+                (DIGITS, &["abc", " ", "1", "2", "3", "4", "5", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'", "LL"]),
+                (WHITESPACE, &["a", "\n\n ", " b", "  \n"]),
+                (NON_LATIN, &["日本語のテキスト", " ", "1", "2", "3", " Привет", " мир"]),
+                (HAN_DIGITS, &["价格是", "1", "0", "0", "元"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn llama3_groups_one_to_three_digits_and_folds_contraction_case() {
+        check(
+            "llama-bpe",
+            &[
+                (DIGITS, &["abc", " ", "123", "45", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'LL"]),
+                (WHITESPACE, &["a", "\n\n", " ", " b", "  \n"]),
+                (PUNCT_NEWLINE, &["Hi", "!\n\n", "Yo"]),
+                (NON_LATIN, &["日本語のテキスト", " ", "123", " Привет", " мир"]),
+                (COMBINING, &["cafe", "\u{301}s"]),
+                (HAN_DIGITS, &["价格是", "100", "元"]),
+                (SYMBOLS, &["Hello", ",", " world", "!!", " $", "x", "+", "1", " =", " ", "123", "45"]),
+            ],
+        );
+        assert_eq!(split("llama3", DIGITS), split("llama-bpe", DIGITS));
+    }
+
+    #[test]
+    fn qwen2_splits_single_digits_with_llama3s_other_rules() {
+        check(
+            "qwen2",
+            &[
+                (DIGITS, &["abc", " ", "1", "2", "3", "4", "5", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'LL"]),
+                (WHITESPACE, &["a", "\n\n", " ", " b", "  \n"]),
+                (PUNCT_NEWLINE, &["Hi", "!\n\n", "Yo"]),
+                (NON_LATIN, &["日本語のテキスト", " ", "1", "2", "3", " Привет", " мир"]),
+                (HAN_DIGITS, &["价格是", "1", "0", "0", "元"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn gpt4o_attaches_contractions_and_marks_to_words() {
+        check(
+            "gpt-4o",
+            &[
+                (DIGITS, &["abc", " ", "123", "45", " x"]),
+                (CONTRACTIONS, &["I'm", " can't", " WE'LL"]),
+                (WHITESPACE, &["a", "\n\n", " ", " b", "  \n"]),
+                (NON_LATIN, &["日本語のテキスト", " ", "123", " Привет", " мир"]),
+                (COMBINING, &["cafe\u{301}s"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn tekken_has_gpt4o_letters_single_digits_and_no_contractions() {
+        check(
+            "tekken",
+            &[
+                (DIGITS, &["abc", " ", "1", "2", "3", "4", "5", " x"]),
+                (CONTRACTIONS, &["I", "'m", " can", "'t", " WE", "'LL"]),
+                (WHITESPACE, &["a", "\n\n", " ", " b", "  \n"]),
+                (PUNCT_NEWLINE, &["Hi", "!\n\n", "Yo"]),
+                (COMBINING, &["cafe\u{301}s"]),
+                (HAN_DIGITS, &["价格是", "1", "0", "0", "元"]),
+            ],
+        );
+        let t = pre_tokenizer("tekken").unwrap();
+        assert!(t.ignore_merges && t.add_bos);
+    }
+
+    #[test]
+    fn default_is_llama_cpps_punctuation_then_gpt2_then_digit_groups() {
+        check(
+            "default",
+            &[
+                (DIGITS, &["abc", " ", "123", "45", " x"]),
+                (CONTRACTIONS, &["I", "'", "m", " can", "'", "t", " WE", "'", "LL"]),
+                (SYMBOLS, &["Hello", ",", " world", "!!", " ", "$", "x", "+", "1", " ", "=", " ", "123", "45"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn flags_follow_llama_cpp() {
+        let flags = |p: &str| pre_tokenizer(p).map(|t| (t.ignore_merges, t.add_bos));
+        assert_eq!(flags("llama-bpe"), Some((true, true)));
+        assert_eq!(flags("dbrx"), Some((false, false)));
+        assert_eq!(flags("qwen2"), Some((false, false)));
+        assert_eq!(flags("smollm"), Some((false, false)));
+        assert_eq!(flags("gpt-4o"), Some((false, false)));
+        assert_eq!(flags("gpt2"), None, "llama.cpp spells it gpt-2");
+        assert_eq!(flags("gemma"), None, "Gemma is SentencePiece, not a BPE pre-tokenizer");
+        for (names, ..) in PRE_TOKENIZERS {
+            for n in *names {
+                assert!(pre_tokenizer(n).is_some());
+                // Every regex compiles in the tokenizer's engine.
+                byte_level_pre_tokenizer(&pre_tokenizer(n).unwrap()).unwrap();
+            }
+        }
+    }
 }

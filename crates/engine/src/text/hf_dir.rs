@@ -1,6 +1,7 @@
 //! Loading the text side of a Hugging Face model folder: `tokenizer.json`,
 //! `tokenizer_config.json` (chat template, BOS/EOS strings, `add_bos_token`),
-//! `chat_template.jinja` and `generation_config.json` (the list of EOS ids).
+//! `chat_template.jinja`, `generation_config.json` (the list of EOS ids) and `config.json`'s
+//! `model_type` (which picks the built-in template when the folder has none).
 
 use std::path::Path;
 
@@ -18,6 +19,8 @@ pub(crate) struct HfText {
     pub chat_template: Option<String>,
     pub bos_token: String,
     pub eos_token: String,
+    /// `config.json`'s `model_type` (`llama`, `qwen3`, `gemma3_text`, ...).
+    pub model_type: Option<String>,
 }
 
 fn read_json(path: &Path) -> Result<Option<Json>> {
@@ -78,6 +81,8 @@ pub(crate) fn load(dir: &Path) -> Result<HfText> {
         .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
+    let model_type = read_json(&dir.join("config.json"))?
+        .and_then(|c| c.get("model_type").and_then(Json::as_str).map(str::to_owned));
     let template_file = dir.join("chat_template.jinja");
     let chat_template =
         if template_file.exists() { Some(std::fs::read_to_string(&template_file)?) } else { chat_template(&config) };
@@ -125,5 +130,6 @@ pub(crate) fn load(dir: &Path) -> Result<HfText> {
         chat_template,
         bos_token: bos_token.unwrap_or_default(),
         eos_token: eos_token.unwrap_or_default(),
+        model_type,
     })
 }

@@ -2,6 +2,7 @@
 //! the incremental detokenizer and the stop-string checker. `TextProcessor` bundles what a
 //! model needs; the server uses it to render and tokenize, the engine to detokenize.
 
+mod builtin;
 mod byte_level;
 pub mod detokenizer;
 pub mod gguf_tokenizer;
@@ -16,6 +17,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file;
 use tokenizers::Tokenizer;
 
+pub use builtin::{BuiltinTemplate, TemplateSource};
 pub use detokenizer::IncrementalDetokenizer;
 pub use stop::{StopChecker, StopOutcome};
 pub use template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE, GEMMA3_TEMPLATE};
@@ -24,18 +26,25 @@ use gguf_tokenizer::{meta_string, TokenizerParts};
 
 use crate::{EngineError, Result};
 
-/// Tokens that end a turn in common chat formats. Any of them present in the vocabulary as a
-/// special (added) token ends generation, as in llama.cpp.
+/// Tokens that end generation when the vocabulary holds them as special (added) tokens: the
+/// end-of-generation list llama.cpp keeps by token text (`llama_vocab::impl::load`), plus
+/// Cohere's end of turn. Llama 3 `<|eot_id|>` / `<|eom_id|>` / `<|end_of_text|>`, ChatML and
+/// Qwen `<|im_end|>` / `<|endoftext|>`, Phi-3 `<|end|>`, Gemma `<end_of_turn>`, gpt-oss
+/// `<|return|>` / `<|call|>`; Mistral's `</s>` is its EOS.
 const END_OF_TURN_TOKENS: &[&str] = &[
-    "<|im_end|>",
     "<|eot_id|>",
     "<|eom_id|>",
-    "<end_of_turn>",
-    "<|end|>",
-    "<|endoftext|>",
     "<|end_of_text|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|end|>",
     "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "</s>",
+    "<EOT>",
     "<|END_OF_TURN_TOKEN|>",
+    "<end_of_utterance>",
     "<｜end▁of▁sentence｜>",
 ];
 
@@ -44,6 +53,7 @@ const END_OF_TURN_TOKENS: &[&str] = &[
 pub struct TextProcessor {
     tokenizer: Tokenizer,
     template: ChatTemplate,
+    template_source: TemplateSource,
     token_bytes: Vec<Vec<u8>>,
     bos_id: Option<u32>,
     add_bos: bool,
@@ -57,6 +67,7 @@ impl std::fmt::Debug for TextProcessor {
             .field("bos_id", &self.bos_id)
             .field("add_bos", &self.add_bos)
             .field("eog_ids", &self.eog_ids)
+            .field("template", &self.template_source)
             .finish_non_exhaustive()
     }
 }
@@ -65,44 +76,59 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Tokenizer(e.to_string())
 }
 
+/// The template to use: the override, else the model's own, else the built-in for `arch`.
+fn choose_template(
+    template_override: Option<&str>,
+    model: Option<String>,
+    arch: &str,
+    tokenizer: &Tokenizer,
+) -> (String, TemplateSource) {
+    if let Some(t) = template_override {
+        return (t.to_owned(), TemplateSource::Override);
+    }
+    if let Some(t) = model {
+        return (t, TemplateSource::Model);
+    }
+    let builtin = BuiltinTemplate::for_model(arch, |t| tokenizer.token_to_id(t).is_some());
+    tracing::info!("the model carries no chat template; using the built-in {builtin} template (architecture {arch:?})");
+    (builtin.source().to_owned(), TemplateSource::Builtin(builtin))
+}
+
 impl TextProcessor {
     /// Builds from GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`).
-    /// `template_override` replaces the model's chat template.
+    /// `template_override` replaces the model's chat template; a file with none gets the
+    /// built-in template of its `general.architecture` ([`BuiltinTemplate::for_model`]).
     pub fn from_gguf(content: &gguf_file::Content, template_override: Option<&str>) -> Result<Self> {
         let parts = gguf_tokenizer::from_gguf(content)?;
         let token_str = |id: Option<u32>| id.and_then(|i| parts.tokens.get(i as usize)).cloned().unwrap_or_default();
         let (bos, eos) = (token_str(parts.bos_id), token_str(parts.eos_id));
         let arch = meta_string(content, "general.architecture").unwrap_or_default();
-        let builtin = matches!(arch.as_str(), "gemma" | "gemma2" | "gemma3").then_some(GEMMA3_TEMPLATE);
-        let source = template_override
-            .map(str::to_owned)
-            .or_else(|| meta_string(content, "tokenizer.chat_template"))
-            .or_else(|| builtin.map(str::to_owned));
-        Self::assemble(parts, source.as_deref(), &bos, &eos)
+        let (source, origin) = choose_template(
+            template_override,
+            meta_string(content, "tokenizer.chat_template"),
+            &arch,
+            &parts.tokenizer,
+        );
+        Self::assemble(parts, &source, origin, &bos, &eos)
     }
 
     /// Builds from a Hugging Face folder (`tokenizer.json`, `tokenizer_config.json`,
-    /// `generation_config.json`).
+    /// `chat_template.jinja`, `generation_config.json`; `config.json`'s `model_type` picks the
+    /// built-in template when the folder has none).
     pub fn from_hf_dir(dir: &Path, template_override: Option<&str>) -> Result<Self> {
         let hf = hf_dir::load(dir)?;
-        let source = template_override.map(str::to_owned).or(hf.chat_template);
-        Self::assemble(hf.parts, source.as_deref(), &hf.bos_token, &hf.eos_token)
+        let model_type = hf.model_type.unwrap_or_default();
+        let (source, origin) = choose_template(template_override, hf.chat_template, &model_type, &hf.parts.tokenizer);
+        Self::assemble(hf.parts, &source, origin, &hf.bos_token, &hf.eos_token)
     }
 
-    fn assemble(parts: TokenizerParts, template: Option<&str>, bos: &str, eos: &str) -> Result<Self> {
-        let template = ChatTemplate::new(template.unwrap_or(CHATML_TEMPLATE), bos, eos)?;
-        let added = parts.tokenizer.get_added_tokens_decoder();
-        let mut eog_ids: Vec<u32> = parts.eos_id.into_iter().chain(parts.extra_eog.iter().copied()).collect();
-        for name in END_OF_TURN_TOKENS {
-            if let Some(id) = parts.tokenizer.token_to_id(name).filter(|id| added.contains_key(id)) {
-                eog_ids.push(id);
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        eog_ids.retain(|id| seen.insert(*id));
+    fn assemble(parts: TokenizerParts, template: &str, origin: TemplateSource, bos: &str, eos: &str) -> Result<Self> {
+        let template = ChatTemplate::new(template, bos, eos)?;
+        let eog_ids = end_of_generation_ids(&parts);
         Ok(Self {
             tokenizer: parts.tokenizer,
             template,
+            template_source: origin,
             token_bytes: parts.token_bytes,
             bos_id: parts.bos_id,
             add_bos: parts.add_bos,
@@ -129,6 +155,17 @@ impl TextProcessor {
     /// Renders `messages` with the chat template.
     pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         self.template.render(messages, add_generation_prompt)
+    }
+
+    /// [`render_chat`](Self::render_chat) with extra template variables (a JSON object, e.g.
+    /// `{"enable_thinking": false}`); see [`ChatTemplate::render_with`].
+    pub fn render_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
+        self.template.render_with(messages, add_generation_prompt, extra)
     }
 
     /// Render + encode, as the server does for chat completions (no BOS added twice: a
@@ -173,6 +210,31 @@ impl TextProcessor {
     pub fn chat_template(&self) -> &ChatTemplate {
         &self.template
     }
+
+    /// Where the chat template came from (override, the model, or a built-in).
+    pub fn template_source(&self) -> TemplateSource {
+        self.template_source
+    }
+}
+
+/// EOS, the ids the model files declare (GGUF `eot`/`eom`, `generation_config.json`'s EOS list),
+/// and the [`END_OF_TURN_TOKENS`] the vocabulary holds as special tokens; ids outside the
+/// vocabulary are dropped. As in llama.cpp, a vocabulary with gpt-oss's `<|return|>` and
+/// `<|call|>` keeps `<|end|>` out (it ends a message there, not the generation).
+fn end_of_generation_ids(parts: &TokenizerParts) -> Vec<u32> {
+    let added = parts.tokenizer.get_added_tokens_decoder();
+    let special = |name: &str| parts.tokenizer.token_to_id(name).filter(|id| added.contains_key(id));
+    let mut ids: Vec<u32> = parts.eos_id.into_iter().chain(parts.extra_eog.iter().copied()).collect();
+    ids.extend(END_OF_TURN_TOKENS.iter().filter_map(|name| special(name)));
+    if special("<|return|>").is_some() && special("<|call|>").is_some() {
+        if let Some(end) = special("<|end|>") {
+            ids.retain(|&id| id != end);
+        }
+    }
+    let vocab = parts.token_bytes.len();
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|&id| (id as usize) < vocab && seen.insert(id));
+    ids
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ pub(crate) struct Spec<'a> {
     pub scores: &'a [f32],
     pub arch: &'a str,
     pub add_space_prefix: bool,
+    /// Which added tokens swallow the whitespace after them.
+    pub rstrip: &'a dyn Fn(&str) -> bool,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> EngineError {
@@ -97,7 +99,7 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
 
     let in_vocab: std::collections::HashSet<&str> = spelled.iter().map(String::as_str).collect();
-    add_gguf_added_tokens(&mut tokenizer, spec.tokens, spec.types, |t| in_vocab.contains(t))?;
+    add_gguf_added_tokens(&mut tokenizer, spec.tokens, spec.types, |t| in_vocab.contains(t), spec.rstrip)?;
 
     let token_bytes = spec.tokens.iter().zip(spec.types).map(|(t, &ty)| token_bytes(t, ty)).collect();
     Ok((tokenizer, token_bytes))

@@ -1,6 +1,6 @@
 //! Chat templates: the model's Jinja template (GGUF `tokenizer.chat_template`, or
-//! `tokenizer_config.json`), a user override, Gemma 3's template for Gemma files (whose GGUF has
-//! none), or ChatML as the last resort. Rendered with minijinja configured like Hugging Face's
+//! `tokenizer_config.json`), a user override, or a built-in chosen by architecture for files that
+//! carry none (see [`BuiltinTemplate`](super::BuiltinTemplate)). Rendered with minijinja configured like Hugging Face's
 //! `apply_chat_template`: `trim_blocks`, `lstrip_blocks`, Python string methods (pycompat),
 //! `raise_exception`, `strftime_now` and a Python-style `tojson`.
 
@@ -16,6 +16,8 @@ pub const CHATML_TEMPLATE: &str = include_str!("templates/chatml.jinja");
 pub const GEMMA3_TEMPLATE: &str = include_str!("templates/gemma3.jinja");
 
 const NAME: &str = "chat";
+/// Variables every render sets; extra variables may not shadow them.
+const RESERVED: [&str; 4] = ["messages", "add_generation_prompt", "bos_token", "eos_token"];
 
 /// One chat message as the template sees it (content already flattened to text).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -77,15 +79,46 @@ impl ChatTemplate {
 
     /// Renders the conversation; `add_generation_prompt` appends the assistant's turn header.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &serde_json::Value::Null)
+    }
+
+    /// [`render`](Self::render) with extra template variables, like the keyword arguments of
+    /// Hugging Face's `apply_chat_template(..., **kwargs)`: `extra` is `null` or a JSON object
+    /// whose keys become top-level variables, e.g. `{"enable_thinking": false}` (Qwen3),
+    /// `{"date_string": "26 Jul 2024"}` (Llama 3.1), or `{"tools": [...]}`. The variables the
+    /// renderer sets itself (`messages`, `add_generation_prompt`, `bos_token`, `eos_token`)
+    /// cannot be overridden.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
+        let extra = match extra {
+            serde_json::Value::Null => None,
+            serde_json::Value::Object(map) => {
+                if let Some(key) = map.keys().find(|k| RESERVED.contains(&k.as_str())) {
+                    return Err(EngineError::Template(format!(
+                        "the template variable {key:?} is set by the renderer and cannot be passed as an extra variable"
+                    )));
+                }
+                Some(Value::from_serialize(map))
+            }
+            other => {
+                return Err(EngineError::Template(format!(
+                    "extra template variables must be a JSON object, got {other}"
+                )))
+            }
+        };
+        let ctx = context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+            ..extra.unwrap_or_default()
+        };
         let template = self.env.get_template(NAME).map_err(template_err)?;
-        template
-            .render(context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-            })
-            .map_err(template_err)
+        template.render(ctx).map_err(template_err)
     }
 }
 
