@@ -159,6 +159,14 @@ impl TextProcessor {
         }
     }
 
+    /// Ids of the added tokens marked special (control tokens), sorted.
+    pub fn special_token_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> =
+            self.tokenizer.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Number of token ids (the model's vocabulary, added tokens included).
     pub fn vocab_size(&self) -> usize {
         self.token_bytes.len()
