@@ -1,7 +1,10 @@
 //! What the HTTP layer needs from the engine, as a trait: the real [`Engine`] implements it,
 //! and the server's unit tests drive the routes with a scripted stand-in.
 
+use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
+
+use wick_engine::grammar::{CompiledGrammar, GrammarError, GrammarSpec, Trigger};
 use wick_engine::text::ChatMessage;
 use wick_engine::{Engine, EngineError, EngineStats, Event, GenerateRequest, SubmitError};
 
@@ -19,6 +22,12 @@ pub trait Backend: Send + Sync + 'static {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, EngineError>;
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EngineError>;
     fn token_text(&self, id: u32) -> (String, Vec<u8>);
+    /// Compiles a grammar (structured output, tool calls) for this model.
+    fn compile_grammar(
+        &self,
+        spec: &GrammarSpec,
+        trigger: Option<Trigger>,
+    ) -> Result<Arc<CompiledGrammar>, GrammarError>;
 }
 
 impl Backend for Engine {
@@ -51,5 +60,12 @@ impl Backend for Engine {
     }
     fn token_text(&self, id: u32) -> (String, Vec<u8>) {
         self.text().token_text(id)
+    }
+    fn compile_grammar(
+        &self,
+        spec: &GrammarSpec,
+        trigger: Option<Trigger>,
+    ) -> Result<Arc<CompiledGrammar>, GrammarError> {
+        Engine::compile_grammar(self, spec, trigger)
     }
 }

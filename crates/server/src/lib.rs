@@ -20,6 +20,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod sse;
 pub mod state;
+pub mod structured;
 pub mod unsupported;
 pub mod validate;
 

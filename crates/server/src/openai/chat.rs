@@ -35,8 +35,11 @@ pub struct ChatCompletionRequest {
     pub repetition_penalty: Option<f64>,
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
-    // Known OpenAI fields that are rejected unless they carry a no-op value.
+    /// wick's extension: a grammar in llguidance's Lark-like syntax the output must match.
+    pub grammar: Option<String>,
+    /// `text`, `json_object` or `json_schema` (see `structured`).
     pub response_format: Option<Value>,
+    // Known OpenAI fields that are rejected unless they carry a no-op value.
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<Value>,

@@ -17,6 +17,7 @@ use crate::openai::chat::{
 use crate::openai::common::{finish_reason_str, system_fingerprint, unix_now, Usage};
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
+use crate::structured;
 use crate::validate;
 
 pub async fn handler(
@@ -27,6 +28,9 @@ pub async fn handler(
     ready.check_model(&req.model)?;
     let backend = ready.backend.as_ref();
     let mut v = validate::chat(&req, backend.vocab_size())?;
+    if let Some((spec, param)) = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())? {
+        v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, None, param).await?);
+    }
     let messages = crate::messages::messages(&req.messages)?;
     let prompt_ids = backend.encode_chat(&messages).map_err(super::text_error)?;
     validate::resolve_max_tokens(&mut v, prompt_ids.len(), backend.max_model_len(), "messages")?;

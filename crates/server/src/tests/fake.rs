@@ -10,6 +10,10 @@ use wick_engine::{
     EngineError, EngineStats, Event, FinishReason, GenerateRequest, SubmitError, TokenLogprob, TopLogprob, Usage,
 };
 
+use std::sync::Arc;
+
+use wick_engine::grammar::{CompiledGrammar, GrammarError, GrammarSpec, Trigger};
+
 use crate::backend::Backend;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -124,5 +128,15 @@ impl Backend for Fake {
     fn token_text(&self, id: u32) -> (String, Vec<u8>) {
         let s = char::from(id as u8).to_string();
         (s.clone(), s.into_bytes())
+    }
+    /// The scripted engine has no vocabulary for grammars: a schema containing `"bad"` is
+    /// invalid (as llguidance would say), any other is unavailable.
+    fn compile_grammar(&self, spec: &GrammarSpec, _: Option<Trigger>) -> Result<Arc<CompiledGrammar>, GrammarError> {
+        match spec {
+            GrammarSpec::JsonSchema(s) if s.to_string().contains("bad") => {
+                Err(GrammarError::Invalid("unknown type: bad".into()))
+            }
+            _ => Err(GrammarError::Setup("the scripted engine has no grammar support".into())),
+        }
     }
 }
