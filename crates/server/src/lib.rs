@@ -21,6 +21,7 @@ pub mod shutdown;
 pub mod sse;
 pub mod state;
 pub mod structured;
+pub mod tools;
 pub mod unsupported;
 pub mod validate;
 

@@ -92,7 +92,7 @@ fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
             text
         }
     };
-    Ok(ChatMessage { role: role.to_owned(), content })
+    Ok(ChatMessage::new(role, content))
 }
 
 #[cfg(test)]
@@ -108,8 +108,8 @@ mod tests {
         )
         .expect("parses");
         let msgs = messages(&req.messages).expect("valid");
-        assert_eq!(msgs[0], ChatMessage { role: "system".into(), content: "be brief".into() });
-        assert_eq!(msgs[1], ChatMessage { role: "user".into(), content: "ab".into() });
+        assert_eq!(msgs[0], ChatMessage::new("system", "be brief"));
+        assert_eq!(msgs[1], ChatMessage::new("user", "ab"));
     }
 
     #[test]

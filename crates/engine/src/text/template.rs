@@ -17,16 +17,25 @@ pub const GEMMA3_TEMPLATE: &str = include_str!("templates/gemma3.jinja");
 
 const NAME: &str = "chat";
 
-/// One chat message as the template sees it (content already flattened to text).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// One chat message as the template sees it (content already flattened to text). Assistant
+/// tool calls and a tool result's call id are passed as HF templates expect them.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// `[{"id", "type": "function", "function": {"name", "arguments"}}]` (arguments as an object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The tool's name on a tool result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), ..Self::default() }
     }
 }
 
@@ -77,13 +86,27 @@ impl ChatTemplate {
 
     /// Renders the conversation; `add_generation_prompt` appends the assistant's turn header.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &serde_json::Value::Null)
+    }
+
+    /// [`render`](Self::render) with extra template variables (an object: `tools`, and the
+    /// client's `chat_template_kwargs` such as `enable_thinking`), as HF's
+    /// `apply_chat_template(..., tools=..., **kwargs)`. The fixed variables win over `extra`.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
         let template = self.env.get_template(NAME).map_err(template_err)?;
+        let extra = if extra.is_object() { Value::from_serialize(extra) } else { context! {} };
         template
             .render(context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
+                ..extra
             })
             .map_err(template_err)
     }
@@ -184,6 +207,19 @@ mod tests {
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
         let out = t.render(&[ChatMessage::new("user", "  padded  ")], false).unwrap();
         assert_eq!(out, "<s>USER:padded|</s>");
+    }
+
+    #[test]
+    fn extra_variables_reach_the_template_but_do_not_override_the_fixed_ones() {
+        let src = "{% if tools %}{{ tools | length }} tools|{% endif %}{{ enable_thinking }}|{{ messages | length }}|{{ messages[0].tool_calls[0].function.name }}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let msg = ChatMessage {
+            tool_calls: Some(serde_json::json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {}}}])),
+            ..ChatMessage::new("assistant", "")
+        };
+        let extra = serde_json::json!({"tools": [{"type": "function"}], "enable_thinking": false, "messages": []});
+        assert_eq!(t.render_with(&[msg.clone()], false, &extra).unwrap(), "1 tools|False|1|f");
+        assert_eq!(t.render(&[msg], false).unwrap(), "|1|f");
     }
 
     #[test]
