@@ -15,6 +15,7 @@ pub mod messages;
 pub mod metrics;
 pub mod model_source;
 pub mod openai;
+pub mod output;
 pub mod pypi;
 pub mod routes;
 pub mod shutdown;

@@ -99,7 +99,11 @@ impl ChatTemplate {
         extra: &serde_json::Value,
     ) -> Result<String> {
         let template = self.env.get_template(NAME).map_err(template_err)?;
-        let extra = if extra.is_object() { Value::from_serialize(extra) } else { context! {} };
+        let extra = if extra.is_object() {
+            Value::from_serialize(extra)
+        } else {
+            context! {}
+        };
         template
             .render(context! {
                 messages => messages,
@@ -214,11 +218,13 @@ mod tests {
         let src = "{% if tools %}{{ tools | length }} tools|{% endif %}{{ enable_thinking }}|{{ messages | length }}|{{ messages[0].tool_calls[0].function.name }}";
         let t = ChatTemplate::new(src, "", "").unwrap();
         let msg = ChatMessage {
-            tool_calls: Some(serde_json::json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {}}}])),
+            tool_calls: Some(
+                serde_json::json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {}}}]),
+            ),
             ..ChatMessage::new("assistant", "")
         };
         let extra = serde_json::json!({"tools": [{"type": "function"}], "enable_thinking": false, "messages": []});
-        assert_eq!(t.render_with(&[msg.clone()], false, &extra).unwrap(), "1 tools|False|1|f");
+        assert_eq!(t.render_with(std::slice::from_ref(&msg), false, &extra).unwrap(), "1 tools|False|1|f");
         assert_eq!(t.render(&[msg], false).unwrap(), "|1|f");
     }
 

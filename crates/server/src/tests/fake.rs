@@ -109,7 +109,13 @@ impl Backend for Fake {
     fn vocab_size(&self) -> usize {
         128
     }
-    fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+    fn chat_template_source(&self) -> String {
+        String::new()
+    }
+    fn single_token(&self, _text: &str) -> Option<(u32, bool)> {
+        None
+    }
+    fn encode_chat(&self, messages: &[ChatMessage], _extra: &serde_json::Value) -> Result<Vec<u32>, EngineError> {
         let text: String = messages.iter().map(|m| format!("{}:{};", m.role, m.content)).collect();
         self.encode(&text, false)
     }

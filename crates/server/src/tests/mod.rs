@@ -134,7 +134,7 @@ async fn client_errors_map_to_openai_statuses() {
     assert_eq!(error_of(&b)["code"], "context_length_exceeded");
     let (s, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"tools": [{"type": "function"}]})))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert_eq!(error_of(&b)["param"], "tools");
+    assert_eq!(error_of(&b)["param"], "tools[0].function");
     let (app, _) = app_with(Script::Overloaded, &[], &[], true);
     let (s, h, b) = call(&app, post("/v1/chat/completions", chat(json!({})))).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);

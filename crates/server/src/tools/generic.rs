@@ -17,9 +17,11 @@ pub fn envelope_schema(req: &ToolRequest) -> Value {
     }
     let tool_calls = json!({"type": "object", "properties": {"tool_calls": calls},
                             "required": ["tool_calls"], "additionalProperties": false});
+    let response = json!({"type": "object", "properties": {"response": {"type": "string"}},
+                          "required": ["response"], "additionalProperties": false});
     match req.choice {
-        Choice::Auto => json!({"anyOf": [tool_calls, {"type": "object",
-            "properties": {"response": {"type": "string"}}, "required": ["response"], "additionalProperties": false}]}),
+        Choice::None => response,
+        Choice::Auto => json!({"anyOf": [tool_calls, response]}),
         Choice::Required | Choice::Named(_) => tool_calls,
     }
 }
@@ -33,12 +35,17 @@ pub fn system_prompt(req: &ToolRequest) -> String {
         .collect();
     let tools = serde_json::to_string_pretty(&tools).unwrap_or_default();
     let many = if req.parallel { "one or more tools" } else { "one tool" };
+    if req.choice == Choice::None {
+        return "Answer with one JSON object and nothing else: {\"response\": \"<your answer>\"}.".to_owned();
+    }
     let answer = match req.choice {
         Choice::Auto => format!(
             "To call {many}, answer with {{\"tool_calls\": [{{\"name\": \"<tool name>\", \"arguments\": {{...}}}}]}}.\n\
              To answer the user directly, answer with {{\"response\": \"<your answer>\"}}."
         ),
-        _ => format!("Call {many}: answer with {{\"tool_calls\": [{{\"name\": \"<tool name>\", \"arguments\": {{...}}}}]}}."),
+        _ => format!(
+            "Call {many}: answer with {{\"tool_calls\": [{{\"name\": \"<tool name>\", \"arguments\": {{...}}}}]}}."
+        ),
     };
     format!("You can use these tools:\n{tools}\n\nAnswer with one JSON object and nothing else.\n{answer}")
 }
@@ -346,7 +353,10 @@ mod tests {
             (
                 r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris \"15e\""}}, {"name": "now", "arguments": {}}]}"#,
                 vec![
-                    Piece::Call(ParsedCall { name: "get_weather".into(), arguments: r#"{"city":"Paris \"15e\""}"#.into() }),
+                    Piece::Call(ParsedCall {
+                        name: "get_weather".into(),
+                        arguments: r#"{"city":"Paris \"15e\""}"#.into(),
+                    }),
                     Piece::Call(ParsedCall { name: "now".into(), arguments: "{}".into() }),
                 ],
             ),
@@ -389,7 +399,9 @@ mod tests {
         let msgs = vec![
             ChatMessage::new("user", "hi"),
             ChatMessage {
-                tool_calls: Some(json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}])),
+                tool_calls: Some(
+                    json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]),
+                ),
                 ..ChatMessage::new("assistant", "")
             },
             ChatMessage { tool_call_id: Some("c1".into()), name: Some("f".into()), ..ChatMessage::new("tool", "42") },
@@ -397,6 +409,9 @@ mod tests {
         let out = messages(&req, msgs);
         assert_eq!(out[0].role, "system");
         assert_eq!(out[2].content, r#"{"tool_calls":[{"name":"f","arguments":{"x":1}}]}"#);
-        assert_eq!((out[3].role.as_str(), out[3].content.as_str()), ("user", r#"{"tool_response":{"name":"f","content":"42"}}"#));
+        assert_eq!(
+            (out[3].role.as_str(), out[3].content.as_str()),
+            ("user", r#"{"tool_response":{"name":"f","content":"42"}}"#)
+        );
     }
 }

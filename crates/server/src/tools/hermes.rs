@@ -16,7 +16,11 @@ pub const CLOSE: &str = "</tool_call>";
 pub fn grammar(req: &ToolRequest, special: bool, lazy: bool) -> String {
     let tag = |t: &str| if special { t.to_owned() } else { format!("{t:?}") };
     let schema = wick_engine::grammar::with_json_options(req.call_schema());
-    let more = if req.parallel { format!("(\"\\n\" {} \"\\n\" body \"\\n\" {})*", tag(OPEN), tag(CLOSE)) } else { String::new() };
+    let more = if req.parallel {
+        format!("(\"\\n\" {} \"\\n\" body \"\\n\" {})*", tag(OPEN), tag(CLOSE))
+    } else {
+        String::new()
+    };
     let first = if lazy { String::new() } else { tag(OPEN) };
     // A required or named choice allows no text before the first call.
     debug_assert!(lazy == (req.choice == Choice::Auto));
@@ -31,7 +35,10 @@ pub struct Parser {
 
 /// The length of the longest suffix of `s` that is a proper prefix of `tag`.
 fn partial_tag(s: &str, tag: &str) -> usize {
-    (1..tag.len()).rev().find(|&n| s.len() >= n && s.is_char_boundary(s.len() - n) && tag.starts_with(&s[s.len() - n..])).unwrap_or(0)
+    (1..tag.len())
+        .rev()
+        .find(|&n| s.len() >= n && s.is_char_boundary(s.len() - n) && tag.starts_with(&s[s.len() - n..]))
+        .unwrap_or(0)
 }
 
 impl Parser {

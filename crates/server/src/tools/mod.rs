@@ -33,12 +33,14 @@ pub struct Tool {
 /// `tool_choice`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
+    /// No calls: the model answers in text (the history may still hold calls and results).
+    None,
     Auto,
     Required,
     Named(String),
 }
 
-/// What the request asks of tools (absent when it has none, or `tool_choice` is `none`).
+/// What the request asks of tools (absent when it has none).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolRequest {
     pub tools: Vec<Tool>,
@@ -51,6 +53,7 @@ impl ToolRequest {
     pub fn callable(&self) -> Vec<&Tool> {
         match &self.choice {
             Choice::Named(n) => self.tools.iter().filter(|t| &t.name == n).collect(),
+            Choice::None => Vec::new(),
             _ => self.tools.iter().collect(),
         }
     }
@@ -115,7 +118,10 @@ pub enum Format {
     Generic,
     /// `special`: `<tool_call>`/`</tool_call>` are special tokens (written as such in grammars);
     /// `trigger`: the token id of `<tool_call>` when it is one token.
-    Hermes { trigger: Trigger, special: bool },
+    Hermes {
+        trigger: Trigger,
+        special: bool,
+    },
 }
 
 impl Format {
@@ -133,14 +139,16 @@ impl Format {
         }
     }
 
-    /// The grammar that constrains the answer, and its trigger for a lazy one.
-    pub fn grammar(&self, req: &ToolRequest) -> (GrammarSpec, Option<Trigger>) {
+    /// The grammar that constrains the answer, and its trigger for a lazy one (none for a
+    /// Hermes model told not to call tools: it answers in free text).
+    pub fn grammar(&self, req: &ToolRequest) -> Option<(GrammarSpec, Option<Trigger>)> {
         match self {
-            Format::Generic => (GrammarSpec::JsonSchema(generic::envelope_schema(req)), None),
+            Format::Generic => Some((GrammarSpec::JsonSchema(generic::envelope_schema(req)), None)),
+            Format::Hermes { .. } if req.choice == Choice::None => None,
             Format::Hermes { trigger, special } => {
                 let lazy = req.choice == Choice::Auto;
                 let src = hermes::grammar(req, *special, lazy);
-                (GrammarSpec::Lark(src), lazy.then(|| trigger.clone()))
+                Some((GrammarSpec::Lark(src), lazy.then(|| trigger.clone())))
             }
         }
     }
@@ -173,8 +181,10 @@ pub fn parse(
             ));
         }
     }
+    // As llama-server: one call per turn unless the client asks for parallel calls (OpenAI's
+    // default is true, but small models asked for "one or more" calls tend to repeat them).
     let parallel = match parallel {
-        None | Some(Value::Null) => true,
+        None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
             return Err(ApiError::invalid_value("parallel_tool_calls", "`parallel_tool_calls` must be a boolean."))
@@ -183,7 +193,7 @@ pub fn parse(
     let choice = match tool_choice {
         None | Some(Value::Null) => Some(Choice::Auto),
         Some(Value::String(s)) => match s.as_str() {
-            "none" => None,
+            "none" => Some(Choice::None),
             "auto" => Some(Choice::Auto),
             "required" => Some(Choice::Required),
             other => {
@@ -216,7 +226,7 @@ pub fn parse(
     let Some(choice) = choice else { return Ok(None) };
     if tools.is_empty() {
         return match choice {
-            Choice::Auto => Ok(None),
+            Choice::Auto | Choice::None => Ok(None),
             _ => Err(ApiError::invalid_value("tool_choice", "`tool_choice` requires `tools`.")),
         };
     }
@@ -243,7 +253,11 @@ fn tool(i: usize, t: &Value) -> Result<Tool, ApiError> {
         ));
     }
     let name = match f.get("name").and_then(Value::as_str) {
-        Some(n) if !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 64
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+        {
             n.to_owned()
         }
         _ => {
@@ -256,13 +270,18 @@ fn tool(i: usize, t: &Value) -> Result<Tool, ApiError> {
     let description = match f.get("description") {
         None | Some(Value::Null) => None,
         Some(Value::String(d)) => Some(d.clone()),
-        Some(_) => return Err(ApiError::invalid_value(&at(".function.description"), "`description` must be a string.")),
+        Some(_) => {
+            return Err(ApiError::invalid_value(&at(".function.description"), "`description` must be a string."))
+        }
     };
     let parameters = match f.get("parameters") {
         None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
         Some(p @ Value::Object(_)) => p.clone(),
         Some(_) => {
-            return Err(ApiError::invalid_value(&at(".function.parameters"), "`parameters` must be a JSON schema object."))
+            return Err(ApiError::invalid_value(
+                &at(".function.parameters"),
+                "`parameters` must be a JSON schema object.",
+            ))
         }
     };
     if !matches!(f.get("strict"), None | Some(Value::Null | Value::Bool(_))) {
@@ -329,12 +348,14 @@ mod tests {
     fn choices_parse_and_none_disables_tools() {
         let t = tools();
         let r = parse(Some(&t), None, None).expect("ok").expect("tools");
-        assert_eq!((r.choice.clone(), r.parallel, r.tools.len()), (Choice::Auto, true, 2));
+        assert_eq!((r.choice.clone(), r.parallel, r.tools.len()), (Choice::Auto, false, 2));
         assert_eq!(r.tools[1].parameters, json!({"type": "object", "properties": {}}));
-        assert!(parse(Some(&t), Some(&json!("none")), None).expect("ok").is_none());
+        let none = parse(Some(&t), Some(&json!("none")), None).expect("ok").expect("tools");
+        assert!(none.callable().is_empty());
+        assert!(parse(Some(&json!([])), Some(&json!("none")), None).expect("ok").is_none());
         let named = json!({"type": "function", "function": {"name": "now"}});
-        let r = parse(Some(&t), Some(&named), Some(&json!(false))).expect("ok").expect("tools");
-        assert_eq!((r.choice.clone(), r.parallel), (Choice::Named("now".into()), false));
+        let r = parse(Some(&t), Some(&named), Some(&json!(true))).expect("ok").expect("tools");
+        assert_eq!((r.choice.clone(), r.parallel), (Choice::Named("now".into()), true));
         assert_eq!(r.callable().len(), 1);
         assert_eq!(r.call_schema()["properties"]["name"]["const"], "now");
         assert!(parse(None, Some(&json!("auto")), None).expect("ok").is_none());
@@ -347,7 +368,12 @@ mod tests {
             (json!({}), None, None, "tools"),
             (json!([{"type": "code_interpreter"}]), None, None, "tools[0].type"),
             (json!([{"type": "function", "function": {"name": "a b"}}]), None, None, "tools[0].function.name"),
-            (json!([{"type": "function", "function": {"name": "a", "parameters": 3}}]), None, None, "tools[0].function.parameters"),
+            (
+                json!([{"type": "function", "function": {"name": "a", "parameters": 3}}]),
+                None,
+                None,
+                "tools[0].function.parameters",
+            ),
             (json!([{"type": "function", "function": {"name": "a", "x": 3}}]), None, None, "tools[0].function.x"),
             (t.clone(), Some(json!("sometimes")), None, "tool_choice"),
             (t.clone(), Some(json!({"type": "function", "function": {"name": "missing"}})), None, "tool_choice"),
@@ -363,7 +389,10 @@ mod tests {
     fn formats_are_detected_from_the_template() {
         assert_eq!(Format::detect("{{ messages }}", None), Format::Generic);
         let qwen = "{% if tools %}<tools>{% endif %}<tool_call>";
-        assert_eq!(Format::detect(qwen, Some((7, false))), Format::Hermes { trigger: Trigger::Token(7), special: false });
+        assert_eq!(
+            Format::detect(qwen, Some((7, false))),
+            Format::Hermes { trigger: Trigger::Token(7), special: false }
+        );
         assert_eq!(
             Format::detect(qwen, None),
             Format::Hermes { trigger: Trigger::Text("<tool_call>".into()), special: false }
