@@ -17,6 +17,7 @@ pub mod model_source;
 pub mod openai;
 pub mod output;
 pub mod pypi;
+pub mod reasoning;
 pub mod routes;
 pub mod shutdown;
 pub mod sse;

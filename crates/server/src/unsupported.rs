@@ -18,8 +18,6 @@ fn reject_unless(param: &str, value: &Option<Value>, noop: impl Fn(&Value) -> bo
 
 /// Rejects every unsupported field of `req` that is set to something other than a no-op.
 pub fn check(req: &ChatCompletionRequest) -> Result<(), ApiError> {
-    let later = "it will arrive in a later version.";
-    reject_unless("reasoning_effort", &req.reasoning_effort, |_| false, later)?;
     reject_unless("functions", &req.functions, |_| false, "function calling is not supported.")?;
     reject_unless(
         "function_call",
@@ -65,7 +63,7 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_rejected_by_name_but_noops_pass() {
-        for (extra, param) in [(r#","reasoning_effort":"low""#, "reasoning_effort"), (r#","store":true"#, "store")] {
+        for (extra, param) in [(r#","audio":{}"#, "audio"), (r#","store":true"#, "store")] {
             assert_eq!(chat_err(extra).param.as_deref(), Some(param), "{extra}");
         }
         for extra in [r#","tool_choice":"none""#, r#","store":false"#, r#","user":"u1""#] {

@@ -39,11 +39,14 @@ pub struct ChatCompletionRequest {
     pub grammar: Option<String>,
     /// `text`, `json_object` or `json_schema` (see `structured`).
     pub response_format: Option<Value>,
-    // Known OpenAI fields that are rejected unless they carry a no-op value.
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<Value>,
+    /// Passed to templates that read it (gpt-oss style `reasoning_effort`).
     pub reasoning_effort: Option<Value>,
+    /// Extra chat-template variables (vLLM/SGLang), e.g. `{"enable_thinking": false}`.
+    pub chat_template_kwargs: Option<Value>,
+    // Known OpenAI fields that are rejected unless they carry a no-op value.
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
     pub audio: Option<Value>,
@@ -169,6 +172,12 @@ pub struct ResponseMessage {
     pub refusal: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
+    /// The model's thinking (llama-server's and SGLang's name) ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// ... and the same under vLLM's, Ollama's and OpenRouter's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -198,6 +207,10 @@ pub struct Delta {
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

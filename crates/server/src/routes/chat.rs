@@ -18,7 +18,8 @@ use crate::openai::chat::{
     FunctionCall, FunctionDelta, ResponseMessage, TokenLogprob, ToolCall, ToolCallDelta,
 };
 use crate::openai::common::{finish_reason_str, system_fingerprint, unix_now, Usage};
-use crate::output::{self, ChoiceParser, Part};
+use crate::output::{self, ChoiceParser, OutputFormat, Part};
+use crate::reasoning;
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
 use crate::structured;
@@ -41,6 +42,40 @@ fn tool_call(call: ParsedCall) -> ToolCall {
     }
 }
 
+/// `reasoning_effort` values OpenAI defines.
+const EFFORTS: &[&str] = &["none", "minimal", "low", "medium", "high"];
+
+/// Extra template variables: `chat_template_kwargs`, and `reasoning_effort` for templates that
+/// read it (elsewhere it is a 400: it would do nothing).
+fn template_kwargs(req: &ChatCompletionRequest, template: &str) -> Result<Map<String, Value>, ApiError> {
+    let mut extra = match &req.chat_template_kwargs {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid_value("chat_template_kwargs", "`chat_template_kwargs` must be an object."))
+        }
+    };
+    match &req.reasoning_effort {
+        None | Some(Value::Null) => {}
+        Some(Value::String(e)) if EFFORTS.contains(&e.as_str()) => {
+            if !template.contains("reasoning_effort") {
+                return Err(ApiError::unsupported(
+                    "reasoning_effort",
+                    "This model's chat template has no reasoning effort setting.",
+                ));
+            }
+            extra.insert("reasoning_effort".into(), Value::String(e.clone()));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_value(
+                "reasoning_effort",
+                format!("`reasoning_effort` must be one of {}.", EFFORTS.join(", ")),
+            ))
+        }
+    }
+    Ok(extra)
+}
+
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     Json(req): Json<ChatCompletionRequest>,
@@ -52,14 +87,15 @@ pub async fn handler(
     let tool_req = tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls.as_ref())?;
     let structured = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())?;
     let mut messages = crate::messages::messages(&req.messages)?;
-    let mut extra = Map::new();
+    let template = backend.chat_template_source();
+    let mut extra = template_kwargs(&req, &template)?;
     let format = match &tool_req {
         None => None,
         Some(t) => {
             if let Some((_, param)) = &structured {
                 return Err(ApiError::unsupported(param, format!("`{param}` cannot be combined with `tools`.")));
             }
-            let format = Format::detect(&backend.chat_template_source(), backend.single_token(hermes::OPEN));
+            let format = Format::detect(&template, backend.single_token(hermes::OPEN));
             match format {
                 Format::Generic => messages = generic::messages(t, messages),
                 Format::Hermes { .. } if t.choice == tools::Choice::None => {}
@@ -81,6 +117,12 @@ pub async fn handler(
         v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, None, param).await?);
     }
     let prompt_ids = backend.encode_chat(&messages, &Value::Object(extra)).map_err(super::text_error)?;
+    let thinks = template.contains(reasoning::OPEN) || backend.single_token(reasoning::OPEN).is_some();
+    let inside = thinks && {
+        let tail = &prompt_ids[prompt_ids.len().saturating_sub(4)..];
+        backend.decode(tail, false).is_ok_and(|t| t.trim_end().ends_with(reasoning::OPEN))
+    };
+    let format = OutputFormat { tools: format, reasoning: thinks.then_some(inside) };
     validate::resolve_max_tokens(&mut v, prompt_ids.len(), backend.max_model_len(), "messages")?;
     let id = super::new_id("chatcmpl");
     tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompt_tokens = prompt_ids.len(), n = v.n, stream = v.stream, tools = ?format, "chat completion");
@@ -96,7 +138,7 @@ pub async fn handler(
             fingerprint: system_fingerprint(),
             include_usage: v.include_usage,
             with_logprobs,
-            choices: (0..v.n).map(|_| StreamChoice::new(format.as_ref())).collect(),
+            choices: (0..v.n).map(|_| StreamChoice::new(&format)).collect(),
         };
         return Ok(sse::respond(events, writer, state.sse_keep_alive));
     }
@@ -110,15 +152,17 @@ pub async fn handler(
             .into_iter()
             .enumerate()
             .map(|(index, c)| {
-                let (content, calls) = output::parse_all(format.as_ref(), &c.text);
-                let made_calls = !calls.is_empty();
+                let m = output::parse_all(&format, &c.text);
+                let made_calls = !m.calls.is_empty();
                 Choice {
                     index,
                     message: ResponseMessage {
                         role: "assistant",
-                        content,
+                        content: m.content,
                         refusal: None,
-                        tool_calls: made_calls.then(|| calls.into_iter().map(tool_call).collect()),
+                        tool_calls: made_calls.then(|| m.calls.into_iter().map(tool_call).collect()),
+                        reasoning_content: m.reasoning.clone(),
+                        reasoning: m.reasoning,
                     },
                     logprobs: with_logprobs.then(|| ChoiceLogprobs {
                         content: c.logprobs.iter().map(TokenLogprob::from).collect(),
@@ -142,7 +186,7 @@ pub struct StreamChoice {
 }
 
 impl StreamChoice {
-    fn new(format: Option<&Format>) -> Self {
+    fn new(format: &OutputFormat) -> Self {
         Self { role_sent: false, parser: ChoiceParser::new(format), calls: 0 }
     }
 }
@@ -197,6 +241,11 @@ impl ChatChunks {
     fn parts(&mut self, choice: usize, parts: Vec<Part>, mut lp: Option<ChoiceLogprobs>, out: &mut Vec<String>) {
         for part in parts {
             match part {
+                Part::Reasoning(text) => {
+                    let delta =
+                        Delta { reasoning_content: Some(text.clone()), reasoning: Some(text), ..Delta::default() };
+                    out.push(self.one(choice, delta, lp.take(), None));
+                }
                 Part::Content(text) => {
                     let delta = Delta { content: Some(text), ..Delta::default() };
                     out.push(self.one(choice, delta, lp.take(), None));

@@ -26,7 +26,12 @@ pub enum Script {
     FailAfterOne,
     /// Nothing is ever sent; the sender is kept so tests can see the cancel.
     Hang,
+    /// A thinking model (its template writes `<think>`): tags split across tokens.
+    Thinking,
 }
+
+/// The token texts of [`Script::Thinking`].
+pub const THINKING: &[&str] = &["\n<th", "ink>", "Let me", " think.</", "think", ">", "\n", "\nAns", "wer."];
 
 pub struct Fake {
     pub script: Script,
@@ -60,17 +65,18 @@ fn logprob(id: u32, text: &str) -> TokenLogprob {
     }
 }
 
-async fn play(tx: UnboundedSender<Event>, req: GenerateRequest) {
+async fn play(tx: UnboundedSender<Event>, req: GenerateRequest, script: &'static [&'static str]) {
     let lp = req.params.logprobs.is_some();
     for choice in 0..req.n {
-        for (id, text) in [(1u32, "Hel"), (2, ""), (3, "lo")] {
+        for (id, text) in script.iter().enumerate().map(|(i, t)| (i as u32 + 1, *t)) {
             let logprob = lp.then(|| logprob(id, if text.is_empty() { "l" } else { text }));
             let _ = tx.send(Event::Token { choice, token_id: id, text: text.to_owned(), logprob });
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let _ = tx.send(Event::Finished { choice, reason: FinishReason::Stop, text: "!".into() });
+        let tail = if script.len() == 3 { "!" } else { "" };
+        let _ = tx.send(Event::Finished { choice, reason: FinishReason::Stop, text: tail.into() });
     }
-    let usage = Usage { prompt_tokens: req.prompt_ids.len(), completion_tokens: 3 * req.n };
+    let usage = Usage { prompt_tokens: req.prompt_ids.len(), completion_tokens: script.len() * req.n };
     let _ = tx.send(Event::Done {
         usage,
         queue_time: Duration::from_millis(1),
@@ -87,7 +93,10 @@ impl Backend for Fake {
         let (tx, rx) = unbounded_channel();
         match self.script {
             Script::Normal => {
-                tokio::spawn(play(tx, req));
+                tokio::spawn(play(tx, req, &["Hel", "", "lo"]));
+            }
+            Script::Thinking => {
+                tokio::spawn(play(tx, req, THINKING));
             }
             Script::FailAfterOne => {
                 let _ = tx.send(Event::Token { choice: 0, token_id: 1, text: "Hel".into(), logprob: None });
@@ -110,7 +119,11 @@ impl Backend for Fake {
         128
     }
     fn chat_template_source(&self) -> String {
-        String::new()
+        if self.script == Script::Thinking {
+            "{{ '<think>' }}".into()
+        } else {
+            String::new()
+        }
     }
     fn single_token(&self, _text: &str) -> Option<(u32, bool)> {
         None
