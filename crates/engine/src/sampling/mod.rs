@@ -7,6 +7,7 @@
 //! when the sequence has a grammar (see [`mask`]); logprobs come from the raw logits
 //! (see [`logprobs`]).
 
+pub mod defaults;
 pub mod filter;
 pub mod logprobs;
 pub mod mask;
@@ -16,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::request::SamplingParams;
+pub use defaults::SamplingDefaults;
 use filter::Truncation;
 pub use mask::TokenMask;
 use penalties::Penalties;

@@ -83,7 +83,7 @@ pub async fn handler(
     let ready = state.ready()?;
     ready.check_model(&req.model)?;
     let backend = ready.backend.as_ref();
-    let mut v = validate::chat(&req, backend.vocab_size())?;
+    let mut v = validate::chat(&req, backend.vocab_size(), &ready.sampling)?;
     let tool_req = tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls.as_ref())?;
     let structured = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())?;
     let mut messages = crate::messages::messages(&req.messages)?;

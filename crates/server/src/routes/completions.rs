@@ -53,7 +53,7 @@ pub async fn handler(
     let ready = state.ready()?;
     ready.check_model(&req.model)?;
     let backend = ready.backend.as_ref();
-    let mut v = validate::completion(&req, backend.vocab_size())?;
+    let mut v = validate::completion(&req, backend.vocab_size(), &ready.sampling)?;
     if let Some((spec, param)) = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())? {
         v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, None, param).await?);
     }

@@ -21,7 +21,12 @@ pub(super) fn app_with(script: Script, keys: &[&str], cors: &[&str], ready: bool
     let fake = Arc::new(Fake::new(script));
     let state = Arc::new(AppState::new(keys.iter().map(|s| s.to_string()).collect(), Duration::from_secs(5), 4096));
     if ready {
-        state.set_ready(Ready { backend: fake.clone(), model_ids: vec![MODEL.into(), "alias".into()], created: 1 });
+        state.set_ready(Ready {
+            backend: fake.clone(),
+            model_ids: vec![MODEL.into(), "alias".into()],
+            created: 1,
+            sampling: wick_engine::sampling::SamplingDefaults::default().resolved(),
+        });
     }
     let cors: Vec<String> = cors.iter().map(|s| s.to_string()).collect();
     (crate::app::router(state, &cors), fake)
