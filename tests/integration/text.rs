@@ -30,12 +30,12 @@ fn cached(var: &'static str, cell: &'static OnceLock<Option<TextProcessor>>) -> 
     cell.get_or_init(|| model_path(var).map(|p| load(&p))).as_ref()
 }
 
-fn smollm2() -> Option<&'static TextProcessor> {
+pub(crate) fn smollm2() -> Option<&'static TextProcessor> {
     static CELL: OnceLock<Option<TextProcessor>> = OnceLock::new();
     cached("WICK_TEST_MODEL_SMOLLM2", &CELL)
 }
 
-fn gemma3() -> Option<&'static TextProcessor> {
+pub(crate) fn gemma3() -> Option<&'static TextProcessor> {
     static CELL: OnceLock<Option<TextProcessor>> = OnceLock::new();
     cached("WICK_TEST_MODEL_GEMMA3", &CELL)
 }

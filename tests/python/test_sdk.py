@@ -116,8 +116,8 @@ def test_errors_raise_the_right_sdk_exceptions(client):
         client.chat.completions.create(model=MODEL_NAME, messages=MSG, temperature=5)
     assert e.value.param == "temperature"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL_NAME, messages=MSG, response_format={"type": "json_object"})
-    assert e.value.param == "response_format"
+        client.chat.completions.create(model=MODEL_NAME, messages=MSG, response_format={"type": "yaml"})
+    assert e.value.param == "response_format.type"
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL_NAME, messages=MSG, max_tokens=10_000_000)
     assert e.value.code == "context_length_exceeded"

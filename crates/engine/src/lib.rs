@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod grammar;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;

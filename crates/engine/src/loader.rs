@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::model::{self, CausalLm, WeightOptions};
+use crate::sampling::SamplingDefaults;
 use crate::text::TextProcessor;
 use crate::{EngineError, Result};
 
@@ -21,6 +22,9 @@ pub struct LoadedModel {
     pub text: TextProcessor,
     /// A name for the model derived from the file or folder name.
     pub name: String,
+    /// The sampling the model's files recommend (`generation_config.json`, GGUF
+    /// `general.sampling.*`), where they say.
+    pub sampling: SamplingDefaults,
 }
 
 /// Loads a GGUF file or a Hugging Face model folder.
@@ -29,7 +33,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     if path.is_dir() {
         let model = model::load_safetensors_model(path, &opts.weights)?;
         let text = TextProcessor::from_hf_dir(path, opts.chat_template.as_deref())?;
-        return Ok(LoadedModel { model, text, name });
+        let sampling = SamplingDefaults::from_generation_config(path);
+        return Ok(LoadedModel { model, text, name, sampling });
     }
     if !path.is_file() {
         return Err(EngineError::Load(format!("{} does not exist", path.display())));
@@ -40,7 +45,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     })?;
     let model = model::load_gguf_content(&content, &mut file, &opts.weights)?;
     let text = TextProcessor::from_gguf(&content, opts.chat_template.as_deref())?;
-    Ok(LoadedModel { model, text, name })
+    let sampling = SamplingDefaults::from_gguf(&content);
+    Ok(LoadedModel { model, text, name, sampling })
 }
 
 /// The file name without a `.gguf` extension, or the folder name.

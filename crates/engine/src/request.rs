@@ -1,7 +1,10 @@
 //! What a caller submits (`GenerateRequest`, `SamplingParams`) and what it gets back (`Event`s).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::grammar::CompiledGrammar;
 
 /// How to pick tokens and when to stop. Validation of ranges is the caller's job.
 #[derive(Debug, Clone)]
@@ -25,8 +28,12 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Extra token ids that end generation (besides the model's end-of-generation set).
     pub stop_token_ids: Vec<u32>,
-    /// Keep going past end-of-generation tokens (benchmarks).
+    /// Keep going past end-of-generation tokens (benchmarks). A grammar that completes still
+    /// ends the choice.
     pub ignore_eos: bool,
+    /// Constrains the output (structured output, tool calls); compiled by
+    /// [`crate::grammar::GrammarCompiler`]. Each choice gets its own matcher.
+    pub grammar: Option<Arc<CompiledGrammar>>,
 }
 
 impl Default for SamplingParams {
@@ -46,6 +53,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            grammar: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::grammar::Constraint;
 use crate::request::Event;
 use crate::sampling::Sampler;
 use crate::text::{IncrementalDetokenizer, StopChecker};
@@ -92,6 +93,8 @@ pub struct Generation {
     pub sampler: Sampler,
     pub detokenizer: IncrementalDetokenizer,
     pub stop: StopChecker,
+    /// The grammar this choice must follow, if any.
+    pub constraint: Option<Constraint>,
     /// Shared by the request's `n` choices; closed when the client went away.
     pub events: UnboundedSender<Event>,
 }

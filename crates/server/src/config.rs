@@ -13,6 +13,7 @@ pub struct Settings {
     pub model: ModelSettings,
     pub default_model: DefaultModel,
     pub engine: EngineSettings,
+    pub sampling: SamplingSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -141,6 +142,44 @@ impl EngineSettings {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_waiting: self.max_waiting,
             max_model_len: self.max_model_len,
+        }
+    }
+}
+
+/// Sampling defaults below the model's own recommendation (see
+/// `wick_engine::sampling::defaults`); a key left out defers to OpenAI's default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingSettings {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl Default for SamplingSettings {
+    /// llama-server's defaults: small models answer briefly and to the point with them, where
+    /// OpenAI's (temperature 1, no truncation) make a 135M model ramble for thousands of tokens.
+    fn default() -> Self {
+        Self {
+            temperature: Some(0.8),
+            top_p: Some(0.95),
+            top_k: Some(40),
+            min_p: Some(0.05),
+            repetition_penalty: Some(1.0),
+        }
+    }
+}
+
+impl SamplingSettings {
+    pub fn to_defaults(&self) -> wick_engine::sampling::SamplingDefaults {
+        wick_engine::sampling::SamplingDefaults {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
         }
     }
 }

@@ -15,11 +15,15 @@ pub mod messages;
 pub mod metrics;
 pub mod model_source;
 pub mod openai;
+pub mod output;
 pub mod pypi;
+pub mod reasoning;
 pub mod routes;
 pub mod shutdown;
 pub mod sse;
 pub mod state;
+pub mod structured;
+pub mod tools;
 pub mod unsupported;
 pub mod validate;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use wick_engine::sampling::SamplingDefaults;
 use wick_engine::{Engine, LoadOptions};
 use wick_server::cli::{BenchArgs, Cli, Command, PerplexityArgs, ServeArgs};
 use wick_server::config::{LogFormat, Settings};
@@ -50,14 +51,15 @@ fn load_options(settings: &Settings) -> Result<LoadOptions> {
 }
 
 /// Resolves, loads and starts the engine (blocking: downloads and file reads).
-fn start_engine(settings: &Settings) -> Result<(Engine, ResolvedModel)> {
+fn start_engine(settings: &Settings) -> Result<(Engine, ResolvedModel, SamplingDefaults)> {
     let resolved = model_source::resolve(&settings.model, &settings.default_model)?;
     tracing::info!(path = %resolved.path.display(), "loading model");
     let loaded = wick_engine::load(&resolved.path, &load_options(settings)?)
         .with_context(|| format!("loading {}", resolved.path.display()))?;
+    let sampling = loaded.sampling.over(settings.sampling.to_defaults()).resolved();
     let engine = Engine::start(loaded.model, Arc::new(loaded.text), settings.engine.to_engine_config())
         .context("starting the engine")?;
-    Ok((engine, resolved))
+    Ok((engine, resolved, sampling))
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -79,10 +81,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let names = settings.model.served_model_name.clone();
     tokio::spawn(async move {
         match loader.await {
-            Ok(Ok((engine, resolved))) => {
+            Ok(Ok((engine, resolved, sampling))) => {
                 let model_ids = if names.is_empty() { vec![resolved.name] } else { names };
-                tracing::info!(model = %model_ids[0], "ready");
-                load_state.set_ready(Ready { backend: Arc::new(engine), model_ids, created: unix_now() });
+                tracing::info!(model = %model_ids[0], sampling = ?sampling, "ready (sampling defaults in force)");
+                load_state.set_ready(Ready { backend: Arc::new(engine), model_ids, created: unix_now(), sampling });
             }
             Ok(Err(e)) => {
                 tracing::error!("{e:#}");
@@ -115,7 +117,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 fn engine_for(model: Option<String>) -> Result<(Engine, ResolvedModel)> {
     let mut settings = Settings::default();
     settings.model.model = model;
-    start_engine(&settings)
+    start_engine(&settings).map(|(e, r, _)| (e, r))
 }
 
 fn bench(args: BenchArgs) -> Result<()> {

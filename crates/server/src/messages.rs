@@ -1,8 +1,12 @@
 //! Chat messages as the template sees them: roles checked (`developer` becomes `system`),
-//! content flattened from text parts, and what the model cannot take (images, audio, files,
-//! tool calls, participant names) rejected with a 400 naming the field.
+//! content flattened from text parts, assistant tool calls checked (arguments parsed to objects,
+//! as HF templates expect), each tool result's `tool_call_id` matched to an earlier call, and
+//! what the model cannot take (images, audio, files, participant names) rejected with a 400
+//! naming the field.
 
-use serde_json::Value;
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
 use wick_engine::text::ChatMessage;
 
 use crate::error::ApiError;
@@ -10,10 +14,42 @@ use crate::openai::chat::{MessageContent, RequestMessage};
 
 /// Flattens the messages for the chat template, rejecting what the model cannot take.
 pub fn messages(msgs: &[RequestMessage]) -> Result<Vec<ChatMessage>, ApiError> {
-    msgs.iter().enumerate().map(|(i, m)| message(i, m)).collect()
+    // Tool-call ids seen so far, with their function names.
+    let mut calls: HashMap<String, String> = HashMap::new();
+    msgs.iter().enumerate().map(|(i, m)| message(i, m, &mut calls)).collect()
 }
 
-fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
+/// An assistant message's `tool_calls`, checked, with each id registered in `calls`.
+fn tool_calls(i: usize, v: &Value, calls: &mut HashMap<String, String>) -> Result<Option<Value>, ApiError> {
+    let at = |j: usize, f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
+    let Some(list) = v.as_array() else {
+        return Err(ApiError::invalid_value(&format!("messages[{i}].tool_calls"), "`tool_calls` must be an array."));
+    };
+    if list.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (j, c) in list.iter().enumerate() {
+        let id = c.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let id = id.ok_or_else(|| ApiError::invalid_value(&at(j, ".id"), "A tool call needs an `id`."))?;
+        if c.get("type").and_then(Value::as_str).unwrap_or("function") != "function" {
+            return Err(ApiError::unsupported(&at(j, ".type"), "Only function tool calls are supported."));
+        }
+        let name = c.pointer("/function/name").and_then(Value::as_str);
+        let name = name
+            .ok_or_else(|| ApiError::invalid_value(&at(j, ".function.name"), "A tool call needs a function name."))?;
+        let arguments = match c.pointer("/function/arguments") {
+            Some(Value::String(a)) => serde_json::from_str(a).unwrap_or_else(|_| Value::String(a.clone())),
+            None | Some(Value::Null) => json!({}),
+            Some(a) => a.clone(),
+        };
+        calls.insert(id.to_owned(), name.to_owned());
+        out.push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}));
+    }
+    Ok(Some(Value::Array(out)))
+}
+
+fn message(i: usize, m: &RequestMessage, calls: &mut HashMap<String, String>) -> Result<ChatMessage, ApiError> {
     let at = |f: &str| format!("messages[{i}].{f}");
     let role = match m.role.as_str() {
         "system" | "developer" => "system",
@@ -30,9 +66,13 @@ fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
     if m.name.is_some() {
         return Err(ApiError::unsupported(&at("name"), "Participant names are not supported by the chat template."));
     }
-    if m.tool_calls.as_ref().and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
-        return Err(ApiError::unsupported(&at("tool_calls"), "Tool calls are not supported yet."));
-    }
+    let tool_calls = match &m.tool_calls {
+        None | Some(Value::Null) => None,
+        Some(_) if role != "assistant" => {
+            return Err(ApiError::invalid_value(&at("tool_calls"), "`tool_calls` belongs on assistant messages only."))
+        }
+        Some(v) => tool_calls(i, v, calls)?,
+    };
     if m.function_call.is_some() {
         return Err(ApiError::unsupported(&at("function_call"), "Function calls are not supported."));
     }
@@ -42,6 +82,24 @@ fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
     if m.tool_call_id.is_some() && role != "tool" {
         return Err(ApiError::invalid_value(&at("tool_call_id"), "`tool_call_id` belongs on tool messages only."));
     }
+    let tool_name = match (role, &m.tool_call_id) {
+        ("tool", None) => {
+            return Err(ApiError::invalid_value(
+                &at("tool_call_id"),
+                "A tool message needs the `tool_call_id` it answers.",
+            ))
+        }
+        ("tool", Some(id)) => match calls.get(id) {
+            Some(name) => Some(name.clone()),
+            None => {
+                return Err(ApiError::invalid_value(
+                    &at("tool_call_id"),
+                    format!("`tool_call_id` {id:?} does not match any tool call of an earlier assistant message."),
+                ))
+            }
+        },
+        _ => None,
+    };
     let content = match &m.content {
         None if role == "assistant" => String::new(),
         None => return Err(ApiError::invalid_value(&at("content"), "`content` is required.")),
@@ -92,7 +150,12 @@ fn message(i: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
             text
         }
     };
-    Ok(ChatMessage { role: role.to_owned(), content })
+    Ok(ChatMessage {
+        tool_calls,
+        tool_call_id: m.tool_call_id.clone(),
+        name: tool_name,
+        ..ChatMessage::new(role, content)
+    })
 }
 
 #[cfg(test)]
@@ -108,8 +171,8 @@ mod tests {
         )
         .expect("parses");
         let msgs = messages(&req.messages).expect("valid");
-        assert_eq!(msgs[0], ChatMessage { role: "system".into(), content: "be brief".into() });
-        assert_eq!(msgs[1], ChatMessage { role: "user".into(), content: "ab".into() });
+        assert_eq!(msgs[0], ChatMessage::new("system", "be brief"));
+        assert_eq!(msgs[1], ChatMessage::new("user", "ab"));
     }
 
     #[test]
@@ -121,6 +184,26 @@ mod tests {
         let e = messages(&req.messages).expect_err("images rejected");
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
         assert!(e.message.contains("images"));
+    }
+
+    #[test]
+    fn tool_results_must_answer_an_earlier_call() {
+        let ok: ChatCompletionRequest = parse(
+            br#"{"model":"m","messages":[{"role":"user","content":"w?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"city\": \"Paris\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"sunny"}]}"#,
+        )
+        .expect("parses");
+        let msgs = messages(&ok.messages).expect("valid");
+        assert_eq!(msgs[1].tool_calls.as_ref().expect("calls")[0]["function"]["arguments"]["city"], "Paris");
+        assert_eq!((msgs[2].name.as_deref(), msgs[2].tool_call_id.as_deref()), (Some("get"), Some("c1")));
+        for (body, param) in [
+            (&br#"{"model":"m","messages":[{"role":"tool","tool_call_id":"nope","content":"x"}]}"#[..], "messages[0].tool_call_id"),
+            (br#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#, "messages[0].tool_call_id"),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x","tool_calls":[]}]}"#, "messages[0].tool_calls"),
+            (br#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"type":"function","function":{"name":"f"}}]}]}"#, "messages[0].tool_calls[0].id"),
+        ] {
+            let req: ChatCompletionRequest = parse(body).expect("parses");
+            assert_eq!(messages(&req.messages).expect_err("rejected").param.as_deref(), Some(param));
+        }
     }
 
     #[test]

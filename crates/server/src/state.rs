@@ -15,6 +15,8 @@ pub struct Ready {
     /// Ids clients may use; the first is the one listed.
     pub model_ids: Vec<String>,
     pub created: u64,
+    /// Sampling defaults in force (request > model > `[sampling]` > OpenAI), all set.
+    pub sampling: wick_engine::sampling::SamplingDefaults,
 }
 
 impl Ready {

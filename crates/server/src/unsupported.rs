@@ -1,6 +1,5 @@
-//! OpenAI chat-completions fields wick knows but does not implement (tools, structured output,
-//! audio, storage, ...): each is rejected with a 400 naming it, unless it carries a no-op value
-//! such as `response_format: {"type": "text"}` or `tool_choice: "none"`.
+//! OpenAI chat-completions fields wick knows but does not implement (audio, storage, ...): each
+//! is rejected with a 400 naming it, unless it carries a no-op value such as `store: false`.
 
 use serde_json::Value;
 
@@ -19,22 +18,6 @@ fn reject_unless(param: &str, value: &Option<Value>, noop: impl Fn(&Value) -> bo
 
 /// Rejects every unsupported field of `req` that is set to something other than a no-op.
 pub fn check(req: &ChatCompletionRequest) -> Result<(), ApiError> {
-    let later = "it will arrive in a later version.";
-    reject_unless(
-        "response_format",
-        &req.response_format,
-        |v| v.get("type").and_then(Value::as_str) == Some("text") && v.as_object().is_some_and(|o| o.len() == 1),
-        "only {\"type\": \"text\"} is accepted for now.",
-    )?;
-    reject_unless("tools", &req.tools, |v| v.as_array().is_some_and(Vec::is_empty), later)?;
-    reject_unless(
-        "tool_choice",
-        &req.tool_choice,
-        |v| v.as_str() == Some("none"),
-        "only \"none\" is accepted for now.",
-    )?;
-    reject_unless("parallel_tool_calls", &req.parallel_tool_calls, |_| req.tools.is_none(), later)?;
-    reject_unless("reasoning_effort", &req.reasoning_effort, |_| false, later)?;
     reject_unless("functions", &req.functions, |_| false, "function calling is not supported.")?;
     reject_unless(
         "function_call",
@@ -80,21 +63,10 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_rejected_by_name_but_noops_pass() {
-        for (extra, param) in [
-            (r#","response_format":{"type":"json_object"}"#, "response_format"),
-            (r#","tools":[{"type":"function","function":{"name":"f"}}]"#, "tools"),
-            (r#","tool_choice":"auto""#, "tool_choice"),
-            (r#","reasoning_effort":"low""#, "reasoning_effort"),
-            (r#","store":true"#, "store"),
-        ] {
+        for (extra, param) in [(r#","audio":{}"#, "audio"), (r#","store":true"#, "store")] {
             assert_eq!(chat_err(extra).param.as_deref(), Some(param), "{extra}");
         }
-        for extra in [
-            r#","response_format":{"type":"text"}"#,
-            r#","tool_choice":"none""#,
-            r#","store":false"#,
-            r#","user":"u1""#,
-        ] {
+        for extra in [r#","tool_choice":"none""#, r#","store":false"#, r#","user":"u1""#] {
             assert!(chat_ok(extra), "{extra}");
         }
     }

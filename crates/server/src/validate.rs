@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use wick_engine::sampling::SamplingDefaults;
 use wick_engine::SamplingParams;
 
 use crate::error::ApiError;
@@ -55,10 +56,12 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, default: f64) -> Result<
     }
 }
 
-fn common(c: Common<'_>, vocab_size: usize) -> Result<Validated, ApiError> {
+fn common(c: Common<'_>, vocab_size: usize, d: &SamplingDefaults) -> Result<Validated, ApiError> {
+    let d = d.resolved();
+    let dflt = |v: Option<f32>| f64::from(v.unwrap_or(1.0));
     let mut p = SamplingParams {
-        temperature: range("temperature", c.temperature, 0.0, 2.0, 1.0)?,
-        top_p: range("top_p", c.top_p, 0.0, 1.0, 1.0)?,
+        temperature: range("temperature", c.temperature, 0.0, 2.0, dflt(d.temperature))?,
+        top_p: range("top_p", c.top_p, 0.0, 1.0, dflt(d.top_p))?,
         ..SamplingParams::default()
     };
     if p.top_p <= 0.0 {
@@ -66,13 +69,14 @@ fn common(c: Common<'_>, vocab_size: usize) -> Result<Validated, ApiError> {
     }
     p.presence_penalty = range("presence_penalty", c.presence_penalty, -2.0, 2.0, 0.0)?;
     p.frequency_penalty = range("frequency_penalty", c.frequency_penalty, -2.0, 2.0, 0.0)?;
-    p.min_p = range("min_p", c.min_p, 0.0, 1.0, 0.0)?;
-    p.repetition_penalty = range("repetition_penalty", c.repetition_penalty, 0.0, 10.0, 1.0)?;
+    p.min_p = range("min_p", c.min_p, 0.0, 1.0, f64::from(d.min_p.unwrap_or(0.0)))?;
+    p.repetition_penalty = range("repetition_penalty", c.repetition_penalty, 0.0, 10.0, dflt(d.repetition_penalty))?;
     if p.repetition_penalty <= 0.0 {
         return Err(ApiError::invalid_value("repetition_penalty", "`repetition_penalty` must be greater than 0."));
     }
     p.top_k = match c.top_k {
-        None | Some(-1) | Some(0) => 0,
+        None => d.top_k.unwrap_or(0),
+        Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
         Some(k) => {
             return Err(ApiError::invalid_value(
@@ -156,7 +160,12 @@ fn max_tokens(param: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
 }
 
 /// Validates a chat request's parameters.
-pub fn chat(req: &ChatCompletionRequest, vocab_size: usize) -> Result<Validated, ApiError> {
+/// `defaults` fill the sampling fields the request leaves out.
+pub fn chat(
+    req: &ChatCompletionRequest,
+    vocab_size: usize,
+    defaults: &SamplingDefaults,
+) -> Result<Validated, ApiError> {
     crate::unsupported::check(req)?;
     // Prefix caching is automatic, so a cache key is a valid no-op hint; the safety id is
     // logged like `user`.
@@ -182,6 +191,7 @@ pub fn chat(req: &ChatCompletionRequest, vocab_size: usize) -> Result<Validated,
             stream_options: req.stream_options.as_ref(),
         },
         vocab_size,
+        defaults,
     )?;
     v.max_tokens = match req.max_completion_tokens {
         Some(_) => max_tokens("max_completion_tokens", req.max_completion_tokens)?,
@@ -206,7 +216,11 @@ pub fn chat(req: &ChatCompletionRequest, vocab_size: usize) -> Result<Validated,
 }
 
 /// Validates a legacy completions request's parameters.
-pub fn completion(req: &CompletionRequest, vocab_size: usize) -> Result<Validated, ApiError> {
+pub fn completion(
+    req: &CompletionRequest,
+    vocab_size: usize,
+    defaults: &SamplingDefaults,
+) -> Result<Validated, ApiError> {
     if req.suffix.as_ref().is_some_and(|s| s.as_str() != Some("")) {
         return Err(ApiError::unsupported("suffix", "`suffix` (fill-in-the-middle) is not supported."));
     }
@@ -229,6 +243,7 @@ pub fn completion(req: &CompletionRequest, vocab_size: usize) -> Result<Validate
             stream_options: req.stream_options.as_ref(),
         },
         vocab_size,
+        defaults,
     )?;
     if let Some(b) = req.best_of {
         if b != v.n as i64 {
@@ -289,7 +304,17 @@ mod tests {
     }
 
     fn chat_err(extra: &str) -> ApiError {
-        chat(&chat_req(extra), 100).expect_err("should be rejected")
+        chat(&chat_req(extra), 100, &SamplingDefaults::default()).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn left_out_fields_take_the_defaults_and_explicit_ones_win() {
+        let d = SamplingDefaults { temperature: Some(0.8), top_k: Some(40), min_p: Some(0.05), ..Default::default() };
+        let v = chat(&chat_req(""), 100, &d).expect("valid");
+        let p = &v.params;
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.min_p, p.repetition_penalty), (0.8, 1.0, 40, 0.05, 1.0));
+        let v = chat(&chat_req(r#","temperature":0,"top_k":-1,"min_p":0"#), 100, &d).expect("valid");
+        assert_eq!((v.params.temperature, v.params.top_k, v.params.min_p), (0.0, 0, 0.0));
     }
 
     #[test]
@@ -297,6 +322,7 @@ mod tests {
         let v = chat(
             &chat_req(r#","temperature":0.5,"top_p":0.9,"n":3,"stop":["a","b"],"seed":7,"presence_penalty":1,"frequency_penalty":-1,"logit_bias":{"5":-100},"logprobs":true,"top_logprobs":2,"max_completion_tokens":9,"top_k":4,"min_p":0.1,"repetition_penalty":1.2,"stream":true,"stream_options":{"include_usage":true}"#),
             100,
+            &SamplingDefaults::default(),
         )
         .expect("valid");
         assert_eq!(v.n, 3);
@@ -335,7 +361,7 @@ mod tests {
 
     #[test]
     fn max_tokens_resolution() {
-        let mut v = chat(&chat_req(""), 100).expect("valid");
+        let mut v = chat(&chat_req(""), 100, &SamplingDefaults::default()).expect("valid");
         resolve_max_tokens(&mut v, 10, 64, "messages").expect("fits");
         assert_eq!(v.params.max_tokens, 54);
         v.max_tokens = Some(60);

@@ -16,11 +16,12 @@ mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use crate::grammar::{CompiledGrammar, GrammarCompiler, GrammarError, GrammarSpec, Trigger};
 use crate::kv_cache::PagedKvCache;
 use crate::model::{CausalLm, ModelConfig};
 use crate::request::{Event, GenerateRequest};
@@ -81,6 +82,9 @@ pub struct Engine {
     /// Largest prefill chunk (the step budget), which bounds a sliding group's pages.
     max_chunk: usize,
     max_waiting: usize,
+    /// Built on first use (a token trie over the vocabulary): servers that never see a
+    /// grammar never pay for it.
+    grammar: OnceLock<std::result::Result<GrammarCompiler, GrammarError>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -132,6 +136,7 @@ impl Engine {
             block_size: cfg.block_size,
             max_chunk: cfg.max_num_batched_tokens,
             max_waiting: cfg.max_waiting,
+            grammar: OnceLock::new(),
             thread: Some(thread),
         })
     }
@@ -191,6 +196,22 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// Compiles a grammar for this model (see [`crate::grammar`]); invalid grammars fail here,
+    /// before anything is queued.
+    pub fn compile_grammar(
+        &self,
+        spec: &GrammarSpec,
+        trigger: Option<Trigger>,
+    ) -> std::result::Result<Arc<CompiledGrammar>, GrammarError> {
+        let compiler = self.grammar.get_or_init(|| {
+            let started = std::time::Instant::now();
+            let c = GrammarCompiler::new(&self.text);
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, ok = c.is_ok(), "grammar compiler built");
+            c
+        });
+        compiler.as_ref().map_err(Clone::clone)?.compile(spec, trigger)
     }
 
     pub fn stats(&self) -> EngineStats {

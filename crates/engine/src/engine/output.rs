@@ -4,47 +4,73 @@
 
 use std::time::Instant;
 
-use super::worker::Worker;
+use super::worker::{MaskResult, Worker};
+use crate::grammar::Advance;
 use crate::request::{Event, FinishReason, TokenLogprob, TopLogprob, Usage};
 use crate::sampling::Sampled;
 use crate::sequence::SeqId;
 use crate::text::{StopOutcome, TextProcessor};
 
 impl Worker {
-    /// Samples the next token of sequence `id` from its logits row and emits its events.
-    pub(super) fn on_logits(&mut self, id: SeqId, row: &[f32]) {
+    /// Samples the next token of sequence `id` from its logits row (under its grammar's `mask`
+    /// when it has an active one) and emits its events.
+    pub(super) fn on_logits(&mut self, id: SeqId, row: &[f32], mask: Option<MaskResult>) {
         let Some(seq) = self.sched.get_mut(id) else { return };
         let key = seq.gen.request;
         let Some(req) = self.requests.get_mut(&key) else { return };
+        let text = &*self.text;
+        // A grammar that cannot go on ends the choice: only an end-of-generation token is left.
+        let mut grammar_end = false;
+        let mask = match mask {
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                tracing::warn!(request = %req.id, "grammar failed: {e}");
+                grammar_end = true;
+                Some(crate::sampling::TokenMask::from_ids(text.eog_token_ids()))
+            }
+            None => None,
+        };
         let sampled = {
             let (prompt, output) = seq.tokens.split_at(seq.prompt_len);
-            seq.gen.sampler.sample(row, prompt, output)
+            seq.gen.sampler.sample_masked(row, mask.as_ref(), prompt, output)
         };
         let token = sampled.token_id;
         seq.tokens.push(token);
         req.first_token_at.get_or_insert_with(Instant::now);
         req.completion_tokens += 1;
-        let text = &*self.text;
         let logprob = to_token_logprob(text, &sampled);
 
         let params = &req.params;
-        let ends_generation =
-            (!params.ignore_eos && text.eog_token_ids().contains(&token)) || params.stop_token_ids.contains(&token);
+        let ends_generation = grammar_end
+            || (!params.ignore_eos && text.eog_token_ids().contains(&token))
+            || params.stop_token_ids.contains(&token);
         let mut finish = None;
         let mut delta = String::new();
+        let mut stopped_by_string = false;
         if ends_generation {
             finish = Some(FinishReason::Stop);
         } else {
             let piece = seq.gen.detokenizer.push(text, token);
+            let grammar = seq.gen.constraint.as_mut().map(|c| c.advance(token, &piece));
             match seq.gen.stop.push(&piece) {
                 StopOutcome::Continue(t) => delta = t,
                 StopOutcome::Stopped(t) => {
                     delta = t;
                     finish = Some(FinishReason::Stop);
+                    stopped_by_string = true;
                 }
             }
+            match grammar {
+                Some(Advance::Complete) => {
+                    finish.get_or_insert(FinishReason::Stop);
+                }
+                Some(Advance::Failed(e)) => {
+                    tracing::warn!(request = %req.id, "grammar rejected token {token}: {e}");
+                    finish.get_or_insert(FinishReason::Stop);
+                }
+                Some(Advance::Continue) | None => {}
+            }
         }
-        let stopped_by_string = finish.is_some() && !ends_generation;
         if finish.is_none()
             && (seq.tokens.len() - seq.prompt_len >= params.max_tokens || seq.tokens.len() >= self.max_model_len)
         {

@@ -169,3 +169,40 @@ pub fn tiny_text() -> Arc<crate::text::TextProcessor> {
     std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"eos_token": "</s>"}"#).expect("write config");
     Arc::new(crate::text::TextProcessor::from_hf_dir(dir.path(), None).expect("tiny tokenizer"))
 }
+
+/// Characters of [`char_text`], ids 3.. in order.
+pub const CHARS: &str = "{}[]\":, 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ";
+
+/// A character-level tokenizer over the fake vocabulary, so a grammar can spell JSON with it:
+/// id 0 `</s>` (EOS, special), 1 `<unk>`, 2 `<t>` (a plain added token, used as a trigger),
+/// then one id per character of [`CHARS`]; decoding concatenates.
+pub fn char_text() -> Arc<crate::text::TextProcessor> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("</s>".into(), 0.into());
+    vocab.insert("<unk>".into(), 1.into());
+    vocab.insert("<t>".into(), 2.into());
+    for (i, c) in CHARS.chars().enumerate() {
+        vocab.insert(c.to_string(), (3 + i).into());
+    }
+    assert_eq!(vocab.len(), VOCAB);
+    let added = |id: u32, content: &str, special: bool| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": special})
+    };
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(0, "</s>", true), added(2, "<t>", false)],
+        "normalizer": null, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
+        "post_processor": null, "decoder": {"type": "Fuse"},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).expect("write tokenizer");
+    std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"eos_token": "</s>"}"#).expect("write config");
+    Arc::new(crate::text::TextProcessor::from_hf_dir(dir.path(), None).expect("char tokenizer"))
+}
+
+/// Token ids of `s` in [`char_text`] (characters of [`CHARS`] only).
+pub fn char_ids(s: &str) -> Vec<u32> {
+    s.chars().map(|c| 3 + CHARS.chars().position(|x| x == c).expect("a CHARS character") as u32).collect()
+}

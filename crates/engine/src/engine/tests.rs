@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::testing::{greedy, greedy_windowed, tiny_text, FakeLm, Gate, OpenOnDrop};
+use super::testing::{char_ids, char_text, greedy, greedy_windowed, tiny_text, FakeLm, Gate, OpenOnDrop};
 use super::Engine;
+use crate::grammar::{GrammarCompiler, GrammarSpec, Trigger};
 use crate::request::{Event, FinishReason, GenerateRequest, SamplingParams};
 use crate::{EngineConfig, EngineStats, SubmitError};
 
@@ -264,4 +265,95 @@ fn forward_error_fails_the_affected_request_and_the_engine_keeps_serving() {
     assert_eq!(tokens(&events, 0), greedy(&p, 4));
     assert!(engine.is_running());
     wait_for(&engine, "blocks freed", |s| s.kv_blocks_used == 0);
+}
+
+/// The text of choice `choice`.
+fn text_of(events: &[Event], choice: usize) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token { choice: c, text, .. } | Event::Finished { choice: c, text, .. } if *c == choice => {
+                Some(text.as_str())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn finish_of(events: &[Event], choice: usize) -> Option<FinishReason> {
+    events.iter().find_map(|e| match e {
+        Event::Finished { choice: c, reason, .. } if *c == choice => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_grammar_constrains_every_choice_and_leaves_other_requests_alone() {
+    let text = char_text();
+    let compiler = GrammarCompiler::new(&text).expect("compiler");
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "a": {"enum": ["x", "yz"]},
+            "n": {"type": "integer", "minimum": 0, "maximum": 99},
+            "l": {"type": "array", "items": {"enum": ["p", "q"]}, "minItems": 1, "maxItems": 3}
+        },
+        "required": ["a", "n", "l"], "additionalProperties": false
+    });
+    let grammar = compiler.compile(&GrammarSpec::JsonSchema(schema), None).expect("compiles");
+    let engine = Engine::start(Box::new(FakeLm::new(BLOCK, 128)), text, config()).expect("engine");
+    let p = char_ids("hello");
+    let plain_params = greedy_params(12);
+    let mut plain = engine.submit(request(p.clone(), plain_params)).unwrap();
+    let mut runs = Vec::new();
+    for temperature in [0.0, 1.0] {
+        let params = SamplingParams {
+            max_tokens: 100,
+            temperature,
+            seed: Some(3),
+            grammar: Some(grammar.clone()),
+            ..SamplingParams::default()
+        };
+        let mut req = request(p.clone(), params);
+        req.n = 3;
+        runs.push(engine.submit(req).unwrap());
+    }
+    for rx in &mut runs {
+        let events = collect(rx);
+        for choice in 0..3 {
+            let out = text_of(&events, choice);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+            assert!(["x", "yz"].contains(&v["a"].as_str().unwrap_or("")), "{out}");
+            assert!(v["n"].as_u64().is_some_and(|n| n <= 99), "{out}");
+            let l = v["l"].as_array().expect("array");
+            assert!((1..=3).contains(&l.len()) && l.iter().all(|x| x == "p" || x == "q"), "{out}");
+            assert_eq!(v.as_object().map(|o| o.len()), Some(3), "{out}");
+            assert_eq!(finish_of(&events, choice), Some(FinishReason::Stop), "the grammar's end stops the choice");
+        }
+    }
+    assert_eq!(tokens(&collect(&mut plain), 0), greedy(&p, 12), "a request without grammar is unaffected");
+}
+
+#[test]
+fn a_lazy_grammar_is_free_text_until_its_trigger_then_constrained() {
+    let text = char_text();
+    let compiler = GrammarCompiler::new(&text).expect("compiler");
+    let grammar =
+        compiler.compile(&GrammarSpec::Lark("start: \"ab\" \"c\"*".into()), Some(Trigger::Token(2))).expect("lark");
+    let engine = Engine::start(Box::new(FakeLm::new(BLOCK, 128)), text, config()).expect("engine");
+    let p = char_ids("hi");
+    // Without the trigger the output is the model's own.
+    let params = SamplingParams { grammar: Some(grammar.clone()), ..greedy_params(6) };
+    let free = collect(&mut engine.submit(request(p.clone(), params)).unwrap());
+    let free_tokens = tokens(&free, 0);
+    if !free_tokens.contains(&2) {
+        assert_eq!(free_tokens, greedy(&p, 6));
+    }
+    // A bias forces the trigger first; from then on the grammar rules despite the bias.
+    let mut params = SamplingParams { grammar: Some(grammar), ..greedy_params(20) };
+    params.logit_bias.insert(2, 100.0);
+    let events = collect(&mut engine.submit(request(p, params)).unwrap());
+    let out = text_of(&events, 0);
+    assert!(out.starts_with("<t>ab"), "{out:?}");
+    assert!(out["<t>ab".len()..].chars().all(|c| c == 'c'), "{out:?}");
 }

@@ -11,19 +11,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Shared, Submission};
+use crate::grammar::Constraint;
 use crate::kv_cache::{BlockPool, PagedKvCache};
 use crate::model::CausalLm;
 use crate::request::{Event, SamplingParams};
 use crate::sampling::Sampler;
 use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
-use crate::sequence::{Generation, Sequence};
+use crate::sequence::{Generation, SeqId, Sequence};
 use crate::text::{IncrementalDetokenizer, StopChecker, TextProcessor};
 use crate::EngineConfig;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+/// A grammar's mask for one step, or why the grammar cannot go on.
+pub(super) type MaskResult = Result<crate::sampling::TokenMask, String>;
+
 /// What the engine keeps per request (shared by its `n` choices).
 pub(super) struct RequestState {
+    /// The caller's request id (for logs).
+    pub id: String,
     pub events: UnboundedSender<Event>,
     pub params: SamplingParams,
     pub prompt_len: usize,
@@ -138,6 +144,7 @@ impl Worker {
                 sampler: Sampler::new(&req.params, seed.wrapping_add(choice as u64)),
                 detokenizer: IncrementalDetokenizer::new(),
                 stop: StopChecker::new(req.params.stop.clone()),
+                constraint: req.params.grammar.clone().map(Constraint::new),
                 events: events.clone(),
             };
             self.sched.add(Sequence::new(self.next_seq, req.prompt_ids.clone(), gen));
@@ -146,6 +153,7 @@ impl Worker {
         self.requests.insert(
             key,
             RequestState {
+                id: req.id,
                 events,
                 params: req.params,
                 prompt_len: req.prompt_ids.len(),
@@ -208,12 +216,49 @@ impl Worker {
         let stats = &self.shared.stats;
         stats.prompt_tokens_total.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
         stats.generation_tokens_total.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        for (s, row) in plan.sampled().zip(rows) {
-            self.on_logits(s.id, &row);
+        let ids: Vec<_> = plan.sampled().map(|s| s.id).collect();
+        let mut masks = self.grammar_masks(&ids);
+        for (i, (id, row)) in ids.iter().zip(rows).enumerate() {
+            let mask = masks.as_mut().and_then(|m| m[i].take());
+            self.on_logits(*id, &row, mask);
         }
         let stats = &self.shared.stats;
         stats.steps_total.fetch_add(1, Ordering::Relaxed);
         stats.last_step_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// This step's grammar masks, one slot per sampled sequence (`None` for those without an
+    /// active grammar); `None` at all when no sampled sequence has one, so a step without
+    /// grammars costs one pointer check per sequence. Several masks are computed in parallel.
+    fn grammar_masks(&mut self, ids: &[SeqId]) -> Option<Vec<Option<MaskResult>>> {
+        let active = |c: &Option<Constraint>| c.as_ref().is_some_and(Constraint::is_active);
+        if !ids.iter().any(|id| self.sched.get(*id).is_some_and(|s| active(&s.gen.constraint))) {
+            return None;
+        }
+        let mut taken: Vec<(usize, Constraint)> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(seq) = self.sched.get_mut(*id) {
+                if active(&seq.gen.constraint) {
+                    if let Some(c) = seq.gen.constraint.take() {
+                        taken.push((i, c));
+                    }
+                }
+            }
+        }
+        let computed: Vec<Option<MaskResult>> = if taken.len() == 1 {
+            taken.iter_mut().map(|(_, c)| c.compute_mask()).collect()
+        } else {
+            use rayon::prelude::*;
+            taken.par_iter_mut().map(|(_, c)| c.compute_mask()).collect()
+        };
+        let mut out: Vec<Option<MaskResult>> = vec![None; ids.len()];
+        for ((i, c), m) in taken.into_iter().zip(computed) {
+            if let Some(seq) = self.sched.get_mut(ids[i]) {
+                seq.gen.constraint = Some(c);
+            }
+            out[i] = m;
+        }
+        Some(out)
     }
 
     /// A failed forward: every request with a sequence in the step gets `Event::Error`.

@@ -11,6 +11,7 @@ use std::cmp::Ordering;
 
 use rand::Rng;
 
+use super::mask::TokenMask;
 use super::penalties::Adjustments;
 
 /// `(id, logit / temperature)`.
@@ -22,12 +23,27 @@ fn better_first(a: &Candidate, b: &Candidate) -> Ordering {
     b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0))
 }
 
-/// The argmax of the adjusted logits; ties go to the lowest id. No allocation.
-pub fn argmax(logits: &[f32], adj: &Adjustments) -> u32 {
+/// Calls `f(id, adjusted_logit)` for every id the mask allows (every id without a mask). The
+/// unmasked path is the plain scan: a sequence without a grammar pays no per-id check.
+#[inline]
+fn scan_allowed(logits: &[f32], adj: &Adjustments, mask: Option<&TokenMask>, mut f: impl FnMut(u32, f32)) {
+    match mask {
+        None => adj.scan(logits, f),
+        Some(m) => adj.scan(logits, |id, v| {
+            if m.allows(id) {
+                f(id, v)
+            }
+        }),
+    }
+}
+
+/// The argmax of the adjusted logits among the allowed ids; ties go to the lowest id. No
+/// allocation. With a mask, an allowed id is returned even when every allowed logit is `-inf`.
+pub fn argmax(logits: &[f32], adj: &Adjustments, mask: Option<&TokenMask>) -> u32 {
     let mut best = f32::NEG_INFINITY;
     let mut best_id = 0u32;
     let mut any = false;
-    adj.scan(logits, |id, v| {
+    scan_allowed(logits, adj, mask, |id, v| {
         if !any || v > best {
             best = v;
             best_id = id;
@@ -49,19 +65,29 @@ pub struct Truncation {
     pub min_p: f32,
 }
 
-/// The tokens left after temperature and min-p, as `(id, logit / temperature)`. `None` when
-/// the row has no finite maximum (all `-inf`, or a `+inf`): the caller falls back to argmax.
-pub fn candidates(logits: &[f32], adj: &Adjustments, t: &Truncation) -> Option<Vec<Candidate>> {
+/// The allowed tokens left after temperature and min-p, as `(id, logit / temperature)`. `None`
+/// when the row has no finite maximum (all `-inf`, or a `+inf`): the caller falls back to argmax.
+pub fn candidates(
+    logits: &[f32],
+    adj: &Adjustments,
+    t: &Truncation,
+    mask: Option<&TokenMask>,
+) -> Option<Vec<Candidate>> {
     let mut max = f32::NEG_INFINITY;
-    adj.scan(logits, |_, v| max = max.max(v));
+    scan_allowed(logits, adj, mask, |_, v| max = max.max(v));
     if !max.is_finite() {
         return None;
     }
     // p_i / p_max >= min_p  <=>  x_i >= x_max + T * ln(min_p)
     let threshold = if t.min_p > 0.0 { max + t.temperature * t.min_p.ln() } else { f32::NEG_INFINITY };
-    let mut out = Vec::with_capacity(if t.min_p > 0.0 { 64 } else { logits.len() });
+    let cap = match mask {
+        Some(m) => m.count().min(logits.len()),
+        None if t.min_p > 0.0 => 64,
+        None => logits.len(),
+    };
+    let mut out = Vec::with_capacity(cap);
     let inv_t = 1.0 / t.temperature;
-    adj.scan(logits, |id, v| {
+    scan_allowed(logits, adj, mask, |id, v| {
         if v >= threshold && v > f32::NEG_INFINITY {
             out.push((id, v * inv_t));
         }
@@ -143,12 +169,12 @@ mod tests {
         // probabilities proportional to 1, 1/2, 1/4, 1/8
         let logits: Vec<f32> = (0..4).map(|i| -(i as f32) * std::f32::consts::LN_2).collect();
         let adj = Adjustments::default();
-        let c = candidates(&logits, &adj, &trunc(1.0, 0, 1.0, 0.3)).unwrap();
+        let c = candidates(&logits, &adj, &trunc(1.0, 0, 1.0, 0.3), None).unwrap();
         assert_eq!(sorted_ids(&c), vec![0, 1]);
-        let c = candidates(&logits, &adj, &trunc(1.0, 0, 1.0, 0.2)).unwrap();
+        let c = candidates(&logits, &adj, &trunc(1.0, 0, 1.0, 0.2), None).unwrap();
         assert_eq!(sorted_ids(&c), vec![0, 1, 2]);
         // Temperature 2 flattens: ratios become 1, 0.71, 0.5, 0.35.
-        let c = candidates(&logits, &adj, &trunc(2.0, 0, 1.0, 0.3)).unwrap();
+        let c = candidates(&logits, &adj, &trunc(2.0, 0, 1.0, 0.3), None).unwrap();
         assert_eq!(sorted_ids(&c), vec![0, 1, 2, 3]);
     }
 
@@ -156,13 +182,13 @@ mod tests {
     fn top_p_keeps_the_smallest_head_reaching_the_mass_even_past_the_first_window() {
         // 1000 equally likely tokens: p = 0.5 must keep exactly 500 of them (lowest ids).
         let logits = vec![0.0f32; 1000];
-        let mut c = candidates(&logits, &Adjustments::default(), &trunc(1.0, 0, 1.0, 0.0)).unwrap();
+        let mut c = candidates(&logits, &Adjustments::default(), &trunc(1.0, 0, 1.0, 0.0), None).unwrap();
         apply_top_p(&mut c, 0.5);
         assert_eq!(sorted_ids(&c), (0..500).collect::<Vec<u32>>());
         // A peaked row: the top token alone holds > 0.9.
         let mut logits = vec![0.0f32; 1000];
         logits[321] = 20.0;
-        let mut c = candidates(&logits, &Adjustments::default(), &trunc(1.0, 0, 1.0, 0.0)).unwrap();
+        let mut c = candidates(&logits, &Adjustments::default(), &trunc(1.0, 0, 1.0, 0.0), None).unwrap();
         apply_top_p(&mut c, 0.9);
         assert_eq!(sorted_ids(&c), vec![321]);
     }
@@ -170,7 +196,7 @@ mod tests {
     #[test]
     fn top_k_keeps_the_k_best_with_ties_to_lower_ids() {
         let logits = [1.0, 5.0, 3.0, 5.0, 4.0];
-        let mut c = candidates(&logits, &Adjustments::default(), &trunc(1.0, 0, 1.0, 0.0)).unwrap();
+        let mut c = candidates(&logits, &Adjustments::default(), &trunc(1.0, 0, 1.0, 0.0), None).unwrap();
         apply_top_k(&mut c, 3);
         assert_eq!(sorted_ids(&c), vec![1, 3, 4]);
         apply_top_k(&mut c, 1);
@@ -180,7 +206,7 @@ mod tests {
     #[test]
     fn all_minus_infinity_gives_no_candidates_and_argmax_stays_in_range() {
         let logits = [f32::NEG_INFINITY; 3];
-        assert!(candidates(&logits, &Adjustments::default(), &trunc(1.0, 0, 1.0, 0.0)).is_none());
-        assert_eq!(argmax(&logits, &Adjustments::default()), 0);
+        assert!(candidates(&logits, &Adjustments::default(), &trunc(1.0, 0, 1.0, 0.0), None).is_none());
+        assert_eq!(argmax(&logits, &Adjustments::default(), None), 0);
     }
 }

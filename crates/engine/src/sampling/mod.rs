@@ -1,19 +1,25 @@
-//! Sampling: greedy, temperature/top-k/top-p/min-p, penalties, logit bias, logprobs, seeds.
+//! Sampling: greedy, temperature/top-k/top-p/min-p, penalties, logit bias, logprobs, seeds,
+//! and grammar masks.
 //!
 //! One [`Sampler`] per sequence. Each call: the sparse adjustments (bias, penalties; see
 //! [`penalties`]), then either the greedy argmax (temperature 0; no vocab-sized allocation)
-//! or truncation and a seeded draw (see [`filter`]); logprobs come from the raw logits
+//! or truncation and a seeded draw (see [`filter`]), both over the ids a [`TokenMask`] allows
+//! when the sequence has a grammar (see [`mask`]); logprobs come from the raw logits
 //! (see [`logprobs`]).
 
+pub mod defaults;
 pub mod filter;
 pub mod logprobs;
+pub mod mask;
 pub mod penalties;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::request::SamplingParams;
+pub use defaults::SamplingDefaults;
 use filter::Truncation;
+pub use mask::TokenMask;
 use penalties::Penalties;
 
 /// The outcome of sampling one row of logits.
@@ -65,17 +71,29 @@ impl Sampler {
 
     /// Samples from one row of logits. `prompt_ids` and `output_ids` feed the penalties.
     pub fn sample(&mut self, logits: &[f32], prompt_ids: &[u32], output_ids: &[u32]) -> Sampled {
+        self.sample_masked(logits, None, prompt_ids, output_ids)
+    }
+
+    /// [`sample`](Self::sample) restricted to the ids `mask` allows (a grammar's mask): bias,
+    /// penalties and truncation apply among them, and logprobs stay those of the raw row.
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        mask: Option<&TokenMask>,
+        prompt_ids: &[u32],
+        output_ids: &[u32],
+    ) -> Sampled {
         let adj = self.penalties.adjustments(logits, prompt_ids, output_ids);
         let token_id = if self.is_greedy() {
-            filter::argmax(logits, &adj)
+            filter::argmax(logits, &adj, mask)
         } else {
-            match filter::candidates(logits, &adj, &self.truncation) {
+            match filter::candidates(logits, &adj, &self.truncation, mask) {
                 Some(mut cands) => {
                     filter::apply_top_k(&mut cands, self.truncation.top_k);
                     filter::apply_top_p(&mut cands, self.truncation.top_p);
-                    filter::draw(&cands, &mut self.rng).unwrap_or_else(|| filter::argmax(logits, &adj))
+                    filter::draw(&cands, &mut self.rng).unwrap_or_else(|| filter::argmax(logits, &adj, mask))
                 }
-                None => filter::argmax(logits, &adj),
+                None => filter::argmax(logits, &adj, mask),
             }
         };
         let logprobs = self.logprobs.map(|k| logprobs::logprobs(logits, token_id, k));
@@ -230,6 +248,41 @@ mod tests {
         // Once: 3.0 - 0.06 > 2.9 stays; twice: 3.0 - 0.12 < 2.9 gives way.
         assert_eq!(s.sample(&logits, &[], &[0]).token_id, 0);
         assert_eq!(s.sample(&logits, &[], &[0, 0]).token_id, 1);
+    }
+
+    #[test]
+    fn a_mask_restricts_greedy_and_sampled_draws_even_against_the_bias() {
+        let logits = logits_row(5, 5000);
+        let top = argmax(&logits);
+        let allowed: Vec<u32> = vec![3, 777, 4999];
+        let mask = TokenMask::from_ids(&allowed);
+        let best_allowed =
+            *allowed.iter().max_by(|a, b| logits[**a as usize].total_cmp(&logits[**b as usize])).unwrap();
+        let mut greedy = Sampler::new(&params(|p| p.temperature = 0.0), 0);
+        assert_eq!(greedy.sample_masked(&logits, Some(&mask), &[], &[]).token_id, best_allowed);
+        // A huge bias on a disallowed id cannot bring it back.
+        let mut biased = Sampler::new(
+            &params(|p| {
+                p.temperature = 0.0;
+                p.logit_bias.insert(top, 100.0);
+            }),
+            0,
+        );
+        assert_eq!(biased.sample_masked(&logits, Some(&mask), &[], &[]).token_id, best_allowed);
+        let mut s = Sampler::new(&params(|p| p.temperature = 1.5), 11);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let id = s.sample_masked(&logits, Some(&mask), &[], &[]).token_id;
+            assert!(allowed.contains(&id), "{id} is not allowed");
+            seen.insert(id);
+        }
+        assert!(seen.len() > 1, "sampling under a mask still samples");
+        // A mask whose only allowed id has a -inf logit still yields that id.
+        let mut row = logits.clone();
+        row[42] = f32::NEG_INFINITY;
+        let only = TokenMask::from_ids(&[42]);
+        assert_eq!(greedy.sample_masked(&row, Some(&only), &[], &[]).token_id, 42);
+        assert_eq!(s.sample_masked(&row, Some(&only), &[], &[]).token_id, 42);
     }
 
     #[test]

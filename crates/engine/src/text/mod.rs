@@ -171,7 +171,13 @@ impl TextProcessor {
     /// Render + encode, as the server does for chat completions (no BOS added twice: a
     /// template that writes BOS itself gets none added).
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.render_chat(messages, true)?;
+        self.encode_chat_with(messages, &serde_json::Value::Null)
+    }
+
+    /// [`encode_chat`](Self::encode_chat) with extra template variables (see
+    /// [`ChatTemplate::render_with`]).
+    pub fn encode_chat_with(&self, messages: &[ChatMessage], extra: &serde_json::Value) -> Result<Vec<u32>> {
+        let text = self.template.render_with(messages, true, extra)?;
         let mut ids = self.encode(&text, false)?;
         if let Some(bos) = self.bos_id.filter(|_| self.add_bos) {
             if ids.first() != Some(&bos) {
@@ -194,6 +200,14 @@ impl TextProcessor {
             Some(bytes) => (String::from_utf8_lossy(bytes).into_owned(), bytes.clone()),
             None => (String::new(), Vec::new()),
         }
+    }
+
+    /// Ids of the added tokens marked special (control tokens), sorted.
+    pub fn special_token_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> =
+            self.tokenizer.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Number of token ids (the model's vocabulary, added tokens included).

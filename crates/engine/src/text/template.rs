@@ -19,16 +19,25 @@ const NAME: &str = "chat";
 /// Variables every render sets; extra variables may not shadow them.
 const RESERVED: [&str; 4] = ["messages", "add_generation_prompt", "bos_token", "eos_token"];
 
-/// One chat message as the template sees it (content already flattened to text).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// One chat message as the template sees it (content already flattened to text). Assistant
+/// tool calls and a tool result's call id are passed as HF templates expect them.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// `[{"id", "type": "function", "function": {"name", "arguments"}}]` (arguments as an object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The tool's name on a tool result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), ..Self::default() }
     }
 }
 
@@ -217,6 +226,23 @@ mod tests {
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
         let out = t.render(&[ChatMessage::new("user", "  padded  ")], false).unwrap();
         assert_eq!(out, "<s>USER:padded|</s>");
+    }
+
+    #[test]
+    fn extra_variables_reach_the_template_and_may_not_override_the_fixed_ones() {
+        let src = "{% if tools %}{{ tools | length }} tools|{% endif %}{{ enable_thinking }}|{{ messages | length }}|{{ messages[0].tool_calls[0].function.name }}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let msg = ChatMessage {
+            tool_calls: Some(
+                serde_json::json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {}}}]),
+            ),
+            ..ChatMessage::new("assistant", "")
+        };
+        let extra = serde_json::json!({"tools": [{"type": "function"}], "enable_thinking": false});
+        assert_eq!(t.render_with(std::slice::from_ref(&msg), false, &extra).unwrap(), "1 tools|False|1|f");
+        let shadow = serde_json::json!({"messages": []});
+        assert!(t.render_with(std::slice::from_ref(&msg), false, &shadow).is_err());
+        assert_eq!(t.render(&[msg], false).unwrap(), "|1|f");
     }
 
     #[test]

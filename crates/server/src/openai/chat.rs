@@ -35,12 +35,18 @@ pub struct ChatCompletionRequest {
     pub repetition_penalty: Option<f64>,
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
-    // Known OpenAI fields that are rejected unless they carry a no-op value.
+    /// wick's extension: a grammar in llguidance's Lark-like syntax the output must match.
+    pub grammar: Option<String>,
+    /// `text`, `json_object` or `json_schema` (see `structured`).
     pub response_format: Option<Value>,
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<Value>,
+    /// Passed to templates that read it (gpt-oss style `reasoning_effort`).
     pub reasoning_effort: Option<Value>,
+    /// Extra chat-template variables (vLLM/SGLang), e.g. `{"enable_thinking": false}`.
+    pub chat_template_kwargs: Option<Value>,
+    // Known OpenAI fields that are rejected unless they carry a no-op value.
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
     pub audio: Option<Value>,
@@ -122,11 +128,56 @@ pub struct ChoiceLogprobs {
     pub refusal: Option<String>,
 }
 
+/// A tool call in a response message.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text, as OpenAI sends it.
+    pub arguments: String,
+}
+
+/// A tool call in a stream chunk: the first delta of a call carries `id`, `type` and the
+/// name, later ones `arguments` fragments.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponseMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the message is only tool calls.
+    pub content: Option<String>,
     pub refusal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// The model's thinking (llama-server's and SGLang's name) ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// ... and the same under vLLM's, Ollama's and OpenRouter's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,6 +205,12 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

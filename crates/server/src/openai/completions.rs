@@ -33,6 +33,10 @@ pub struct CompletionRequest {
     pub repetition_penalty: Option<f64>,
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
+    /// `text`, `json_object` or `json_schema`, as on chat (vLLM accepts it here too).
+    pub response_format: Option<Value>,
+    /// wick's extension: a grammar in llguidance's Lark-like syntax the output must match.
+    pub grammar: Option<String>,
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of such lists.

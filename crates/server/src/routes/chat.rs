@@ -1,23 +1,80 @@
-//! `POST /v1/chat/completions`: validate, render the chat template, submit, then answer with
-//! one `chat.completion` or a stream of `chat.completion.chunk`s.
+//! `POST /v1/chat/completions`: validate, render the chat template (with the tools when the
+//! template knows them), compile the grammar (structured output or tool calls), submit, then
+//! answer with one `chat.completion` or a stream of `chat.completion.chunk`s whose text goes
+//! through the same per-choice parser (`output`) either way.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use wick_engine::Event;
+use serde_json::{Map, Value};
+use wick_engine::{Event, FinishReason};
 
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::generation;
 use crate::openai::chat::{
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChoiceLogprobs, ChunkChoice, Delta,
-    ResponseMessage, TokenLogprob,
+    FunctionCall, FunctionDelta, ResponseMessage, TokenLogprob, ToolCall, ToolCallDelta,
 };
 use crate::openai::common::{finish_reason_str, system_fingerprint, unix_now, Usage};
+use crate::output::{self, ChoiceParser, OutputFormat, Part};
+use crate::reasoning;
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
+use crate::structured;
+use crate::tools::{self, generic, hermes, Format, ParsedCall};
 use crate::validate;
+
+/// `finish_reason`: `tool_calls` when a choice that stopped made calls.
+fn finish_str(reason: FinishReason, made_calls: bool) -> &'static str {
+    match reason {
+        FinishReason::Stop if made_calls => "tool_calls",
+        r => finish_reason_str(r),
+    }
+}
+
+fn tool_call(call: ParsedCall) -> ToolCall {
+    ToolCall {
+        id: tools::new_call_id(),
+        kind: "function",
+        function: FunctionCall { name: call.name, arguments: call.arguments },
+    }
+}
+
+/// `reasoning_effort` values OpenAI defines.
+const EFFORTS: &[&str] = &["none", "minimal", "low", "medium", "high"];
+
+/// Extra template variables: `chat_template_kwargs`, and `reasoning_effort` for templates that
+/// read it (elsewhere it is a 400: it would do nothing).
+fn template_kwargs(req: &ChatCompletionRequest, template: &str) -> Result<Map<String, Value>, ApiError> {
+    let mut extra = match &req.chat_template_kwargs {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid_value("chat_template_kwargs", "`chat_template_kwargs` must be an object."))
+        }
+    };
+    match &req.reasoning_effort {
+        None | Some(Value::Null) => {}
+        Some(Value::String(e)) if EFFORTS.contains(&e.as_str()) => {
+            if !template.contains("reasoning_effort") {
+                return Err(ApiError::unsupported(
+                    "reasoning_effort",
+                    "This model's chat template has no reasoning effort setting.",
+                ));
+            }
+            extra.insert("reasoning_effort".into(), Value::String(e.clone()));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_value(
+                "reasoning_effort",
+                format!("`reasoning_effort` must be one of {}.", EFFORTS.join(", ")),
+            ))
+        }
+    }
+    Ok(extra)
+}
 
 pub async fn handler(
     State(state): State<Arc<AppState>>,
@@ -26,12 +83,49 @@ pub async fn handler(
     let ready = state.ready()?;
     ready.check_model(&req.model)?;
     let backend = ready.backend.as_ref();
-    let mut v = validate::chat(&req, backend.vocab_size())?;
-    let messages = crate::messages::messages(&req.messages)?;
-    let prompt_ids = backend.encode_chat(&messages).map_err(super::text_error)?;
+    let mut v = validate::chat(&req, backend.vocab_size(), &ready.sampling)?;
+    let tool_req = tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls.as_ref())?;
+    let structured = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())?;
+    let mut messages = crate::messages::messages(&req.messages)?;
+    let template = backend.chat_template_source();
+    let mut extra = template_kwargs(&req, &template)?;
+    let format = match &tool_req {
+        None => None,
+        Some(t) => {
+            if let Some((_, param)) = &structured {
+                return Err(ApiError::unsupported(param, format!("`{param}` cannot be combined with `tools`.")));
+            }
+            let format = Format::detect(&template, backend.single_token(hermes::OPEN));
+            match format {
+                Format::Generic => messages = generic::messages(t, messages),
+                Format::Hermes { .. } if t.choice == tools::Choice::None => {}
+                Format::Hermes { .. } => {
+                    extra.insert("tools".into(), t.template_tools());
+                }
+            }
+            match format.grammar(t) {
+                Some((spec, trigger)) => {
+                    v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, trigger, "tools").await?);
+                    Some(format)
+                }
+                // A Hermes model told not to call tools answers in plain text.
+                None => None,
+            }
+        }
+    };
+    if let Some((spec, param)) = structured {
+        v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, None, param).await?);
+    }
+    let prompt_ids = backend.encode_chat(&messages, &Value::Object(extra)).map_err(super::text_error)?;
+    let thinks = template.contains(reasoning::OPEN) || backend.single_token(reasoning::OPEN).is_some();
+    let inside = thinks && {
+        let tail = &prompt_ids[prompt_ids.len().saturating_sub(4)..];
+        backend.decode(tail, false).is_ok_and(|t| t.trim_end().ends_with(reasoning::OPEN))
+    };
+    let format = OutputFormat { tools: format, reasoning: thinks.then_some(inside) };
     validate::resolve_max_tokens(&mut v, prompt_ids.len(), backend.max_model_len(), "messages")?;
     let id = super::new_id("chatcmpl");
-    tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompt_tokens = prompt_ids.len(), n = v.n, stream = v.stream, "chat completion");
+    tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompt_tokens = prompt_ids.len(), n = v.n, stream = v.stream, tools = ?format, "chat completion");
     let with_logprobs = v.params.logprobs.is_some();
     let tracked = generation::submit(backend, &id, prompt_ids, v.params, v.n)?;
     let events = generation::merge(vec![tracked], v.n);
@@ -44,7 +138,7 @@ pub async fn handler(
             fingerprint: system_fingerprint(),
             include_usage: v.include_usage,
             with_logprobs,
-            role_sent: vec![false; v.n],
+            choices: (0..v.n).map(|_| StreamChoice::new(&format)).collect(),
         };
         return Ok(sse::respond(events, writer, state.sse_keep_alive));
     }
@@ -57,14 +151,25 @@ pub async fn handler(
         choices: choices
             .into_iter()
             .enumerate()
-            .map(|(index, c)| Choice {
-                index,
-                message: ResponseMessage { role: "assistant", content: c.text, refusal: None },
-                logprobs: with_logprobs.then(|| ChoiceLogprobs {
-                    content: c.logprobs.iter().map(TokenLogprob::from).collect(),
-                    refusal: None,
-                }),
-                finish_reason: c.finish.map(finish_reason_str),
+            .map(|(index, c)| {
+                let m = output::parse_all(&format, &c.text);
+                let made_calls = !m.calls.is_empty();
+                Choice {
+                    index,
+                    message: ResponseMessage {
+                        role: "assistant",
+                        content: m.content,
+                        refusal: None,
+                        tool_calls: made_calls.then(|| m.calls.into_iter().map(tool_call).collect()),
+                        reasoning_content: m.reasoning.clone(),
+                        reasoning: m.reasoning,
+                    },
+                    logprobs: with_logprobs.then(|| ChoiceLogprobs {
+                        content: c.logprobs.iter().map(TokenLogprob::from).collect(),
+                        refusal: None,
+                    }),
+                    finish_reason: c.finish.map(|r| finish_str(r, made_calls)),
+                }
             })
             .collect(),
         usage: usage.into(),
@@ -73,8 +178,22 @@ pub async fn handler(
     Ok(axum::Json(body).into_response())
 }
 
-/// Writes `chat.completion.chunk`s: a role delta first per choice, content deltas, a finish
-/// chunk per choice, and with `include_usage` a last chunk with empty `choices` and the usage.
+/// The stream state of one choice.
+pub struct StreamChoice {
+    role_sent: bool,
+    parser: ChoiceParser,
+    calls: usize,
+}
+
+impl StreamChoice {
+    fn new(format: &OutputFormat) -> Self {
+        Self { role_sent: false, parser: ChoiceParser::new(format), calls: 0 }
+    }
+}
+
+/// Writes `chat.completion.chunk`s: a role delta first per choice, content and tool-call
+/// deltas, a finish chunk per choice, and with `include_usage` a last chunk with empty
+/// `choices` and the usage.
 pub struct ChatChunks {
     pub id: String,
     pub created: u64,
@@ -82,7 +201,7 @@ pub struct ChatChunks {
     pub fingerprint: String,
     pub include_usage: bool,
     pub with_logprobs: bool,
-    pub role_sent: Vec<bool>,
+    pub choices: Vec<StreamChoice>,
 }
 
 impl ChatChunks {
@@ -110,11 +229,52 @@ impl ChatChunks {
     }
 
     fn role_once(&mut self, choice: usize, out: &mut Vec<String>) {
-        if let Some(sent) = self.role_sent.get_mut(choice) {
-            if !*sent {
-                *sent = true;
-                out.push(self.one(choice, Delta { role: Some("assistant"), content: Some(String::new()) }, None, None));
+        let Some(c) = self.choices.get_mut(choice) else { return };
+        if !c.role_sent {
+            c.role_sent = true;
+            let delta = Delta { role: Some("assistant"), content: Some(String::new()), ..Delta::default() };
+            out.push(self.one(choice, delta, None, None));
+        }
+    }
+
+    /// The chunks of `parts` for `choice`; `lp` rides on the first (or on an empty delta).
+    fn parts(&mut self, choice: usize, parts: Vec<Part>, mut lp: Option<ChoiceLogprobs>, out: &mut Vec<String>) {
+        for part in parts {
+            match part {
+                Part::Reasoning(text) => {
+                    let delta =
+                        Delta { reasoning_content: Some(text.clone()), reasoning: Some(text), ..Delta::default() };
+                    out.push(self.one(choice, delta, lp.take(), None));
+                }
+                Part::Content(text) => {
+                    let delta = Delta { content: Some(text), ..Delta::default() };
+                    out.push(self.one(choice, delta, lp.take(), None));
+                }
+                Part::Call(call) => {
+                    let Some(c) = self.choices.get_mut(choice) else { continue };
+                    let index = c.calls;
+                    c.calls += 1;
+                    let head = ToolCallDelta {
+                        index,
+                        id: Some(tools::new_call_id()),
+                        kind: Some("function"),
+                        function: FunctionDelta { name: Some(call.name), arguments: Some(String::new()) },
+                    };
+                    let args = ToolCallDelta {
+                        index,
+                        id: None,
+                        kind: None,
+                        function: FunctionDelta { name: None, arguments: Some(call.arguments) },
+                    };
+                    for d in [head, args] {
+                        let delta = Delta { tool_calls: Some(vec![d]), ..Delta::default() };
+                        out.push(self.one(choice, delta, lp.take(), None));
+                    }
+                }
             }
+        }
+        if lp.is_some() {
+            out.push(self.one(choice, Delta { content: Some(String::new()), ..Delta::default() }, lp, None));
         }
     }
 }
@@ -129,16 +289,22 @@ impl ChunkWriter for ChatChunks {
                     (Some(l), true) => Some(ChoiceLogprobs { content: vec![TokenLogprob::from(l)], refusal: None }),
                     _ => None,
                 };
-                if !text.is_empty() || lp.is_some() {
-                    out.push(self.one(choice, Delta { role: None, content: Some(text) }, lp, None));
-                }
+                let parts = self.choices.get_mut(choice).map(|c| c.parser.push(&text)).unwrap_or_default();
+                self.parts(choice, parts, lp, &mut out);
             }
             Event::Finished { choice, reason, text } => {
                 self.role_once(choice, &mut out);
-                if !text.is_empty() {
-                    out.push(self.one(choice, Delta { role: None, content: Some(text) }, None, None));
-                }
-                out.push(self.one(choice, Delta::default(), None, Some(finish_reason_str(reason))));
+                let parts = match self.choices.get_mut(choice) {
+                    Some(c) => {
+                        let mut p = c.parser.push(&text);
+                        p.extend(c.parser.finish());
+                        p
+                    }
+                    None => Vec::new(),
+                };
+                self.parts(choice, parts, None, &mut out);
+                let made_calls = self.choices.get(choice).is_some_and(|c| c.calls > 0);
+                out.push(self.one(choice, Delta::default(), None, Some(finish_str(reason, made_calls))));
             }
             Event::Done { usage, .. } => {
                 if self.include_usage {

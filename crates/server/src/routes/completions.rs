@@ -16,6 +16,7 @@ use crate::openai::common::{finish_reason_str, system_fingerprint, unix_now, Usa
 use crate::openai::completions::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptSpec};
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
+use crate::structured;
 use crate::validate;
 
 /// Most prompts in one request.
@@ -52,7 +53,10 @@ pub async fn handler(
     let ready = state.ready()?;
     ready.check_model(&req.model)?;
     let backend = ready.backend.as_ref();
-    let v = validate::completion(&req, backend.vocab_size())?;
+    let mut v = validate::completion(&req, backend.vocab_size(), &ready.sampling)?;
+    if let Some((spec, param)) = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())? {
+        v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, None, param).await?);
+    }
     let prompts = prompts(&req.prompt, backend)?;
     let id = super::new_id("cmpl");
     tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompts = prompts.len(), n = v.n, stream = v.stream, "completion");

@@ -16,6 +16,8 @@ pub struct Model {
     pub created: u64,
     pub owned_by: &'static str,
     pub max_model_len: usize,
+    /// What a request that leaves a sampling field out gets.
+    pub sampling_defaults: wick_engine::sampling::SamplingDefaults,
 }
 
 #[derive(Debug, Serialize)]
@@ -31,6 +33,7 @@ fn model(ready: &Ready, id: &str) -> Model {
         created: ready.created,
         owned_by: "wick",
         max_model_len: ready.backend.max_model_len(),
+        sampling_defaults: ready.sampling,
     }
 }
 

@@ -64,7 +64,7 @@ pub async fn tokenize(
                         "The chat template adds the special tokens itself.",
                     ));
                 }
-                b.encode_chat(&crate::messages::messages(msgs)?).map_err(super::text_error)?
+                b.encode_chat(&crate::messages::messages(msgs)?, &serde_json::Value::Null).map_err(super::text_error)?
             }
         }
         _ => return Err(ApiError::invalid(Some("prompt"), "Send exactly one of `prompt` and `messages`.")),

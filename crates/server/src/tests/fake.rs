@@ -10,6 +10,10 @@ use wick_engine::{
     EngineError, EngineStats, Event, FinishReason, GenerateRequest, SubmitError, TokenLogprob, TopLogprob, Usage,
 };
 
+use std::sync::Arc;
+
+use wick_engine::grammar::{CompiledGrammar, GrammarError, GrammarSpec, Trigger};
+
 use crate::backend::Backend;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -22,7 +26,12 @@ pub enum Script {
     FailAfterOne,
     /// Nothing is ever sent; the sender is kept so tests can see the cancel.
     Hang,
+    /// A thinking model (its template writes `<think>`): tags split across tokens.
+    Thinking,
 }
+
+/// The token texts of [`Script::Thinking`].
+pub const THINKING: &[&str] = &["\n<th", "ink>", "Let me", " think.</", "think", ">", "\n", "\nAns", "wer."];
 
 pub struct Fake {
     pub script: Script,
@@ -56,17 +65,18 @@ fn logprob(id: u32, text: &str) -> TokenLogprob {
     }
 }
 
-async fn play(tx: UnboundedSender<Event>, req: GenerateRequest) {
+async fn play(tx: UnboundedSender<Event>, req: GenerateRequest, script: &'static [&'static str]) {
     let lp = req.params.logprobs.is_some();
     for choice in 0..req.n {
-        for (id, text) in [(1u32, "Hel"), (2, ""), (3, "lo")] {
+        for (id, text) in script.iter().enumerate().map(|(i, t)| (i as u32 + 1, *t)) {
             let logprob = lp.then(|| logprob(id, if text.is_empty() { "l" } else { text }));
             let _ = tx.send(Event::Token { choice, token_id: id, text: text.to_owned(), logprob });
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let _ = tx.send(Event::Finished { choice, reason: FinishReason::Stop, text: "!".into() });
+        let tail = if script.len() == 3 { "!" } else { "" };
+        let _ = tx.send(Event::Finished { choice, reason: FinishReason::Stop, text: tail.into() });
     }
-    let usage = Usage { prompt_tokens: req.prompt_ids.len(), completion_tokens: 3 * req.n };
+    let usage = Usage { prompt_tokens: req.prompt_ids.len(), completion_tokens: script.len() * req.n };
     let _ = tx.send(Event::Done {
         usage,
         queue_time: Duration::from_millis(1),
@@ -83,7 +93,10 @@ impl Backend for Fake {
         let (tx, rx) = unbounded_channel();
         match self.script {
             Script::Normal => {
-                tokio::spawn(play(tx, req));
+                tokio::spawn(play(tx, req, &["Hel", "", "lo"]));
+            }
+            Script::Thinking => {
+                tokio::spawn(play(tx, req, THINKING));
             }
             Script::FailAfterOne => {
                 let _ = tx.send(Event::Token { choice: 0, token_id: 1, text: "Hel".into(), logprob: None });
@@ -105,7 +118,17 @@ impl Backend for Fake {
     fn vocab_size(&self) -> usize {
         128
     }
-    fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+    fn chat_template_source(&self) -> String {
+        if self.script == Script::Thinking {
+            "{{ '<think>' }}".into()
+        } else {
+            String::new()
+        }
+    }
+    fn single_token(&self, _text: &str) -> Option<(u32, bool)> {
+        None
+    }
+    fn encode_chat(&self, messages: &[ChatMessage], _extra: &serde_json::Value) -> Result<Vec<u32>, EngineError> {
         let text: String = messages.iter().map(|m| format!("{}:{};", m.role, m.content)).collect();
         self.encode(&text, false)
     }
@@ -124,5 +147,15 @@ impl Backend for Fake {
     fn token_text(&self, id: u32) -> (String, Vec<u8>) {
         let s = char::from(id as u8).to_string();
         (s.clone(), s.into_bytes())
+    }
+    /// The scripted engine has no vocabulary for grammars: a schema containing `"bad"` is
+    /// invalid (as llguidance would say), any other is unavailable.
+    fn compile_grammar(&self, spec: &GrammarSpec, _: Option<Trigger>) -> Result<Arc<CompiledGrammar>, GrammarError> {
+        match spec {
+            GrammarSpec::JsonSchema(s) if s.to_string().contains("bad") => {
+                Err(GrammarError::Invalid("unknown type: bad".into()))
+            }
+            _ => Err(GrammarError::Setup("the scripted engine has no grammar support".into())),
+        }
     }
 }

@@ -126,3 +126,25 @@ async fn legacy_completions_with_prompts_echo_and_logprobs() {
     assert_eq!(v["choices"][0]["text"], "abHello!");
     assert_eq!(fake.last().params.max_tokens, 16, "OpenAI's legacy default");
 }
+
+#[tokio::test]
+async fn thinking_goes_to_reasoning_fields_streamed_and_not_never_to_content() {
+    let (app, _) = app(Script::Thinking);
+    let (s, _, b) = call(&app, post("/v1/chat/completions", chat(json!({})))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v: Value = serde_json::from_str(&b).expect("json");
+    let m = &v["choices"][0]["message"];
+    assert_eq!(m["content"], "Answer.");
+    assert_eq!(m["reasoning_content"], "Let me think.");
+    assert_eq!(m["reasoning"], "Let me think.");
+
+    let (_, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"stream": true})))).await;
+    let data = sse_data(&b);
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("chunk")).collect();
+    let field =
+        |name: &str| -> String { chunks.iter().filter_map(|c| c["choices"][0]["delta"][name].as_str()).collect() };
+    assert_eq!(field("content"), "Answer.");
+    assert_eq!(field("reasoning_content"), "Let me think.");
+    assert_eq!(field("reasoning"), "Let me think.");
+    assert!(chunks.iter().all(|c| !c["choices"][0]["delta"]["content"].as_str().unwrap_or("").contains("think")));
+}

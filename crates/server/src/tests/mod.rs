@@ -21,7 +21,12 @@ pub(super) fn app_with(script: Script, keys: &[&str], cors: &[&str], ready: bool
     let fake = Arc::new(Fake::new(script));
     let state = Arc::new(AppState::new(keys.iter().map(|s| s.to_string()).collect(), Duration::from_secs(5), 4096));
     if ready {
-        state.set_ready(Ready { backend: fake.clone(), model_ids: vec![MODEL.into(), "alias".into()], created: 1 });
+        state.set_ready(Ready {
+            backend: fake.clone(),
+            model_ids: vec![MODEL.into(), "alias".into()],
+            created: 1,
+            sampling: wick_engine::sampling::SamplingDefaults::default().resolved(),
+        });
     }
     let cors: Vec<String> = cors.iter().map(|s| s.to_string()).collect();
     (crate::app::router(state, &cors), fake)
@@ -134,7 +139,7 @@ async fn client_errors_map_to_openai_statuses() {
     assert_eq!(error_of(&b)["code"], "context_length_exceeded");
     let (s, _, b) = call(&app, post("/v1/chat/completions", chat(json!({"tools": [{"type": "function"}]})))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert_eq!(error_of(&b)["param"], "tools");
+    assert_eq!(error_of(&b)["param"], "tools[0].function");
     let (app, _) = app_with(Script::Overloaded, &[], &[], true);
     let (s, h, b) = call(&app, post("/v1/chat/completions", chat(json!({})))).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
