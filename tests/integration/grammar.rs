@@ -98,3 +98,30 @@ fn hermes_grammar_is_lazy_until_the_trigger_then_forces_a_valid_call() {
     });
     assert!(refused, "a name outside the tools is refused");
 }
+
+#[test]
+fn mistral_and_llama3_grammars_compile_and_accept_their_calls() {
+    let Some(text) = crate::text::smollm2() else { return };
+    let compiler = GrammarCompiler::new(text).expect("compiler");
+    let tools_json = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let auto = tools::parse(Some(&tools_json), None, None).expect("ok").expect("tools");
+    let enc = |s: &str| text.encode(s, false).expect("encode");
+
+    let mistral = Format::Mistral { trigger: Trigger::Text("[TOOL_CALLS]".into()), special: false };
+    let (spec, trigger) = mistral.grammar(&auto).expect("a grammar");
+    let mut c = Constraint::new(compiler.compile(&spec, trigger).expect("mistral grammar compiles"));
+    feed(text, &mut c, &enc("Checking.[TOOL_CALLS]"));
+    assert!(c.is_active());
+    feed(text, &mut c, &enc("[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]"));
+    assert!(!c.is_active(), "one call: complete");
+
+    let (spec, trigger) = Format::Llama3.grammar(&auto).expect("a grammar");
+    let g = compiler.compile(&spec, trigger).expect("llama3 grammar compiles");
+    let mut c = Constraint::new(g.clone());
+    feed(text, &mut c, &enc("It is sunny today."));
+    assert!(c.compute_mask().expect("active").expect("mask").allows(text.eog_token_ids()[0]), "text may end");
+    let mut c = Constraint::new(g);
+    feed(text, &mut c, &enc("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}"));
+    assert!(!c.is_active(), "the call completes the answer");
+}

@@ -15,6 +15,11 @@ pub struct StatsCell {
     pub preemptions_total: AtomicU64,
     pub steps_total: AtomicU64,
     pub last_step_micros: AtomicU64,
+    /// Wall time of all steps, and of the grammar-mask part of them.
+    pub step_micros_total: AtomicU64,
+    pub grammar_mask_micros_total: AtomicU64,
+    /// Masks computed (one per constrained sequence per step).
+    pub grammar_masks_total: AtomicU64,
 }
 
 /// A snapshot of [`StatsCell`].
@@ -29,6 +34,9 @@ pub struct EngineStats {
     pub preemptions_total: u64,
     pub steps_total: u64,
     pub last_step_micros: u64,
+    pub step_micros_total: u64,
+    pub grammar_mask_micros_total: u64,
+    pub grammar_masks_total: u64,
 }
 
 impl StatsCell {
@@ -44,6 +52,9 @@ impl StatsCell {
             preemptions_total: g(&self.preemptions_total),
             steps_total: g(&self.steps_total),
             last_step_micros: g(&self.last_step_micros),
+            step_micros_total: g(&self.step_micros_total),
+            grammar_mask_micros_total: g(&self.grammar_mask_micros_total),
+            grammar_masks_total: g(&self.grammar_masks_total),
         }
     }
 }

@@ -20,6 +20,9 @@ pub const ITL: &str = "wick:inter_token_latency_seconds";
 pub const E2E: &str = "wick:e2e_request_latency_seconds";
 pub const QUEUE: &str = "wick:request_queue_time_seconds";
 pub const SUCCESS: &str = "wick:request_success_total";
+pub const STEP_TIME: &str = "wick:engine_step_seconds";
+pub const MASK_TIME: &str = "wick:grammar_mask_seconds";
+pub const MASKS: &str = "wick:grammar_masks_total";
 
 const BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0,
@@ -58,6 +61,9 @@ fn describe() {
     describe_histogram!(ITL, Unit::Seconds, "Time between consecutive tokens of a sequence.");
     describe_histogram!(E2E, Unit::Seconds, "Time from arrival to the last token.");
     describe_histogram!(QUEUE, Unit::Seconds, "Time spent waiting for admission.");
+    describe_gauge!(STEP_TIME, Unit::Seconds, "Wall time of all engine steps so far (cumulative).");
+    describe_gauge!(MASK_TIME, Unit::Seconds, "Part of the engine steps spent computing grammar masks (cumulative).");
+    describe_counter!(MASKS, "Grammar masks computed (one per constrained sequence per step).");
 }
 
 /// Renders the exposition text, refreshing the engine-derived values first.
@@ -70,6 +76,9 @@ pub fn render(handle: &PrometheusHandle, stats: Option<EngineStats>) -> String {
         counter!(PROMPT_TOKENS).absolute(s.prompt_tokens_total);
         counter!(GENERATION_TOKENS).absolute(s.generation_tokens_total);
         counter!(PREEMPTIONS).absolute(s.preemptions_total);
+        gauge!(STEP_TIME).set(s.step_micros_total as f64 / 1e6);
+        gauge!(MASK_TIME).set(s.grammar_mask_micros_total as f64 / 1e6);
+        counter!(MASKS).absolute(s.grammar_masks_total);
     }
     handle.run_upkeep();
     handle.render()

@@ -217,14 +217,22 @@ impl Worker {
         stats.prompt_tokens_total.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
         stats.generation_tokens_total.fetch_add(rows.len() as u64, Ordering::Relaxed);
         let ids: Vec<_> = plan.sampled().map(|s| s.id).collect();
+        let mask_started = Instant::now();
         let mut masks = self.grammar_masks(&ids);
+        if let Some(m) = &masks {
+            let stats = &self.shared.stats;
+            stats.grammar_mask_micros_total.fetch_add(mask_started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            stats.grammar_masks_total.fetch_add(m.iter().filter(|x| x.is_some()).count() as u64, Ordering::Relaxed);
+        }
         for (i, (id, row)) in ids.iter().zip(rows).enumerate() {
             let mask = masks.as_mut().and_then(|m| m[i].take());
             self.on_logits(*id, &row, mask);
         }
         let stats = &self.shared.stats;
         stats.steps_total.fetch_add(1, Ordering::Relaxed);
-        stats.last_step_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let micros = started.elapsed().as_micros() as u64;
+        stats.last_step_micros.store(micros, Ordering::Relaxed);
+        stats.step_micros_total.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// This step's grammar masks, one slot per sampled sequence (`None` for those without an

@@ -23,7 +23,7 @@ use crate::reasoning;
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
 use crate::structured;
-use crate::tools::{self, generic, hermes, Format, ParsedCall};
+use crate::tools::{self, generic, Format, ParsedCall};
 use crate::validate;
 
 /// `finish_reason`: `tool_calls` when a choice that stopped made calls.
@@ -95,20 +95,18 @@ pub async fn handler(
             if let Some((_, param)) = &structured {
                 return Err(ApiError::unsupported(param, format!("`{param}` cannot be combined with `tools`.")));
             }
-            let format = Format::detect(&template, backend.single_token(hermes::OPEN));
-            match format {
-                Format::Generic => messages = generic::messages(t, messages),
-                Format::Hermes { .. } if t.choice == tools::Choice::None => {}
-                Format::Hermes { .. } => {
-                    extra.insert("tools".into(), t.template_tools());
-                }
+            let format = Format::detect(&template, |tag| backend.single_token(tag));
+            if !format.template_renders_tools() {
+                messages = generic::messages(t, messages);
+            } else if t.choice != tools::Choice::None {
+                extra.insert("tools".into(), t.template_tools());
             }
             match format.grammar(t) {
                 Some((spec, trigger)) => {
                     v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, trigger, "tools").await?);
                     Some(format)
                 }
-                // A Hermes model told not to call tools answers in plain text.
+                // A model with its own tool format told not to call tools answers in plain text.
                 None => None,
             }
         }

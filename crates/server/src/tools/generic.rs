@@ -244,7 +244,7 @@ pub(super) fn call(json_text: &str) -> Option<ParsedCall> {
 }
 
 /// The byte length of the complete JSON object or array at the start of `s`, if it is complete.
-fn value_end(s: &str) -> Option<usize> {
+pub(super) fn value_end(s: &str) -> Option<usize> {
     let (mut depth, mut in_str, mut esc) = (0usize, false, false);
     for (i, c) in s.char_indices() {
         if in_str {

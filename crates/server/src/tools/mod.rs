@@ -2,11 +2,15 @@
 //! format the model writes calls in, the grammar that constrains them, and the parsers that turn
 //! the model's text back into content and calls.
 //!
-//! Two formats, one module each, named after them:
+//! Four formats, one module each, named after them:
 //! - [`hermes`]: `<tool_call>\n{"name": .., "arguments": ..}\n</tool_call>`, for chat templates
 //!   that render `tools` themselves and write that tag (Qwen 2.5/3, Hermes). `auto` is free text
 //!   until the `<tool_call>` trigger, then grammar-constrained (a lazy grammar); `required` and
 //!   named choices are constrained from the first token.
+//! - [`mistral`]: `[TOOL_CALLS][{"name": .., "arguments": ..}, ..]` (Mistral templates); lazy on
+//!   the `[TOOL_CALLS]` token in `auto`.
+//! - [`llama3`]: `{"name": .., "parameters": ..}` as the whole answer (Llama 3.1-3.3 templates);
+//!   in `auto` one grammar allows free text or a constrained call from the first token.
 //! - [`generic`]: for templates that know no tools (SmolLM2, Gemma 3): the tools are described in
 //!   the system message and the whole answer is one JSON envelope, `{"tool_calls": [..]}` or (in
 //!   `auto`) `{"response": ".."}`, constrained from the first token (llama.cpp's generic handler).
@@ -15,6 +19,8 @@
 
 pub mod generic;
 pub mod hermes;
+pub mod llama3;
+pub mod mistral;
 
 use serde_json::{json, Value};
 use wick_engine::grammar::{GrammarSpec, Trigger};
@@ -122,21 +128,43 @@ pub enum Format {
         trigger: Trigger,
         special: bool,
     },
+    /// `trigger`/`special` as for Hermes, for `[TOOL_CALLS]`.
+    Mistral {
+        trigger: Trigger,
+        special: bool,
+    },
+    Llama3,
 }
 
 impl Format {
-    /// The format of a chat template: Hermes when it renders `tools` and writes `<tool_call>`.
-    /// `tag_token`: the id of `<tool_call>` if it is a single token, and whether it is special.
-    pub fn detect(template: &str, tag_token: Option<(u32, bool)>) -> Self {
-        if template.contains("tools") && template.contains("<tool_call>") {
-            let (trigger, special) = match tag_token {
-                Some((id, special)) => (Trigger::Token(id), special),
-                None => (Trigger::Text(hermes::OPEN.into()), false),
-            };
+    /// The format of a chat template that renders `tools`: Hermes when it writes `<tool_call>`,
+    /// Mistral when it writes `[TOOL_CALLS]`, Llama 3 when it has Llama's ipython tool turns;
+    /// generic otherwise. `single_token(text)`: the id of `text` when it is one token, and
+    /// whether that token is special.
+    pub fn detect(template: &str, single_token: impl Fn(&str) -> Option<(u32, bool)>) -> Self {
+        let trigger = |tag: &str| match single_token(tag) {
+            Some((id, special)) => (Trigger::Token(id), special),
+            None => (Trigger::Text(tag.into()), false),
+        };
+        if !template.contains("tools") {
+            return Format::Generic;
+        }
+        if template.contains(hermes::OPEN) {
+            let (trigger, special) = trigger(hermes::OPEN);
             Format::Hermes { trigger, special }
+        } else if template.contains(mistral::OPEN) {
+            let (trigger, special) = trigger(mistral::OPEN);
+            Format::Mistral { trigger, special }
+        } else if template.contains(llama3::PYTHON_TAG) || template.contains("ipython") {
+            Format::Llama3
         } else {
             Format::Generic
         }
+    }
+
+    /// Whether the model's own template renders the tools (all but the generic format).
+    pub fn template_renders_tools(&self) -> bool {
+        !matches!(self, Format::Generic)
     }
 
     /// The grammar that constrains the answer, and its trigger for a lazy one (none for a
@@ -144,12 +172,18 @@ impl Format {
     pub fn grammar(&self, req: &ToolRequest) -> Option<(GrammarSpec, Option<Trigger>)> {
         match self {
             Format::Generic => Some((GrammarSpec::JsonSchema(generic::envelope_schema(req)), None)),
-            Format::Hermes { .. } if req.choice == Choice::None => None,
+            _ if req.choice == Choice::None => None,
             Format::Hermes { trigger, special } => {
                 let lazy = req.choice == Choice::Auto;
                 let src = hermes::grammar(req, *special, lazy);
                 Some((GrammarSpec::Lark(src), lazy.then(|| trigger.clone())))
             }
+            Format::Mistral { trigger, special } => {
+                let lazy = req.choice == Choice::Auto;
+                let src = mistral::grammar(req, *special, lazy);
+                Some((GrammarSpec::Lark(src), lazy.then(|| trigger.clone())))
+            }
+            Format::Llama3 => Some((GrammarSpec::Lark(llama3::grammar(req)), None)),
         }
     }
 
@@ -157,6 +191,8 @@ impl Format {
         match self {
             Format::Generic => Box::new(generic::Parser::default()),
             Format::Hermes { .. } => Box::new(hermes::Parser::default()),
+            Format::Mistral { .. } => Box::new(mistral::Parser::default()),
+            Format::Llama3 => Box::new(llama3::Parser::default()),
         }
     }
 }
@@ -387,15 +423,22 @@ mod tests {
 
     #[test]
     fn formats_are_detected_from_the_template() {
-        assert_eq!(Format::detect("{{ messages }}", None), Format::Generic);
+        assert_eq!(Format::detect("{{ messages }}", |_| None), Format::Generic);
         let qwen = "{% if tools %}<tools>{% endif %}<tool_call>";
         assert_eq!(
-            Format::detect(qwen, Some((7, false))),
+            Format::detect(qwen, |_| Some((7, false))),
             Format::Hermes { trigger: Trigger::Token(7), special: false }
         );
         assert_eq!(
-            Format::detect(qwen, None),
+            Format::detect(qwen, |_| None),
             Format::Hermes { trigger: Trigger::Text("<tool_call>".into()), special: false }
         );
+        let mistral = "{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]";
+        assert_eq!(
+            Format::detect(mistral, |_| Some((5, true))),
+            Format::Mistral { trigger: Trigger::Token(5), special: true }
+        );
+        assert_eq!(Format::detect("{% if tools %}{% endif %}<|python_tag|>", |_| None), Format::Llama3);
+        assert_eq!(Format::detect("{% if tools %}{% endif %}", |_| None), Format::Generic);
     }
 }
