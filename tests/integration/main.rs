@@ -7,4 +7,5 @@ mod grammar;
 mod hf_archs;
 mod oracle;
 mod perplexity;
+mod prefix_cache;
 mod text;

@@ -98,6 +98,16 @@ pub struct ServeArgs {
     /// Context length cap [default: the model's].
     #[arg(long, env = "WICK_MAX_MODEL_LEN")]
     pub max_model_len: Option<usize>,
+    /// Turn automatic prefix caching off (every prompt is prefilled from scratch).
+    #[arg(long, env = "WICK_NO_PREFIX_CACHING")]
+    pub no_prefix_caching: bool,
+    /// How the KV cache stores K/V: f16, q8 (8-bit, per-row scale) or f32 [default: f16].
+    #[arg(long, env = "WICK_KV_CACHE_DTYPE", value_parser = parse_kv_dtype)]
+    pub kv_cache_dtype: Option<wick_engine::kv_cache::KvDtype>,
+}
+
+fn parse_kv_dtype(s: &str) -> Result<wick_engine::kv_cache::KvDtype, String> {
+    wick_engine::kv_cache::KvDtype::parse(s).ok_or_else(|| format!("unknown KV cache dtype `{s}` (f16, q8 or f32)"))
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +121,9 @@ pub struct PerplexityArgs {
     /// Context window per chunk.
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
+    /// How the KV cache stores K/V while scoring (as `serve --kv-cache-dtype`).
+    #[arg(long, default_value = "f16", value_parser = parse_kv_dtype)]
+    pub kv_cache_dtype: wick_engine::kv_cache::KvDtype,
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +204,12 @@ impl ServeArgs {
         set(&mut s.engine.max_waiting, a.max_waiting);
         if a.max_model_len.is_some() {
             s.engine.max_model_len = a.max_model_len;
+        }
+        if a.no_prefix_caching {
+            s.engine.prefix_caching = false;
+        }
+        if let Some(d) = a.kv_cache_dtype {
+            s.engine.kv_cache_dtype = d.name().to_string();
         }
     }
 }

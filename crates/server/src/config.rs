@@ -115,6 +115,10 @@ pub struct EngineSettings {
     pub max_num_batched_tokens: usize,
     pub max_waiting: usize,
     pub max_model_len: Option<usize>,
+    /// Automatic prefix caching (on by default).
+    pub prefix_caching: bool,
+    /// `f16` (default), `q8` or `f32`.
+    pub kv_cache_dtype: String,
 }
 
 impl Default for EngineSettings {
@@ -128,13 +132,17 @@ impl Default for EngineSettings {
             max_num_batched_tokens: e.max_num_batched_tokens,
             max_waiting: e.max_waiting,
             max_model_len: e.max_model_len,
+            prefix_caching: e.enable_prefix_caching,
+            kv_cache_dtype: e.kv_cache_dtype.name().to_string(),
         }
     }
 }
 
 impl EngineSettings {
-    pub fn to_engine_config(&self) -> wick_engine::EngineConfig {
-        wick_engine::EngineConfig {
+    pub fn to_engine_config(&self) -> Result<wick_engine::EngineConfig, ConfigError> {
+        let kv_cache_dtype = wick_engine::kv_cache::KvDtype::parse(&self.kv_cache_dtype)
+            .ok_or_else(|| ConfigError::KvCacheDtype(self.kv_cache_dtype.clone()))?;
+        Ok(wick_engine::EngineConfig {
             block_size: self.block_size,
             kv_cache_bytes: self.kv_cache_mb << 20,
             num_blocks: self.num_blocks,
@@ -142,7 +150,9 @@ impl EngineSettings {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_waiting: self.max_waiting,
             max_model_len: self.max_model_len,
-        }
+            enable_prefix_caching: self.prefix_caching,
+            kv_cache_dtype,
+        })
     }
 }
 
@@ -186,6 +196,8 @@ impl SamplingSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("unknown kv_cache_dtype `{0}` (f16, q8 or f32)")]
+    KvCacheDtype(String),
     #[error("reading config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]

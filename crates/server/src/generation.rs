@@ -62,9 +62,11 @@ pub fn submit(
     prompt_ids: Vec<u32>,
     params: SamplingParams,
     n: usize,
+    cache_salt: Option<String>,
 ) -> Result<Tracked, ApiError> {
     let mut req = GenerateRequest::new(id, prompt_ids, params);
     req.n = n;
+    req.cache_salt = cache_salt;
     let arrival = req.arrival;
     let rx = backend.submit(req)?;
     Ok(Tracked::new(rx, arrival, n))
@@ -111,6 +113,7 @@ pub fn merge(requests: Vec<Tracked>, n: usize) -> BoxStream<'static, Event> {
                 Event::Done { usage, queue_time, first_token_time } => {
                     acc.usage.prompt_tokens += usage.prompt_tokens;
                     acc.usage.completion_tokens += usage.completion_tokens;
+                    acc.usage.cached_tokens += usage.cached_tokens;
                     acc.queue = acc.queue.max(queue_time);
                     acc.first = match (acc.first, first_token_time) {
                         (Some(a), Some(b)) => Some(a.min(b)),

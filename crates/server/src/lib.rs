@@ -22,6 +22,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod sse;
 pub mod state;
+pub mod stats_log;
 pub mod structured;
 pub mod tools;
 pub mod unsupported;

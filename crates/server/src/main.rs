@@ -57,7 +57,7 @@ fn start_engine(settings: &Settings) -> Result<(Engine, ResolvedModel, SamplingD
     let loaded = wick_engine::load(&resolved.path, &load_options(settings)?)
         .with_context(|| format!("loading {}", resolved.path.display()))?;
     let sampling = loaded.sampling.over(settings.sampling.to_defaults()).resolved();
-    let engine = Engine::start(loaded.model, Arc::new(loaded.text), settings.engine.to_engine_config())
+    let engine = Engine::start(loaded.model, Arc::new(loaded.text), settings.engine.to_engine_config()?)
         .context("starting the engine")?;
     Ok((engine, resolved, sampling))
 }
@@ -84,7 +84,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             Ok(Ok((engine, resolved, sampling))) => {
                 let model_ids = if names.is_empty() { vec![resolved.name] } else { names };
                 tracing::info!(model = %model_ids[0], sampling = ?sampling, "ready (sampling defaults in force)");
-                load_state.set_ready(Ready { backend: Arc::new(engine), model_ids, created: unix_now(), sampling });
+                let backend: Arc<dyn wick_server::backend::Backend> = Arc::new(engine);
+                tokio::spawn(wick_server::stats_log::run(backend.clone(), Duration::from_secs(10)));
+                load_state.set_ready(Ready { backend, model_ids, created: unix_now(), sampling });
             }
             Ok(Err(e)) => {
                 tracing::error!("{e:#}");
@@ -152,6 +154,7 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     let opts = wick_engine::perplexity::PerplexityOptions {
         ctx: args.ctx,
         bos: if add_bos { bos } else { None },
+        kv_dtype: args.kv_cache_dtype,
         ..Default::default()
     };
     println!(

@@ -23,6 +23,9 @@ pub const SUCCESS: &str = "wick:request_success_total";
 pub const STEP_TIME: &str = "wick:engine_step_seconds";
 pub const MASK_TIME: &str = "wick:grammar_mask_seconds";
 pub const MASKS: &str = "wick:grammar_masks_total";
+pub const PREFIX_QUERIES: &str = "wick:prefix_cache_queries_total";
+pub const PREFIX_HITS: &str = "wick:prefix_cache_hits_total";
+pub const KV_CACHED_BLOCKS: &str = "wick:kv_cache_cached_blocks";
 
 const BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0,
@@ -64,6 +67,9 @@ fn describe() {
     describe_gauge!(STEP_TIME, Unit::Seconds, "Wall time of all engine steps so far (cumulative).");
     describe_gauge!(MASK_TIME, Unit::Seconds, "Part of the engine steps spent computing grammar masks (cumulative).");
     describe_counter!(MASKS, "Grammar masks computed (one per constrained sequence per step).");
+    describe_counter!(PREFIX_QUERIES, "Prompt tokens looked up in the prefix cache.");
+    describe_counter!(PREFIX_HITS, "Prompt tokens found in the prefix cache (not recomputed).");
+    describe_gauge!(KV_CACHED_BLOCKS, "Free KV-cache blocks still holding a cached prefix (reusable until evicted).");
 }
 
 /// Renders the exposition text, refreshing the engine-derived values first.
@@ -76,6 +82,9 @@ pub fn render(handle: &PrometheusHandle, stats: Option<EngineStats>) -> String {
         counter!(PROMPT_TOKENS).absolute(s.prompt_tokens_total);
         counter!(GENERATION_TOKENS).absolute(s.generation_tokens_total);
         counter!(PREEMPTIONS).absolute(s.preemptions_total);
+        counter!(PREFIX_QUERIES).absolute(s.prefix_cache_queries_total);
+        counter!(PREFIX_HITS).absolute(s.prefix_cache_hits_total);
+        gauge!(KV_CACHED_BLOCKS).set(s.kv_blocks_cached as f64);
         gauge!(STEP_TIME).set(s.step_micros_total as f64 / 1e6);
         gauge!(MASK_TIME).set(s.grammar_mask_micros_total as f64 / 1e6);
         counter!(MASKS).absolute(s.grammar_masks_total);

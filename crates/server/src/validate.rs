@@ -27,6 +27,8 @@ pub struct Validated {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// Prefix-cache isolation key (`cache_salt`).
+    pub cache_salt: Option<String>,
 }
 
 /// Fields both endpoints share.
@@ -148,7 +150,16 @@ fn common(c: Common<'_>, vocab_size: usize, d: &SamplingDefaults) -> Result<Vali
             ));
         }
     }
-    Ok(Validated { params: p, max_tokens: None, n, stream, include_usage })
+    Ok(Validated { params: p, max_tokens: None, n, stream, include_usage, cache_salt: None })
+}
+
+fn cache_salt(salt: &Option<String>) -> Result<Option<String>, ApiError> {
+    match salt {
+        Some(s) if s.is_empty() => {
+            Err(ApiError::invalid_value("cache_salt", "`cache_salt` must be a non-empty string when given."))
+        }
+        s => Ok(s.clone()),
+    }
 }
 
 fn max_tokens(param: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
@@ -193,6 +204,7 @@ pub fn chat(
         vocab_size,
         defaults,
     )?;
+    v.cache_salt = cache_salt(&req.cache_salt)?;
     v.max_tokens = match req.max_completion_tokens {
         Some(_) => max_tokens("max_completion_tokens", req.max_completion_tokens)?,
         None => max_tokens("max_tokens", req.max_tokens)?,
@@ -250,6 +262,7 @@ pub fn completion(
             return Err(ApiError::unsupported("best_of", "`best_of` is supported only when equal to `n`."));
         }
     }
+    v.cache_salt = cache_salt(&req.cache_salt)?;
     // OpenAI's default for legacy completions is 16 tokens.
     v.max_tokens = Some(max_tokens("max_tokens", req.max_tokens)?.unwrap_or(16));
     v.params.logprobs = match req.logprobs {

@@ -30,6 +30,8 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
     // Common extensions (vLLM's names).
+    /// Only requests with the same salt share prefix-cache blocks (tenant isolation).
+    pub cache_salt: Option<String>,
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,

@@ -26,6 +26,8 @@ pub struct CompletionRequest {
     pub best_of: Option<i64>,
     pub logit_bias: Option<HashMap<String, f64>>,
     pub user: Option<String>,
+    /// Only requests with the same salt share prefix-cache blocks (vLLM's extension).
+    pub cache_salt: Option<String>,
     pub suffix: Option<Value>,
     pub seed: Option<i64>,
     pub top_k: Option<i64>,

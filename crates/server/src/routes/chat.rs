@@ -125,7 +125,7 @@ pub async fn handler(
     let id = super::new_id("chatcmpl");
     tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompt_tokens = prompt_ids.len(), n = v.n, stream = v.stream, tools = ?format, "chat completion");
     let with_logprobs = v.params.logprobs.is_some();
-    let tracked = generation::submit(backend, &id, prompt_ids, v.params, v.n)?;
+    let tracked = generation::submit(backend, &id, prompt_ids, v.params, v.n, v.cache_salt)?;
     let events = generation::merge(vec![tracked], v.n);
     let created = unix_now();
     if v.stream {

@@ -64,7 +64,7 @@ pub async fn handler(
     for (ids, _) in &prompts {
         let mut pv = v.clone();
         validate::resolve_max_tokens(&mut pv, ids.len(), backend.max_model_len(), "prompt")?;
-        tracked.push(generation::submit(backend, &id, ids.clone(), pv.params, v.n)?);
+        tracked.push(generation::submit(backend, &id, ids.clone(), pv.params, v.n, pv.cache_salt)?);
     }
     let total = prompts.len() * v.n;
     let echo: Vec<String> =
