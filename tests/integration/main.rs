@@ -3,6 +3,7 @@
 mod archs;
 mod bad_models;
 mod batching;
+mod gpt_oss;
 mod grammar;
 mod hf_archs;
 mod oracle;

@@ -17,6 +17,10 @@
 //! each output lane the same operations in every tile size, softmax is per query, and a
 //! query's keys are always accumulated in position order (the keys a tile does not share
 //! are handled per query before and after the shared run).
+//!
+//! Attention sinks (gpt-oss): an optional learned logit per query head joins each softmax's
+//! denominator only (`p_j = exp(s_j - m) / (Σ exp(s - m) + exp(sink - m))`, no value); it is
+//! applied in one place, where a query's normalizer is formed (`with_sink`).
 
 use std::ops::Range;
 
@@ -146,6 +150,8 @@ struct Step<'a> {
     /// The layer's KV-cache group (which of a sequence's block tables to walk).
     kv_group: usize,
     kern: Kernels,
+    /// One sink logit per query head, if the model has them.
+    sinks: Option<&'a [f32]>,
 }
 
 /// Per-worker buffers, reused across items.
@@ -174,12 +180,29 @@ pub fn paged_attention(
     num_heads: usize,
     params: AttnParams,
 ) -> Vec<f32> {
+    paged_attention_with_sinks(cache, layer, batch, q, num_heads, params, None)
+}
+
+/// [`paged_attention`] with an optional sink logit per query head (`sinks.len() == num_heads`)
+/// in every softmax.
+pub fn paged_attention_with_sinks(
+    cache: &PagedKvCache,
+    layer: usize,
+    batch: &ForwardBatch,
+    q: &[f32],
+    num_heads: usize,
+    params: AttnParams,
+    sinks: Option<&[f32]>,
+) -> Vec<f32> {
+    assert!(sinks.is_none_or(|s| s.len() == num_heads), "one sink per query head");
     let window = layer_window(cache, layer, params.window);
     let seen = |s: &crate::batch::SeqSlice| window.map_or(s.context_len, |w| s.context_len.min(w + s.num_tokens));
     let products: usize = batch.seqs.iter().map(|s| s.num_tokens * seen(s)).sum::<usize>() * num_heads;
-    attention_with(cache, layer, batch, q, num_heads, params, Kernels::detect(), products >= PARALLEL_MIN_PRODUCTS)
+    let parallel = products >= PARALLEL_MIN_PRODUCTS;
+    attention_with_sinks(cache, layer, batch, q, num_heads, params, Kernels::detect(), parallel, sinks)
 }
 
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn attention_with(
     cache: &PagedKvCache,
@@ -190,6 +213,21 @@ fn attention_with(
     params: AttnParams,
     kern: Kernels,
     parallel: bool,
+) -> Vec<f32> {
+    attention_with_sinks(cache, layer, batch, q, num_heads, params, kern, parallel, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_with_sinks(
+    cache: &PagedKvCache,
+    layer: usize,
+    batch: &ForwardBatch,
+    q: &[f32],
+    num_heads: usize,
+    params: AttnParams,
+    kern: Kernels,
+    parallel: bool,
+    sinks: Option<&[f32]>,
 ) -> Vec<f32> {
     let hd = cache.head_dim();
     let t = batch.num_tokens();
@@ -210,7 +248,7 @@ fn attention_with(
     let direct = cache.layer_f32(layer);
     let params = AttnParams { window: layer_window(cache, layer, params.window), ..params };
     let kv_group = cache.layout().layer_group[layer];
-    let step = Step { direct, layer, cache, batch, q, num_heads, group, hd, params, kv_group, kern };
+    let step = Step { direct, layer, cache, batch, q, num_heads, group, hd, params, kv_group, kern, sinks };
     let dst = OutPtr(out.as_mut_ptr());
     let run = |range: Range<usize>| {
         let mut scratch = Scratch::default();
@@ -305,6 +343,18 @@ struct Bufs<'a> {
     acc: &'a mut Vec<f32>,
 }
 
+/// The softmax normalizer `Σ exp(s - m)` (with `m` the scores' max, as `softmax_exp` forms
+/// it), plus a sink's `exp(sink - m)` where the head has one (`(sink, m)`). The weights keep
+/// their `exp(s - m)`; only the denominator grows, exactly as if the sink had joined the
+/// softmax (whose max would cancel out).
+#[inline]
+fn with_sink(sum: f32, sink: Option<(f32, f32)>) -> f32 {
+    match sink {
+        Some((sink, max)) => sum + (sink - max).exp(),
+        None => sum,
+    }
+}
+
 /// One tile of queries `(token, head, position)`: scores, softmax, weighted values, output.
 // The per-query loops index several per-query arrays in step.
 #[allow(clippy::needless_range_loop)]
@@ -341,8 +391,9 @@ fn run_tile<const N: usize>(
     }
     let mut inv = [0f32; N];
     for a in 0..N {
-        let n = end[a] - lo[a];
-        inv[a] = 1.0 / kern.softmax_exp(&mut scores[a * stride..a * stride + n]);
+        let s = &mut scores[a * stride..a * stride + end[a] - lo[a]];
+        let sink = step.sinks.map(|sinks| (sinks[tile[a].1], s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))));
+        inv[a] = 1.0 / with_sink(kern.softmax_exp(s), sink);
     }
     acc[..N * hd].fill(0.0);
     let acc_at: [usize; N] = std::array::from_fn(|a| a * hd);

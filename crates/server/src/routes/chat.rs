@@ -76,6 +76,19 @@ fn template_kwargs(req: &ChatCompletionRequest, template: &str) -> Result<Map<St
     Ok(extra)
 }
 
+/// Harmony answers end at `<|return|>` or `<|call|>`: special end-of-generation tokens in
+/// gpt-oss's vocabulary (the engine's end-of-generation set holds them), but text in one that
+/// spells them (the tiny fixture), where they become stop strings (their text is then left out
+/// of the answer, which the harmony parser allows).
+pub(crate) fn harmony_stops(backend: &dyn crate::backend::Backend, stop: &mut Vec<String>) {
+    for marker in tools::harmony::STOPS {
+        let special = backend.single_token(marker).is_some_and(|(_, special)| special);
+        if !special && !stop.iter().any(|s| s == marker) {
+            stop.push(marker.to_owned());
+        }
+    }
+}
+
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     Json(req): Json<ChatCompletionRequest>,
@@ -114,13 +127,17 @@ pub async fn handler(
     if let Some((spec, param)) = structured {
         v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, None, param).await?);
     }
+    let harmony = tools::harmony::is_harmony(&template);
+    if harmony {
+        harmony_stops(backend, &mut v.params.stop);
+    }
     let prompt_ids = backend.encode_chat(&messages, &Value::Object(extra)).map_err(super::text_error)?;
-    let thinks = template.contains(reasoning::OPEN) || backend.single_token(reasoning::OPEN).is_some();
+    let thinks = !harmony && (template.contains(reasoning::OPEN) || backend.single_token(reasoning::OPEN).is_some());
     let inside = thinks && {
         let tail = &prompt_ids[prompt_ids.len().saturating_sub(4)..];
         backend.decode(tail, false).is_ok_and(|t| t.trim_end().ends_with(reasoning::OPEN))
     };
-    let format = OutputFormat { tools: format, reasoning: thinks.then_some(inside) };
+    let format = OutputFormat { tools: format, reasoning: thinks.then_some(inside), harmony };
     validate::resolve_max_tokens(&mut v, prompt_ids.len(), backend.max_model_len(), "messages")?;
     let id = super::new_id("chatcmpl");
     tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompt_tokens = prompt_ids.len(), n = v.n, stream = v.stream, tools = ?format, "chat completion");
