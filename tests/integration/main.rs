@@ -3,6 +3,7 @@
 mod archs;
 mod bad_models;
 mod batching;
+mod fuzz;
 mod grammar;
 mod hf_archs;
 mod oracle;
