@@ -3,6 +3,8 @@
 # (valid and invalid), sends them to a real `wick serve` on SmolLM2 and checks that no answer is
 # a 5xx, that every status, content type and body is the one documented, and that the server
 # survives. Bounded by --max-time. Usage: scripts/schemathesis.sh [seconds] (default 150).
+# The coverage phase is left out: under Python 3.11 it trips a hypothesis bug (an AST recursion
+# SystemError while describing a strategy), which is not an answer of wick's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 budget="${1:-150}"
@@ -26,6 +28,7 @@ SCHEMATHESIS_HOOKS=tests.contract.hooks PYTHONPATH=. st run "http://127.0.0.1:$p
     -H "Authorization: Bearer $key" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-time "$budget" --max-examples 60 --workers 2 --seed 13 --request-timeout 60 \
+    --phases examples,fuzzing,stateful \
     --suppress-health-check all --no-color || status=$?
 if ! kill -0 "$pid" 2>/dev/null; then
     tail -50 "$log"; echo "wick serve died during the contract run"; exit 1

@@ -47,7 +47,8 @@ pub async fn serve(
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only: the version sniffing of `auto` would wait for the first bytes with no timeout.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let mut stop = pin!(shutdown::triggered(signal));
     loop {
@@ -91,7 +92,7 @@ pub async fn serve(
 }
 
 /// A connection's IO that swaps hyper's automatic answer to unparseable HTTP (a status line,
-/// `content-length: 0` and `date`, nothing else) for the same status with a JSON envelope.
+/// `connection: close`, `content-length: 0` and `date`, nothing else) for the same status with a JSON envelope.
 /// Every other write passes through untouched. Writes are not vectored, so hyper hands a
 /// response head over in one buffer.
 pub struct EnvelopeIo<T> {
@@ -123,7 +124,7 @@ pub fn rewrite_error_head(buf: &[u8]) -> Option<Vec<u8>> {
     let mut date = None;
     for line in lines {
         let lower = line.to_ascii_lowercase();
-        if lower == "content-length: 0" {
+        if lower == "content-length: 0" || lower == "connection: close" {
             continue;
         }
         if lower.starts_with("date: ") {
@@ -199,7 +200,7 @@ mod tests {
 
     #[test]
     fn hyper_error_heads_become_envelopes_and_nothing_else_changes() {
-        let head = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Wed, 02 Dec 2026 01:00:00 GMT\r\n\r\n";
+        let head = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Wed, 02 Dec 2026 01:00:00 GMT\r\n\r\n";
         let out = String::from_utf8(rewrite_error_head(head).expect("rewritten")).expect("utf8");
         assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"), "{out}");
         let body = out.split("\r\n\r\n").nth(1).expect("body");
