@@ -49,9 +49,32 @@ fn fuzz(name: &str, mut case: impl FnMut(&mut StdRng)) {
 }
 
 const HOSTILE: &[&str] = &[
-    "{{", "}}", "{%", "%}", "{#", "<|im_start|>", "<|im_end|>", "<s>", "</s>", "\u{0}", "\u{202e}", "\u{fffd}",
-    "\r\n", "\\", "\"", "'", "{{ raise_exception('x') }}", "{% for x in range(99999999) %}", "<tool_call>",
-    "<think>", "[TOOL_CALLS]", "é", "😀", "\u{1F3F3}\u{FE0F}\u{200D}\u{1F308}", " ", "\t",
+    "{{",
+    "}}",
+    "{%",
+    "%}",
+    "{#",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<s>",
+    "</s>",
+    "\u{0}",
+    "\u{202e}",
+    "\u{fffd}",
+    "\r\n",
+    "\\",
+    "\"",
+    "'",
+    "{{ raise_exception('x') }}",
+    "{% for x in range(99999999) %}",
+    "<tool_call>",
+    "<think>",
+    "[TOOL_CALLS]",
+    "é",
+    "😀",
+    "\u{1F3F3}\u{FE0F}\u{200D}\u{1F308}",
+    " ",
+    "\t",
 ];
 
 fn hostile_text(rng: &mut StdRng) -> String {
@@ -68,12 +91,55 @@ fn hostile_text(rng: &mut StdRng) -> String {
 
 /// The field names of the requests, so random JSON reaches past the unknown-field check.
 const KEYS: &[&str] = &[
-    "model", "messages", "role", "content", "type", "text", "name", "tool_calls", "tool_call_id", "id", "function",
-    "arguments", "parameters", "tools", "tool_choice", "parallel_tool_calls", "n", "max_tokens",
-    "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "seed", "logprobs", "top_logprobs",
-    "logit_bias", "stream", "stream_options", "include_usage", "response_format", "json_schema", "schema", "grammar",
-    "prompt", "echo", "suffix", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty",
-    "stop_token_ids", "ignore_eos", "reasoning_effort", "chat_template_kwargs", "user", "image_url", "refusal",
+    "model",
+    "messages",
+    "role",
+    "content",
+    "type",
+    "text",
+    "name",
+    "tool_calls",
+    "tool_call_id",
+    "id",
+    "function",
+    "arguments",
+    "parameters",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "n",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "stop",
+    "seed",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "stream",
+    "stream_options",
+    "include_usage",
+    "response_format",
+    "json_schema",
+    "schema",
+    "grammar",
+    "prompt",
+    "echo",
+    "suffix",
+    "best_of",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "stop_token_ids",
+    "ignore_eos",
+    "reasoning_effort",
+    "chat_template_kwargs",
+    "user",
+    "image_url",
+    "refusal",
 ];
 
 fn random_json(rng: &mut StdRng, depth: u32) -> Value {
@@ -84,9 +150,23 @@ fn random_json(rng: &mut StdRng, depth: u32) -> Value {
         3 => json!([i64::MIN, i64::MAX, -1, 0, 1, 128, 129, u32::MAX as i64][rng.random_range(0..8)]),
         4 => json!(rng.random::<f64>() * 4.0 - 1.0),
         5 => Value::String(match rng.random_range(0..4) {
-            0 => ["user", "assistant", "system", "tool", "developer", "function", "json_schema", "json_object",
-                  "text", "auto", "none", "required", "tiny", "alias"][rng.random_range(0..14)]
-                .to_owned(),
+            0 => [
+                "user",
+                "assistant",
+                "system",
+                "tool",
+                "developer",
+                "function",
+                "json_schema",
+                "json_object",
+                "text",
+                "auto",
+                "none",
+                "required",
+                "tiny",
+                "alias",
+            ][rng.random_range(0..14)]
+            .to_owned(),
             _ => hostile_text(rng),
         }),
         6 => Value::Array((0..rng.random_range(0..4)).map(|_| random_json(rng, depth + 1)).collect()),
@@ -256,9 +336,12 @@ fn fuzz_gguf_reader() {
     let path = dir.path().join("mutated.gguf");
     fuzz("gguf reader", |rng| {
         let mut bytes = good.clone();
-        // The header, metadata and tensor index live in the first few hundred KiB.
-        let hot = bytes.len().min(400 << 10);
         for _ in 0..rng.random_range(1..6) {
+            // The header, metadata and tensor index live in the first few hundred KiB.
+            let hot = bytes.len().min(400 << 10);
+            if hot == 0 {
+                break;
+            }
             let at = rng.random_range(0..hot);
             match rng.random_range(0..4) {
                 0 => bytes[at] = rng.random(),

@@ -15,8 +15,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::auth;
-use crate::openapi;
 use crate::error::ApiError;
+use crate::openapi;
 use crate::routes::{chat, completions, health, models, tokenize};
 use crate::state::AppState;
 

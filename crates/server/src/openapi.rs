@@ -37,7 +37,10 @@ pub struct ApiDoc;
 
 /// Error statuses any route may answer, with when.
 const ERRORS: &[(&str, &str)] = &[
-    ("400", "Invalid request: malformed JSON, or a missing, unknown, ill-typed or out-of-range field (`param` names it)"),
+    (
+        "400",
+        "Invalid request: malformed JSON, or a missing, unknown, ill-typed or out-of-range field (`param` names it)",
+    ),
     ("401", "Missing or wrong API key (when the server has keys)"),
     ("404", "Unknown route or model"),
     ("405", "Method not allowed on this route"),
@@ -53,10 +56,10 @@ struct Errors;
 
 impl Modify for Errors {
     fn modify(&self, api: &mut Spec) {
-        api.components.get_or_insert_with(Default::default).security_schemes.insert(
-            "bearer".into(),
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        api.components
+            .get_or_insert_with(Default::default)
+            .security_schemes
+            .insert("bearer".into(), SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
         for item in api.paths.paths.values_mut() {
             for op in [&mut item.get, &mut item.post].into_iter().flatten() {
                 add_errors(op);

@@ -207,9 +207,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).expect("json");
         assert_eq!(v["error"]["code"], "bad_request");
         assert!(out.contains(&format!("content-length: {}\r\n", body.len())));
-        assert!(rewrite_error_head(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n").is_some());
+        assert!(
+            rewrite_error_head(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n").is_some()
+        );
         // Our own answers carry a content type and a body: untouched.
-        assert!(rewrite_error_head(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(rewrite_error_head(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n"
+        )
+        .is_none());
         assert!(rewrite_error_head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
         assert!(rewrite_error_head(b"data: {\"x\":1}\n\n").is_none());
     }
