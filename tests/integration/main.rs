@@ -4,6 +4,7 @@ mod archs;
 mod bad_models;
 mod batching;
 mod gpt_oss;
+mod fuzz;
 mod grammar;
 mod hf_archs;
 mod oracle;

@@ -68,12 +68,24 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, env = "WICK_LOG_LEVEL")]
     pub log_level: Option<String>,
-    /// Largest accepted request body in bytes [default: 16 MiB].
+    /// Largest accepted request body in bytes [default: 4 MiB].
     #[arg(long, env = "WICK_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most open client connections; more wait in the listen backlog [default: 1024].
+    #[arg(long, env = "WICK_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client may take to send request headers (also the keep-alive idle limit) [default: 15].
+    #[arg(long, env = "WICK_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a client may take to send a request body [default: 60].
+    #[arg(long, env = "WICK_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<u64>,
     /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C [default: 30].
     #[arg(long, env = "WICK_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Also export vLLM's metric names (for endpoint pickers that read them) [default: none].
+    #[arg(long, env = "WICK_METRICS_COMPAT", value_enum)]
+    pub metrics_compat: Option<crate::metrics::Compat>,
     /// Seconds between SSE keep-alive comments [default: 10].
     #[arg(long, env = "WICK_SSE_KEEP_ALIVE_SECS")]
     pub sse_keep_alive_secs: Option<u64>,
@@ -178,8 +190,12 @@ impl ServeArgs {
         set(&mut s.server.log_format, a.log_format);
         set(&mut s.server.log_level, a.log_level.clone());
         set(&mut s.server.max_body_bytes, a.max_body_bytes);
+        set(&mut s.server.max_connections, a.max_connections);
+        set(&mut s.server.header_read_timeout_secs, a.header_read_timeout_secs);
+        set(&mut s.server.body_read_timeout_secs, a.body_read_timeout_secs);
         set(&mut s.server.shutdown_timeout_secs, a.shutdown_timeout_secs);
         set(&mut s.server.sse_keep_alive_secs, a.sse_keep_alive_secs);
+        set(&mut s.server.metrics_compat, a.metrics_compat);
         if a.model.is_some() {
             s.model.model = a.model.clone();
         }

@@ -33,10 +33,14 @@ pub struct ServerSettings {
     pub api_key_file: Option<PathBuf>,
     pub cors_allow_origins: Vec<String>,
     pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
     pub shutdown_timeout_secs: u64,
     pub sse_keep_alive_secs: u64,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub metrics_compat: crate::metrics::Compat,
 }
 
 impl Default for ServerSettings {
@@ -47,11 +51,15 @@ impl Default for ServerSettings {
             api_keys: Vec::new(),
             api_key_file: None,
             cors_allow_origins: Vec::new(),
-            max_body_bytes: 16 << 20,
+            max_body_bytes: 4 << 20,
+            max_connections: 1024,
+            header_read_timeout_secs: 15,
+            body_read_timeout_secs: 60,
             shutdown_timeout_secs: 30,
             sse_keep_alive_secs: 10,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            metrics_compat: crate::metrics::Compat::None,
         }
     }
 }

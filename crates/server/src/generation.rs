@@ -145,13 +145,20 @@ pub struct ChoiceResult {
     pub finish: Option<FinishReason>,
 }
 
-/// Reads `events` to the end. An engine error is a 500 (the SDKs may retry it).
+/// Reads `events` to the end. An engine error is a 500 (the SDKs may retry it); the shutdown
+/// deadline a 503.
 pub async fn collect(
     mut events: BoxStream<'static, Event>,
     choices: usize,
 ) -> Result<(Vec<ChoiceResult>, Usage), ApiError> {
     let mut out = vec![ChoiceResult::default(); choices];
-    while let Some(ev) = events.next().await {
+    loop {
+        let ev = tokio::select! {
+            biased;
+            ev = events.next() => ev,
+            () = crate::shutdown::streams_ended() => return Err(ApiError::shutting_down()),
+        };
+        let Some(ev) = ev else { break };
         match ev {
             Event::Token { choice, text, logprob, .. } => {
                 if let Some(c) = out.get_mut(choice) {

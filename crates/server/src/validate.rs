@@ -284,6 +284,26 @@ pub fn completion(
     Ok(v)
 }
 
+/// Refuses, before tokenizing, text that cannot fit the context whatever its tokens: no token
+/// is longer than `max_token_bytes`, so `bytes` of text are at least `bytes / max_token_bytes`
+/// tokens (halved again, as a margin for normalizers that shrink text, such as NFKC).
+pub fn fits_by_bytes(bytes: usize, max_model_len: usize, max_token_bytes: usize, param: &str) -> Result<(), ApiError> {
+    let min_tokens = bytes / (2 * max_token_bytes.max(1));
+    if min_tokens > max_model_len {
+        let mut e = ApiError::context_length(format!(
+            "This model's maximum context length is {max_model_len} tokens. However, your {param} ({bytes} bytes of text) are at least {min_tokens} tokens. Please reduce the length of the {param}."
+        ));
+        e.param = Some(param.to_owned());
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The longest token of a vocabulary, in bytes (at least 1): the bound [`fits_by_bytes`] uses.
+pub fn longest_token(backend: &dyn crate::backend::Backend) -> usize {
+    (0..backend.vocab_size() as u32).map(|id| backend.token_text(id).1.len()).max().unwrap_or(1).max(1)
+}
+
 /// Settles `max_tokens` against the prompt length and the context: an explicit limit that does
 /// not fit is a `context_length_exceeded` 400; no limit means the rest of the context.
 pub fn resolve_max_tokens(

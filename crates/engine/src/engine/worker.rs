@@ -7,6 +7,13 @@
 //! [`RequestState`] until choice 0 has computed the prompt, then are forked from it
 //! ([`Scheduler::fork`]: shared pages, a copy of the partial last one) and sample their first
 //! token from the same logits row. The prompt is prefilled once.
+//!
+//! A panic anywhere in a step (a broken scheduler or block-pool invariant, a detokenizer bug)
+//! does not end the thread: the requests running in that step get `Event::Error` and are
+//! dropped with their blocks, and the engine goes on with the rest. Should freeing those blocks
+//! panic too, the block pool is rebuilt empty and every request still held fails.
+//! For tests only, `WICK_TEST_PANIC_AT_STEP=k` injects one panic into the `k`-th step that
+//! runs the model (1-based), after its blocks are allocated.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,7 +30,7 @@ use crate::model::CausalLm;
 use crate::request::{Event, SamplingParams};
 use crate::sampling::Sampler;
 use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
-use crate::sequence::{Generation, SeqId, Sequence};
+use crate::sequence::{Generation, SeqId, SeqStatus, Sequence};
 use crate::text::{IncrementalDetokenizer, StopChecker, TextProcessor};
 use crate::EngineConfig;
 
@@ -65,6 +72,19 @@ pub(super) struct Worker {
     model_key: String,
     next_request: u64,
     next_seq: u64,
+    sched_cfg: SchedulerConfig,
+    /// Steps that ran the model so far, and the one to panic in (`WICK_TEST_PANIC_AT_STEP`).
+    model_steps: u64,
+    panic_at_step: Option<u64>,
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_owned(),
+        (_, Some(s)) => s.clone(),
+        _ => "panic".to_owned(),
+    }
 }
 
 /// Marks the engine dead when the thread ends, even by panic.
@@ -111,6 +131,9 @@ impl Worker {
             model_key,
             next_request: 0,
             next_seq: 0,
+            sched_cfg,
+            model_steps: 0,
+            panic_at_step: std::env::var("WICK_TEST_PANIC_AT_STEP").ok().and_then(|v| v.parse().ok()),
         }
     }
 
@@ -140,7 +163,9 @@ impl Worker {
             }
             self.reap_cancelled();
             if !self.sched.is_empty() {
-                self.step();
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.step())) {
+                    self.recover(&panic_message(panic.as_ref()));
+                }
             }
             self.publish_stats();
         }
@@ -228,6 +253,10 @@ impl Worker {
             }
         }
         let batch = self.sched.build_batch(&plan);
+        self.model_steps += 1;
+        if self.panic_at_step == Some(self.model_steps) {
+            panic!("injected fault (WICK_TEST_PANIC_AT_STEP={})", self.model_steps);
+        }
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.model.forward(&batch, &mut self.cache).and_then(|t| Ok(t.to_vec2::<f32>()?))
         }));
@@ -339,6 +368,35 @@ impl Worker {
         keys.dedup();
         for key in keys {
             self.fail_request(key, message);
+        }
+    }
+
+    /// After a panicking step: fails the requests that were running (the step's), freeing their
+    /// blocks; if that panics as well, starts over with an empty block pool and fails them all.
+    fn recover(&mut self, message: &str) {
+        tracing::error!("engine step panicked: {message}; failing the requests of that step");
+        let message = format!("internal error in the engine step: {message}");
+        let mut keys: Vec<u64> =
+            self.sched.iter().filter(|s| s.status == SeqStatus::Running).map(|s| s.gen.request).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let freed = catch_unwind(AssertUnwindSafe(|| {
+            for key in &keys {
+                self.fail_request(*key, &message);
+            }
+        }));
+        if freed.is_err() {
+            tracing::error!("freeing the failed step's blocks panicked too; resetting the KV block pool");
+            let old = self.sched.pool();
+            let mut pool = BlockPool::new(old.num_blocks(), old.block_size());
+            if old.prefix_caching() {
+                pool = pool.with_prefix_caching();
+            }
+            let groups = self.sched.groups().to_vec();
+            self.sched = Scheduler::new(self.sched_cfg, pool, groups);
+            for (_, req) in self.requests.drain() {
+                let _ = req.events.send(Event::Error(message.clone()));
+            }
         }
     }
 

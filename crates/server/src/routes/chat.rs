@@ -89,6 +89,13 @@ pub(crate) fn harmony_stops(backend: &dyn crate::backend::Backend, stop: &mut Ve
     }
 }
 
+/// Creates a chat completion; with `stream: true`, a stream of `chat.completion.chunk`s as
+/// server-sent events (`data: {...}` lines, an error event on failure, `data: [DONE]` last).
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI", request_body = ChatCompletionRequest,
+    responses((status = 200, description = "The completion, or its chunks as server-sent events", content(
+        (ChatCompletion = "application/json"),
+        (String = "text/event-stream"),
+    ))))]
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     Json(req): Json<ChatCompletionRequest>,
@@ -97,6 +104,8 @@ pub async fn handler(
     ready.check_model(&req.model)?;
     let backend = ready.backend.as_ref();
     let mut v = validate::chat(&req, backend.vocab_size(), &ready.sampling)?;
+    let text_bytes: usize = req.messages.iter().map(|m| m.text_len()).sum();
+    validate::fits_by_bytes(text_bytes, backend.max_model_len(), ready.max_token_bytes, "messages")?;
     let tool_req = tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls.as_ref())?;
     let structured = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())?;
     let mut messages = crate::messages::messages(&req.messages)?;
@@ -131,7 +140,13 @@ pub async fn handler(
     if harmony {
         harmony_stops(backend, &mut v.params.stop);
     }
-    let prompt_ids = backend.encode_chat(&messages, &Value::Object(extra)).map_err(super::text_error)?;
+    let job_backend = ready.backend.clone();
+    let extra = Value::Object(extra);
+    let prompt_ids = state
+        .cpu
+        .run(text_bytes, move || job_backend.encode_chat(&messages, &extra))
+        .await?
+        .map_err(super::text_error)?;
     let thinks = !harmony && (template.contains(reasoning::OPEN) || backend.single_token(reasoning::OPEN).is_some());
     let inside = thinks && {
         let tail = &prompt_ids[prompt_ids.len().saturating_sub(4)..];
