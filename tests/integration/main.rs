@@ -3,8 +3,8 @@
 mod archs;
 mod bad_models;
 mod batching;
-mod gpt_oss;
 mod fuzz;
+mod gpt_oss;
 mod grammar;
 mod hf_archs;
 mod oracle;

@@ -349,7 +349,7 @@ impl Worker {
                     }
                     started.push(cid);
                 }
-                Err(child) => self.sched.add(child),
+                Err(child) => self.sched.add(*child),
             }
         }
         started

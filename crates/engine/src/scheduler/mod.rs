@@ -378,15 +378,15 @@ impl<G> Scheduler<G> {
     /// copies the storage must make, or gives the child back when it cannot run now (the batch
     /// is full or no page is free for the copy): queue it instead, and it will find the full
     /// blocks in the prefix cache.
-    pub fn fork(&mut self, parent: SeqId, mut child: Sequence<G>) -> Result<Vec<PageCopy>, Sequence<G>> {
-        let Some(p) = self.running.iter().find(|q| q.id == parent) else { return Err(child) };
+    pub fn fork(&mut self, parent: SeqId, mut child: Sequence<G>) -> Result<Vec<PageCopy>, Box<Sequence<G>>> {
+        let Some(p) = self.running.iter().find(|q| q.id == parent) else { return Err(Box::new(child)) };
         let bs = self.pool.block_size();
         let computed = p.num_computed_tokens;
         let partial = computed % bs != 0;
         let copies_needed =
             if partial { p.block_tables.iter().filter(|t| t.last() != Some(&NO_BLOCK)).count() } else { 0 };
         if computed != p.len() || self.running.len() >= self.cfg.max_num_seqs || copies_needed > self.pool.num_free() {
-            return Err(child);
+            return Err(Box::new(child));
         }
         let mut tables = p.block_tables.clone();
         child.tokens = p.tokens.clone();

@@ -37,7 +37,7 @@ pub struct Usage {
 }
 
 /// OpenAI's breakdown of the prompt tokens: how many came from the prefix cache.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default, ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }
