@@ -66,7 +66,7 @@ def call_request(gptoss, tokens, **kw):
     comment = tokens("commentary")[0]
     return gptoss.chat.completions.create(
         model=MODEL_NAME, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=TOOLS,
-        tool_choice="required", temperature=0, max_tokens=60, logit_bias={str(comment): 100}, **kw)
+        tool_choice="required", temperature=0, max_tokens=160, logit_bias={str(comment): 100}, **kw)
 
 
 @pytest.fixture(scope="module")
