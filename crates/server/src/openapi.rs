@@ -14,6 +14,18 @@ use utoipa::{Modify, OpenApi};
 use crate::error::ErrorBody;
 use crate::routes;
 
+/// One server-sent event of a streamed answer, as a client parses it: its `data` (a JSON chunk,
+/// an error envelope, or `[DONE]`) and, for errors, its `event` name. Only the OpenAPI schema
+/// of the `text/event-stream` answers: the stream itself is written by `sse`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    pub data: String,
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "wick", description = "An OpenAI-compatible inference server for open-weight language models."),

@@ -94,7 +94,7 @@ pub(crate) fn harmony_stops(backend: &dyn crate::backend::Backend, stop: &mut Ve
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI", request_body = ChatCompletionRequest,
     responses((status = 200, description = "The completion, or its chunks as server-sent events", content(
         (ChatCompletion = "application/json"),
-        (String = "text/event-stream"),
+        (crate::openapi::SseEvent = "text/event-stream"),
     ))))]
 pub async fn handler(
     State(state): State<Arc<AppState>>,

@@ -51,7 +51,7 @@ fn prompts(spec: &PromptSpec, backend: &dyn Backend) -> Result<Vec<(Vec<u32>, St
 #[utoipa::path(post, path = "/v1/completions", tag = "OpenAI", request_body = CompletionRequest,
     responses((status = 200, description = "The completion, or its chunks as server-sent events", content(
         (Completion = "application/json"),
-        (String = "text/event-stream"),
+        (crate::openapi::SseEvent = "text/event-stream"),
     ))))]
 pub async fn handler(
     State(state): State<Arc<AppState>>,
