@@ -8,7 +8,7 @@
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::grammar::Constraint;
-use crate::kv_cache::prefix::{root_hash, BlockHash};
+use crate::kv_cache::prefix::BlockHash;
 use crate::request::Event;
 use crate::sampling::Sampler;
 use crate::text::{IncrementalDetokenizer, StopChecker};
@@ -40,7 +40,8 @@ pub struct Sequence<G> {
     pub status: SeqStatus,
     /// How many times this sequence was preempted (its KV dropped and recomputed).
     pub num_preemptions: usize,
-    /// Start of this sequence's prefix-cache hash chain (model key and cache salt).
+    /// Start of this sequence's prefix-cache hash chain (model key and cache salt; zeros until
+    /// the engine sets it, which tests share).
     pub hash_root: BlockHash,
     /// Chained hashes of the full blocks of `tokens` computed so far (see `kv_cache::prefix`).
     pub block_hashes: Vec<BlockHash>,
@@ -62,7 +63,7 @@ impl<G> Sequence<G> {
             block_tables: Vec::new(),
             status: SeqStatus::Waiting,
             num_preemptions: 0,
-            hash_root: root_hash("", None),
+            hash_root: [0; 32],
             block_hashes: Vec::new(),
             num_registered_blocks: 0,
             cached_prompt_tokens: None,

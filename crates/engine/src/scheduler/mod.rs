@@ -296,7 +296,9 @@ impl<G> Scheduler<G> {
         while *budget > 0 && self.running.len() < self.cfg.max_num_seqs {
             let Some(mut seq) = self.waiting.pop_front() else { break };
             let bs = self.pool.block_size();
-            extend_chain(&mut seq.block_hashes, &seq.hash_root, &seq.tokens, bs);
+            if self.pool.prefix_caching() {
+                extend_chain(&mut seq.block_hashes, &seq.hash_root, &seq.tokens, bs);
+            }
             let (hit, mut tables) = self.find_prefix(&seq);
             let shared = tables.iter().flatten().filter(|&&b| b != NO_BLOCK && self.pool.refcount(b) > 0).count();
             if self.peak_blocks(seq.len()) > self.pool.num_free() + shared {
