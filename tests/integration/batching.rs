@@ -58,7 +58,11 @@ struct CacheEvents {
 /// KV cache and the scheduler's groups built from `layout`.
 fn run(model: &dyn CausalLm, layout: &KvLayout, prompts: &[Vec<u32>], cfg: &Run) -> (Outputs, CacheEvents) {
     let mut cache = PagedKvCache::new(layout, cfg.num_blocks, BLOCK);
-    let sched_cfg = SchedulerConfig { max_num_seqs: 8, max_num_batched_tokens: cfg.budget };
+    let sched_cfg = SchedulerConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: cfg.budget,
+        max_prefill_tokens_per_decode_step: cfg.budget,
+    };
     let pool = BlockPool::new(cfg.num_blocks, BLOCK);
     let mut sched: Scheduler<()> = Scheduler::new(sched_cfg, pool, layout.groups.clone());
     let mut out: Outputs = HashMap::new();

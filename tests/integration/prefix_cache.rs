@@ -67,7 +67,11 @@ fn run(
     if cfg.caching {
         pool = pool.with_prefix_caching();
     }
-    let sched_cfg = SchedulerConfig { max_num_seqs: 4, max_num_batched_tokens: cfg.budget };
+    let sched_cfg = SchedulerConfig {
+        max_num_seqs: 4,
+        max_num_batched_tokens: cfg.budget,
+        max_prefill_tokens_per_decode_step: cfg.budget,
+    };
     let mut sched: Scheduler<()> = Scheduler::new(sched_cfg, pool, layout.groups.clone());
     let mut out: Outputs = HashMap::new();
     let mut added = 0;

@@ -17,6 +17,9 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Per-step token budget shared by prefill chunks and decodes.
     pub max_num_batched_tokens: usize,
+    /// Most prompt tokens in a step that also decodes (bounds the inter-token latency a
+    /// burst of new prompts adds to running streams).
+    pub max_prefill_tokens_per_decode_step: usize,
     /// Most requests waiting for admission; beyond this `submit` answers Overloaded.
     pub max_waiting: usize,
     /// Context length cap (defaults to the model's).
@@ -36,6 +39,7 @@ impl Default for EngineConfig {
             num_blocks: None,
             max_num_seqs: 64,
             max_num_batched_tokens: 512,
+            max_prefill_tokens_per_decode_step: 256,
             max_waiting: 256,
             max_model_len: None,
             enable_prefix_caching: true,

@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// Token budget per engine step, shared by prefill chunks and decodes [default: 512].
     #[arg(long, env = "WICK_MAX_NUM_BATCHED_TOKENS")]
     pub max_num_batched_tokens: Option<usize>,
+    /// Most prompt tokens in a step that also decodes, so new prompts slow running streams
+    /// by a bounded amount [default: 256].
+    #[arg(long, env = "WICK_MAX_PREFILL_TOKENS_PER_DECODE_STEP")]
+    pub max_prefill_tokens_per_decode_step: Option<usize>,
     /// Most requests waiting for admission before 429s [default: 256].
     #[arg(long, env = "WICK_MAX_WAITING")]
     pub max_waiting: Option<usize>,
@@ -217,6 +221,7 @@ impl ServeArgs {
         }
         set(&mut s.engine.max_num_seqs, a.max_num_seqs);
         set(&mut s.engine.max_num_batched_tokens, a.max_num_batched_tokens);
+        set(&mut s.engine.max_prefill_tokens_per_decode_step, a.max_prefill_tokens_per_decode_step);
         set(&mut s.engine.max_waiting, a.max_waiting);
         if a.max_model_len.is_some() {
             s.engine.max_model_len = a.max_model_len;

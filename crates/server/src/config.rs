@@ -121,6 +121,8 @@ pub struct EngineSettings {
     pub num_blocks: Option<usize>,
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
+    /// Most prompt tokens in an engine step that also decodes.
+    pub max_prefill_tokens_per_decode_step: usize,
     pub max_waiting: usize,
     pub max_model_len: Option<usize>,
     /// Automatic prefix caching (on by default).
@@ -138,6 +140,7 @@ impl Default for EngineSettings {
             num_blocks: e.num_blocks,
             max_num_seqs: e.max_num_seqs,
             max_num_batched_tokens: e.max_num_batched_tokens,
+            max_prefill_tokens_per_decode_step: e.max_prefill_tokens_per_decode_step,
             max_waiting: e.max_waiting,
             max_model_len: e.max_model_len,
             prefix_caching: e.enable_prefix_caching,
@@ -156,6 +159,7 @@ impl EngineSettings {
             num_blocks: self.num_blocks,
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
+            max_prefill_tokens_per_decode_step: self.max_prefill_tokens_per_decode_step,
             max_waiting: self.max_waiting,
             max_model_len: self.max_model_len,
             enable_prefix_caching: self.prefix_caching,

@@ -96,9 +96,12 @@ impl Engine {
         if num_blocks == 0 || cfg.block_size == 0 {
             return Err(EngineError::InvalidRequest("the KV cache must hold at least one block".into()));
         }
-        if cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 || cfg.max_waiting == 0 {
+        let limits =
+            [cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.max_prefill_tokens_per_decode_step, cfg.max_waiting];
+        if limits.contains(&0) {
             return Err(EngineError::InvalidRequest(
-                "max_num_seqs, max_num_batched_tokens and max_waiting must be positive".into(),
+                "max_num_seqs, max_num_batched_tokens, max_prefill_tokens_per_decode_step and max_waiting must be positive"
+                    .into(),
             ));
         }
         let max_model_len = cfg.effective_max_model_len(&model_config);

@@ -110,8 +110,11 @@ impl Worker {
         rx: Receiver<Submission>,
         shared: Arc<Shared>,
     ) -> Self {
-        let sched_cfg =
-            SchedulerConfig { max_num_seqs: cfg.max_num_seqs, max_num_batched_tokens: cfg.max_num_batched_tokens };
+        let sched_cfg = SchedulerConfig {
+            max_num_seqs: cfg.max_num_seqs,
+            max_num_batched_tokens: cfg.max_num_batched_tokens,
+            max_prefill_tokens_per_decode_step: cfg.max_prefill_tokens_per_decode_step,
+        };
         let groups = cache.layout().groups.clone();
         let mc = model.config();
         let model_key = format!("{}/{}x{}/{}", mc.arch, mc.num_layers, mc.hidden_size, mc.vocab_size);

@@ -6,7 +6,7 @@
 //! batched == alone and prefix-cache hit == miss stay exact in every format.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 /// Element format of the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,9 +56,14 @@ impl std::fmt::Display for KvDtype {
 }
 
 /// One slot array of K or V rows (`head_dim` values each, addressed by element offset).
+///
+/// Every variant is allocated zeroed (`vec![0; n]` of a primitive is `calloc`), so the OS maps
+/// pages only when a row is first written: the process's resident size follows the tokens
+/// actually cached, not the `--kv-cache-mb` budget. f16 rows are therefore kept as their bits
+/// (`u16`), which `vec!` can allocate zeroed, and viewed as `f16` where they are converted.
 pub(crate) enum RowStore {
     F32(Vec<f32>),
-    F16(Vec<f16>),
+    F16(Vec<u16>),
     Q8 { q: Vec<i8>, scales: Vec<f32> },
 }
 
@@ -67,7 +72,7 @@ impl RowStore {
     pub fn new(dtype: KvDtype, elems: usize, hd: usize) -> Self {
         match dtype {
             KvDtype::F32 => Self::F32(vec![0.0; elems]),
-            KvDtype::F16 => Self::F16(vec![f16::ZERO; elems]),
+            KvDtype::F16 => Self::F16(vec![0u16; elems]),
             KvDtype::Q8 => Self::Q8 { q: vec![0; elems], scales: vec![0.0; elems / hd.max(1)] },
         }
     }
@@ -85,7 +90,7 @@ impl RowStore {
         let hd = src.len();
         match self {
             Self::F32(v) => v[off..off + hd].copy_from_slice(src),
-            Self::F16(v) => v[off..off + hd].convert_from_f32_slice(src),
+            Self::F16(v) => v[off..off + hd].reinterpret_cast_mut::<f16>().convert_from_f32_slice(src),
             Self::Q8 { q, scales } => {
                 let amax = src.iter().fold(0f32, |m, x| m.max(x.abs()));
                 let scale = amax / 127.0;
@@ -105,7 +110,7 @@ impl RowStore {
         for (row, &off) in dst.chunks_exact_mut(hd).zip(offs) {
             match self {
                 Self::F32(v) => row.copy_from_slice(&v[off..off + hd]),
-                Self::F16(v) => v[off..off + hd].convert_to_f32_slice(row),
+                Self::F16(v) => v[off..off + hd].reinterpret_cast::<f16>().convert_to_f32_slice(row),
                 Self::Q8 { q, scales } => {
                     let s = scales[off / hd];
                     for (d, &x) in row.iter_mut().zip(&q[off..off + hd]) {
@@ -134,7 +139,7 @@ impl RowStore {
     pub fn poison(&mut self, range: std::ops::Range<usize>, hd: usize) {
         match self {
             Self::F32(v) => v[range].fill(f32::NAN),
-            Self::F16(v) => v[range].fill(f16::NAN),
+            Self::F16(v) => v[range].fill(f16::NAN.to_bits()),
             Self::Q8 { scales, .. } => scales[range.start / hd..range.end / hd].fill(f32::NAN),
         }
     }

@@ -9,6 +9,11 @@
 //!    caps the first chunk, so a long prompt is prefilled over several steps while decodes keep
 //!    flowing (chunked prefill).
 //!
+//! In a step that decodes, prompt tokens (2 and 3 together) are further capped by
+//! `max_prefill_tokens_per_decode_step`, so a burst of new prompts lengthens each decode step
+//! by a bounded amount (inter-token latency) while a server with nothing decoding prefills in
+//! the larger chunks of the whole budget (time to first token).
+//!
 //! When a running sequence needs a KV block and none is free, the most recently admitted running
 //! sequence is preempted by recompute: its blocks are freed and it goes back to the front of the
 //! waiting queue with every token it has (prompt and output), so its next prefill recomputes the
@@ -61,6 +66,8 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     /// Most tokens per step (prefill chunks + decodes).
     pub max_num_batched_tokens: usize,
+    /// Most prompt tokens in a step that also decodes.
+    pub max_prefill_tokens_per_decode_step: usize,
 }
 
 /// One sequence's share of a step.
@@ -249,6 +256,9 @@ impl<G> Scheduler<G> {
                 }
                 // else: sequence `i` preempted itself and left `running`.
             }
+            if decodes && !plan.seqs.is_empty() {
+                budget = budget.min(self.cfg.max_prefill_tokens_per_decode_step);
+            }
         }
         if plan.preempted.is_empty() {
             self.admit(&mut plan, &mut budget);
@@ -300,6 +310,12 @@ impl<G> Scheduler<G> {
                 extend_chain(&mut seq.block_hashes, &seq.hash_root, &seq.tokens, bs);
             }
             let (hit, mut tables) = self.find_prefix(&seq);
+            if self.prefilling_shares_more(&seq, hit / bs) {
+                // A running sequence is computing blocks this one shares beyond its hit: wait
+                // for them to be registered rather than compute them a second time.
+                self.waiting.push_front(seq);
+                break;
+            }
             let shared = tables.iter().flatten().filter(|&&b| b != NO_BLOCK && self.pool.refcount(b) > 0).count();
             if self.peak_blocks(seq.len()) > self.pool.num_free() + shared {
                 self.waiting.push_front(seq);
@@ -327,6 +343,23 @@ impl<G> Scheduler<G> {
             *budget -= n;
             self.running.push(seq);
         }
+    }
+
+    /// Whether a running sequence that is still prefilling shares more than `hit_blocks`
+    /// leading blocks with `seq` (same chained hashes: same salt, model and tokens), so that
+    /// waiting a step or two turns those blocks into a cache hit. Its own blocks are registered
+    /// at each commit, so the wait ends as soon as its chunk has passed the shared run.
+    fn prefilling_shares_more(&self, seq: &Sequence<G>, hit_blocks: usize) -> bool {
+        if !self.pool.prefix_caching() {
+            return false;
+        }
+        let bs = self.pool.block_size();
+        let computable = (seq.len() - 1) / bs;
+        self.running.iter().any(|r| {
+            let prefilling = r.num_uncomputed() > 1;
+            let common = r.block_hashes.iter().zip(&seq.block_hashes).take_while(|(a, b)| a == b).count();
+            prefilling && common.min(computable) > hit_blocks.max(r.num_registered_blocks)
+        })
     }
 
     /// The longest cached prefix of `seq` (in tokens, a whole number of blocks, leaving at

@@ -5,7 +5,7 @@ use crate::kv_cache::prefix::root_hash;
 
 fn cached(num_blocks: usize, bs: usize, groups: Vec<AttentionKind>) -> Scheduler<()> {
     Scheduler::new(
-        SchedulerConfig { max_num_seqs: 8, max_num_batched_tokens: 64 },
+        SchedulerConfig { max_num_seqs: 8, max_num_batched_tokens: 64, max_prefill_tokens_per_decode_step: 64 },
         BlockPool::new(num_blocks, bs).with_prefix_caching(),
         groups,
     )
@@ -95,7 +95,7 @@ fn eviction_under_pressure_drops_the_tail_of_a_prefix_first() {
 fn a_preempted_sequence_recomputes_from_its_own_cached_blocks() {
     // 6 pages of 2; two sequences of 5 prompt tokens grow until the pool runs out.
     let mut s = Scheduler::new(
-        SchedulerConfig { max_num_seqs: 8, max_num_batched_tokens: 64 },
+        SchedulerConfig { max_num_seqs: 8, max_num_batched_tokens: 64, max_prefill_tokens_per_decode_step: 64 },
         BlockPool::new(6, 2).with_prefix_caching(),
         vec![AttentionKind::Full],
     );
@@ -161,4 +161,40 @@ fn fork_shares_full_pages_and_copies_the_partial_one() {
     // A fork of a sequence that is not exactly at its computed end is refused.
     s.append_token(0, 77);
     assert!(s.fork(0, seq(2, &[1])).is_err());
+}
+
+#[test]
+fn prompts_arriving_together_compute_their_shared_blocks_once() {
+    let mut s = cached(16, 4, vec![AttentionKind::Full]);
+    s.add(seq(0, &PROMPT));
+    s.add(seq(1, &PROMPT));
+    s.add(seq(2, &[5, 6, 7, 8, 1, 2]));
+    assert_eq!(step(&mut s), vec![(0, 0, 10)], "the others wait for the first one's blocks (FCFS)");
+    s.append_token(0, 1);
+    let second = step(&mut s);
+    assert!(second.contains(&(1, 8, 2)), "the second hits both full blocks: {second:?}");
+    assert!(second.contains(&(2, 4, 2)), "the third hits the one block it shares: {second:?}");
+    assert_eq!(s.prefix_stats().hit_tokens, 12);
+}
+
+#[test]
+fn a_sequence_sharing_nothing_with_a_prefilling_one_is_not_held_back() {
+    let mut s = cached(16, 4, vec![AttentionKind::Full]);
+    s.add(seq(0, &PROMPT));
+    s.add(seq(1, &[1, 2, 3, 4, 5, 6]));
+    assert_eq!(step(&mut s), vec![(0, 0, 10), (1, 0, 6)]);
+}
+
+#[test]
+fn a_long_shared_prompt_is_awaited_chunk_by_chunk() {
+    let mut s = Scheduler::new(
+        SchedulerConfig { max_num_seqs: 8, max_num_batched_tokens: 4, max_prefill_tokens_per_decode_step: 4 },
+        BlockPool::new(16, 4).with_prefix_caching(),
+        vec![AttentionKind::Full],
+    );
+    s.add(seq(0, &PROMPT));
+    s.add(seq(1, &PROMPT));
+    assert_eq!(step(&mut s), vec![(0, 0, 4)]);
+    assert_eq!(step(&mut s), vec![(0, 4, 4)]);
+    assert_eq!(step(&mut s), vec![(0, 8, 2), (1, 8, 2)], "seq 1 joins with the two tokens of budget seq 0 leaves");
 }

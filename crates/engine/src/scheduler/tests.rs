@@ -15,7 +15,7 @@ fn sched_groups(
     groups: Vec<AttentionKind>,
 ) -> Scheduler<()> {
     Scheduler::new(
-        SchedulerConfig { max_num_seqs, max_num_batched_tokens: budget },
+        SchedulerConfig { max_num_seqs, max_num_batched_tokens: budget, max_prefill_tokens_per_decode_step: budget },
         BlockPool::new(num_blocks, block_size),
         groups,
     )
@@ -421,4 +421,21 @@ fn kv_bytes_per_token_of_a_4k_sequence_on_gemma3_270m() {
     assert_eq!(before, 36864.0, "18 layers x 2 x 256 dims x 4 bytes");
     assert_eq!(after, grouped.kv_bytes_per_token(len, bs));
     assert!(after < 0.5 * before, "{after} vs {before}");
+}
+
+#[test]
+fn prompt_tokens_are_capped_in_steps_that_decode() {
+    let mut s = Scheduler::new(
+        SchedulerConfig { max_num_seqs: 4, max_num_batched_tokens: 32, max_prefill_tokens_per_decode_step: 8 },
+        BlockPool::new(64, 4),
+        vec![AttentionKind::Full],
+    );
+    s.add(seq(0, 20));
+    let first = step(&mut s, |_| 100);
+    assert_eq!(tokens_of(&first, 0), 20, "nothing decodes yet: the whole budget prefills");
+    s.add(seq(1, 20));
+    let second = step(&mut s, |_| 100);
+    assert_eq!((tokens_of(&second, 0), tokens_of(&second, 1)), (1, 8), "a decode step takes 8 prompt tokens");
+    let third = step(&mut s, |_| 100);
+    assert_eq!(tokens_of(&third, 1), 8);
 }
