@@ -2,8 +2,9 @@
 # Runs every test of wick: formatting and clippy, Rust unit and integration tests (tiny random
 # models written by the tests, the llama.cpp fixtures in ../shared/fixtures/archs, and the real
 # SmolLM2 and Gemma 3 models fetched from PyPI), the Python suite driving a real `wick serve`
-# with the official openai SDK, the OpenAPI contract fuzzed by schemathesis, the Helm chart's
-# lint and strict validation, and the Dockerfile lint. Installs what it needs.
+# with the official openai SDK, the OpenAPI contract fuzzed by schemathesis, a 5-minute soak,
+# three replicas behind nginx with one SIGTERMed mid-run, the Helm chart's lint and strict
+# validation, and the Dockerfile lint. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== format and lints"
@@ -25,8 +26,13 @@ echo "== python: openai SDK against a real server"
 python3 -m pytest tests/python -q
 echo "== contract: schemathesis against /openapi.json (about 3 minutes)"
 scripts/schemathesis.sh 150
-# Not yet in CI: tests/soak/soak.py (5-minute soak) and tests/replicas/replicas.py (three
-# replicas behind nginx) have not yet passed a run on an idle machine; see issue 13.
+echo "== soak: 5 minutes at concurrency 16, tiny KV cache"
+python3 tests/soak/soak.py --seconds 300 --concurrency 16
+echo "== several replicas behind nginx, one SIGTERMed mid-run"
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    apt-get update -q >/dev/null && (apt-get install -y -q --no-install-recommends nginx-light || apt-get install -y -q --no-install-recommends nginx) >/dev/null
+fi
+python3 tests/replicas/replicas.py
 echo "== kubernetes: helm lint/template (Helm's SDK from PyPI) and strict schema validation"
 python3 scripts/k8s-check.py
 echo "== docker lint"

@@ -172,6 +172,11 @@ impl<B: Backend> Decoder<B> {
         let mut r = Reader { src, spec: &spec };
         let embed_raw = r.need(&names.global(names.embed), &[spec.vocab_size, hidden])?;
         let embed = backend.embedding(&embed_raw)?;
+        // Kept through the layers only when it doubles as the output projection (tied): a
+        // separate `output` tensor would otherwise leave a second copy of the embedding
+        // resident while the layers load (0.6 GB for gpt-oss-20b).
+        let output = names.global(names.output);
+        let tied_embed = (!r.has(&output)).then_some(embed_raw);
         let mut layers = Vec::with_capacity(spec.num_layers());
         for i in 0..spec.num_layers() {
             let norm = |r: &mut Reader<S>, role: &str, n: usize| -> Result<B::Norm> {
@@ -236,11 +241,9 @@ impl<B: Backend> Decoder<B> {
             });
         }
         let norm = backend.norm(r.need(&names.global(names.output_norm), &[hidden])?, eps, offset)?;
-        let output = names.global(names.output);
-        let lm_head = if r.has(&output) {
-            backend.linear(vec![r.need(&output, &[spec.vocab_size, hidden])?], vec![None])?
-        } else {
-            backend.linear(vec![embed_raw], vec![None])?
+        let lm_head = match tied_embed {
+            Some(embed_raw) => backend.linear(vec![embed_raw], vec![None])?,
+            None => backend.linear(vec![r.need(&output, &[spec.vocab_size, hidden])?], vec![None])?,
         };
         let layer_kinds: Vec<AttentionKind> = spec.layers.iter().map(|l| l.attention).collect();
         let config = ModelConfig {
