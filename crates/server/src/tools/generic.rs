@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 use wick_engine::text::ChatMessage;
 
-use super::{Choice, ParsedCall, Piece, ToolParser, ToolRequest};
+use super::{BufferedParser, Choice, ParsedCall, Piece, ToolRequest};
 
 /// The JSON schema of the envelope the answer must be.
 pub fn envelope_schema(req: &ToolRequest) -> Value {
@@ -216,18 +216,13 @@ impl Parser {
     }
 }
 
-impl ToolParser for Parser {
-    fn push(&mut self, text: &str) -> Vec<Piece> {
-        self.buf.push_str(text);
-        let mut out = Vec::new();
-        self.run(&mut out, false);
-        out
+impl BufferedParser for Parser {
+    fn buffer(&mut self) -> &mut String {
+        &mut self.buf
     }
 
-    fn finish(&mut self) -> Vec<Piece> {
-        let mut out = Vec::new();
-        self.run(&mut out, true);
-        out
+    fn decide(&mut self, out: &mut Vec<Piece>, at_end: bool) {
+        self.run(out, at_end)
     }
 }
 
@@ -338,6 +333,7 @@ fn decode_string(s: &str, at_end: bool) -> (String, usize, bool) {
 #[cfg(test)]
 mod tests {
     use super::super::split_tests::run;
+    use super::super::ToolParser;
     use super::*;
 
     fn parse_all(text: &str) -> Vec<Piece> {

@@ -5,7 +5,7 @@
 //! the content.
 
 use super::generic::call;
-use super::{Choice, Piece, ToolParser, ToolRequest};
+use super::{BufferedParser, Choice, Piece, ToolRequest};
 
 pub const OPEN: &str = "<tool_call>";
 pub const CLOSE: &str = "</tool_call>";
@@ -90,18 +90,13 @@ impl Parser {
     }
 }
 
-impl ToolParser for Parser {
-    fn push(&mut self, text: &str) -> Vec<Piece> {
-        self.buf.push_str(text);
-        let mut out = Vec::new();
-        self.run(&mut out, false);
-        out
+impl BufferedParser for Parser {
+    fn buffer(&mut self) -> &mut String {
+        &mut self.buf
     }
 
-    fn finish(&mut self) -> Vec<Piece> {
-        let mut out = Vec::new();
-        self.run(&mut out, true);
-        out
+    fn decide(&mut self, out: &mut Vec<Piece>, at_end: bool) {
+        self.run(out, at_end)
     }
 }
 

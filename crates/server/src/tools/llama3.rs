@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::generic::{call, value_end};
-use super::{Choice, Piece, ToolParser, ToolRequest};
+use super::{BufferedParser, Choice, Piece, ToolRequest};
 
 pub const PYTHON_TAG: &str = "<|python_tag|>";
 
@@ -107,18 +107,13 @@ impl Parser {
     }
 }
 
-impl ToolParser for Parser {
-    fn push(&mut self, text: &str) -> Vec<Piece> {
-        self.buf.push_str(text);
-        let mut out = Vec::new();
-        self.run(&mut out, false);
-        out
+impl BufferedParser for Parser {
+    fn buffer(&mut self) -> &mut String {
+        &mut self.buf
     }
 
-    fn finish(&mut self) -> Vec<Piece> {
-        let mut out = Vec::new();
-        self.run(&mut out, true);
-        out
+    fn decide(&mut self, out: &mut Vec<Piece>, at_end: bool) {
+        self.run(out, at_end)
     }
 }
 

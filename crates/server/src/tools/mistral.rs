@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::generic::{call, value_end};
-use super::{Piece, ToolParser, ToolRequest};
+use super::{BufferedParser, Piece, ToolRequest};
 
 pub const OPEN: &str = "[TOOL_CALLS]";
 
@@ -83,18 +83,13 @@ impl Parser {
     }
 }
 
-impl ToolParser for Parser {
-    fn push(&mut self, text: &str) -> Vec<Piece> {
-        self.buf.push_str(text);
-        let mut out = Vec::new();
-        self.run(&mut out, false);
-        out
+impl BufferedParser for Parser {
+    fn buffer(&mut self) -> &mut String {
+        &mut self.buf
     }
 
-    fn finish(&mut self) -> Vec<Piece> {
-        let mut out = Vec::new();
-        self.run(&mut out, true);
-        out
+    fn decide(&mut self, out: &mut Vec<Piece>, at_end: bool) {
+        self.run(out, at_end)
     }
 }
 

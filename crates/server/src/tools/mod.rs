@@ -124,6 +124,30 @@ pub trait ToolParser: Send {
     fn finish(&mut self) -> Vec<Piece>;
 }
 
+/// A parser that holds the text it has not decided yet in a buffer: it only says how a
+/// buffer is decided (`run`), and pushing and finishing are the same for every such format.
+trait BufferedParser: Send {
+    /// The text received and not yet emitted.
+    fn buffer(&mut self) -> &mut String;
+    /// Emits into `out` what the buffer decides; `at_end`: no more text comes.
+    fn decide(&mut self, out: &mut Vec<Piece>, at_end: bool);
+}
+
+impl<P: BufferedParser> ToolParser for P {
+    fn push(&mut self, text: &str) -> Vec<Piece> {
+        self.buffer().push_str(text);
+        let mut out = Vec::new();
+        self.decide(&mut out, false);
+        out
+    }
+
+    fn finish(&mut self) -> Vec<Piece> {
+        let mut out = Vec::new();
+        self.decide(&mut out, true);
+        out
+    }
+}
+
 /// How a model writes tool calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Format {
