@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod output;
 pub mod pypi;
 pub mod reasoning;
+pub mod registry;
 pub mod routes;
 pub mod serve;
 pub mod shutdown;

@@ -100,8 +100,7 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     Json(req): Json<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let ready = state.ready()?;
-    ready.check_model(&req.model)?;
+    let ready = state.chat(&req.model).await?;
     let backend = ready.backend.as_ref();
     let mut v = validate::chat(&req, backend.vocab_size(), &ready.sampling)?;
     let text_bytes: usize = req.messages.iter().map(|m| m.text_len()).sum();

@@ -57,8 +57,7 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     Json(mut req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let ready = state.ready()?;
-    ready.check_model(&req.model)?;
+    let ready = state.chat(&req.model).await?;
     let backend = ready.backend.as_ref();
     let mut v = validate::completion(&req, backend.vocab_size(), &ready.sampling)?;
     if let Some((spec, param)) = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())? {
