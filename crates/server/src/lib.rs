@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod generation;
 pub mod hub;
+pub mod load_wait;
 pub mod messages;
 pub mod metrics;
 pub mod model_source;

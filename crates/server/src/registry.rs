@@ -218,6 +218,15 @@ impl Registry {
         self.slots().into_iter().find(|s| s.entry.names.iter().any(|n| n == name))
     }
 
+    /// Whether a request for `name` (of `kind`) would wait for the model to load (an
+    /// on-demand model, or one unloaded since).
+    pub fn needs_load(&self, name: &str, kind: ModelKind) -> bool {
+        self.find(name).is_some_and(|s| {
+            let st = s.lock();
+            s.entry.kind == kind && st.loaded.is_none() && (!s.entry.preload || st.context_length.is_some())
+        })
+    }
+
     /// The model called `name`, of `kind`, loading it first when needed.
     /// While the server starts (no model configured yet), and for a `preload` model not yet
     /// loaded the first time, a 503 `model_loading` with `Retry-After`, as with one model.
@@ -402,7 +411,8 @@ impl Registry {
         }
     }
 
-    /// Whether every `preload` model is loaded and running (and there is at least one model).
+    /// Whether every `preload` model has been loaded and, while loaded, runs (and there is at
+    /// least one model). One unloaded since (idle, or evicted) loads again at its next request.
     pub fn ready(&self) -> Result<(), String> {
         let slots = self.slots();
         if slots.is_empty() {
@@ -411,6 +421,7 @@ impl Registry {
         for s in slots.iter().filter(|s| s.entry.preload) {
             let st = s.lock();
             let running = match &st.loaded {
+                None if st.context_length.is_some() => true,
                 None => return Err(format!("the model `{}` is still loading", s.entry.names[0])),
                 Some(Loaded::Chat(r)) => r.backend.is_running(),
                 Some(Loaded::Embedding(e)) => e.embedder.is_running(),

@@ -2,6 +2,7 @@
 
 mod fake;
 mod generation;
+mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
