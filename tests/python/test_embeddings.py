@@ -179,6 +179,11 @@ def _config(tmp_path, text):
     return str(p)
 
 
+def _log(server):
+    server.log.flush()
+    return Path(server.log.name).read_text()
+
+
 def _loaded(server):
     return {m["id"]: m["loaded"] for m in requests.get(server.url + "/v1/models").json()["data"]}
 
@@ -191,8 +196,12 @@ name = "lazy"
 aliases = ["text-embedding-3-small"]
 preload = false
 idle_unload_secs = 2
+[[models]]
+model = "{_model()}"
+name = "lazy-chat"
+preload = false
 """)
-    s = spawn("--config", cfg)
+    s = spawn("--config", cfg, "--sse-keep-alive-secs", "1")
     assert requests.get(s.url + "/ready").status_code == 200, "ready without the on-demand model"
     assert _loaded(s)["lazy"] is False
     sdk = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
@@ -205,7 +214,17 @@ idle_unload_secs = 2
     assert s.metrics()['wick:model_loaded{model_name="lazy",kind="embedding"}'] == 0
     again = sdk.embeddings.create(model="lazy", input="hello", encoding_format="float")
     assert cos(first.data[0].embedding, again.data[0].embedding) > 1 - 1e-6, "reloaded, same vectors"
-    assert "unloading idle model" in s.log_text() and s.log_text().count("embedding model ready") == 2
+    assert "unloading idle model" in _log(s) and _log(s).count("embedding model ready") == 2
+    # A streamed chat request for a model not loaded yet: the answer starts at once (keep-alive
+    # comments while it loads), then streams as usual.
+    assert _loaded(s)["lazy-chat"] is False
+    body = {"model": "lazy-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    with requests.post(s.url + "/v1/chat/completions", json=body, stream=True, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [l for l in r.iter_lines() if l]
+    data = [l for l in lines if l.startswith(b"data: ")]
+    assert data[-1] == b"data: [DONE]" and json.loads(data[0][6:])["object"] == "chat.completion.chunk"
+    assert _loaded(s)["lazy-chat"] is True
 
 
 def test_memory_budget_evicts_the_least_recently_used_and_refuses_what_cannot_fit(tmp_path, spawn):
@@ -235,4 +254,4 @@ preload = false
     e = envelope(r)
     assert r.status_code == 503 and e["code"] == "model_cannot_fit" and "150 MiB" in e["message"]
     assert int(r.headers["retry-after"]) > 0
-    assert "evicting the least recently used idle model" in s.log_text()
+    assert "evicting the least recently used idle model" in _log(s)

@@ -166,7 +166,7 @@ fn entry(p: Planned, settings: &Settings, rt: tokio::runtime::Handle) -> Result<
                 model = %names[0], dim = info.dim, max_len = info.max_len, pooling = info.pooling.name(),
                 normalize = info.normalize, "embedding model ready"
             );
-            Ok(Loaded::Embedding(Arc::new(EmbedReady { embedder, matryoshka })))
+            Ok(Loaded::Embedding(Arc::new(EmbedReady { name: names[0].clone(), embedder, matryoshka })))
         }),
     };
     Ok(ModelEntry {

@@ -37,6 +37,8 @@ impl ModelKind {
 
 /// A loaded embedding model.
 pub struct EmbedReady {
+    /// The served name (metrics label).
+    pub name: String,
     pub embedder: Embedder,
     /// Whether the model was trained Matryoshka-style: its vectors may be truncated to fewer
     /// `dimensions` (then re-normalized). Otherwise only its own width is accepted.

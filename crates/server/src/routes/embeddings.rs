@@ -138,7 +138,7 @@ pub async fn handler(
         .await
         .map_err(|_| ApiError::internal("The embedding engine stopped before answering."))?
         .map_err(|e| ApiError::internal(format!("The embedding forward failed: {e}")))?;
-    crate::metrics::record_embeddings(&req.model, vectors.len(), tokens);
+    crate::metrics::record_embeddings(&model.name, vectors.len(), tokens);
     let data = vectors
         .into_iter()
         .enumerate()
