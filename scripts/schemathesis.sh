@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The OpenAPI contract, fuzzed: schemathesis generates requests from wick's own /openapi.json
-# (valid and invalid), sends them to a real `wick serve` on SmolLM2 and checks that no answer is
+# (valid and invalid), sends them to a real `wick serve` on SmolLM2 (and all-MiniLM-L6-v2) and checks that no answer is
 # a 5xx, that every status, content type and body is the one documented, and that the server
 # survives. Bounded by --max-time. Usage: scripts/schemathesis.sh [seconds] (default 150).
 # The coverage phase is left out: under Python 3.11 it trips a hypothesis bug (an AST recursion
@@ -13,7 +13,9 @@ model="${WICK_TEST_MODEL_SMOLLM2:?set WICK_TEST_MODEL_SMOLLM2 (scripts/fetch-mod
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 key="sk-contract-$RANDOM"
 log=$(mktemp /tmp/wick-schemathesis.XXXXXX.log)
-env -u WICK_API_KEY "$bin" serve --model "$model" --port "$port" --offline --served-model-name test-model \
+# With all-MiniLM-L6-v2 beside it (when fetched), /v1/embeddings is exercised on a real model too.
+env -u WICK_API_KEY "$bin" serve --model "$model" ${WICK_TEST_MODEL_MINILM:+--model "$WICK_TEST_MODEL_MINILM"} \
+    --port "$port" --offline --served-model-name test-model \
     --api-key "$key" --max-model-len 512 --max-waiting 64 >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of wick: formatting and clippy, Rust unit and integration tests (tiny random
 # models written by the tests, the llama.cpp fixtures in ../shared/fixtures/archs, and the real
-# SmolLM2 and Gemma 3 models fetched from PyPI), the Python suite driving a real `wick serve`
-# with the official openai SDK, the OpenAPI contract fuzzed by schemathesis, a 5-minute soak,
-# three replicas behind nginx with one SIGTERMed mid-run, the Helm chart's lint and strict
-# validation, and the Dockerfile lint. Installs what it needs.
+# SmolLM2 and Gemma 3 models and the all-MiniLM-L6-v2 embedding model fetched from PyPI), the
+# Python suite driving a real `wick serve` with the official openai SDK, the OpenAPI contract
+# fuzzed by schemathesis, a 5-minute soak, three replicas behind nginx with one SIGTERMed
+# mid-run, the Helm chart's lint and strict validation, and the Dockerfile lint. Installs what
+# it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== format and lints"
@@ -17,6 +18,8 @@ WICK_TEST_MODEL_SMOLLM2="$(scripts/fetch-model.sh smollm2)"
 export WICK_TEST_MODEL_SMOLLM2
 WICK_TEST_MODEL_GEMMA3="$(scripts/fetch-model.sh gemma3)"
 export WICK_TEST_MODEL_GEMMA3
+WICK_TEST_MODEL_MINILM="$(scripts/fetch-model.sh minilm)"
+export WICK_TEST_MODEL_MINILM
 echo "== release binary (same script as the Docker build stage)"
 scripts/build-release.sh x86-64-v3
 export WICK_BIN="$PWD/target/release/wick"

@@ -1,8 +1,9 @@
 """schemathesis hooks for wick's contract run (scripts/schemathesis.sh): generated requests keep
 their shape, but generation is capped so that a few hundred of them fit in minutes on a CPU: at
 most 2 choices, at most 8 new tokens each (a request that leaves `max_tokens` out would otherwise
-run to the end of the context), and a string `model` is the served one (random names only test
-the 404). Values outside the valid range are left alone, so the server's validation sees them."""
+run to the end of the context), at most 16 embedding inputs, and a string `model` is the served
+one of its kind (random names only test the 404): `test-model` for chat, all-MiniLM-L6-v2 for
+embeddings. Values outside the valid range are left alone, so the server's validation sees them."""
 
 import schemathesis
 
@@ -23,4 +24,9 @@ def map_case(context, case):
     if isinstance(body, dict) and case.operation.path in ("/v1/chat/completions", "/v1/completions"):
         if "max_tokens" not in body and "max_completion_tokens" not in body:
             body["max_tokens"] = 8
+    if isinstance(body, dict) and case.operation.path == "/v1/embeddings":
+        if isinstance(body.get("model"), str):
+            body["model"] = "all-MiniLM-L6-v2"
+        if isinstance(body.get("input"), list):
+            body["input"] = body["input"][:16]
     return case

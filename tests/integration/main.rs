@@ -3,6 +3,7 @@
 mod archs;
 mod bad_models;
 mod batching;
+mod embeddings;
 mod fuzz;
 mod gpt_oss;
 mod grammar;

@@ -81,13 +81,18 @@ class Server:
         raise AssertionError(f"no {field} in /proc/{self.proc.pid}/status")
 
     def metrics(self):
+        """Every sample by its full name (labels included); a labelled sample also counts
+        towards its bare name, summed over label sets (e.g. over `model_name`)."""
         text = requests.get(self.url + "/metrics", timeout=5).text
-        out = {}
+        out, summed = {}, {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
-        return out
+                bare = name.split("{", 1)[0]
+                if bare != name:
+                    summed[bare] = summed.get(bare, 0.0) + float(value)
+        return {**summed, **out}
 
     def stop(self):
         if self.proc.poll() is None:

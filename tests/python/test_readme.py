@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def toml_keys():
     keys, section = set(), None
     for line in (ROOT / "config" / "default.toml").read_text().splitlines():
-        if m := re.match(r"^\[(\w+)\]", line):
+        if m := re.match(r"^(?:# )?\[\[(\w+)\]\]", line):
+            section = m.group(1)
+        elif m := re.match(r"^\[(\w+)\]", line):
             section = m.group(1)
         elif section and (m := re.match(r"^#?\s?(\w+) = ", line)):
             keys.add(f"{section}.{m.group(1)}")

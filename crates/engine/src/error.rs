@@ -17,6 +17,9 @@ pub enum EngineError {
     Template(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A model's forward failed (an internal error, not the request's fault).
+    #[error("forward: {0}")]
+    Forward(String),
     #[error("engine stopped")]
     Stopped,
 }

@@ -3,11 +3,13 @@
 //! incremental detokenization, stop strings). It knows nothing of HTTP.
 //!
 //! The public surface the server uses is [`Engine`] (start, submit, stats), [`GenerateRequest`],
-//! [`SamplingParams`], [`Event`] and [`text::TextProcessor`].
+//! [`SamplingParams`], [`Event`] and [`text::TextProcessor`]; for embedding models,
+//! [`embed::Embedder`].
 
 pub mod batch;
 pub mod bench;
 pub mod config;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod grammar;

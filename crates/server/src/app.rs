@@ -17,7 +17,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::auth;
 use crate::error::ApiError;
 use crate::openapi;
-use crate::routes::{chat, completions, health, models, tokenize};
+use crate::routes::{chat, completions, embeddings, health, models, tokenize};
 use crate::state::AppState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -28,6 +28,7 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
     let api: Router<Arc<AppState>> = Router::new()
         .route("/v1/chat/completions", post(chat::handler))
         .route("/v1/completions", post(completions::handler))
+        .route("/v1/embeddings", post(embeddings::handler))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
         .route("/tokenize", post(tokenize::tokenize))

@@ -36,8 +36,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WICK_PORT")]
     pub port: Option<u16>,
     /// A GGUF file, a Hugging Face model folder, or a Hugging Face repo id. Default: SmolLM2-135M-Instruct Q4_1.
-    #[arg(long, env = "WICK_MODEL")]
-    pub model: Option<String>,
+    /// Repeatable: each further one is served beside the first (e.g. `--model all-minilm-l6-v2`, an
+    /// embedding model); `default` names the default model.
+    #[arg(long, env = "WICK_MODEL", value_delimiter = ',')]
+    pub model: Vec<String>,
     /// Hub revision (branch, tag or commit) for a repo id [default: main].
     #[arg(long, env = "WICK_REVISION")]
     pub revision: Option<String>,
@@ -114,6 +116,10 @@ pub struct ServeArgs {
     /// Context length cap [default: the model's].
     #[arg(long, env = "WICK_MAX_MODEL_LEN")]
     pub max_model_len: Option<usize>,
+    /// Memory all loaded models may take together, in MiB; the least recently used idle one is
+    /// unloaded to make room [default: 0, no limit].
+    #[arg(long, env = "WICK_MEMORY_BUDGET_MB")]
+    pub memory_budget_mb: Option<u64>,
     /// Turn automatic prefix caching off (every prompt is prefilled from scratch).
     #[arg(long, env = "WICK_NO_PREFIX_CACHING")]
     pub no_prefix_caching: bool,
@@ -200,9 +206,11 @@ impl ServeArgs {
         set(&mut s.server.shutdown_timeout_secs, a.shutdown_timeout_secs);
         set(&mut s.server.sse_keep_alive_secs, a.sse_keep_alive_secs);
         set(&mut s.server.metrics_compat, a.metrics_compat);
-        if a.model.is_some() {
-            s.model.model = a.model.clone();
+        if let Some((first, more)) = a.model.split_first() {
+            s.model.model = Some(first.clone());
+            s.models.extend(more.iter().map(crate::config::ModelEntrySettings::new));
         }
+        set(&mut s.engine.memory_budget_mb, a.memory_budget_mb);
         set(&mut s.model.revision, a.revision.clone());
         if a.gguf_file.is_some() {
             s.model.gguf_file = a.gguf_file.clone();
@@ -263,6 +271,18 @@ mod tests {
         assert_eq!(s.server.api_keys, vec!["a".to_string(), "b".to_string()]);
         assert!(s.model.offline);
         assert_eq!(s.engine.max_num_seqs, Settings::default().engine.max_num_seqs, "untouched knob keeps its default");
+    }
+
+    #[test]
+    fn model_is_repeatable() {
+        let s = serve(&["--model", "chat.gguf", "--model", "all-minilm-l6-v2", "--memory-budget-mb", "900"])
+            .settings()
+            .expect("settings");
+        assert_eq!(s.model.model.as_deref(), Some("chat.gguf"));
+        assert_eq!(s.models, vec![crate::config::ModelEntrySettings::new("all-minilm-l6-v2")]);
+        assert_eq!(s.engine.memory_budget_mb, 900);
+        let one = serve(&[]).settings().expect("settings");
+        assert!(one.model.model.is_none() && one.models.is_empty(), "no flag: the default model alone");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     pub server: ServerSettings,
     pub model: ModelSettings,
+    /// More models beside `[model]` (`[[models]]` tables, and every `--model` after the first).
+    pub models: Vec<ModelEntrySettings>,
     pub default_model: DefaultModel,
     pub engine: EngineSettings,
     pub sampling: SamplingSettings,
@@ -91,6 +93,53 @@ impl Default for ModelSettings {
     }
 }
 
+/// One `[[models]]` table: a further model, chat or embedding, served beside `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntrySettings {
+    /// A GGUF file, a Hugging Face (or sentence-transformers) folder, a repo id, or a name wick
+    /// knows how to fetch (`all-minilm-l6-v2`).
+    pub model: String,
+    /// The id clients use; default: derived from `model`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// More ids for the same model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `chat` or `embedding`; default: told from the files (sentence-transformers or BERT
+    /// folders are embedding models).
+    #[serde(default)]
+    pub kind: Option<crate::registry::ModelKind>,
+    /// Load at startup (`/ready` waits for it); false: at its first request.
+    #[serde(default = "yes")]
+    pub preload: bool,
+    /// Unload after this many seconds without a request; 0: never.
+    #[serde(default)]
+    pub idle_unload_secs: u64,
+    /// An embedding model trained Matryoshka-style: `dimensions` may truncate its vectors.
+    #[serde(default)]
+    pub matryoshka: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ModelEntrySettings {
+    /// An entry with every default, for `model`.
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            name: None,
+            aliases: Vec::new(),
+            kind: None,
+            preload: true,
+            idle_unload_secs: 0,
+            matryoshka: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DefaultModel {
@@ -129,6 +178,10 @@ pub struct EngineSettings {
     pub prefix_caching: bool,
     /// `f16` (default), `q8` or `f32`.
     pub kv_cache_dtype: String,
+    /// Memory the loaded models may take together, in MiB; 0: no limit.
+    pub memory_budget_mb: u64,
+    /// Most padded tokens in one embedding forward.
+    pub embedding_batch_tokens: usize,
 }
 
 impl Default for EngineSettings {
@@ -145,6 +198,8 @@ impl Default for EngineSettings {
             max_model_len: e.max_model_len,
             prefix_caching: e.enable_prefix_caching,
             kv_cache_dtype: e.kv_cache_dtype.name().to_string(),
+            memory_budget_mb: 0,
+            embedding_batch_tokens: wick_engine::embed::EmbedderConfig::default().max_batch_tokens,
         }
     }
 }
@@ -263,5 +318,18 @@ mod tests {
         assert_eq!(s.engine.max_num_seqs, 8);
         assert_eq!(s.server.host, "127.0.0.1");
         assert!(Settings::from_toml("[server]\nprot = 9000\n", Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn models_tables_list_further_models() {
+        let text = "[[models]]\nmodel = \"all-minilm-l6-v2\"\naliases = [\"text-embedding-3-small\"]\n\
+                    preload = false\nidle_unload_secs = 30\n[[models]]\nmodel = \"b.gguf\"\nkind = \"chat\"\n";
+        let s = Settings::from_toml(text, Path::new("x.toml")).expect("parses");
+        assert_eq!(s.models.len(), 2);
+        assert_eq!(s.models[0].aliases, ["text-embedding-3-small"]);
+        assert!(!s.models[0].preload && s.models[0].idle_unload_secs == 30);
+        assert!(s.models[1].preload, "preload defaults to true");
+        assert_eq!(s.models[1].kind, Some(crate::registry::ModelKind::Chat));
+        assert!(Settings::from_toml("[[models]]\nmodel = \"a\"\npreloa = true\n", Path::new("x.toml")).is_err());
     }
 }

@@ -1,18 +1,21 @@
 //! The `wick` binary: `wick serve` (the OpenAI API) and `wick perplexity`.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use wick_engine::embed::{Embedder, EmbedderConfig, EncoderModel};
 use wick_engine::sampling::SamplingDefaults;
 use wick_engine::{Engine, LoadOptions};
 use wick_server::cli::{BenchArgs, Cli, Command, PerplexityArgs, ServeArgs};
-use wick_server::config::{LogFormat, Settings};
+use wick_server::config::{LogFormat, ModelSettings, Settings};
 use wick_server::model_source::{self, ResolvedModel};
 use wick_server::openai::common::unix_now;
+use wick_server::registry::{EmbedReady, LoadFn, Loaded, ModelEntry, ModelKind};
 use wick_server::state::{AppState, Ready};
 use wick_server::{app, serve, shutdown};
 
@@ -53,13 +56,150 @@ fn load_options(settings: &Settings) -> Result<LoadOptions> {
 /// Resolves, loads and starts the engine (blocking: downloads and file reads).
 fn start_engine(settings: &Settings) -> Result<(Engine, ResolvedModel, SamplingDefaults)> {
     let resolved = model_source::resolve(&settings.model, &settings.default_model)?;
-    tracing::info!(path = %resolved.path.display(), "loading model");
-    let loaded = wick_engine::load(&resolved.path, &load_options(settings)?)
-        .with_context(|| format!("loading {}", resolved.path.display()))?;
+    let (engine, sampling) = load_chat(settings, &resolved.path, &load_options(settings)?)?;
+    Ok((engine, resolved, sampling))
+}
+
+/// Loads the chat model at `path` and starts its engine.
+fn load_chat(settings: &Settings, path: &Path, opts: &LoadOptions) -> Result<(Engine, SamplingDefaults)> {
+    tracing::info!(path = %path.display(), "loading model");
+    let loaded = wick_engine::load(path, opts).with_context(|| format!("loading {}", path.display()))?;
     let sampling = loaded.sampling.over(settings.sampling.to_defaults()).resolved();
     let engine = Engine::start(loaded.model, Arc::new(loaded.text), settings.engine.to_engine_config()?)
         .context("starting the engine")?;
-    Ok((engine, resolved, sampling))
+    Ok((engine, sampling))
+}
+
+/// Bytes of the model files at `path` (a file, or a folder's weight files).
+fn weight_bytes(path: &Path) -> u64 {
+    if path.is_file() {
+        return std::fs::metadata(path).map_or(0, |m| m.len());
+    }
+    let weights = |p: &PathBuf| p.extension().is_some_and(|x| x == "safetensors" || x == "gguf");
+    let Ok(dir) = std::fs::read_dir(path) else { return 0 };
+    dir.filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(weights)
+        .filter_map(|p| p.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// One model to register: where it is, and how it is to be served.
+struct Planned {
+    path: PathBuf,
+    names: Vec<String>,
+    kind: ModelKind,
+    preload: bool,
+    idle_unload: Option<Duration>,
+    matryoshka: bool,
+    /// The primary model gets `[model]`'s load options (chat template).
+    primary: bool,
+}
+
+/// Resolves every configured model (blocking: may download): `[model]` (or the default
+/// model), then each of `[[models]]`.
+fn plan_models(settings: &Settings) -> Result<Vec<Planned>> {
+    let mut out = Vec::new();
+    let primary = model_source::resolve(&settings.model, &settings.default_model)?;
+    let names = if settings.model.served_model_name.is_empty() {
+        vec![primary.name.clone()]
+    } else {
+        settings.model.served_model_name.clone()
+    };
+    out.push(Planned {
+        kind: model_source::kind_of(&primary.path),
+        path: primary.path,
+        names,
+        preload: true,
+        idle_unload: None,
+        matryoshka: false,
+        primary: true,
+    });
+    for m in &settings.models {
+        let source = ModelSettings { model: Some(m.model.clone()), ..settings.model.clone() };
+        let r =
+            model_source::resolve(&source, &settings.default_model).with_context(|| format!("model {:?}", m.model))?;
+        let mut names = vec![m.name.clone().unwrap_or(r.name)];
+        names.extend(m.aliases.iter().cloned());
+        out.push(Planned {
+            kind: m.kind.unwrap_or_else(|| model_source::kind_of(&r.path)),
+            path: r.path,
+            names,
+            preload: m.preload,
+            idle_unload: (m.idle_unload_secs > 0).then(|| Duration::from_secs(m.idle_unload_secs)),
+            matryoshka: m.matryoshka,
+            primary: false,
+        });
+    }
+    Ok(out)
+}
+
+/// The registry entry of a planned model, with its loader.
+fn entry(p: Planned, settings: &Settings, rt: tokio::runtime::Handle) -> Result<ModelEntry> {
+    let kv_bytes = if p.kind == ModelKind::Chat { (settings.engine.kv_cache_mb as u64) << 20 } else { 0 };
+    let bytes = weight_bytes(&p.path) + kv_bytes;
+    let settings = settings.clone();
+    let opts = if p.primary { load_options(&settings)? } else { LoadOptions::default() };
+    let (path, names, matryoshka) = (p.path.clone(), p.names.clone(), p.matryoshka);
+    let load: LoadFn = match p.kind {
+        ModelKind::Chat => Box::new(move || {
+            let (engine, sampling) = load_chat(&settings, &path, &opts)?;
+            tracing::info!(model = %names[0], sampling = ?sampling, "ready (sampling defaults in force)");
+            let blocks = engine.stats().kv_blocks_total;
+            wick_server::metrics::set_cache_config(&names[0], settings.engine.block_size, blocks);
+            let backend: Arc<dyn wick_server::backend::Backend> = Arc::new(engine);
+            rt.spawn(wick_server::stats_log::run(Arc::downgrade(&backend), Duration::from_secs(10)));
+            let max_token_bytes = wick_server::validate::longest_token(backend.as_ref());
+            let ready = Ready { backend, model_ids: names.clone(), created: unix_now(), sampling, max_token_bytes };
+            Ok(Loaded::Chat(Arc::new(ready)))
+        }),
+        ModelKind::Embedding => Box::new(move || {
+            tracing::info!(path = %path.display(), "loading embedding model");
+            let model = EncoderModel::load(&path)?;
+            let info = model.info().clone();
+            let cfg = EmbedderConfig {
+                max_batch_tokens: settings.engine.embedding_batch_tokens,
+                max_waiting: settings.engine.max_waiting,
+            };
+            let embedder = Embedder::start(model, cfg)?;
+            tracing::info!(
+                model = %names[0], dim = info.dim, max_len = info.max_len, pooling = info.pooling.name(),
+                normalize = info.normalize, "embedding model ready"
+            );
+            Ok(Loaded::Embedding(Arc::new(EmbedReady { name: names[0].clone(), embedder, matryoshka })))
+        }),
+    };
+    Ok(ModelEntry {
+        names: p.names,
+        kind: p.kind,
+        preload: p.preload,
+        idle_unload: p.idle_unload,
+        bytes,
+        load: Some(load),
+    })
+}
+
+/// Resolves and registers every model (exits on failure); the caller then preloads.
+async fn start_models(state: Arc<AppState>, settings: Settings) {
+    let rt = tokio::runtime::Handle::current();
+    let planned = tokio::task::spawn_blocking(move || -> Result<()> {
+        for p in plan_models(&settings)? {
+            let e = entry(p, &settings, rt.clone())?;
+            state.models.add(e).map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    })
+    .await;
+    let fail = |e: String| -> ! {
+        tracing::error!("{e}");
+        eprintln!("wick: {e}");
+        std::process::exit(1);
+    };
+    match planned {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => fail(format!("{e:#}")),
+        Err(e) => fail(format!("model loading panicked: {e}")),
+    }
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -79,31 +219,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "listening (model loading; /ready answers 503 until it is up)");
 
-    let load_settings = settings.clone();
-    let loader = tokio::task::spawn_blocking(move || start_engine(&load_settings));
-    let load_state = state.clone();
-    let names = settings.model.served_model_name.clone();
-    let block_size = settings.engine.block_size;
+    state.models.set_budget_mb((settings.engine.memory_budget_mb > 0).then_some(settings.engine.memory_budget_mb));
+    let models_state = state.clone();
+    let models_settings = settings.clone();
     tokio::spawn(async move {
-        match loader.await {
-            Ok(Ok((engine, resolved, sampling))) => {
-                let model_ids = if names.is_empty() { vec![resolved.name] } else { names };
-                tracing::info!(model = %model_ids[0], sampling = ?sampling, "ready (sampling defaults in force)");
-                wick_server::metrics::set_cache_config(block_size, engine.stats().kv_blocks_total);
-                let backend: Arc<dyn wick_server::backend::Backend> = Arc::new(engine);
-                tokio::spawn(wick_server::stats_log::run(backend.clone(), Duration::from_secs(10)));
-                let max_token_bytes = wick_server::validate::longest_token(backend.as_ref());
-                load_state.set_ready(Ready { backend, model_ids, created: unix_now(), sampling, max_token_bytes });
-            }
-            Ok(Err(e)) => {
-                tracing::error!("{e:#}");
-                eprintln!("wick: {e:#}");
-                std::process::exit(1);
-            }
-            Err(e) => {
-                eprintln!("wick: model loading panicked: {e}");
-                std::process::exit(1);
-            }
+        start_models(models_state.clone(), models_settings).await;
+        if let Err(e) = models_state.models.preload().await {
+            tracing::error!("{e}");
+            eprintln!("wick: {e}");
+            std::process::exit(1);
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            models_state.models.sweep().await;
         }
     });
 

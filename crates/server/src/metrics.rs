@@ -1,6 +1,7 @@
 //! Prometheus metrics at `/metrics`, named after vLLM's with a `wick:` prefix. Engine gauges and
-//! counters are read from the engine's stats at scrape time; latency histograms are recorded by
-//! the request handlers as events arrive.
+//! counters are read from each loaded model's stats at scrape time and carry its served name as
+//! `model_name` (as vLLM's do), as do the embedding counters and `wick:model_loaded`; latency
+//! histograms are recorded by the request handlers as events arrive (not yet per model).
 //!
 //! `wick:cache_config_info` (value 1) carries the KV cache's `block_size` and `num_gpu_blocks`
 //! as labels, like vLLM's `vllm:cache_config_info`. With `--metrics-compat vllm` the gauges a
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use wick_engine::embed::EmbedStats;
 use wick_engine::EngineStats;
 
 pub const RUNNING: &str = "wick:num_requests_running";
@@ -35,6 +37,13 @@ pub const PREFIX_QUERIES: &str = "wick:prefix_cache_queries_total";
 pub const PREFIX_HITS: &str = "wick:prefix_cache_hits_total";
 pub const KV_CACHED_BLOCKS: &str = "wick:kv_cache_cached_blocks";
 pub const CACHE_CONFIG: &str = "wick:cache_config_info";
+pub const MODEL_LOADED: &str = "wick:model_loaded";
+pub const EMBED_REQUESTS: &str = "wick:embedding_requests_total";
+pub const EMBED_INPUTS: &str = "wick:embedding_inputs_total";
+pub const EMBED_TOKENS: &str = "wick:embedding_prompt_tokens_total";
+pub const EMBED_IN_FLIGHT: &str = "wick:embedding_requests_in_flight";
+pub const EMBED_FORWARDS: &str = "wick:embedding_forwards_total";
+pub const EMBED_FORWARD_TIME: &str = "wick:embedding_forward_seconds";
 
 /// Whether vLLM's names are exported as well.
 static VLLM_COMPAT: AtomicBool = AtomicBool::new(false);
@@ -54,10 +63,11 @@ pub fn set_compat(c: Compat) {
     VLLM_COMPAT.store(c == Compat::Vllm, Ordering::Relaxed);
 }
 
-/// Publishes the KV cache's shape (once the engine is up).
-pub fn set_cache_config(block_size: usize, num_blocks: u64) {
+/// Publishes a chat model's KV cache shape (once its engine is up).
+pub fn set_cache_config(model: &str, block_size: usize, num_blocks: u64) {
     let (bs, nb) = (block_size.to_string(), num_blocks.to_string());
-    gauge!(CACHE_CONFIG, "block_size" => bs.clone(), "num_gpu_blocks" => nb.clone()).set(1.0);
+    let m = model.to_owned();
+    gauge!(CACHE_CONFIG, "model_name" => m, "block_size" => bs.clone(), "num_gpu_blocks" => nb.clone()).set(1.0);
     if VLLM_COMPAT.load(Ordering::Relaxed) {
         gauge!("vllm:cache_config_info", "block_size" => bs, "num_gpu_blocks" => nb).set(1.0);
     }
@@ -107,32 +117,70 @@ fn describe() {
     describe_counter!(PREFIX_HITS, "Prompt tokens found in the prefix cache (not recomputed).");
     describe_gauge!(KV_CACHED_BLOCKS, "Free KV-cache blocks still holding a cached prefix (reusable until evicted).");
     describe_gauge!(CACHE_CONFIG, "KV cache configuration (labels block_size, num_gpu_blocks); value 1.");
+    describe_gauge!(MODEL_LOADED, "Whether the model is in memory (1) or not (0); label kind: chat or embedding.");
+    describe_counter!(EMBED_REQUESTS, "Embedding requests answered.");
+    describe_counter!(EMBED_INPUTS, "Inputs embedded.");
+    describe_counter!(EMBED_TOKENS, "Input tokens embedded.");
+    describe_gauge!(EMBED_IN_FLIGHT, "Embedding requests queued or running.");
+    describe_counter!(EMBED_FORWARDS, "Batched embedding forwards run.");
+    describe_gauge!(EMBED_FORWARD_TIME, Unit::Seconds, "Wall time of all embedding forwards so far (cumulative).");
+}
+
+/// One configured model at scrape time: its served name, kind, and the stats of its engine
+/// when loaded.
+pub struct ModelStats {
+    pub name: String,
+    pub kind: &'static str,
+    pub chat: Option<EngineStats>,
+    pub embed: Option<EmbedStats>,
+}
+
+/// Counts one answered embedding request.
+pub fn record_embeddings(model: &str, inputs: usize, tokens: usize) {
+    counter!(EMBED_REQUESTS, "model_name" => model.to_owned()).increment(1);
+    counter!(EMBED_INPUTS, "model_name" => model.to_owned()).increment(inputs as u64);
+    counter!(EMBED_TOKENS, "model_name" => model.to_owned()).increment(tokens as u64);
 }
 
 /// Renders the exposition text, refreshing the engine-derived values first.
-pub fn render(handle: &PrometheusHandle, stats: Option<EngineStats>) -> String {
-    if let Some(s) = stats {
-        gauge!(RUNNING).set(s.running as f64);
-        gauge!(WAITING).set(s.waiting as f64);
-        let usage = if s.kv_blocks_total == 0 { 0.0 } else { s.kv_blocks_used as f64 / s.kv_blocks_total as f64 };
-        gauge!(KV_USAGE).set(usage);
-        if VLLM_COMPAT.load(Ordering::Relaxed) {
-            gauge!("vllm:num_requests_running").set(s.running as f64);
-            gauge!("vllm:num_requests_waiting").set(s.waiting as f64);
-            gauge!("vllm:kv_cache_usage_perc").set(usage);
+pub fn render(handle: &PrometheusHandle, models: &[ModelStats]) -> String {
+    for m in models {
+        let loaded = m.chat.is_some() || m.embed.is_some();
+        gauge!(MODEL_LOADED, "model_name" => m.name.clone(), "kind" => m.kind).set(if loaded { 1.0 } else { 0.0 });
+        if let Some(s) = &m.chat {
+            chat_stats(&m.name, s);
         }
-        counter!(PROMPT_TOKENS).absolute(s.prompt_tokens_total);
-        counter!(GENERATION_TOKENS).absolute(s.generation_tokens_total);
-        counter!(PREEMPTIONS).absolute(s.preemptions_total);
-        counter!(PREFIX_QUERIES).absolute(s.prefix_cache_queries_total);
-        counter!(PREFIX_HITS).absolute(s.prefix_cache_hits_total);
-        gauge!(KV_CACHED_BLOCKS).set(s.kv_blocks_cached as f64);
-        gauge!(STEP_TIME).set(s.step_micros_total as f64 / 1e6);
-        gauge!(MASK_TIME).set(s.grammar_mask_micros_total as f64 / 1e6);
-        counter!(MASKS).absolute(s.grammar_masks_total);
+        if let Some(s) = &m.embed {
+            let l = || [("model_name", m.name.clone())];
+            gauge!(EMBED_IN_FLIGHT, &l()).set(s.in_flight as f64);
+            counter!(EMBED_FORWARDS, &l()).absolute(s.forwards_total);
+            gauge!(EMBED_FORWARD_TIME, &l()).set(s.forward_micros_total as f64 / 1e6);
+        }
     }
     handle.run_upkeep();
     handle.render()
+}
+
+fn chat_stats(model: &str, s: &EngineStats) {
+    let l = || [("model_name", model.to_owned())];
+    gauge!(RUNNING, &l()).set(s.running as f64);
+    gauge!(WAITING, &l()).set(s.waiting as f64);
+    let usage = if s.kv_blocks_total == 0 { 0.0 } else { s.kv_blocks_used as f64 / s.kv_blocks_total as f64 };
+    gauge!(KV_USAGE, &l()).set(usage);
+    if VLLM_COMPAT.load(Ordering::Relaxed) {
+        gauge!("vllm:num_requests_running", &l()).set(s.running as f64);
+        gauge!("vllm:num_requests_waiting", &l()).set(s.waiting as f64);
+        gauge!("vllm:kv_cache_usage_perc", &l()).set(usage);
+    }
+    counter!(PROMPT_TOKENS, &l()).absolute(s.prompt_tokens_total);
+    counter!(GENERATION_TOKENS, &l()).absolute(s.generation_tokens_total);
+    counter!(PREEMPTIONS, &l()).absolute(s.preemptions_total);
+    counter!(PREFIX_QUERIES, &l()).absolute(s.prefix_cache_queries_total);
+    counter!(PREFIX_HITS, &l()).absolute(s.prefix_cache_hits_total);
+    gauge!(KV_CACHED_BLOCKS, &l()).set(s.kv_blocks_cached as f64);
+    gauge!(STEP_TIME, &l()).set(s.step_micros_total as f64 / 1e6);
+    gauge!(MASK_TIME, &l()).set(s.grammar_mask_micros_total as f64 / 1e6);
+    counter!(MASKS, &l()).absolute(s.grammar_masks_total);
 }
 
 pub fn record_ttft(d: Duration) {

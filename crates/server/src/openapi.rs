@@ -32,6 +32,7 @@ pub struct SseEvent {
     paths(
         routes::chat::handler,
         routes::completions::handler,
+        routes::embeddings::handler,
         routes::models::list,
         routes::models::get,
         routes::tokenize::tokenize,
@@ -61,7 +62,11 @@ const ERRORS: &[(&str, &str)] = &[
     ("415", "The body is not `application/json`"),
     ("429", "Too many requests waiting; retry after `Retry-After` seconds"),
     ("500", "Internal error"),
-    ("503", "The model is loading, or the server is shutting down; retry after `Retry-After` seconds"),
+    (
+        "503",
+        "The model is loading, cannot fit the memory budget now, or the server is shutting down; retry after \
+         `Retry-After` seconds",
+    ),
 ];
 
 struct Errors;

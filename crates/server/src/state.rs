@@ -1,15 +1,16 @@
-//! Shared state of the HTTP handlers: the engine once it is ready, served model ids, and the
-//! HTTP settings the handlers read.
+//! Shared state of the HTTP handlers: the models (see `registry`), and the HTTP settings the
+//! handlers read.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::backend::Backend;
 use crate::error::ApiError;
+use crate::registry::{EmbedReady, Loaded, ModelKind, Registry};
 
-/// The loaded model as clients see it.
+/// A loaded chat model as clients see it.
 pub struct Ready {
     pub backend: Arc<dyn Backend>,
     /// Ids clients may use; the first is the one listed.
@@ -32,7 +33,8 @@ impl Ready {
 }
 
 pub struct AppState {
-    ready: OnceLock<Ready>,
+    /// Every model served, loaded or not.
+    pub models: Registry,
     /// SHA-256 digests of the accepted API keys (see `auth`); empty: no authentication.
     pub api_key_digests: Vec<[u8; 32]>,
     pub sse_keep_alive: Duration,
@@ -47,7 +49,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(api_keys: Vec<String>, sse_keep_alive: Duration, max_body_bytes: usize) -> Self {
         Self {
-            ready: OnceLock::new(),
+            models: Registry::default(),
             api_key_digests: api_keys.iter().map(|k| crate::auth::digest(k)).collect(),
             sse_keep_alive,
             max_body_bytes,
@@ -57,13 +59,33 @@ impl AppState {
         }
     }
 
-    /// Marks the model loaded; later calls are ignored.
+    /// Adds a loaded chat model (the one model of a single-model server); a name already taken
+    /// is ignored with a warning.
     pub fn set_ready(&self, ready: Ready) {
-        let _ = self.ready.set(ready);
+        let names = ready.model_ids.clone();
+        if let Err(e) = self.models.add_loaded(names, Loaded::Chat(Arc::new(ready))) {
+            tracing::warn!("{e}");
+        }
     }
 
-    /// The loaded model, or a 503 while it is still loading.
-    pub fn ready(&self) -> Result<&Ready, ApiError> {
-        self.ready.get().ok_or_else(ApiError::not_ready)
+    /// The first chat model, or a 503 while it is still loading.
+    pub fn ready(&self) -> Result<Arc<Ready>, ApiError> {
+        self.models.primary_chat().ok_or_else(ApiError::not_ready)
+    }
+
+    /// The chat model called `model` (loaded on demand); 404 for an unknown name.
+    pub async fn chat(&self, model: &str) -> Result<Arc<Ready>, ApiError> {
+        match self.models.get(model, ModelKind::Chat).await? {
+            Loaded::Chat(r) => Ok(r),
+            Loaded::Embedding(_) => Err(ApiError::internal("the registry answered with the wrong kind of model")),
+        }
+    }
+
+    /// The embedding model called `model` (loaded on demand); 404 for an unknown name.
+    pub async fn embedding(&self, model: &str) -> Result<Arc<EmbedReady>, ApiError> {
+        match self.models.get(model, ModelKind::Embedding).await? {
+            Loaded::Embedding(e) => Ok(e),
+            Loaded::Chat(_) => Err(ApiError::internal("the registry answered with the wrong kind of model")),
+        }
     }
 }

@@ -3,21 +3,23 @@
 //! and waiting requests, KV-cache usage and the prefix-cache hit rate (over the interval and
 //! since start).
 
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 use wick_engine::EngineStats;
 
 use crate::backend::Backend;
 
-/// Logs one line per `every` while the engine is active, until the engine stops.
-pub async fn run(backend: Arc<dyn Backend>, every: Duration) {
-    let mut last = backend.stats();
+/// Logs one line per `every` while the engine is active, until the engine stops or is unloaded
+/// (it holds the engine weakly, so an unloaded model is freed).
+pub async fn run(backend: Weak<dyn Backend>, every: Duration) {
+    let Some(mut last) = backend.upgrade().map(|b| b.stats()) else { return };
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
-    while backend.is_running() {
+    loop {
         tick.tick().await;
-        let now = backend.stats();
+        let Some(b) = backend.upgrade().filter(|b| b.is_running()) else { break };
+        let now = b.stats();
         if let Some(line) = line(&last, &now, every) {
             tracing::info!("{line}");
         }

@@ -100,8 +100,16 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     Json(req): Json<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let ready = state.ready()?;
-    ready.check_model(&req.model)?;
+    if req.stream == Some(true) && state.models.needs_load(&req.model, crate::registry::ModelKind::Chat) {
+        let (s, model) = (state.clone(), req.model.clone());
+        let load = async move { s.chat(&model).await.map(drop) };
+        return Ok(crate::load_wait::streaming(state.sse_keep_alive, load, move || respond(state, req)));
+    }
+    respond(state, req).await
+}
+
+async fn respond(state: Arc<AppState>, req: ChatCompletionRequest) -> Result<Response, ApiError> {
+    let ready = state.chat(&req.model).await?;
     let backend = ready.backend.as_ref();
     let mut v = validate::chat(&req, backend.vocab_size(), &ready.sampling)?;
     let text_bytes: usize = req.messages.iter().map(|m| m.text_len()).sum();

@@ -55,10 +55,18 @@ fn prompts(spec: &PromptSpec, backend: &dyn Backend) -> Result<Vec<(Vec<u32>, St
     ))))]
 pub async fn handler(
     State(state): State<Arc<AppState>>,
-    Json(mut req): Json<CompletionRequest>,
+    Json(req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let ready = state.ready()?;
-    ready.check_model(&req.model)?;
+    if req.stream == Some(true) && state.models.needs_load(&req.model, crate::registry::ModelKind::Chat) {
+        let (s, model) = (state.clone(), req.model.clone());
+        let load = async move { s.chat(&model).await.map(drop) };
+        return Ok(crate::load_wait::streaming(state.sse_keep_alive, load, move || respond(state, req)));
+    }
+    respond(state, req).await
+}
+
+async fn respond(state: Arc<AppState>, mut req: CompletionRequest) -> Result<Response, ApiError> {
+    let ready = state.chat(&req.model).await?;
     let backend = ready.backend.as_ref();
     let mut v = validate::completion(&req, backend.vocab_size(), &ready.sampling)?;
     if let Some((spec, param)) = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())? {

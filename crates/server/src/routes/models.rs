@@ -1,4 +1,6 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`.
+//! `GET /v1/models` and `GET /v1/models/{id}`: every configured model under each of its ids,
+//! with its kind (chat or embedding), whether it is loaded, and its context length (known once
+//! it has been loaded).
 
 use std::sync::Arc;
 
@@ -8,7 +10,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::state::{AppState, Ready};
+use crate::registry::{Loaded, ModelView};
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Model {
@@ -16,10 +19,16 @@ pub struct Model {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
-    pub max_model_len: usize,
-    /// What a request that leaves a sampling field out gets.
-    #[schema(value_type = Object)]
-    pub sampling_defaults: wick_engine::sampling::SamplingDefaults,
+    /// `chat` or `embedding`.
+    pub kind: &'static str,
+    /// Whether the model is in memory now (else it loads at its first request).
+    pub loaded: bool,
+    /// Longest input in tokens (chat: prompt + completion); null until first loaded.
+    pub max_model_len: Option<usize>,
+    /// What a request that leaves a sampling field out gets (loaded chat models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub sampling_defaults: Option<wick_engine::sampling::SamplingDefaults>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -28,29 +37,48 @@ pub struct ModelList {
     pub data: Vec<Model>,
 }
 
-fn model(ready: &Ready, id: &str) -> Model {
-    Model {
-        id: id.to_owned(),
-        object: "model",
-        created: ready.created,
-        owned_by: "wick",
-        max_model_len: ready.backend.max_model_len(),
-        sampling_defaults: ready.sampling,
+fn models(state: &AppState) -> Vec<Model> {
+    let loaded = state.models.loaded();
+    let mut out = Vec::new();
+    for ModelView { names, kind, loaded: is_loaded, context_length } in state.models.list() {
+        let chat = loaded.iter().find_map(|(n, l)| match l {
+            Loaded::Chat(r) if *n == names[0] => Some(r.clone()),
+            _ => None,
+        });
+        for id in &names {
+            out.push(Model {
+                id: id.clone(),
+                object: "model",
+                created: chat.as_ref().map_or(state.models.created(), |r| r.created),
+                owned_by: "wick",
+                kind: kind.name(),
+                loaded: is_loaded,
+                max_model_len: context_length,
+                sampling_defaults: chat.as_ref().map(|r| r.sampling),
+            });
+        }
     }
+    out
 }
 
-/// The served model (listed under its first id).
+/// Every model, under each of its ids.
 #[utoipa::path(get, path = "/v1/models", tag = "OpenAI", responses((status = 200, body = ModelList)))]
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
-    let ready = state.ready()?;
-    Ok(Json(ModelList { object: "list", data: ready.model_ids.iter().map(|id| model(ready, id)).collect() }))
+    let data = models(&state);
+    if data.is_empty() {
+        return Err(ApiError::not_ready());
+    }
+    Ok(Json(ModelList { object: "list", data }))
 }
 
 /// One model, by any of its ids.
 #[utoipa::path(get, path = "/v1/models/{id}", tag = "OpenAI", params(("id" = String, Path, description = "A model id")),
     responses((status = 200, body = Model)))]
 pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Model>, ApiError> {
-    let ready = state.ready()?;
-    ready.check_model(&id)?;
-    Ok(Json(model(ready, &id)))
+    let mut all = models(&state);
+    if all.is_empty() {
+        return Err(ApiError::not_ready());
+    }
+    let at = all.iter().position(|m| m.id == id).ok_or_else(|| ApiError::model_not_found(&id))?;
+    Ok(Json(all.swap_remove(at)))
 }

@@ -51,10 +51,10 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     Json(req): Json<TokenizeRequest>,
 ) -> Result<JsonOut<TokenizeResponse>, ApiError> {
-    let ready = state.ready()?;
-    if let Some(m) = &req.model {
-        ready.check_model(m)?;
-    }
+    let ready = match &req.model {
+        Some(m) => state.chat(m).await?,
+        None => state.ready()?,
+    };
     let bytes = req.prompt.as_ref().map_or(0, String::len)
         + req.messages.as_ref().map_or(0, |ms| ms.iter().map(RequestMessage::text_len).sum());
     let b = ready.backend.clone();
@@ -92,10 +92,10 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     Json(req): Json<DetokenizeRequest>,
 ) -> Result<JsonOut<DetokenizeResponse>, ApiError> {
-    let ready = state.ready()?;
-    if let Some(m) = &req.model {
-        ready.check_model(m)?;
-    }
+    let ready = match &req.model {
+        Some(m) => state.chat(m).await?,
+        None => state.ready()?,
+    };
     let b = ready.backend.as_ref();
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= b.vocab_size()) {
         return Err(ApiError::invalid_value("tokens", format!("Token id {bad} is out of the vocabulary.")));

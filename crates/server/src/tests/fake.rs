@@ -35,13 +35,15 @@ pub const THINKING: &[&str] = &["\n<th", "ink>", "Let me", " think.</", "think",
 
 pub struct Fake {
     pub script: Script,
+    /// Stats of an engine with nothing running or waiting (else: 2 running, 1 waiting).
+    pub idle: bool,
     pub submitted: Mutex<Vec<GenerateRequest>>,
     pub held: Mutex<Vec<UnboundedSender<Event>>>,
 }
 
 impl Fake {
     pub fn new(script: Script) -> Self {
-        Self { script, submitted: Mutex::new(Vec::new()), held: Mutex::new(Vec::new()) }
+        Self { script, idle: false, submitted: Mutex::new(Vec::new()), held: Mutex::new(Vec::new()) }
     }
 
     /// Whether every held request has been cancelled (its receiver dropped).
@@ -108,6 +110,9 @@ impl Backend for Fake {
         Ok(rx)
     }
     fn stats(&self) -> EngineStats {
+        if self.idle {
+            return EngineStats { kv_blocks_total: 4, ..EngineStats::default() };
+        }
         EngineStats { running: 2, waiting: 1, kv_blocks_used: 1, kv_blocks_total: 4, ..EngineStats::default() }
     }
     fn is_running(&self) -> bool {

@@ -2,6 +2,7 @@
 
 mod fake;
 mod generation;
+mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,6 +192,8 @@ async fn models_tokenize_detokenize_and_metrics() {
     let (_, _, b) = call(&app, Request::get("/v1/models").body(Body::empty()).expect("req")).await;
     let v: Value = serde_json::from_str(&b).expect("json");
     assert_eq!(v["data"][0]["id"], MODEL);
+    assert_eq!(v["data"][0]["kind"], "chat");
+    assert_eq!(v["data"][0]["loaded"], true);
     assert_eq!(call(&app, Request::get("/v1/models/alias").body(Body::empty()).expect("req")).await.0, StatusCode::OK);
     assert_eq!(
         call(&app, Request::get("/v1/models/other").body(Body::empty()).expect("req")).await.0,
@@ -204,6 +207,7 @@ async fn models_tokenize_detokenize_and_metrics() {
     assert_eq!(serde_json::from_str::<Value>(&b).expect("json")["prompt"], "AB");
     let (s, _, text) = call(&app, Request::get("/metrics").body(Body::empty()).expect("req")).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(text.contains("wick:num_requests_running 2"), "{text}");
-    assert!(text.contains("wick:kv_cache_usage_perc 0.25"), "{text}");
+    assert!(text.contains(r#"wick:num_requests_running{model_name="tiny"} 2"#), "{text}");
+    assert!(text.contains(r#"wick:kv_cache_usage_perc{model_name="tiny"} 0.25"#), "{text}");
+    assert!(text.contains(r#"wick:model_loaded{model_name="tiny",kind="chat"} 1"#), "{text}");
 }
