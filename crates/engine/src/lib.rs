@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod grammar;
+pub mod kernel_level;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
@@ -21,6 +22,7 @@ pub mod scheduler;
 pub mod sequence;
 pub mod stats;
 pub mod text;
+pub mod thread_pool;
 
 pub use batch::{ForwardBatch, SeqSlice};
 pub use config::EngineConfig;
