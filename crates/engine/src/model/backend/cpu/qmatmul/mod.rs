@@ -48,8 +48,8 @@ const QUANT_ROWS: usize = 16;
 
 /// Activations `[m, k]` quantized to 8 bits per value: int8 values, the f16-rounded block scale
 /// widened to f32, and (for formats with a per-block offset) `s = d · Σ values` rounded as
-/// candle's `BlockQ8_1` does (Q4_1) and `sx = d · Σ values` exact in f32 (the K-quants' mins;
-/// an 11-bit scale times a sum of at most 12 bits).
+/// candle's `BlockQ8_1` does (Q4_1) and `sx = d · Σ values` in f32 (the K-quants' mins; exact
+/// for 32-value blocks, an 11-bit scale times a sum of at most 12 bits; rounded once for Q8_K).
 #[derive(Default)]
 pub struct QuantizedActs {
     pub qs: Vec<i8>,
@@ -89,14 +89,24 @@ impl QuantizedActs {
         }
     }
 
-    /// Quantizes `x` (`m` rows of `k`), reusing the buffers; rows are split over the pool.
+    /// Quantizes `x` (`m` rows of `k`) into 32-value blocks, reusing the buffers; rows are
+    /// split over the pool.
     pub fn quantize(&mut self, x: &[f32], k: usize) {
+        self.quantize_as(x, k, ActBlocks::Q8_0)
+    }
+
+    /// Quantizes `x` (`m` rows of `k`) as `blocks` says, reusing the buffers.
+    pub fn quantize_as(&mut self, x: &[f32], k: usize, blocks: ActBlocks) {
         let m = x.len() / k;
         self.k = k;
         self.qs.resize(m * k, 0);
         self.d.resize(m * k / QK, 0.0);
         self.s.resize(m * k / QK, 0.0);
         self.sx.resize(m * k / QK, 0.0);
+        let quantize_rows = match blocks {
+            ActBlocks::Q8_0 => quantize_rows,
+            ActBlocks::Q8K => quantize_rows_q8k,
+        };
         if m < 2 * QUANT_ROWS {
             quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.sx);
             return;
@@ -122,6 +132,16 @@ impl QuantizedActs {
             }
         });
     }
+}
+
+/// How activations are quantized for a weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActBlocks {
+    /// ggml's Q8_0 / Q8_1: an f16 scale per 32 values (Q8_0, Q4_1, MXFP4 weights).
+    Q8_0,
+    /// ggml's Q8_K: one f32 scale per 256 values (the K-quants, as llama.cpp pairs them),
+    /// stored as eight equal 32-value block scales so the kernels read it like Q8_0.
+    Q8K,
 }
 
 /// A raw pointer handed to pool workers that write disjoint ranges through it.
@@ -159,6 +179,51 @@ pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx:
     }
 }
 
+/// ggml's `nearest_int`: round half to even through the float's mantissa.
+#[inline(always)]
+fn nearest_int(f: f32) -> i32 {
+    let v = f + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// Quantizes each 256-value super-block of `x` as ggml's `quantize_row_q8_K` does: the value
+/// of largest magnitude `max` gives `iscale = -127 / max`, values `min(127, nearest(iscale·x))`
+/// and scale `1 / iscale`. Each of the super-block's eight 32-value blocks gets that scale in
+/// `d`, and `s` and `sx` both receive `d · Σ values` of the block in f32.
+pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
+    const QK_K: usize = 256;
+    let sub = QK_K / QK;
+    let blocks = x.chunks_exact(QK_K).zip(qs.chunks_exact_mut(QK_K));
+    for (i, (xb, qb)) in blocks.enumerate() {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let range = i * sub..(i + 1) * sub;
+        if amax == 0.0 {
+            qb.fill(0);
+            d[range.clone()].fill(0.0);
+            s[range.clone()].fill(0.0);
+            sx[range].fill(0.0);
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = nearest_int(iscale * v).min(127) as i8;
+        }
+        let scale = 1.0 / iscale;
+        for (j, b) in range.enumerate() {
+            let sum: i32 = qb[j * QK..(j + 1) * QK].iter().map(|&q| q as i32).sum();
+            d[b] = scale;
+            sx[b] = scale * sum as f32;
+            s[b] = sx[b];
+        }
+    }
+}
+
 /// The output matrix, shared by the workers (each writes disjoint elements).
 #[derive(Clone, Copy)]
 pub struct OutPtr {
@@ -191,6 +256,11 @@ pub trait TileKernel: Sync {
     /// thread writes those output elements concurrently.
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr);
 
+    /// How this format wants its activations quantized.
+    fn act_blocks(&self) -> ActBlocks {
+        ActBlocks::Q8_0
+    }
+
     /// `out[m, n] = x[m, k] · Wᵀ` on row-major slices.
     fn matmul(&self, x: &[f32], out: &mut [f32]) {
         matmul(self, x, out)
@@ -213,7 +283,7 @@ pub fn matmul<W: TileKernel + ?Sized>(w: &W, x: &[f32], out: &mut [f32]) {
     }
     ACTS.with(|cell| {
         let mut acts = cell.borrow_mut();
-        acts.quantize(x, k);
+        acts.quantize_as(x, k, w.act_blocks());
         matmul_quantized(w, &acts, out);
     })
 }

@@ -3,8 +3,10 @@
 //! wick's register-tiled kernel, at 4.75 bits per weight (the stored 4.5 plus the two f16
 //! scales widened to f32 and the 6-bit scales unpacked to bytes).
 //!
-//! A sub-block has Q4_1's form (`w = d'·q + m'` with `d' = d·sc_j` and `m' = −dmin·m_j`,
-//! both exact in f32), and takes Q4_1's arithmetic against the activations' 32-value blocks:
+//! Activations are quantized as llama.cpp pairs them with K-quants (Q8_K: one f32 scale per
+//! 256 values, `ActBlocks::Q8K`). A sub-block has Q4_1's form (`w = d'·q + m'` with
+//! `d' = d·sc_j` and `m' = −dmin·m_j`, both exact in f32), and takes Q4_1's arithmetic against
+//! the activations' 32-value blocks:
 //! per (row, column) an 8-lane accumulator takes, block after block,
 //! `fma(d'·d_x, i32→f32(lane), acc)` with lane `j` the exact integer `Σ q·x` over values
 //! `4j..4j+4`, and a scalar chain `fma(m', d_x·Σx, msum)` in block order; the result is
@@ -17,7 +19,7 @@ use std::ops::Range;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::{hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use super::{hsum_lanes, ActBlocks, OutPtr, QuantizedActs, TileKernel, QK};
 use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
@@ -109,6 +111,10 @@ impl Q4KMatrix {
 impl TileKernel for Q4KMatrix {
     fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
+    }
+
+    fn act_blocks(&self) -> ActBlocks {
+        ActBlocks::Q8K
     }
 
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {

@@ -2,7 +2,8 @@
 //! int8 scales, one per 16 values, and an f16 `d`; `w = d·sc_g·(q − 32)`) on wick's
 //! register-tiled kernel, kept as stored (6.56 bits per weight; `d` widened to f32).
 //!
-//! Per (row, column) an 8-lane accumulator takes, block of 32 after block, in order,
+//! Activations are quantized as llama.cpp pairs them with K-quants (Q8_K, one f32 scale per
+//! 256 values, `ActBlocks::Q8K`). Per (row, column) an 8-lane accumulator takes, block of 32 after block, in order,
 //! `fma(s, i32→f32(lane), acc)` where lane `j` is the exact integer `Σ (q − 32)·x` over values
 //! `4j..4j+4`, and `s` is `d·sc_g·d_x` for the lane's group of 16 (lanes 0..4 the first group,
 //! 4..8 the second); one fixed horizontal sum ends it. Scalar, AVX2 and AVX-512 VNNI (two
@@ -14,7 +15,7 @@ use std::ops::Range;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::{hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use super::{hsum_lanes, ActBlocks, OutPtr, QuantizedActs, TileKernel, QK};
 use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
@@ -101,6 +102,10 @@ fn group_scale(body: &[u8], g: usize) -> i8 {
 impl TileKernel for Q6KMatrix {
     fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
+    }
+
+    fn act_blocks(&self) -> ActBlocks {
+        ActBlocks::Q8K
     }
 
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {

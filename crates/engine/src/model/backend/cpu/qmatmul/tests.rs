@@ -148,7 +148,10 @@ fn close_to_the_f32_product_with_dequantized_weights() {
             .unwrap();
         let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
         let err = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
-        assert!(err / norm < 1e-2, "{dtype:?} {level}: relative error {}", err / norm);
+        // The K-quants take Q8_K activations (one scale per 256 values, as llama.cpp): the
+        // outliers of `values` cost their neighbours more precision than 32-value blocks do.
+        let bound = if dtype.block_size() == 256 { 3e-2 } else { 1e-2 };
+        assert!(err / norm < bound, "{dtype:?} {level}: relative error {}", err / norm);
     }
 }
 
@@ -225,9 +228,15 @@ fn the_exact_product_of_the_quantized_operands_within_f32_rounding() {
         let q = qtensor(n, k, 14, dtype);
         let wf: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let x = values(m * k, 15, 1.0);
-        let got = run(&kernel(&q, level), &x);
+        let w = kernel(&q, level);
+        let got = run(&w, &x);
+        let blocks = match &w {
+            Kernel::Q4K(w) => w.act_blocks(),
+            Kernel::Q6K(w) => w.act_blocks(),
+            _ => ActBlocks::Q8_0,
+        };
         let mut acts = QuantizedActs::default();
-        acts.quantize(&x, k);
+        acts.quantize_as(&x, k, blocks);
         let tol = if dtype == GgmlDType::Q4_1 { 2e-3 } else { 1e-5 };
         for r in 0..m {
             let (xq, xd) = acts.row(r);
@@ -395,4 +404,35 @@ fn mxfp4_is_the_dequantized_product_of_the_quantized_activations() {
             assert!((g - raw).abs() <= 1e-2 * scale, "[{r}, {c}]: {g} vs f32 activations {raw}");
         }
     }
+}
+
+#[test]
+fn q8_k_activation_quantization_matches_candle() {
+    // candle's `BlockQ8K::from_float` rounds half away from zero where ggml rounds half to even;
+    // random values never sit on a tie, so the two agree here bit for bit.
+    let (m, k) = (40, 512);
+    let mut x = values(m * k, 19, 2.0);
+    x[256..512].fill(0.0); // an all-zero super-block
+    let mut acts = QuantizedActs::default();
+    acts.quantize_as(&x, k, ActBlocks::Q8K); // 40 rows: the parallel path
+    let q = QTensor::quantize(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap(), GgmlDType::Q8K).unwrap();
+    let bytes = q.data().unwrap();
+    const BLOCK: usize = 4 + 256 + 32;
+    for (sb, blk) in bytes.chunks_exact(BLOCK).enumerate() {
+        let d = f32::from_le_bytes(blk[..4].try_into().unwrap());
+        let qs: Vec<i8> = blk[4..260].iter().map(|&b| b as i8).collect();
+        assert_eq!(&acts.qs[sb * 256..(sb + 1) * 256], &qs[..], "super-block {sb}");
+        for j in 0..8 {
+            let b = sb * 8 + j;
+            assert_eq!(acts.d[b].to_bits(), d.to_bits(), "super-block {sb}");
+            let sum: i32 = qs[j * QK..(j + 1) * QK].iter().map(|&q| q as i32).sum();
+            assert_eq!(acts.sx[b].to_bits(), (d * sum as f32).to_bits());
+        }
+    }
+    // Serial and parallel quantization agree.
+    let mut one = QuantizedActs::default();
+    one.quantize_as(&x[..2 * k], k, ActBlocks::Q8K);
+    assert_eq!(&one.qs[..], &acts.qs[..2 * k]);
+    assert_eq!(nearest_int(2.5), 2);
+    assert_eq!(nearest_int(-3.5), -4);
 }
