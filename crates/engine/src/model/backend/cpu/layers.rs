@@ -1,10 +1,10 @@
-//! The CPU backend's layers: `Linear` (quantized or dense weights; Q8_0, Q4_1, Q4_K, Q6_K and
-//! MXFP4 on wick's batch-invariant kernels), `RmsNorm` on host rows, and the gated activations.
+//! The CPU backend's layers: `Linear` (quantized or dense weights; Q8_0, Q4_1, Q5_0, Q5_1, Q4_K,
+//! Q6_K and MXFP4 on wick's batch-invariant kernels), `RmsNorm` on host rows, and the gated activations.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::qmatmul::{Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q6KMatrix, Q8Matrix, TileKernel};
+use super::qmatmul::{Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix, TileKernel};
 use crate::Result;
 
 /// A linear layer `y = x · Wᵀ` over `[T, in]` activations.
@@ -32,6 +32,8 @@ pub enum QuantWeight {
     Q41(Q41Matrix),
     /// MXFP4 (gpt-oss's experts) on wick's register-blocked kernel, kept as stored.
     Mxfp4(Mxfp4Matrix),
+    /// Q5_0 / Q5_1 on wick's register-blocked kernel, kept at 5 bits.
+    Q5(Q5Matrix),
     /// Q4_K on wick's register-blocked kernel, kept at its stored size.
     Q4K(Q4KMatrix),
     /// Q6_K on wick's register-blocked kernel, kept at its stored size.
@@ -52,6 +54,7 @@ impl Linear {
             Linear::Quant { q: QuantWeight::Q8(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q41(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Mxfp4(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q5(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q4K(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q6K(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Candle(q), .. } => q.forward(x)?,
@@ -88,6 +91,7 @@ impl QuantWeight {
             QuantWeight::Q8(w) => Some(w),
             QuantWeight::Q41(w) => Some(w),
             QuantWeight::Mxfp4(w) => Some(w),
+            QuantWeight::Q5(w) => Some(w),
             QuantWeight::Q4K(w) => Some(w),
             QuantWeight::Q6K(w) => Some(w),
             QuantWeight::Candle(_) => None,

@@ -5,7 +5,7 @@
 //! This module owns what every weight format shares: quantizing the activations
 //! (`QuantizedActs`), spreading (row chunk, column chunk) items over wick's compute pool
 //! (`crate::thread_pool`, which parks instead of spinning on a shared CPU), and the `TileKernel`
-//! trait each format implements (`q8_0`, `q4_1`, `q4_k`, `q6_k`, `mxfp4`).
+//! trait each format implements (`q8_0`, `q4_1`, `q5`, `q4_k`, `q6_k`, `mxfp4`).
 //!
 //! Batch invariance is by construction: every output `y[m, n]` is computed by the same
 //! sequence of floating-point operations whatever `M` is, whichever rows share the call and
@@ -27,12 +27,14 @@ use crate::{EngineError, Result};
 pub mod mxfp4;
 mod q4_1;
 mod q4_k;
+mod q5;
 mod q6_k;
 mod q8_0;
 
 pub use mxfp4::Mxfp4Matrix;
 pub use q4_1::Q41Matrix;
 pub use q4_k::Q4KMatrix;
+pub use q5::Q5Matrix;
 pub use q6_k::Q6KMatrix;
 pub use q8_0::Q8Matrix;
 

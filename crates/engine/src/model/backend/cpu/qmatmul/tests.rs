@@ -34,16 +34,19 @@ fn qtensor(n: usize, k: usize, seed: u64, dtype: GgmlDType) -> QTensor {
 enum Kernel {
     Q8(Q8Matrix),
     Q41(Q41Matrix),
+    Q5(Q5Matrix),
     Q4K(Q4KMatrix),
     Q6K(Q6KMatrix),
 }
 
-const FORMATS: [GgmlDType; 4] = [GgmlDType::Q8_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K];
+const FORMATS: [GgmlDType; 6] =
+    [GgmlDType::Q8_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q4K, GgmlDType::Q6K];
 
 fn kernel(q: &QTensor, level: KernelLevel) -> Kernel {
     match q.dtype() {
         GgmlDType::Q8_0 => Kernel::Q8(Q8Matrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q4_1 => Kernel::Q41(Q41Matrix::from_qtensor(q).unwrap().with_level(level)),
+        GgmlDType::Q5_0 | GgmlDType::Q5_1 => Kernel::Q5(Q5Matrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q4K => Kernel::Q4K(Q4KMatrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q6K => Kernel::Q6K(Q6KMatrix::from_qtensor(q).unwrap().with_level(level)),
         d => panic!("no kernel for {d:?}"),
@@ -77,6 +80,7 @@ fn run(w: &Kernel, x: &[f32]) -> Vec<f32> {
     match w {
         Kernel::Q8(w) => run_with(w, x),
         Kernel::Q41(w) => run_with(w, x),
+        Kernel::Q5(w) => run_with(w, x),
         Kernel::Q4K(w) => run_with(w, x),
         Kernel::Q6K(w) => run_with(w, x),
     }
@@ -221,7 +225,8 @@ fn every_level_gives_the_scalar_bits() {
 #[test]
 fn the_exact_product_of_the_quantized_operands_within_f32_rounding() {
     // Against f64 math on candle's dequantized weights and the quantized activations: only
-    // the f32 accumulation differs (Q4_1's offsets also take candle's f16-rounded block sums).
+    // the f32 accumulation differs (Q4_1's and Q5_1's offsets also take candle's f16-rounded
+    // block sums).
     let (m, n) = (3, 8);
     for (dtype, level) in cases() {
         let k = k_for(dtype, 1536);
@@ -237,7 +242,7 @@ fn the_exact_product_of_the_quantized_operands_within_f32_rounding() {
         };
         let mut acts = QuantizedActs::default();
         acts.quantize_as(&x, k, blocks);
-        let tol = if dtype == GgmlDType::Q4_1 { 2e-3 } else { 1e-5 };
+        let tol = if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1) { 2e-3 } else { 1e-5 };
         for r in 0..m {
             let (xq, xd) = acts.row(r);
             for c in 0..n {
