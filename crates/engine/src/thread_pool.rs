@@ -213,7 +213,7 @@ fn worker(shared: &Shared) {
         let mut polls = 0u32;
         while shared.generation.load(Ordering::Acquire) == seen && !shared.stop.load(Ordering::Acquire) {
             polls = polls.wrapping_add(1);
-            if polls % 64 != 0 || start.elapsed() < SPIN {
+            if !polls.is_multiple_of(64) || start.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
