@@ -25,6 +25,10 @@ scripts/build-release.sh x86-64-v3
 export WICK_BIN="$PWD/target/release/wick"
 echo "== cargo test (the fuzz targets of tests/integration/fuzz.rs run 40 s each)"
 WICK_FUZZ_SECS="${WICK_FUZZ_SECS:-40}" cargo test --workspace --locked
+echo "== the llama.cpp fixtures on the lower kernel levels (the run above used the best this CPU has)"
+for level in avx2 scalar; do
+    WICK_KERNELS=$level cargo test --locked -p wick-tests --test integration archs
+done
 echo "== python: openai SDK against a real server"
 python3 -m pytest tests/python -q
 echo "== contract: schemathesis against /openapi.json (about 3 minutes)"

@@ -13,6 +13,7 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod grammar;
+pub mod kernel_level;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
@@ -23,6 +24,7 @@ pub mod scheduler;
 pub mod sequence;
 pub mod stats;
 pub mod text;
+pub mod thread_pool;
 
 pub use batch::{ForwardBatch, SeqSlice};
 pub use config::EngineConfig;

@@ -7,8 +7,8 @@
 //! never copied.
 //!
 //! This module owns the work split and the tiling; the arithmetic is in `attention_avx2`
-//! (AVX2+FMA, chosen at run time) and `attention_scalar` (portable). Work is split over
-//! (sequence, kv head, query chunk) on candle's CPU thread pool, so it shares the threads the
+//! (AVX2+FMA, chosen by the process's `KernelLevel`) and `attention_scalar` (portable). Work is split over
+//! (sequence, kv head, query chunk) on wick's compute pool (`crate::thread_pool`), the threads the
 //! matmuls use. Inside an item, the queries of one kv head (its group's heads, for
 //! consecutive tokens) go through in tiles of up to four that share every K and V row load.
 //!
@@ -56,14 +56,12 @@ enum Kernels {
 }
 
 impl Kernels {
-    /// The fastest kernels this host runs (checked once).
+    /// The kernels of the process's `KernelLevel` (attention has no AVX-512 kernels yet:
+    /// that level runs the AVX2 ones).
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        {
-            static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-                return Kernels::Avx2;
-            }
+        if crate::kernel_level::KernelLevel::current() >= crate::kernel_level::KernelLevel::Avx2 {
+            return Kernels::Avx2;
         }
         Kernels::Scalar
     }
@@ -257,7 +255,7 @@ fn attention_with_sinks(
         }
     };
     if parallel {
-        candle_core::utils::barrier_pool().execute_chunked(items.len(), run);
+        crate::thread_pool::pool().for_each_chunk(items.len(), run);
     } else {
         run(0..items.len());
     }

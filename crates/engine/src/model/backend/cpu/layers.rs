@@ -1,10 +1,10 @@
-//! The CPU backend's layers: `Linear` (quantized or dense weights; Q8_0 and Q4_1 on wick's
-//! batch-invariant kernels), `RmsNorm` on host rows, and the gated activations.
+//! The CPU backend's layers: `Linear` (quantized or dense weights; Q8_0, Q4_1, Q5_0, Q5_1, Q4_K,
+//! Q6_K and MXFP4 on wick's batch-invariant kernels), `RmsNorm` on host rows, and the gated activations.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::qmatmul::{Mxfp4Matrix, Q41Matrix, Q8Matrix, TileKernel};
+use super::qmatmul::{Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix, TileKernel};
 use crate::Result;
 
 /// A linear layer `y = x · Wᵀ` over `[T, in]` activations.
@@ -22,7 +22,7 @@ pub enum Linear {
     Quant { q: QuantWeight, dense: Option<Tensor>, dense_min_tokens: usize },
 }
 
-/// A quantized weight and the kernel that runs it. Both compute each row on its own, so a
+/// A quantized weight and the kernel that runs it. Each computes every row on its own, so a
 /// sequence's results do not depend on what else is in the batch.
 #[derive(Debug, Clone)]
 pub enum QuantWeight {
@@ -32,9 +32,16 @@ pub enum QuantWeight {
     Q41(Q41Matrix),
     /// MXFP4 (gpt-oss's experts) on wick's register-blocked kernel, kept as stored.
     Mxfp4(Mxfp4Matrix),
-    /// Other types (K-quants) on candle's `QMatMul`. Its repacked kernels tile several rows
-    /// together and round a row differently by its place in the tile, so `forward_host` runs
-    /// them one row at a time: slower prefill, but each row's bits independent of the step.
+    /// Q5_0 / Q5_1 on wick's register-blocked kernel, kept at 5 bits.
+    Q5(Q5Matrix),
+    /// Q4_K on wick's register-blocked kernel, kept at its stored size.
+    Q4K(Q4KMatrix),
+    /// Q6_K on wick's register-blocked kernel, kept at its stored size.
+    Q6K(Q6KMatrix),
+    /// Other types (Q5_K, Q2_K, Q3_K; the K-quants in the oracle setting) on candle's
+    /// `QMatMul`. Its repacked kernels tile several rows together and round a row differently
+    /// by its place in the tile, so `forward_host` runs them one row at a time: slower
+    /// prefill, but each row's bits independent of the step.
     Candle(QMatMul),
 }
 
@@ -47,6 +54,9 @@ impl Linear {
             Linear::Quant { q: QuantWeight::Q8(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q41(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Mxfp4(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q5(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q4K(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q6K(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Candle(q), .. } => q.forward(x)?,
         })
     }
@@ -81,6 +91,9 @@ impl QuantWeight {
             QuantWeight::Q8(w) => Some(w),
             QuantWeight::Q41(w) => Some(w),
             QuantWeight::Mxfp4(w) => Some(w),
+            QuantWeight::Q5(w) => Some(w),
+            QuantWeight::Q4K(w) => Some(w),
+            QuantWeight::Q6K(w) => Some(w),
             QuantWeight::Candle(_) => None,
         }
     }

@@ -33,6 +33,12 @@ impl CpuBackend {
     /// f32-copy budget of `WeightOptions`).
     pub fn new(opts: &WeightOptions, dense_bytes: usize) -> Self {
         keep_candle_off_amx();
+        static LOGGED: std::sync::Once = std::sync::Once::new();
+        LOGGED.call_once(|| {
+            let level = crate::kernel_level::KernelLevel::current();
+            let threads = crate::thread_pool::pool().threads();
+            tracing::info!(kernels = %level, threads, "CPU kernels: {level} (WICK_KERNELS=avx512|avx2|scalar forces one), {threads} compute threads");
+        });
         Self { builder: LinearBuilder::new(opts, dense_bytes) }
     }
 }

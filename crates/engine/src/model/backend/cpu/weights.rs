@@ -1,6 +1,6 @@
 //! Turning stored tensors into runnable layers: fusing projections that share an input
-//! (q/k/v, gate/up), choosing the kernel per quantization type (Q8_0 and Q4_1 run on wick's
-//! batch-invariant kernels; types without a fast CPU kernel are re-quantized to Q8_0), and
+//! (q/k/v, gate/up), choosing the kernel per quantization type (Q8_0, Q4_1, Q5_0, Q5_1, Q4_K
+//! and Q6_K run on wick's batch-invariant kernels as stored; Q8_1 is re-quantized to Q8_0), and
 //! optionally keeping an f32 copy of quantized weights for large steps (`WeightOptions`; off
 //! by default since it breaks batch invariance).
 
@@ -8,15 +8,15 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, Q
 use candle_core::{DType, Device, Tensor};
 
 use super::layers::{Linear, QuantWeight};
-use super::qmatmul::{mxfp4, Mxfp4Matrix, Q41Matrix, Q8Matrix};
+use super::qmatmul::{mxfp4, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix};
 use crate::model::backend::RawWeight;
 use crate::{EngineError, Result};
 
 /// How weights are held in memory.
 #[derive(Debug, Clone)]
 pub struct WeightOptions {
-    /// Run Q4_1 on wick's kernel and re-quantize quantized weights whose type has no SIMD
-    /// matmul on this CPU (Q5_0, Q5_1, Q8_1) to Q8_0 at load time. When off, those types run on
+    /// Run Q4_1, Q5_0, Q5_1, Q4_K and Q6_K on wick's kernels and re-quantize quantized weights
+    /// whose type has no SIMD matmul on this CPU (Q8_1) to Q8_0 at load time. When off, those types run on
     /// candle's `QMatMul` as stored (an oracle setting). Q8_0 always runs on wick's kernel,
     /// which gives candle's bits.
     pub fast_kernels: bool,
@@ -80,7 +80,7 @@ impl RawWeight {
 
 /// Types whose quantized matmul is a scalar loop on x86 and that wick has no kernel for.
 fn is_slow(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1)
+    matches!(dtype, GgmlDType::Q8_1)
 }
 
 fn is_float(dtype: GgmlDType) -> bool {
@@ -201,6 +201,9 @@ impl LinearBuilder {
         let q = match qt.dtype() {
             GgmlDType::Q8_0 => QuantWeight::Q8(Q8Matrix::from_qtensor(&qt)?),
             GgmlDType::Q4_1 if self.fast_kernels => QuantWeight::Q41(Q41Matrix::from_qtensor(&qt)?),
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 if self.fast_kernels => QuantWeight::Q5(Q5Matrix::from_qtensor(&qt)?),
+            GgmlDType::Q4K if self.fast_kernels => QuantWeight::Q4K(Q4KMatrix::from_qtensor(&qt)?),
+            GgmlDType::Q6K if self.fast_kernels => QuantWeight::Q6K(Q6KMatrix::from_qtensor(&qt)?),
             _ => QuantWeight::Candle(QMatMul::from_qtensor(qt)?),
         };
         Ok(Linear::Quant { q, dense, dense_min_tokens: self.dense_min_tokens.unwrap_or(usize::MAX) })
@@ -255,7 +258,7 @@ mod tests {
     #[test]
     fn slow_types_are_requantized_and_large_steps_use_the_f32_copy() {
         let w = rand(32, 64, 3);
-        let q51 = QTensor::quantize(&w, GgmlDType::Q5_1).unwrap();
+        let q81 = QTensor::quantize(&w, GgmlDType::Q8_1).unwrap();
         let opts = WeightOptions {
             fast_kernels: true,
             dense_min_tokens: Some(4),
@@ -263,7 +266,7 @@ mod tests {
             dequantize: false,
             quantize_floats: None,
         };
-        let lin = LinearBuilder::new(&opts, 64 * 32 * 4).build(vec![RawWeight::Quant(q51)], None).unwrap();
+        let lin = LinearBuilder::new(&opts, 64 * 32 * 4).build(vec![RawWeight::Quant(q81)], None).unwrap();
         let Linear::Quant { q: QuantWeight::Q8(_), dense: Some(d), dense_min_tokens: 4 } = &lin else {
             panic!("expected a Q8_0 weight with an f32 copy, got {lin:?}");
         };
@@ -277,20 +280,27 @@ mod tests {
 
     #[test]
     fn default_layers_give_each_row_the_same_bits_alone_or_in_a_large_step() {
-        // Q4_1 runs on wick's kernel as stored, Q5_0 is re-quantized to Q8_0; no f32 copy takes
-        // over large steps by default.
-        let w = rand(48, 64, 13);
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0] {
+        // Q4_1, Q5_0, Q5_1, Q4_K and Q6_K run on wick's kernels as stored, Q8_1 is re-quantized; no
+        // f32 copy takes over large steps by default.
+        let types =
+            [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_1, GgmlDType::Q4K, GgmlDType::Q6K];
+        for dtype in types {
+            let k = 64usize.next_multiple_of(dtype.block_size());
+            let w = rand(48, k, 13);
             let q = QTensor::quantize(&w, dtype).unwrap();
-            let lin = LinearBuilder::new(&WeightOptions::default(), 64 * 48 * 4)
+            let lin = LinearBuilder::new(&WeightOptions::default(), k * 48 * 4)
                 .build(vec![RawWeight::Quant(q)], None)
                 .unwrap();
             let Linear::Quant { q, dense: None, .. } = &lin else { panic!("got {lin:?}") };
             match (dtype, q) {
-                (GgmlDType::Q4_1, QuantWeight::Q41(_)) | (GgmlDType::Q5_0, QuantWeight::Q8(_)) => {}
+                (GgmlDType::Q4_1, QuantWeight::Q41(_))
+                | (GgmlDType::Q5_0 | GgmlDType::Q5_1, QuantWeight::Q5(_))
+                | (GgmlDType::Q8_1, QuantWeight::Q8(_))
+                | (GgmlDType::Q4K, QuantWeight::Q4K(_))
+                | (GgmlDType::Q6K, QuantWeight::Q6K(_)) => {}
                 _ => panic!("{dtype:?} runs on {q:?}"),
             }
-            let x = rand(40, 64, 17);
+            let x = rand(40, k, 17);
             let together: Vec<Vec<f32>> = lin.forward(&x).unwrap().to_vec2().unwrap();
             for (r, row) in together.iter().enumerate() {
                 let alone: Vec<Vec<f32>> = lin.forward(&x.narrow(0, r, 1).unwrap()).unwrap().to_vec2().unwrap();

@@ -3,9 +3,9 @@
 //! block, exactly as ggml's and candle's `quantize_row_q8_0` / `q8_1`).
 //!
 //! This module owns what every weight format shares: quantizing the activations
-//! (`QuantizedActs`), spreading (row chunk, column chunk) items over candle's CPU thread pool
-//! (the one its own matmuls use, so the two never compete for cores), and the `TileKernel`
-//! trait each format implements (`q8_0`, `q4_1`).
+//! (`QuantizedActs`), spreading (row chunk, column chunk) items over wick's compute pool
+//! (`crate::thread_pool`, which parks instead of spinning on a shared CPU), and the `TileKernel`
+//! trait each format implements (`q8_0`, `q4_1`, `q5`, `q4_k`, `q6_k`, `mxfp4`).
 //!
 //! Batch invariance is by construction: every output `y[m, n]` is computed by the same
 //! sequence of floating-point operations whatever `M` is, whichever rows share the call and
@@ -21,14 +21,21 @@ use std::ops::Range;
 use candle_core::{DType, Device, Storage, Tensor};
 use half::f16;
 
+use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
 pub mod mxfp4;
 mod q4_1;
+mod q4_k;
+mod q5;
+mod q6_k;
 mod q8_0;
 
 pub use mxfp4::Mxfp4Matrix;
 pub use q4_1::Q41Matrix;
+pub use q4_k::Q4KMatrix;
+pub use q5::Q5Matrix;
+pub use q6_k::Q6KMatrix;
 pub use q8_0::Q8Matrix;
 
 /// Values per quantization block (Q8_0, Q8_1, Q4_1 alike).
@@ -43,12 +50,14 @@ const QUANT_ROWS: usize = 16;
 
 /// Activations `[m, k]` quantized to 8 bits per value: int8 values, the f16-rounded block scale
 /// widened to f32, and (for formats with a per-block offset) `s = d · Σ values` rounded as
-/// candle's `BlockQ8_1` does.
+/// candle's `BlockQ8_1` does (Q4_1) and `sx = d · Σ values` in f32 (the K-quants' mins; exact
+/// for 32-value blocks, an 11-bit scale times a sum of at most 12 bits; rounded once for Q8_K).
 #[derive(Default)]
 pub struct QuantizedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
+    pub sx: Vec<f32>,
     pub k: usize,
 }
 
@@ -73,43 +82,68 @@ impl QuantizedActs {
         into.qs.clear();
         into.d.clear();
         into.s.clear();
+        into.sx.clear();
         for &r in rows {
             into.qs.extend_from_slice(&self.qs[r * k..(r + 1) * k]);
             into.d.extend_from_slice(&self.d[r * kb..(r + 1) * kb]);
             into.s.extend_from_slice(&self.s[r * kb..(r + 1) * kb]);
+            into.sx.extend_from_slice(&self.sx[r * kb..(r + 1) * kb]);
         }
     }
 
-    /// Quantizes `x` (`m` rows of `k`), reusing the buffers; rows are split over the pool.
+    /// Quantizes `x` (`m` rows of `k`) into 32-value blocks, reusing the buffers; rows are
+    /// split over the pool.
     pub fn quantize(&mut self, x: &[f32], k: usize) {
+        self.quantize_as(x, k, ActBlocks::Q8_0)
+    }
+
+    /// Quantizes `x` (`m` rows of `k`) as `blocks` says, reusing the buffers.
+    pub fn quantize_as(&mut self, x: &[f32], k: usize, blocks: ActBlocks) {
         let m = x.len() / k;
         self.k = k;
         self.qs.resize(m * k, 0);
         self.d.resize(m * k / QK, 0.0);
         self.s.resize(m * k / QK, 0.0);
+        self.sx.resize(m * k / QK, 0.0);
+        let quantize_rows = match blocks {
+            ActBlocks::Q8_0 => quantize_rows,
+            ActBlocks::Q8K => quantize_rows_q8k,
+        };
         if m < 2 * QUANT_ROWS {
-            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s);
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.sx);
             return;
         }
         let kb = k / QK;
         let (qs, d, s) = (SendPtr(self.qs.as_mut_ptr()), SendPtr(self.d.as_mut_ptr()), SendPtr(self.s.as_mut_ptr()));
-        candle_core::utils::barrier_pool().execute_chunked(m.div_ceil(QUANT_ROWS), |items| {
-            let (qs, d, s) = (&qs, &d, &s);
+        let sx = SendPtr(self.sx.as_mut_ptr());
+        crate::thread_pool::pool().for_each_chunk(m.div_ceil(QUANT_ROWS), |items| {
+            let (qs, d, s, sx) = (&qs, &d, &s, &sx);
             for item in items {
                 let rows = item * QUANT_ROWS..m.min((item + 1) * QUANT_ROWS);
                 // SAFETY: each item owns rows `rows` of the three buffers, sized above for
                 // `m` rows; the buffers outlive the parallel region.
-                let (qs, d, s) = unsafe {
+                let (qs, d, s, sx) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qs.0.add(rows.start * k), rows.len() * k),
                         std::slice::from_raw_parts_mut(d.0.add(rows.start * kb), rows.len() * kb),
                         std::slice::from_raw_parts_mut(s.0.add(rows.start * kb), rows.len() * kb),
+                        std::slice::from_raw_parts_mut(sx.0.add(rows.start * kb), rows.len() * kb),
                     )
                 };
-                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s);
+                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, sx);
             }
         });
     }
+}
+
+/// How activations are quantized for a weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActBlocks {
+    /// ggml's Q8_0 / Q8_1: an f16 scale per 32 values (Q8_0, Q4_1, MXFP4 weights).
+    Q8_0,
+    /// ggml's Q8_K: one f32 scale per 256 values (the K-quants, as llama.cpp pairs them),
+    /// stored as eight equal 32-value block scales so the kernels read it like Q8_0.
+    Q8K,
 }
 
 /// A raw pointer handed to pool workers that write disjoint ranges through it.
@@ -121,16 +155,17 @@ unsafe impl<T> Send for SendPtr<T> {}
 /// Quantizes each 32-value block of `x` as ggml's `quantize_row_q8_0` does (candle's
 /// `BlockQ8_0::from_float`): scale `amax / 127` rounded to f16, values `round(x / scale)`
 /// computed with the unrounded scale. `d` receives the f16 scales widened to f32; `s` receives
-/// `f16(Σ values) · d` in f16 arithmetic, as candle's `BlockQ8_1::from_float` stores it.
-pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+/// `f16(Σ values) · d` in f16 arithmetic, as candle's `BlockQ8_1::from_float` stores it, and
+/// `sx` receives `d · Σ values` in f32 (exact).
+pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 was detected.
-        unsafe { simd::quantize_rows(x, qs, d, s) };
+        unsafe { simd::quantize_rows(x, qs, d, s, sx) };
         return;
     }
-    let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()));
-    for ((xb, qb), (db, sb)) in blocks {
+    let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
+    for ((xb, qb), ((db, sb), sxb)) in blocks {
         let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let scale = amax / 127.0;
         let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
@@ -142,6 +177,52 @@ pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
             sum += *q as i32;
         }
         *sb = (f16::from_f32(sum as f32) * d16).to_f32();
+        *sxb = *db * sum as f32;
+    }
+}
+
+/// ggml's `nearest_int`: round half to even through the float's mantissa.
+#[inline(always)]
+fn nearest_int(f: f32) -> i32 {
+    let v = f + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// Quantizes each 256-value super-block of `x` as ggml's `quantize_row_q8_K` does: the value
+/// of largest magnitude `max` gives `iscale = -127 / max`, values `min(127, nearest(iscale·x))`
+/// and scale `1 / iscale`. Each of the super-block's eight 32-value blocks gets that scale in
+/// `d`, and `s` and `sx` both receive `d · Σ values` of the block in f32.
+pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
+    const QK_K: usize = 256;
+    let sub = QK_K / QK;
+    let blocks = x.chunks_exact(QK_K).zip(qs.chunks_exact_mut(QK_K));
+    for (i, (xb, qb)) in blocks.enumerate() {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let range = i * sub..(i + 1) * sub;
+        if amax == 0.0 {
+            qb.fill(0);
+            d[range.clone()].fill(0.0);
+            s[range.clone()].fill(0.0);
+            sx[range].fill(0.0);
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = nearest_int(iscale * v).min(127) as i8;
+        }
+        let scale = 1.0 / iscale;
+        for (j, b) in range.enumerate() {
+            let sum: i32 = qb[j * QK..(j + 1) * QK].iter().map(|&q| q as i32).sum();
+            d[b] = scale;
+            sx[b] = scale * sum as f32;
+            s[b] = sx[b];
+        }
     }
 }
 
@@ -177,6 +258,11 @@ pub trait TileKernel: Sync {
     /// thread writes those output elements concurrently.
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr);
 
+    /// How this format wants its activations quantized.
+    fn act_blocks(&self) -> ActBlocks {
+        ActBlocks::Q8_0
+    }
+
     /// `out[m, n] = x[m, k] · Wᵀ` on row-major slices.
     fn matmul(&self, x: &[f32], out: &mut [f32]) {
         matmul(self, x, out)
@@ -199,7 +285,7 @@ pub fn matmul<W: TileKernel + ?Sized>(w: &W, x: &[f32], out: &mut [f32]) {
     }
     ACTS.with(|cell| {
         let mut acts = cell.borrow_mut();
-        acts.quantize(x, k);
+        acts.quantize_as(x, k, w.act_blocks());
         matmul_quantized(w, &acts, out);
     })
 }
@@ -216,7 +302,7 @@ pub fn matmul_quantized<W: TileKernel + ?Sized>(w: &W, acts: &QuantizedActs, out
     let out = OutPtr::new(out, n);
     // Items are (row chunk, column chunk), row-chunk major; each output element belongs to
     // exactly one item, so workers never write the same element.
-    candle_core::utils::barrier_pool().execute_chunked(row_chunks * col_chunks, |items| {
+    crate::thread_pool::pool().for_each_chunk(row_chunks * col_chunks, |items| {
         for item in items {
             let (rc, cc) = (item / col_chunks, item % col_chunks);
             let rows = rc * ROW_CHUNK..m.min((rc + 1) * ROW_CHUNK);
@@ -252,19 +338,9 @@ pub fn forward<W: TileKernel + ?Sized>(w: &W, x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, dims, &Device::Cpu)?)
 }
 
+/// Whether this process's kernel level has AVX2 (the activation quantization's SIMD path).
 fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    KernelLevel::current() >= KernelLevel::Avx2
 }
 
 /// candle's / ggml's `hsum_float_8`, emulated on 8 lanes (the scalar paths use it).
@@ -273,15 +349,16 @@ fn hsum_lanes(acc: &[f32; 8]) -> f32 {
     (h[0] + h[2]) + (h[1] + h[3])
 }
 
-/// The walk over a work item that both formats' AVX2 kernels share: `block` covers
-/// `rows × cols` with register tiles — 4×2 while 4 rows remain, then 3×2, 2×4 or 1×4 (decode)
-/// — and single columns for what is left of `cols`, calling the format's `tile::<R, C>`.
+/// The walk over a work item that every format's SIMD kernels share: `block` covers
+/// `rows × cols` with register tiles of `R` rows (4 while 4 rows remain, then 3, 2, 1) by the
+/// given column counts, and single columns for what is left of `cols`, calling the format's
+/// `tile::<R, C>`. The tile an element lands in never changes its arithmetic.
 #[cfg(target_arch = "x86_64")]
 macro_rules! tile_walk {
-    ($matrix:ty) => {
+    ($matrix:ty, $feat:literal, [$c4:literal, $c3:literal, $c2:literal, $c1:literal]) => {
         /// # Safety
-        /// AVX2 and FMA are available; see `TileKernel::block`.
-        #[target_feature(enable = "avx2,fma")]
+        /// The features are available; see `TileKernel::block`.
+        #[target_feature(enable = $feat)]
         pub(super) unsafe fn block(
             a: &QuantizedActs,
             w: &$matrix,
@@ -294,17 +371,17 @@ macro_rules! tile_walk {
                 let step = (rows.end - r).min(4);
                 unsafe {
                     match step {
-                        4 => cols_with::<4, 2>(a, w, r, cols.clone(), out),
-                        3 => cols_with::<3, 2>(a, w, r, cols.clone(), out),
-                        2 => cols_with::<2, 4>(a, w, r, cols.clone(), out),
-                        _ => cols_with::<1, 4>(a, w, r, cols.clone(), out),
+                        4 => cols_with::<4, $c4>(a, w, r, cols.clone(), out),
+                        3 => cols_with::<3, $c3>(a, w, r, cols.clone(), out),
+                        2 => cols_with::<2, $c2>(a, w, r, cols.clone(), out),
+                        _ => cols_with::<1, $c1>(a, w, r, cols.clone(), out),
                     }
                 }
                 r += step;
             }
         }
 
-        #[target_feature(enable = "avx2,fma")]
+        #[target_feature(enable = $feat)]
         unsafe fn cols_with<const R: usize, const C: usize>(
             a: &QuantizedActs,
             w: &$matrix,
@@ -338,12 +415,12 @@ mod simd {
     /// `super::quantize_rows` with AVX2, giving the same bits: the same scale, the same
     /// `x · inv` products, and `f32::round` (half away from zero) rebuilt from truncation.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    pub(super) fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
         let sign = _mm256_set1_ps(-0.0);
         let half = _mm256_set1_ps(0.5);
         let one = _mm256_set1_ps(1.0);
-        let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()));
-        for ((xb, qb), (db, sb)) in blocks {
+        let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
+        for ((xb, qb), ((db, sb), sxb)) in blocks {
             // SAFETY: `xb` holds 32 floats.
             let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
             let abs = v.map(|v| _mm256_andnot_ps(sign, v));
@@ -373,6 +450,7 @@ mod simd {
             // SAFETY: `qb` holds 32 bytes.
             unsafe { _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, p) };
             *sb = (f16::from_f32(sum as f32) * d16).to_f32();
+            *sxb = *db * sum as f32;
         }
     }
 

@@ -9,12 +9,13 @@
 //! over values `4j..4j+4`, then one fixed horizontal sum — the scheme of the Q8_0 kernel, so
 //! rows are bit-identical whatever shares the call. Three implementations give the same bits:
 //! scalar, AVX2 (one block per 256-bit step) and AVX-512 (two blocks per 512-bit integer
-//! step, their lanes added to the accumulator one block after the other, in order), chosen at
-//! run time.
+//! step, their lanes added to the accumulator one block after the other, in order), chosen by
+//! the process's `KernelLevel`.
 
 use std::ops::Range;
 
 use super::{hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
 /// Bytes of one block: the exponent, then 16 bytes of nibbles.
@@ -31,63 +32,13 @@ pub fn e8m0_half(e: u8) -> f32 {
     f32::from_bits(bits)
 }
 
-/// Which implementation runs the tiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    Scalar,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-impl Isa {
-    /// The fastest this host runs (AVX-512 F+BW, else AVX2+FMA, else scalar), checked once.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::sync::OnceLock;
-            static ISA: OnceLock<Isa> = OnceLock::new();
-            *ISA.get_or_init(|| {
-                let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-                if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-                    Isa::Avx512
-                } else if avx2 {
-                    Isa::Avx2
-                } else {
-                    Isa::Scalar
-                }
-            })
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            Isa::Scalar
-        }
-    }
-
-    /// Every implementation this host can run (for tests).
-    pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx2);
-                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-                    v.push(Isa::Avx512);
-                }
-            }
-        }
-        v
-    }
-}
-
 /// MXFP4 weights `[n, k]`: per output column, its `k / 32` blocks in the stored layout.
 #[derive(Clone)]
 pub struct Mxfp4Matrix {
     n: usize,
     k: usize,
     blocks: Vec<u8>,
-    isa: Isa,
+    level: KernelLevel,
 }
 
 impl std::fmt::Debug for Mxfp4Matrix {
@@ -102,12 +53,13 @@ impl Mxfp4Matrix {
         if !k.is_multiple_of(QK) || blocks.len() != n * k / QK * BLOCK_BYTES {
             return Err(EngineError::Load(format!("bad MXFP4 data: {} bytes for [{n}, {k}]", blocks.len())));
         }
-        Ok(Self { n, k, blocks, isa: Isa::detect() })
+        Ok(Self { n, k, blocks, level: KernelLevel::current() })
     }
 
-    /// The same weights run by `isa` (tests compare the implementations).
-    pub fn with_isa(mut self, isa: Isa) -> Self {
-        self.isa = isa;
+    /// The same weights run by the kernels of `level` (tests compare the levels).
+    pub fn with_level(mut self, level: KernelLevel) -> Self {
+        assert!(level.supported(), "this CPU cannot run the {level} kernels");
+        self.level = level;
         self
     }
 
@@ -144,15 +96,16 @@ impl TileKernel for Mxfp4Matrix {
     }
 
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
-        match self.isa {
+        match self.level {
             // SAFETY: the caller's contract covers the ranges.
-            Isa::Scalar => unsafe { scalar_block(acts, self, rows, cols, out) },
-            // SAFETY: `Avx2` is only chosen (detect, available) where AVX2 and FMA exist.
+            KernelLevel::Scalar => unsafe { scalar_block(acts, self, rows, cols, out) },
+            // SAFETY: a level is only set where the CPU supports it (`with_level`, `current`).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::block(acts, self, rows, cols, out) },
-            // SAFETY: `Avx512` is only chosen where AVX-512 F/BW, AVX2 and FMA exist.
+            KernelLevel::Avx2 => unsafe { avx2::block(acts, self, rows, cols, out) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { avx512::block(acts, self, rows, cols, out) },
+            KernelLevel::Avx512 => unsafe { avx512::block(acts, self, rows, cols, out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unsafe { scalar_block(acts, self, rows, cols, out) },
         }
     }
 }
@@ -184,57 +137,6 @@ unsafe fn scalar_block(a: &QuantizedActs, w: &Mxfp4Matrix, rows: Range<usize>, c
     }
 }
 
-/// The tile walk of both SIMD kernels (see `super::tile_walk`): 4×2 tiles while 4 rows
-/// remain, then 3×2, 2×4 or 1×4 (decode), single columns for the rest.
-#[cfg(target_arch = "x86_64")]
-macro_rules! mx_walk {
-    ($feat:literal) => {
-        /// # Safety
-        /// The features are available; see `TileKernel::block`.
-        #[target_feature(enable = $feat)]
-        pub(super) unsafe fn block(
-            a: &QuantizedActs,
-            w: &Mxfp4Matrix,
-            rows: Range<usize>,
-            cols: Range<usize>,
-            out: OutPtr,
-        ) {
-            let mut r = rows.start;
-            while r < rows.end {
-                let step = (rows.end - r).min(4);
-                unsafe {
-                    match step {
-                        4 => cols_with::<4, 2>(a, w, r, cols.clone(), out),
-                        3 => cols_with::<3, 2>(a, w, r, cols.clone(), out),
-                        2 => cols_with::<2, 4>(a, w, r, cols.clone(), out),
-                        _ => cols_with::<1, 4>(a, w, r, cols.clone(), out),
-                    }
-                }
-                r += step;
-            }
-        }
-
-        #[target_feature(enable = $feat)]
-        unsafe fn cols_with<const R: usize, const C: usize>(
-            a: &QuantizedActs,
-            w: &Mxfp4Matrix,
-            r: usize,
-            cols: Range<usize>,
-            out: OutPtr,
-        ) {
-            let mut c = cols.start;
-            while c + C <= cols.end {
-                unsafe { tile::<R, C>(a, w, r, c, out) };
-                c += C;
-            }
-            while c < cols.end {
-                unsafe { tile::<R, 1>(a, w, r, c, out) };
-                c += 1;
-            }
-        }
-    };
-}
-
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
 mod avx2 {
@@ -244,7 +146,7 @@ mod avx2 {
     use super::super::simd::hsum;
     use super::{e8m0_half, Mxfp4Matrix, OutPtr, QuantizedActs, BLOCK_BYTES, KVALUES, QK};
 
-    mx_walk!("avx2,fma");
+    super::super::tile_walk!(Mxfp4Matrix, "avx2,fma", [2, 2, 4, 4]);
 
     /// The 32 int8 weights of the block at `p` (its nibbles), in value order.
     #[inline]
@@ -320,7 +222,7 @@ mod avx512 {
     use super::super::simd::hsum;
     use super::{e8m0_half, Mxfp4Matrix, OutPtr, QuantizedActs, BLOCK_BYTES, KVALUES, QK};
 
-    mx_walk!("avx512f,avx512bw,avx2,fma");
+    super::super::tile_walk!(Mxfp4Matrix, "avx512f,avx512bw,avx2,fma", [2, 2, 4, 4]);
 
     /// `R` rows from `r` times `C` columns from `c`. Blocks go in pairs: their integer dot
     /// products are formed in one 512-bit step, then the two 8-lane halves are added to the

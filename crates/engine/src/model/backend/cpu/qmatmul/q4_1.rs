@@ -7,14 +7,17 @@
 //! `fma(d_w·d_x, i32→f32(lane), acc)` where lane `j` is the exact integer `Σ q·x` over values
 //! `4j..4j+4`; the second is a scalar fma chain over the blocks in order; the result is
 //! `hsum(acc) + msum`. The same operations run whatever tile the element falls in, so rows
-//! are bit-identical whatever else shares the call.
+//! are bit-identical whatever else shares the call. Scalar, AVX2 and AVX-512 VNNI (two blocks
+//! per `vpdpbusd`, their halves added in block order) give the same bits; the process's
+//! `KernelLevel` picks one.
 
 use std::ops::Range;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::{has_avx2_fma, hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use super::{hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
 /// Bytes of one stored ggml Q4_1 block: f16 `d`, f16 `m`, then 16 bytes of nibbles (byte `i`
@@ -31,6 +34,7 @@ pub struct Q41Matrix {
     nibbles: Vec<u8>,
     d: Vec<f32>,
     m: Vec<f32>,
+    level: KernelLevel,
 }
 
 impl std::fmt::Debug for Q41Matrix {
@@ -58,7 +62,14 @@ impl Q41Matrix {
             m.push(f16::from_le_bytes([block[2], block[3]]).to_f32());
             nibbles.extend_from_slice(&block[4..]);
         }
-        Ok(Self { n, k, nibbles, d, m })
+        Ok(Self { n, k, nibbles, d, m, level: KernelLevel::current() })
+    }
+
+    /// The same weights run by the kernels of `level` (tests compare the levels).
+    pub fn with_level(mut self, level: KernelLevel) -> Self {
+        assert!(level.supported(), "this CPU cannot run the {level} kernels");
+        self.level = level;
+        self
     }
 
     /// Column `c`'s nibbles, scales and offsets.
@@ -75,15 +86,16 @@ impl TileKernel for Q41Matrix {
     }
 
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
-        if has_avx2_fma() {
+        match self.level {
+            // SAFETY: the caller's contract covers the ranges.
+            KernelLevel::Scalar => unsafe { scalar_block(acts, self, rows, cols, out) },
+            // SAFETY: a level is only set where the CPU supports it (`with_level`, `current`).
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2 and FMA were detected; the caller's contract covers the ranges.
-            unsafe {
-                avx2::block(acts, self, rows, cols, out)
-            };
-        } else {
-            // SAFETY: the caller's contract.
-            unsafe { scalar_block(acts, self, rows, cols, out) };
+            KernelLevel::Avx2 => unsafe { avx2::block(acts, self, rows, cols, out) },
+            #[cfg(target_arch = "x86_64")]
+            KernelLevel::Avx512 => unsafe { avx512::block(acts, self, rows, cols, out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unsafe { scalar_block(acts, self, rows, cols, out) },
         }
     }
 }
@@ -123,6 +135,35 @@ pub(super) unsafe fn scalar_block(
     }
 }
 
+/// `Σ_b m_w·s_x` for a tile: one fma chain per element in block order, the chains
+/// interleaved (the SIMD kernels share it; `dot_scalar` runs the same chain).
+///
+/// # Safety
+/// Rows `r..r + R` lie inside `a` and columns `c..c + C` inside `w`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn offsets<const R: usize, const C: usize>(
+    a: &QuantizedActs,
+    w: &Q41Matrix,
+    r: usize,
+    c: usize,
+) -> [[f32; C]; R] {
+    let kb = a.k / QK;
+    let sp = a.s[r * kb..(r + R) * kb].as_ptr();
+    let wm = w.m[c * kb..(c + C) * kb].as_ptr();
+    let mut msum = [[0f32; C]; R];
+    for b in 0..kb {
+        for i in 0..R {
+            // SAFETY: block `b` of row `r + i` / column `c + j` lies inside the slices above.
+            let sx = unsafe { *sp.add(i * kb + b) };
+            for j in 0..C {
+                msum[i][j] = unsafe { *wm.add(j * kb + b) }.mul_add(sx, msum[i][j]);
+            }
+        }
+    }
+    msum
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
 mod avx2 {
@@ -132,7 +173,7 @@ mod avx2 {
     use super::super::simd::hsum;
     use super::{OutPtr, Q41Matrix, QuantizedActs, QK};
 
-    super::super::tile_walk!(Q41Matrix);
+    super::super::tile_walk!(Q41Matrix, "avx2,fma", [2, 2, 4, 4]);
 
     /// `R` rows from `r` times `C` columns from `c`, one 8-lane accumulator per pair.
     #[target_feature(enable = "avx2,fma")]
@@ -141,10 +182,8 @@ mod avx2 {
         let col_bytes = kb * QK / 2;
         let aq = a.qs[r * k..(r + R) * k].as_ptr();
         let ad = a.d[r * kb..(r + R) * kb].as_ptr();
-        let sp = a.s[r * kb..(r + R) * kb].as_ptr();
         let wq = w.nibbles[c * col_bytes..(c + C) * col_bytes].as_ptr();
         let wd = w.d[c * kb..(c + C) * kb].as_ptr();
-        let wm = w.m[c * kb..(c + C) * kb].as_ptr();
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0F);
         // Lanes 0..4 keep the low nibbles (values 0..16), lanes 4..8 take the high ones.
@@ -176,17 +215,91 @@ mod avx2 {
                 }
             }
         }
-        // `Σ_b m_w·s_x`: one fma chain per element in block order, the chains interleaved.
-        let mut msum = [[0f32; C]; R];
-        for b in 0..kb {
-            for i in 0..R {
-                // SAFETY: block `b` of row `r + i` / column `c + j` lies inside the slices above.
-                let sx = unsafe { *sp.add(i * kb + b) };
-                for j in 0..C {
-                    msum[i][j] = unsafe { *wm.add(j * kb + b) }.mul_add(sx, msum[i][j]);
+        let msum = unsafe { super::offsets::<R, C>(a, w, r, c) };
+        for i in 0..R {
+            for j in 0..C {
+                // SAFETY: the caller owns these output elements.
+                unsafe { out.write(r + i, c + j, hsum(acc[i][j]) + msum[i][j]) };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::super::simd::hsum;
+    use super::{OutPtr, Q41Matrix, QuantizedActs, QK};
+
+    super::super::tile_walk!(Q41Matrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [4, 4, 4, 4]);
+
+    /// `R` rows from `r` times `C` columns from `c`. Blocks go in pairs: their 32 nibble bytes
+    /// become `[lo(b), hi(b), lo(b+1), hi(b+1)]` (values in order), one `vpdpbusd` forms both
+    /// blocks' 8 lane sums, and the halves are added to the 8-lane accumulator in block order;
+    /// an odd last block takes a 256-bit step.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q41Matrix, r: usize, c: usize, out: OutPtr) {
+        let (k, kb) = (a.k, a.k / QK);
+        let col_bytes = kb * QK / 2;
+        let aq = a.qs[r * k..(r + R) * k].as_ptr();
+        let ad = a.d[r * kb..(r + R) * kb].as_ptr();
+        let wq = w.nibbles[c * col_bytes..(c + C) * col_bytes].as_ptr();
+        let wd = w.d[c * kb..(c + C) * kb].as_ptr();
+        let zero = _mm512_setzero_si512();
+        let low = _mm512_set1_epi8(0x0F);
+        let spread = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut b = 0;
+        while b + 2 <= kb {
+            for j in 0..C {
+                let p = wq.wrapping_add(j * col_bytes + b * QK / 2);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * col_bytes) as *const i8);
+                // SAFETY: blocks `b`, `b + 1` of column `c + j` lie inside `w` (sliced above).
+                let (raw, dw0, dw1) =
+                    unsafe { (_mm256_loadu_si256(p as *const __m256i), *wd.add(j * kb + b), *wd.add(j * kb + b + 1)) };
+                let both = _mm512_permutexvar_epi64(spread, _mm512_castsi256_si512(raw));
+                let wv = _mm512_and_si512(_mm512_mask_blend_epi64(0xCC, both, _mm512_srli_epi16(both, 4)), low);
+                for i in 0..R {
+                    // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
+                    let (av, da0, da1) = unsafe {
+                        (
+                            _mm512_loadu_si512(aq.add(i * k + b * QK) as *const _),
+                            *ad.add(i * kb + b),
+                            *ad.add(i * kb + b + 1),
+                        )
+                    };
+                    let lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv, av));
+                    let lo = _mm512_castps512_ps256(lanes);
+                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lanes), 1));
+                    let x = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * da0), lo, acc[i][j]);
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * da1), hi, x);
+                }
+            }
+            b += 2;
+        }
+        if b < kb {
+            let zero = _mm256_setzero_si256();
+            let low = _mm256_set1_epi8(0x0F);
+            let shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+            for j in 0..C {
+                let p = wq.wrapping_add(j * col_bytes + b * QK / 2);
+                // SAFETY: block `b` of column `c + j` lies inside `w`.
+                let (both, dw) =
+                    unsafe { (_mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i)), *wd.add(j * kb + b)) };
+                let wv = _mm256_and_si256(_mm256_srlv_epi32(both, shift), low);
+                for i in 0..R {
+                    // SAFETY: block `b` of row `r + i` lies inside `a`.
+                    let (av, da) =
+                        unsafe { (_mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i), *ad.add(i * kb + b)) };
+                    let lanes = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(zero, wv, av));
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), lanes, acc[i][j]);
                 }
             }
         }
+        let msum = unsafe { super::offsets::<R, C>(a, w, r, c) };
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the caller owns these output elements.

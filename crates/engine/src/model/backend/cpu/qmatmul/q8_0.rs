@@ -1,14 +1,17 @@
 //! Q8_0 weights (one f16 scale and 32 int8 values per block) on wick's register-tiled kernel.
 //! Per (row, column, block) this is candle's AVX2 `vec_dot_q8_0_q8_0` step for step, so
-//! results are bit-identical to candle's Q8_0 `QMatMul` on AVX2 machines; the scalar fallback
-//! emulates the same lanes and gives the same bits too.
+//! results are bit-identical to candle's Q8_0 `QMatMul` on AVX2 machines. Three
+//! implementations give the same bits: scalar (the lanes emulated), AVX2, and AVX-512 VNNI
+//! (two blocks per `vpdpbusd`, their 8-lane halves added to the accumulator one block after
+//! the other, in order), chosen by the process's `KernelLevel`.
 
 use std::ops::Range;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::{has_avx2_fma, hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use super::{hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
 /// Bytes of one stored ggml Q8_0 block: an f16 scale then 32 int8 values.
@@ -22,6 +25,7 @@ pub struct Q8Matrix {
     k: usize,
     pub(super) qs: Vec<i8>,
     pub(super) d: Vec<f32>,
+    level: KernelLevel,
 }
 
 impl std::fmt::Debug for Q8Matrix {
@@ -51,7 +55,14 @@ impl Q8Matrix {
             d.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
             qs.extend(block[2..].iter().map(|&b| b as i8));
         }
-        Ok(Self { n, k, qs, d })
+        Ok(Self { n, k, qs, d, level: KernelLevel::current() })
+    }
+
+    /// The same weights run by the kernels of `level` (tests compare the levels).
+    pub fn with_level(mut self, level: KernelLevel) -> Self {
+        assert!(level.supported(), "this CPU cannot run the {level} kernels");
+        self.level = level;
+        self
     }
 
     fn col(&self, c: usize) -> (&[i8], &[f32]) {
@@ -66,15 +77,16 @@ impl TileKernel for Q8Matrix {
     }
 
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
-        if has_avx2_fma() {
+        match self.level {
+            // SAFETY: the caller's contract covers the ranges.
+            KernelLevel::Scalar => unsafe { scalar_block(acts, self, rows, cols, out) },
+            // SAFETY: a level is only set where the CPU supports it (`with_level`, `current`).
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2 and FMA were detected; the caller's contract covers the ranges.
-            unsafe {
-                avx2::block(acts, self, rows, cols, out)
-            };
-        } else {
-            // SAFETY: the caller's contract.
-            unsafe { scalar_block(acts, self, rows, cols, out) };
+            KernelLevel::Avx2 => unsafe { avx2::block(acts, self, rows, cols, out) },
+            #[cfg(target_arch = "x86_64")]
+            KernelLevel::Avx512 => unsafe { avx512::block(acts, self, rows, cols, out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unsafe { scalar_block(acts, self, rows, cols, out) },
         }
     }
 }
@@ -120,7 +132,7 @@ mod avx2 {
     use super::super::simd::hsum;
     use super::{OutPtr, Q8Matrix, QuantizedActs, QK};
 
-    super::super::tile_walk!(Q8Matrix);
+    super::super::tile_walk!(Q8Matrix, "avx2,fma", [2, 2, 4, 4]);
 
     /// `R` rows from `r` times `C` columns from `c`, one 8-lane accumulator per pair.
     #[target_feature(enable = "avx2,fma")]
@@ -158,6 +170,85 @@ mod avx2 {
             for (j, &v) in row.iter().enumerate() {
                 // SAFETY: the caller owns these output elements.
                 unsafe { out.write(r + i, c + j, hsum(v)) };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::super::simd::hsum;
+    use super::{OutPtr, Q8Matrix, QuantizedActs, QK};
+
+    super::super::tile_walk!(Q8Matrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [4, 4, 4, 4]);
+
+    /// `R` rows from `r` times `C` columns from `c`. Blocks go in pairs: one `vpdpbusd` forms
+    /// both blocks' 8 lane sums (|w| times x with w's sign, as AVX2's `sign`/`maddubs`/`madd`
+    /// do), then the two halves are added to the 8-lane accumulator in block order; an odd
+    /// last block takes a 256-bit step.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q8Matrix, r: usize, c: usize, out: OutPtr) {
+        let (k, kb) = (a.k, a.k / QK);
+        let aq = a.qs[r * k..(r + R) * k].as_ptr();
+        let ad = a.d[r * kb..(r + R) * kb].as_ptr();
+        let wq = w.qs[c * k..(c + C) * k].as_ptr();
+        let wd = w.d[c * kb..(c + C) * kb].as_ptr();
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut b = 0;
+        while b + 2 <= kb {
+            for j in 0..C {
+                let p = wq.wrapping_add(j * k + b * QK);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * k));
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * k + 63));
+                // SAFETY: blocks `b`, `b + 1` of column `c + j` lie inside `w` (sliced above).
+                let (wv, dw0, dw1) =
+                    unsafe { (_mm512_loadu_si512(p as *const _), *wd.add(j * kb + b), *wd.add(j * kb + b + 1)) };
+                let wabs = _mm512_abs_epi8(wv);
+                let neg = _mm512_movepi8_mask(wv);
+                for i in 0..R {
+                    // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
+                    let (av, da0, da1) = unsafe {
+                        (
+                            _mm512_loadu_si512(aq.add(i * k + b * QK) as *const _),
+                            *ad.add(i * kb + b),
+                            *ad.add(i * kb + b + 1),
+                        )
+                    };
+                    let signed = _mm512_mask_sub_epi8(av, neg, zero, av);
+                    let lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wabs, signed));
+                    let lo = _mm512_castps512_ps256(lanes);
+                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lanes), 1));
+                    let x = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * da0), lo, acc[i][j]);
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * da1), hi, x);
+                }
+            }
+            b += 2;
+        }
+        if b < kb {
+            let zero = _mm256_setzero_si256();
+            for j in 0..C {
+                // SAFETY: block `b` of column `c + j` lies inside `w`.
+                let (wv, dw) =
+                    unsafe { (_mm256_loadu_si256(wq.add(j * k + b * QK) as *const __m256i), *wd.add(j * kb + b)) };
+                let wabs = _mm256_sign_epi8(wv, wv);
+                for i in 0..R {
+                    // SAFETY: block `b` of row `r + i` lies inside `a`.
+                    let (av, da) =
+                        unsafe { (_mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i), *ad.add(i * kb + b)) };
+                    let lanes = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(zero, wabs, _mm256_sign_epi8(av, wv)));
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), lanes, acc[i][j]);
+                }
+            }
+        }
+        for i in 0..R {
+            for j in 0..C {
+                // SAFETY: the caller owns these output elements.
+                unsafe { out.write(r + i, c + j, hsum(acc[i][j])) };
             }
         }
     }
