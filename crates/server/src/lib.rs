@@ -5,6 +5,7 @@
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod chat_client;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod openai;
 pub mod output;
 pub mod pypi;
 pub mod reasoning;
+pub mod responses;
 pub mod routes;
 pub mod shutdown;
 pub mod sse;

@@ -1,4 +1,4 @@
-//! The `wick` binary: `wick serve` (the OpenAI API) and `wick perplexity`.
+//! The `wick` binary: `wick serve` (the OpenAI API and the chat page), `wick chat`, `wick perplexity` and `wick bench`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => rt.block_on(serve(*args)),
         Command::Perplexity(args) => perplexity(args),
         Command::Bench(args) => rt.block_on(async { tokio::task::spawn_blocking(move || bench(args)).await? }),
+        Command::Chat(args) => rt.block_on(wick_server::chat_client::run(args)),
     }
 }
 
@@ -67,7 +68,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
     init_logging(settings.server.log_format, &settings.server.log_level);
     let keys = settings.all_api_keys()?;
     let s = &settings.server;
-    let state = Arc::new(AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes));
+    let store = wick_server::responses::store::open(&settings.responses.store, &s.data_dir())
+        .context("opening the response store (--responses-store)")?;
+    match &store {
+        Some(st) => {
+            tracing::info!(store = %st.describe(), "response store");
+            let retention = settings.responses.retention();
+            tokio::spawn(wick_server::responses::retention_task(st.clone(), retention, Duration::from_secs(600)));
+        }
+        None => tracing::info!("response store off: /v1/responses answers without storing"),
+    }
+    let state = AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes)
+        .with_response_store(store)
+        .with_ui(s.ui);
+    let state = Arc::new(state);
     let router = app::router(state.clone(), &s.cors_allow_origins);
     let addr: SocketAddr = format!("{}:{}", s.host, s.port)
         .parse()

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::backend::Backend;
 use crate::error::ApiError;
+use crate::responses::store::ResponseStore;
 
 /// The loaded model as clients see it.
 pub struct Ready {
@@ -35,11 +36,33 @@ pub struct AppState {
     pub sse_keep_alive: Duration,
     pub max_body_bytes: usize,
     pub metrics: PrometheusHandle,
+    /// Where `/v1/responses` keeps responses (none: storing is off).
+    pub response_store: Option<Arc<dyn ResponseStore>>,
+    /// Whether `/` serves the chat page.
+    pub ui: bool,
 }
 
 impl AppState {
     pub fn new(api_keys: Vec<String>, sse_keep_alive: Duration, max_body_bytes: usize) -> Self {
-        Self { ready: OnceLock::new(), api_keys, sse_keep_alive, max_body_bytes, metrics: crate::metrics::install() }
+        Self {
+            ready: OnceLock::new(),
+            api_keys,
+            sse_keep_alive,
+            max_body_bytes,
+            metrics: crate::metrics::install(),
+            response_store: None,
+            ui: true,
+        }
+    }
+
+    pub fn with_response_store(mut self, store: Option<Arc<dyn ResponseStore>>) -> Self {
+        self.response_store = store;
+        self
+    }
+
+    pub fn with_ui(mut self, ui: bool) -> Self {
+        self.ui = ui;
+        self
     }
 
     /// Marks the model loaded; later calls are ignored.

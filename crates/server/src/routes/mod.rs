@@ -4,7 +4,9 @@ pub mod chat;
 pub mod completions;
 pub mod health;
 pub mod models;
+pub mod responses;
 pub mod tokenize;
+pub mod ui;
 
 use wick_engine::EngineError;
 

@@ -2,6 +2,8 @@
 
 mod fake;
 mod generation;
+mod responses;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
