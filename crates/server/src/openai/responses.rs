@@ -142,7 +142,9 @@ pub enum OutputItem {
 impl OutputItem {
     pub fn id(&self) -> &str {
         match self {
-            OutputItem::Message { id, .. } | OutputItem::FunctionCall { id, .. } | OutputItem::Reasoning { id, .. } => id,
+            OutputItem::Message { id, .. } | OutputItem::FunctionCall { id, .. } | OutputItem::Reasoning { id, .. } => {
+                id
+            }
         }
     }
 }

@@ -146,10 +146,16 @@ fn content_part(p: &Value, at: &str, role: &str) -> Result<Value, ApiError> {
             Ok(part(kind, &text))
         }
         Some("refusal") if role == "assistant" => Ok(p.clone()),
-        Some("input_image") => Err(ApiError::unsupported(at, "This model does not accept images; send text parts only.")),
+        Some("input_image") => {
+            Err(ApiError::unsupported(at, "This model does not accept images; send text parts only."))
+        }
         Some("input_file") => Err(ApiError::unsupported(at, "This model does not accept files; send text parts only.")),
-        Some("input_audio") => Err(ApiError::unsupported(at, "This model does not accept audio; send text parts only.")),
-        Some(other) => Err(ApiError::invalid_value(&format!("{at}.type"), format!("Unknown content part type {other:?}."))),
+        Some("input_audio") => {
+            Err(ApiError::unsupported(at, "This model does not accept audio; send text parts only."))
+        }
+        Some(other) => {
+            Err(ApiError::invalid_value(&format!("{at}.type"), format!("Unknown content part type {other:?}.")))
+        }
         None => Err(ApiError::invalid_value(&format!("{at}.type"), "A content part needs a `type`.")),
     }
 }
@@ -198,7 +204,9 @@ pub fn to_messages(instructions: Option<&str>, items: &[(String, Value)]) -> Res
                 }
             }
             Some("function_call_output") => {
-                chat.push(json!({"role": "tool", "tool_call_id": item["call_id"], "content": text_of(item.get("output"))}));
+                chat.push(
+                    json!({"role": "tool", "tool_call_id": item["call_id"], "content": text_of(item.get("output"))}),
+                );
                 origin.push(at.clone());
             }
             _ => {}

@@ -74,7 +74,13 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(format: &OutputFormat) -> Self {
-        Self { seq: 0, parser: ChoiceParser::new(format), output: Vec::new(), open: None, reasoning_text: String::new() }
+        Self {
+            seq: 0,
+            parser: ChoiceParser::new(format),
+            output: Vec::new(),
+            open: None,
+            reasoning_text: String::new(),
+        }
     }
 
     fn emit(&mut self, kind: &str, mut body: Value, out: &mut Vec<Sse>) {

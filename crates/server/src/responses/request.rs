@@ -189,13 +189,20 @@ fn chat_tools(tools: Option<&Value>) -> Result<Option<Value>, ApiError> {
             Some(other) => {
                 return Err(ApiError::unsupported(
                     &at(".type"),
-                    format!("Hosted tools such as {other:?} are not available here; only \"function\" tools are supported."),
+                    format!(
+                        "Hosted tools such as {other:?} are not available here; only \"function\" tools are supported."
+                    ),
                 ))
             }
             None => return Err(ApiError::invalid_value(&at(".type"), "A tool needs a `type`.")),
         }
-        if let Some(k) = obj.keys().find(|k| !["type", "name", "description", "parameters", "strict"].contains(&k.as_str())) {
-            return Err(ApiError::invalid(Some(&at(&format!(".{k}"))), format!("Unknown field `{k}` in a function tool.")));
+        if let Some(k) =
+            obj.keys().find(|k| !["type", "name", "description", "parameters", "strict"].contains(&k.as_str()))
+        {
+            return Err(ApiError::invalid(
+                Some(&at(&format!(".{k}"))),
+                format!("Unknown field `{k}` in a function tool."),
+            ));
         }
         let mut function = obj.clone();
         function.remove("type");

@@ -24,8 +24,8 @@ use crate::output::{self, ChoiceParser, OutputFormat, Part};
 use crate::reasoning;
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
-use crate::structured;
 use crate::state::Ready;
+use crate::structured;
 use crate::tools::{self, generic, Format, ParsedCall, ToolRequest};
 use crate::validate;
 

@@ -80,7 +80,8 @@ pub async fn create(
     if let Some(prev) = &req.previous_response_id {
         let Some(store) = &store else { return Err(not_found(prev, "previous_response_id")) };
         let (o, p) = (owner.clone(), prev.clone());
-        let rec = blocking(store, move |s| s.get(&o, &p)).await?.ok_or_else(|| not_found(prev, "previous_response_id"))?;
+        let rec =
+            blocking(store, move |s| s.get(&o, &p)).await?.ok_or_else(|| not_found(prev, "previous_response_id"))?;
         let earlier: Vec<Value> = serde_json::from_str(&rec.context).unwrap_or_default();
         let resp: Value = serde_json::from_str(&rec.response).unwrap_or_default();
         context.extend(earlier);
@@ -96,7 +97,8 @@ pub async fn create(
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let at = if i < inherited { "previous_response_id".to_owned() } else { format!("input[{}]", i - inherited) };
+            let at =
+                if i < inherited { "previous_response_id".to_owned() } else { format!("input[{}]", i - inherited) };
             (at, item.clone())
         })
         .collect();
@@ -244,9 +246,7 @@ pub async fn input_items(
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
         None => 20,
         Some(Ok(l)) if (1..=MAX_LIMIT).contains(&l) => l,
-        Some(_) => {
-            return Err(ApiError::invalid_value("limit", format!("`limit` must be between 1 and {MAX_LIMIT}.")))
-        }
+        Some(_) => return Err(ApiError::invalid_value("limit", format!("`limit` must be between 1 and {MAX_LIMIT}."))),
     };
     let desc = match query.get("order").map(String::as_str) {
         None | Some("desc") => true,
@@ -268,6 +268,7 @@ pub async fn input_items(
     let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
     let has_more = start + page.len() < all.len();
     let id_of = |v: Option<&Value>| v.and_then(|i| i["id"].as_str()).map(str::to_owned);
-    let list = ItemList { object: "list", first_id: id_of(page.first()), last_id: id_of(page.last()), has_more, data: page };
+    let list =
+        ItemList { object: "list", first_id: id_of(page.first()), last_id: id_of(page.last()), has_more, data: page };
     Ok(axum::Json(list).into_response())
 }

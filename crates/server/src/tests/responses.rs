@@ -114,7 +114,8 @@ async fn previous_response_id_continues_the_conversation() {
     assert_eq!(prompt, "user:hi;assistant:Hello!;user:again;");
     let second: Value = serde_json::from_str(&b).expect("json");
     assert_eq!(second["previous_response_id"], first["id"]);
-    let (_, _, items) = call(&app, get(&format!("/v1/responses/{}/input_items", second["id"].as_str().expect("id")))).await;
+    let (_, _, items) =
+        call(&app, get(&format!("/v1/responses/{}/input_items", second["id"].as_str().expect("id")))).await;
     let items: Value = serde_json::from_str(&items).expect("json");
     assert_eq!(items["data"].as_array().map(Vec::len), Some(1), "only this request's own input: {items}");
     let (s, _, b) = call(&app, post("/v1/responses", body(json!({"previous_response_id": "resp_nope"})))).await;
@@ -147,9 +148,15 @@ async fn the_stream_follows_the_documented_event_sequence() {
     let evs = events(&b);
     let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
     let deltas = names.iter().filter(|n| **n == "response.output_text.delta").count();
-    let mut want = vec!["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"];
+    let mut want =
+        vec!["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"];
     want.extend(std::iter::repeat_n("response.output_text.delta", deltas));
-    want.extend(["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]);
+    want.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
     assert_eq!(names, want);
     for (i, (name, data)) in evs.iter().enumerate() {
         assert_eq!(data["sequence_number"], i, "{name}");
@@ -158,7 +165,11 @@ async fn the_stream_follows_the_documented_event_sequence() {
     let item_id = evs[2].1["item"]["id"].clone();
     assert!(evs[3..evs.len() - 1].iter().all(|(_, d)| d["item_id"] == item_id || d["item"]["id"] == item_id));
     assert!(evs[2..evs.len() - 1].iter().all(|(_, d)| d["output_index"] == 0));
-    let text: String = evs.iter().filter(|(n, _)| n == "response.output_text.delta").filter_map(|(_, d)| d["delta"].as_str()).collect();
+    let text: String = evs
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .filter_map(|(_, d)| d["delta"].as_str())
+        .collect();
     assert_eq!(text, "Hello!");
     let done = &evs.last().expect("last").1["response"];
     assert_eq!(done["status"], "completed");
@@ -204,7 +215,10 @@ async fn rejected_fields_and_unknown_ids_use_the_envelope() {
         (json!({"background": true}), "background"),
         (json!({"tools": [{"type": "web_search"}]}), "tools[0].type"),
         (json!({"frobnicate": 1}), "frobnicate"),
-        (json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}), "input[0].content[0]"),
+        (
+            json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}),
+            "input[0].content[0]",
+        ),
     ] {
         let (s, _, b) = call(&app, post("/v1/responses", body(extra.clone()))).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}");

@@ -71,7 +71,15 @@ impl ResponseStore for PostgresStore {
                  ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, created_at = EXCLUDED.created_at,
                    response = EXCLUDED.response, input_items = EXCLUDED.input_items,
                    context = EXCLUDED.context, bytes = EXCLUDED.bytes",
-                &[&r.id, &r.owner, &(r.created_at as i64), &r.response, &r.input_items, &r.context, &(r.bytes() as i64)],
+                &[
+                    &r.id,
+                    &r.owner,
+                    &(r.created_at as i64),
+                    &r.response,
+                    &r.input_items,
+                    &r.context,
+                    &(r.bytes() as i64),
+                ],
             )
             .map(|_| ())
         })
@@ -89,7 +97,9 @@ impl ResponseStore for PostgresStore {
     }
 
     fn delete(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
-        self.with(|c| c.execute("DELETE FROM wick_responses WHERE id = $1 AND owner = $2", &[&id, &owner]).map(|n| n > 0))
+        self.with(|c| {
+            c.execute("DELETE FROM wick_responses WHERE id = $1 AND owner = $2", &[&id, &owner]).map(|n| n > 0)
+        })
     }
 
     fn purge(&self, now: u64, retention: Retention) -> Result<usize, StoreError> {
@@ -101,7 +111,8 @@ impl ResponseStore for PostgresStore {
                 dropped += tx.execute("DELETE FROM wick_responses WHERE created_at < $1", &[&cutoff])?;
             }
             if let Some(max) = retention.max_bytes {
-                let total: i64 = tx.query_one("SELECT COALESCE(SUM(bytes), 0)::BIGINT FROM wick_responses", &[])?.get(0);
+                let total: i64 =
+                    tx.query_one("SELECT COALESCE(SUM(bytes), 0)::BIGINT FROM wick_responses", &[])?.get(0);
                 if total as u64 > max {
                     let rows = tx.query("SELECT id, bytes FROM wick_responses ORDER BY created_at, seq", &[])?;
                     let rows = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64));
