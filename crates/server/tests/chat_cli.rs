@@ -106,7 +106,7 @@ fn wick_chat_in_a_terminal() {
 
     p.send_line("/reset").expect("send");
     p.exp_string("(conversation reset)").expect("reset");
-    p.send_line("/save ".to_owned() + &saved.display().to_string()).expect("send");
+    p.send_line(&format!("/save {}", saved.display())).expect("send");
     p.exp_string("(saved to").expect("saved");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&saved).expect("saved file")).expect("json");
