@@ -64,7 +64,7 @@ fn wick_chat_in_a_terminal() {
     }
 
     let mut cmd = Command::new(wick);
-    cmd.args(["chat", "--url", &format!("http://127.0.0.1:{port}"), "--temperature", "0"]);
+    cmd.args(["chat", "--url", &format!("http://127.0.0.1:{port}"), "--temperature", "0", "--max-tokens", "150"]);
     let mut p = spawn_command(cmd, Some(120_000)).expect("wick chat starts");
     p.exp_string("smol at").expect("banner names the model");
     p.exp_string(">>> ").expect("prompt");
@@ -75,6 +75,7 @@ fn wick_chat_in_a_terminal() {
     p.send_line("Say the word hello \\").expect("send");
     p.exp_string("... ").expect("continuation prompt");
     p.send_line("and nothing else.").expect("send");
+    p.exp_string("nothing else.").expect("echo");
     p.exp_regex(r"[A-Za-z]").expect("streamed text");
     p.exp_string(">>> ").expect("prompt after the answer");
 
@@ -94,6 +95,8 @@ fn wick_chat_in_a_terminal() {
     p.send_line("Write a very long story about a dragon who learns to cook.").expect("send");
     p.send_line("Make it at least two thousand words long.").expect("send");
     p.send_line("\"\"\"").expect("send");
+    p.exp_string("long.").expect("echo");
+    p.exp_string("\"\"\"").expect("echo of the closing line");
     p.exp_regex(r"[A-Za-z]{3}").expect("the answer starts");
     p.send_control('c').expect("ctrl-c");
     p.exp_string("[stopped]").expect("the answer stops");
