@@ -75,7 +75,6 @@ fn wick_chat_in_a_terminal() {
     p.send_line("Say the word hello \\").expect("send");
     p.exp_string("... ").expect("continuation prompt");
     p.send_line("and nothing else.").expect("send");
-    p.exp_string("nothing else.").expect("echo");
     p.exp_regex(r"[A-Za-z]").expect("streamed text");
     p.exp_string(">>> ").expect("prompt after the answer");
 
@@ -95,8 +94,6 @@ fn wick_chat_in_a_terminal() {
     p.send_line("Write a very long story about a dragon who learns to cook.").expect("send");
     p.send_line("Make it at least two thousand words long.").expect("send");
     p.send_line("\"\"\"").expect("send");
-    p.exp_string("long.").expect("echo");
-    p.exp_string("\"\"\"").expect("echo of the closing line");
     p.exp_regex(r"[A-Za-z]{3}").expect("the answer starts");
     p.send_control('c').expect("ctrl-c");
     p.exp_string("[stopped]").expect("the answer stops");
