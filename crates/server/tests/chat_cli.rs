@@ -90,9 +90,15 @@ fn wick_chat_in_a_terminal() {
     assert!(!msgs[2]["content"].as_str().unwrap_or("").is_empty());
 
     // A """ block, then Ctrl-C in the middle of a long answer: the chat stays open.
-    p.send_line("\"\"\"").expect("send");
-    p.send_line("Write a very long story about a dragon who learns to cook.").expect("send");
-    p.send_line("Make it at least two thousand words long.").expect("send");
+    // (Each line waits for its continuation prompt: Ctrl-C flushes the terminal's unread input.)
+    for line in [
+        "\"\"\"",
+        "Write a very long story about a dragon who learns to cook.",
+        "Make it at least two thousand words long.",
+    ] {
+        p.send_line(line).expect("send");
+        p.exp_string("... ").expect("continuation prompt");
+    }
     p.send_line("\"\"\"").expect("send");
     p.exp_regex(r"[A-Za-z]{3}").expect("the answer starts");
     p.send_control('c').expect("ctrl-c");
