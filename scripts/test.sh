@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of wick: formatting and clippy, Rust unit and integration tests (tiny random
 # models written by the tests, the llama.cpp fixtures in ../shared/fixtures/archs, and the real
-# SmolLM2 and Gemma 3 models fetched from PyPI), the response store on a throwaway PostgreSQL
-# server, `wick chat` in a pseudo-terminal, the Python suite driving a real `wick serve` with
-# the official openai SDK, the chat page in Debian's chromium (playwright-core; screenshots in
-# target/ui-screenshots/), and the Dockerfile lint. Installs what it needs.
+# SmolLM2 and Gemma 3 models fetched from PyPI), `wick chat` in a pseudo-terminal, the Python
+# suite driving a real `wick serve` with the official openai SDK, the response store on a real
+# PostgreSQL server (Debian's postgresql), the chat page in Debian's chromium (playwright-core;
+# screenshots in target/ui-screenshots/), the OpenAPI contract fuzzed by schemathesis, the Helm
+# chart's lint and strict validation, and the Dockerfile lint. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== format and lints"
@@ -20,24 +21,20 @@ export WICK_TEST_MODEL_GEMMA3
 echo "== release binary (same script as the Docker build stage)"
 scripts/build-release.sh x86-64-v3
 export WICK_BIN="$PWD/target/release/wick"
-echo "== PostgreSQL for the response-store test"
-pg_dir="$(mktemp -d -u /tmp/wick-pg.XXXXXX)"
-trap 'scripts/postgres-test.sh stop "$pg_dir"' EXIT
-if WICK_TEST_POSTGRES_URL="$(scripts/postgres-test.sh start "$pg_dir")"; then
-    export WICK_TEST_POSTGRES_URL
-else
-    echo "notice: no PostgreSQL server could be started here; the PostgreSQL store test is skipped"
-fi
-echo "== cargo test"
-cargo test --workspace --locked
+echo "== cargo test (the fuzz targets of tests/integration/fuzz.rs run 40 s each)"
+WICK_FUZZ_SECS="${WICK_FUZZ_SECS:-40}" cargo test --workspace --locked
 echo "== python: openai SDK against a real server"
 python3 -m pytest tests/python -q
-echo "== chat page in a real browser"
-if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null ||
-        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
-fi
-(cd tests/ui && npm ci --no-audit --no-fund --silent && npm test --silent)
+echo "== postgresql: the response store on a real PostgreSQL server (about 1 minute)"
+timeout 600 scripts/postgres-test.sh
+echo "== chat page: playwright-core drives Debian's chromium against a real wick serve (about 2 minutes)"
+timeout 900 scripts/ui-test.sh
+echo "== contract: schemathesis against /openapi.json (about 3 minutes)"
+scripts/schemathesis.sh 150
+# Not yet in CI: tests/soak/soak.py (5-minute soak) and tests/replicas/replicas.py (three
+# replicas behind nginx) have not yet passed a run on an idle machine; see issue 13.
+echo "== kubernetes: helm lint/template (Helm's SDK from PyPI) and strict schema validation"
+python3 scripts/k8s-check.py
 echo "== docker lint"
 hadolint docker/Dockerfile docker/Dockerfile.cuda
 echo "all tests passed"

@@ -219,6 +219,7 @@ fixture_tests! {
     qwen3_q4_k_m_matches_llama_cpp => "qwen3-q4_k_m",
     gemma3_matches_llama_cpp => "gemma3",
     phi3_matches_llama_cpp => "phi3",
+    gpt_oss_matches_llama_cpp => "gpt-oss",
 }
 
 #[test]
@@ -233,7 +234,6 @@ fn every_fixture_has_a_test() {
         "qwen3-q4_k_m",
         "gemma3",
         "phi3",
-        // gpt-oss has its own issue (mixture of experts, MXFP4, attention sinks).
         "gpt-oss",
     ];
     let dir = fixtures_dir();

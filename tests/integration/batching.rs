@@ -284,7 +284,7 @@ fn check_fixture_batched_equals_alone(name: &str) {
 
 #[test]
 fn every_architecture_batched_equals_alone_exactly() {
-    for name in ["llama", "qwen2", "qwen3", "gemma3", "phi3", "llama-q4_k_m", "qwen3-q8_0"] {
+    for name in ["llama", "qwen2", "qwen3", "gemma3", "phi3", "llama-q4_k_m", "qwen3-q8_0", "gpt-oss"] {
         check_fixture_batched_equals_alone(name);
     }
 }

@@ -125,3 +125,48 @@ fn mistral_and_llama3_grammars_compile_and_accept_their_calls() {
     feed(text, &mut c, &enc("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}"));
     assert!(!c.is_active(), "the call completes the answer");
 }
+
+/// The harmony tool grammar on the gpt-oss fixture's vocabulary (SmolLM2's, which spells the
+/// markers as text): an analysis message then a call to `functions.get_weather` passes the
+/// masks; the arguments are held to the tool's schema (a wrong city is refused).
+#[test]
+fn harmony_grammar_accepts_analysis_then_a_call_and_holds_the_arguments() {
+    let path = crate::archs::fixtures_dir().join("gpt-oss.gguf");
+    let mut f = std::fs::File::open(&path).expect("fixture");
+    let content = wick_engine::model::GgufFile::read(&mut f).expect("gguf").content;
+    let text = TextProcessor::from_gguf(&content, None).expect("text");
+    let req = tools::ToolRequest {
+        tools: vec![tools::Tool {
+            name: "get_weather".into(),
+            description: None,
+            parameters: json!({"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}},
+                               "required": ["city"], "additionalProperties": false}),
+        }],
+        choice: tools::Choice::Required,
+        parallel: false,
+    };
+    let format = Format::Harmony { special: false };
+    let (spec, trigger) = format.grammar(&req).expect("a grammar");
+    assert!(trigger.is_none());
+    let compiler = GrammarCompiler::new(&text).expect("compiler");
+    let g = compiler.compile(&spec, None).expect("compiles");
+    let answer = "<|channel|>analysis<|message|>The user wants the weather.<|end|><|start|>assistant\
+                  <|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Rome\"}<|call|>";
+    let mut c = Constraint::new(g.clone());
+    let ids = text.encode(answer, false).expect("encode");
+    let us = feed(&text, &mut c, &ids);
+    eprintln!("harmony: mean mask {us:.0} µs over {} tokens", ids.len());
+    assert!(!c.is_active(), "<|call|> completes the grammar");
+    // A city outside the enum is refused somewhere in the arguments.
+    let bad = answer.replace("Rome", "Oslo");
+    let mut c = Constraint::new(g);
+    let refused = text.encode(&bad, false).expect("encode").into_iter().any(|id| {
+        let piece = text.decode(&[id], false).expect("decode");
+        if c.is_active() && !c.compute_mask().expect("active").expect("mask").allows(id) {
+            return true;
+        }
+        c.advance(id, &piece);
+        false
+    });
+    assert!(refused, "the schema's enum holds");
+}

@@ -3,8 +3,11 @@
 mod archs;
 mod bad_models;
 mod batching;
+mod fuzz;
+mod gpt_oss;
 mod grammar;
 mod hf_archs;
 mod oracle;
 mod perplexity;
+mod prefix_cache;
 mod text;

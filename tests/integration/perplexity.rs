@@ -4,6 +4,7 @@
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
+use wick_engine::kv_cache::KvDtype;
 use wick_engine::model::{load_gguf_model, WeightOptions};
 use wick_engine::perplexity::{perplexity, PerplexityOptions};
 use wick_tests::tiny_model::TinyLlama;
@@ -41,7 +42,14 @@ fn perplexity_matches_the_oracle_window_by_window() {
     let ctx = 24;
     let tokens: Vec<u32> = (0..ctx as u32 * 3 + 7).map(|i| (i * 7919 + 13) % tiny.vocab_size as u32).collect();
     // Two windows per batch, 20-token steps: windows are batched and prefilled in chunks.
-    let opts = PerplexityOptions { ctx, windows_per_batch: 2, max_batch_tokens: 20, block_size: 4, bos: None };
+    let opts = PerplexityOptions {
+        ctx,
+        windows_per_batch: 2,
+        max_batch_tokens: 20,
+        block_size: 4,
+        bos: None,
+        kv_dtype: KvDtype::F32,
+    };
     let mut printed = Vec::new();
     let report = perplexity(model.as_ref(), &tokens, &opts, |w| printed.push(w.running_ppl)).unwrap();
     let want = oracle_nll(&path, &tokens, ctx);
@@ -71,11 +79,25 @@ fn smollm2_perplexity_on_gpl3_is_within_one_percent_of_llama_cpp() {
     let (_, add_bos) = loaded.text.bos();
     assert!(!add_bos, "SmolLM2 does not add BOS");
     let tokens = loaded.text.encode(&text, true).unwrap();
-    let report = perplexity(loaded.model.as_ref(), &tokens, &PerplexityOptions::default(), |_| {}).unwrap();
-    assert_eq!(report.windows.len(), 14);
-    assert_eq!(report.tokens_scored, 3570);
-    let rel = (report.ppl - LLAMA_CPP_GPL3_PPL).abs() / LLAMA_CPP_GPL3_PPL;
-    assert!(rel < 0.01, "PPL {:.4} vs llama.cpp {LLAMA_CPP_GPL3_PPL} ({:.2}% off)", report.ppl, rel * 100.0);
+    let mut ppl = Vec::new();
+    // The server's default KV cache (f16), then f32 (exact) and q8: f16 within 0.5% of f32.
+    for kv_dtype in [KvDtype::F16, KvDtype::F32, KvDtype::Q8] {
+        let opts = PerplexityOptions { kv_dtype, ..PerplexityOptions::default() };
+        let report = perplexity(loaded.model.as_ref(), &tokens, &opts, |_| {}).unwrap();
+        assert_eq!(report.windows.len(), 14);
+        assert_eq!(report.tokens_scored, 3570);
+        let rel = (report.ppl - LLAMA_CPP_GPL3_PPL).abs() / LLAMA_CPP_GPL3_PPL;
+        eprintln!("SmolLM2 PPL with a {kv_dtype} KV cache: {:.4} ({:.2}% off llama.cpp)", report.ppl, rel * 100.0);
+        assert!(
+            rel < 0.01,
+            "{kv_dtype}: PPL {:.4} vs llama.cpp {LLAMA_CPP_GPL3_PPL} ({:.2}% off)",
+            report.ppl,
+            rel * 100.0
+        );
+        ppl.push(report.ppl);
+    }
+    let f16_vs_f32 = (ppl[0] - ppl[1]).abs() / ppl[1];
+    assert!(f16_vs_f32 < 0.005, "f16 KV PPL {:.4} vs f32 {:.4}", ppl[0], ppl[1]);
 }
 
 /// llama.cpp's `llama-perplexity` on Gemma 3 270M Q4_K_M (`scripts/fetch-model.sh gemma3`),

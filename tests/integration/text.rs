@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file;
 use serde_json::Value;
+use wick_engine::model::GgufFile;
 use wick_engine::text::{BuiltinTemplate, ChatMessage, TemplateSource, TextProcessor};
 
 fn model_path(var: &str) -> Option<PathBuf> {
@@ -178,6 +179,7 @@ fn expected_builtin(arch: &str) -> BuiltinTemplate {
         "qwen3" => BuiltinTemplate::Qwen3,
         "gemma3" => BuiltinTemplate::Gemma3,
         "phi3" => BuiltinTemplate::Phi3,
+        "gpt-oss" => BuiltinTemplate::Harmony,
         "llama" => BuiltinTemplate::ChatMl,
         other => panic!("a fixture of an architecture this test does not know: {other}"),
     }
@@ -190,9 +192,6 @@ fn every_arch_fixture_loads_its_text_side_and_picks_its_architectures_template()
         .expect("read fixture dir")
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        // gpt-oss has its own issue: candle's GGUF reader stops at its MXFP4 tensors (type 39)
-        // before the metadata is returned.
-        .filter(|p| !p.file_stem().is_some_and(|s| s.to_string_lossy().starts_with("gpt-oss")))
         .collect();
     files.sort();
     assert!(files.len() >= 6, "fixtures in {}: {files:?}", dir.display());
@@ -201,12 +200,16 @@ fn every_arch_fixture_loads_its_text_side_and_picks_its_architectures_template()
     for path in &files {
         let name = path.display();
         let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let mut content = gguf_file::Content::read(&mut file).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // wick's reader: candle's stops at gpt-oss's MXFP4 tensors (type 39).
+        let mut content = GgufFile::read(&mut file).unwrap_or_else(|e| panic!("{name}: {e}")).content;
         let arch = content.metadata["general.architecture"].to_string().expect("arch").clone();
         archs.insert(arch.clone());
 
         let text = TextProcessor::from_gguf(&content, None).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(text.template_source(), TemplateSource::Model, "{name} carries SmolLM2's template");
+        // SmolLM2's ChatML is not harmony: gpt-oss gets its built-in renderer even so.
+        let own =
+            if arch == "gpt-oss" { TemplateSource::Builtin(BuiltinTemplate::Harmony) } else { TemplateSource::Model };
+        assert_eq!(text.template_source(), own, "{name} carries SmolLM2's template");
         assert_eq!(text.vocab_size(), 49152, "{name}");
         // SmolLM2's tokenizer: its golden ids, round trips, raw token bytes.
         check_goldens(&text, &golden);
@@ -232,7 +235,7 @@ fn every_arch_fixture_loads_its_text_side_and_picks_its_architectures_template()
         let body = if add_bos && ids.first() == bos.as_ref() { &ids[1..] } else { &ids[..] };
         assert_eq!(text.decode(body, false).expect("decode"), rendered, "{name} ({want})");
     }
-    for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3"] {
+    for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3", "gpt-oss"] {
         assert!(archs.contains(arch), "no {arch} fixture in {}", dir.display());
     }
 }

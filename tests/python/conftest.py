@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def _free_port():
 class Server:
     """A running `wick serve`, its base URL and process."""
 
-    def __init__(self, *extra, model=None):
+    def __init__(self, *extra, model=None, env=None):
         model = model or _model()
         if not model:
             pytest.skip("WICK_TEST_MODEL_SMOLLM2 / WICK_TEST_MODEL_TINY unset: notice, python server tests not run")
@@ -53,7 +54,10 @@ class Server:
         self.log = open(f"/tmp/wick-pytest-{self.port}.log", "w+")
         cmd = [_binary(), "serve", "--model", model, "--port", str(self.port), "--served-model-name", MODEL_NAME,
                "--offline", *extra]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WICK_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("WICK_")}, **(env or {})}
+        # The response store goes to a throwaway folder, not the user's data folder, unless the
+        # test names one (--data-dir or --responses-store win over this).
+        env.setdefault("WICK_DATA_DIR", tempfile.mkdtemp(prefix="wick-pytest-data-"))
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -72,6 +76,13 @@ class Server:
         self.log.flush()
         self.log.seek(0)
         return self.log.read()[-4000:]
+
+    def rss_kib(self, field="VmRSS"):
+        """The server's resident memory (or peak, with field="VmHWM") in KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.proc.pid}/status")
 
     def metrics(self):
         text = requests.get(self.url + "/metrics", timeout=5).text
@@ -112,8 +123,8 @@ def spawn():
     """Starts extra servers with their own flags; stops them after the test."""
     started = []
 
-    def start(*extra):
-        s = Server(*extra)
+    def start(*extra, **kwargs):
+        s = Server(*extra, **kwargs)
         started.append(s)
         return s
 

@@ -2,9 +2,11 @@
 `client.responses.create` and its streams (the event order, the SDK's typed stream helpers),
 a `previous_response_id` chain, a function-tool round trip, `max_output_tokens` giving
 `incomplete`, get/delete/input_items, 404s, rejected fields, per-key isolation, and the store
-across a server restart."""
+across a server restart (on SQLite, and on PostgreSQL when WICK_TEST_POSTGRES_URL names a server:
+scripts/postgres-test.sh starts one and runs `-k postgres`)."""
 
 import json
+import os
 
 import jsonschema
 import openai
@@ -94,6 +96,8 @@ def test_previous_response_id_chains_the_conversation(rclient):
     assert r2.previous_response_id == r1.id
     # The second prompt holds the first turn: its input and its answer.
     assert r2.usage.input_tokens > r1.usage.input_tokens + r1.usage.output_tokens
+    # ... and starts with the first prompt, which the prefix cache still holds.
+    assert 0 < r2.usage.input_tokens_details.cached_tokens <= r1.usage.input_tokens
     r3 = rclient.responses.create(model=MODEL_NAME, previous_response_id=r2.id, input="Thanks.", temperature=0,
                                   max_output_tokens=10, stream=True)
     events = list(r3)
@@ -218,3 +222,35 @@ def test_the_store_survives_a_restart(tmp_path):
         assert follow.usage.input_tokens > r.usage.input_tokens
     finally:
         second.stop()
+
+
+POSTGRES = os.environ.get("WICK_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(not POSTGRES, reason="WICK_TEST_POSTGRES_URL unset: scripts/postgres-test.sh starts a "
+                                         "PostgreSQL server and runs this test (`-k postgres`)")
+def test_postgres_store_is_shared_by_replicas_and_survives_a_restart():
+    one = Server("--responses-store", POSTGRES, "--api-key", "sk-pg")
+    two = Server("--responses-store", POSTGRES, "--api-key", "sk-pg", "--api-key", "sk-other")
+    try:
+        r = sdk(one, "sk-pg").responses.create(model=MODEL_NAME, input="Remember: plum.", max_output_tokens=8)
+        # Another replica on the same database reads it and continues from it.
+        assert sdk(two, "sk-pg").responses.retrieve(r.id).model_dump() == r.model_dump()
+        with pytest.raises(openai.NotFoundError):
+            sdk(two, "sk-other").responses.retrieve(r.id)
+        follow = sdk(two, "sk-pg").responses.create(model=MODEL_NAME, previous_response_id=r.id, input="Which fruit?",
+                                                    max_output_tokens=8)
+        assert follow.usage.input_tokens > r.usage.input_tokens + r.usage.output_tokens
+    finally:
+        one.stop()
+        two.stop()
+    again = Server("--responses-store", POSTGRES, "--api-key", "sk-pg")
+    try:
+        c = sdk(again, "sk-pg")
+        assert c.responses.retrieve(follow.id).output_text == follow.output_text
+        assert c.responses.input_items.list(r.id).data[0].content[0].text == "Remember: plum."
+        c.responses.delete(r.id)
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve(r.id)
+    finally:
+        again.stop()

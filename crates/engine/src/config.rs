@@ -1,6 +1,7 @@
 //! Engine configuration: cache size, scheduling budgets, queue bounds, and the sizes derived
 //! from them for a given model (KV block count, context cap).
 
+use crate::kv_cache::KvDtype;
 use crate::model::ModelConfig;
 
 /// Knobs of the engine; the server fills these from its configuration.
@@ -20,6 +21,11 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Context length cap (defaults to the model's).
     pub max_model_len: Option<usize>,
+    /// Automatic prefix caching: reuse the K/V of full blocks whose tokens (and everything
+    /// before them) a new sequence shares with an earlier one.
+    pub enable_prefix_caching: bool,
+    /// How the KV cache stores K/V: f16 by default (attention computes in f32).
+    pub kv_cache_dtype: KvDtype,
 }
 
 impl Default for EngineConfig {
@@ -32,6 +38,8 @@ impl Default for EngineConfig {
             max_num_batched_tokens: 512,
             max_waiting: 256,
             max_model_len: None,
+            enable_prefix_caching: true,
+            kv_cache_dtype: KvDtype::F16,
         }
     }
 }
@@ -40,7 +48,8 @@ impl EngineConfig {
     /// KV pages the cache gets: `num_blocks` when set, else as many as `kv_cache_bytes` holds
     /// (a page is `group_size` layers × `block_size` tokens of the model's `kv_layout`).
     pub fn num_kv_blocks(&self, model: &ModelConfig) -> usize {
-        self.num_blocks.unwrap_or_else(|| self.kv_cache_bytes / model.kv_layout.bytes_per_block(self.block_size).max(1))
+        let layout = model.kv_layout.clone().with_dtype(self.kv_cache_dtype);
+        self.num_blocks.unwrap_or_else(|| self.kv_cache_bytes / layout.bytes_per_block(self.block_size).max(1))
     }
 
     /// Longest prompt + completion: `max_model_len` capped by the model's own context.

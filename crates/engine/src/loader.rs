@@ -40,12 +40,13 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         return Err(EngineError::Load(format!("{} does not exist", path.display())));
     }
     let mut file = std::fs::File::open(path)?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| {
+    let gguf = model::GgufFile::read(&mut file).map_err(|e| {
         EngineError::Unsupported(format!("{} is neither a GGUF file nor a model folder: {e}", path.display()))
     })?;
-    let model = model::load_gguf_content(&content, &mut file, &opts.weights)?;
-    let text = TextProcessor::from_gguf(&content, opts.chat_template.as_deref())?;
-    let sampling = SamplingDefaults::from_gguf(&content);
+    let model = model::load_gguf_file(&gguf, &mut file, &opts.weights)?;
+    let content = &gguf.content;
+    let text = TextProcessor::from_gguf(content, opts.chat_template.as_deref())?;
+    let sampling = SamplingDefaults::from_gguf(content);
     Ok(LoadedModel { model, text, name, sampling })
 }
 

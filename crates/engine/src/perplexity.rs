@@ -14,7 +14,7 @@
 
 use crate::batch::ForwardBatch;
 use crate::engine::new_kv_cache;
-use crate::kv_cache::BlockPool;
+use crate::kv_cache::{BlockPool, KvDtype};
 use crate::model::CausalLm;
 use crate::{EngineError, Result};
 
@@ -31,11 +31,20 @@ pub struct PerplexityOptions {
     pub block_size: usize,
     /// Replace each window's first token with this id (llama.cpp does when the model adds BOS).
     pub bos: Option<u32>,
+    /// How the KV cache stores K/V (the server's default is f16).
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for PerplexityOptions {
     fn default() -> Self {
-        Self { ctx: 512, windows_per_batch: 4, max_batch_tokens: 2048, block_size: 16, bos: None }
+        Self {
+            ctx: 512,
+            windows_per_batch: 4,
+            max_batch_tokens: 2048,
+            block_size: 16,
+            bos: None,
+            kv_dtype: KvDtype::default(),
+        }
     }
 }
 
@@ -90,7 +99,7 @@ pub fn perplexity(
     // is short, and this keeps the scoring loop trivial).
     let num_groups = model.config().kv_layout.num_groups();
     let mut pool = BlockPool::new(per_batch * num_groups * ctx.div_ceil(opts.block_size), opts.block_size);
-    let mut cache = new_kv_cache(model.config(), pool.num_blocks(), opts.block_size)?;
+    let mut cache = new_kv_cache(model.config(), opts.kv_dtype, pool.num_blocks(), opts.block_size)?;
     let first = ctx / 2;
     let vocab = model.config().vocab_size;
 
@@ -169,7 +178,7 @@ mod tests {
     use crate::engine::testing::{next_token, FakeLm, VOCAB};
 
     fn opts(ctx: usize, windows_per_batch: usize, max_batch_tokens: usize) -> PerplexityOptions {
-        PerplexityOptions { ctx, windows_per_batch, max_batch_tokens, block_size: 4, bos: None }
+        PerplexityOptions { ctx, windows_per_batch, max_batch_tokens, block_size: 4, bos: None, kv_dtype: KvDtype::F32 }
     }
 
     /// The fake model puts logit 8 on `next_token(context)`, 7 on one other token, 0 elsewhere.

@@ -66,11 +66,14 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
     pub n: usize,
     pub arrival: Instant,
+    /// Isolates this request's prefix-cache entries: only requests with the same salt share
+    /// cached blocks (vLLM's `cache_salt`).
+    pub cache_salt: Option<String>,
 }
 
 impl GenerateRequest {
     pub fn new(id: impl Into<String>, prompt_ids: Vec<u32>, params: SamplingParams) -> Self {
-        Self { id: id.into(), prompt_ids, params, n: 1, arrival: Instant::now() }
+        Self { id: id.into(), prompt_ids, params, n: 1, arrival: Instant::now(), cache_salt: None }
     }
 }
 
@@ -103,8 +106,11 @@ pub enum FinishReason {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// The prompt's tokens, counted once however many choices share it.
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
 }
 
 /// What the engine sends back for a request, in order per choice.

@@ -8,6 +8,7 @@
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::grammar::Constraint;
+use crate::kv_cache::prefix::BlockHash;
 use crate::request::Event;
 use crate::sampling::Sampler;
 use crate::text::{IncrementalDetokenizer, StopChecker};
@@ -39,6 +40,15 @@ pub struct Sequence<G> {
     pub status: SeqStatus,
     /// How many times this sequence was preempted (its KV dropped and recomputed).
     pub num_preemptions: usize,
+    /// Start of this sequence's prefix-cache hash chain (model key and cache salt; zeros until
+    /// the engine sets it, which tests share).
+    pub hash_root: BlockHash,
+    /// Chained hashes of the full blocks of `tokens` computed so far (see `kv_cache::prefix`).
+    pub block_hashes: Vec<BlockHash>,
+    /// Leading full blocks already offered to the prefix cache since the last admission.
+    pub num_registered_blocks: usize,
+    /// Prompt tokens found in the prefix cache at its first admission (`None` before it).
+    pub cached_prompt_tokens: Option<usize>,
     pub gen: G,
 }
 
@@ -53,8 +63,19 @@ impl<G> Sequence<G> {
             block_tables: Vec::new(),
             status: SeqStatus::Waiting,
             num_preemptions: 0,
+            hash_root: [0; 32],
+            block_hashes: Vec::new(),
+            num_registered_blocks: 0,
+            cached_prompt_tokens: None,
             gen,
         }
+    }
+
+    /// Sets the start of the prefix-cache hash chain (before the sequence is first admitted).
+    pub fn with_hash_root(mut self, root: BlockHash) -> Self {
+        self.hash_root = root;
+        self.block_hashes.clear();
+        self
     }
 
     pub fn len(&self) -> usize {

@@ -20,6 +20,11 @@ pub struct StatsCell {
     pub grammar_mask_micros_total: AtomicU64,
     /// Masks computed (one per constrained sequence per step).
     pub grammar_masks_total: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache, and those found there.
+    pub prefix_cache_queries_total: AtomicU64,
+    pub prefix_cache_hits_total: AtomicU64,
+    /// Free pages still holding a cached prefix (reusable until evicted).
+    pub kv_blocks_cached: AtomicU64,
 }
 
 /// A snapshot of [`StatsCell`].
@@ -37,6 +42,9 @@ pub struct EngineStats {
     pub step_micros_total: u64,
     pub grammar_mask_micros_total: u64,
     pub grammar_masks_total: u64,
+    pub prefix_cache_queries_total: u64,
+    pub prefix_cache_hits_total: u64,
+    pub kv_blocks_cached: u64,
 }
 
 impl StatsCell {
@@ -55,6 +63,9 @@ impl StatsCell {
             step_micros_total: g(&self.step_micros_total),
             grammar_mask_micros_total: g(&self.grammar_mask_micros_total),
             grammar_masks_total: g(&self.grammar_masks_total),
+            prefix_cache_queries_total: g(&self.prefix_cache_queries_total),
+            prefix_cache_hits_total: g(&self.prefix_cache_hits_total),
+            kv_blocks_cached: g(&self.kv_blocks_cached),
         }
     }
 }

@@ -16,6 +16,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::openapi;
 use crate::routes::{chat, completions, health, models, responses, tokenize, ui};
 use crate::state::AppState;
 
@@ -24,7 +25,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Builds the router. `cors_origins` empty: no CORS; `["*"]`: any origin.
 pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
     let limit = state.max_body_bytes;
-    let protected = Router::new()
+    let api: Router<Arc<AppState>> = Router::new()
         .route("/v1/chat/completions", post(chat::handler))
         .route("/v1/completions", post(completions::handler))
         .route("/v1/responses", post(responses::create))
@@ -35,15 +36,18 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route("/metrics", get(health::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
+        .route("/openapi.json", get(openapi::spec));
     let mut app = Router::new()
         .route("/", get(ui::page))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .merge(protected)
+        .merge(api)
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(move |req, next| announced_length(req, next, limit)))
+        // Before routing: without a key, an unknown route is a 401 too.
+        .layer(middleware::from_fn_with_state(state, auth::require_key))
         .layer(middleware::from_fn(move |req, next| envelope_errors(req, next, limit)))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             ApiError::internal("The server hit an internal error while handling this request.").into_response()
@@ -81,6 +85,18 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .allow_headers(Any)
             .expose_headers([REQUEST_ID]),
     )
+}
+
+/// A body announced (`Content-Length`) over the limit is a 413 before any of it is read.
+async fn announced_length(req: Request, next: Next, limit: usize) -> Response {
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        let mut resp = ApiError::payload_too_large(limit).into_response();
+        // The unread body makes the connection unusable for another request.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    next.run(req).await
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -273,7 +273,7 @@ async fn answer(client: &Client, body: Value, sigint: &mut Signal) -> Result<(St
                 if let Some(c) = delta["content"].as_str().filter(|c| !c.is_empty()) {
                     if thinking {
                         thinking = false;
-                        let _ = write!(out, "\x1b[0m\n");
+                        let _ = writeln!(out, "\x1b[0m");
                     }
                     content.push_str(c);
                     let _ = write!(out, "{c}");

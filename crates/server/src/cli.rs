@@ -70,12 +70,24 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, env = "WICK_LOG_LEVEL")]
     pub log_level: Option<String>,
-    /// Largest accepted request body in bytes [default: 16 MiB].
+    /// Largest accepted request body in bytes [default: 4 MiB].
     #[arg(long, env = "WICK_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most open client connections; more wait in the listen backlog [default: 1024].
+    #[arg(long, env = "WICK_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client may take to send request headers (also the keep-alive idle limit) [default: 15].
+    #[arg(long, env = "WICK_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a client may take to send a request body [default: 60].
+    #[arg(long, env = "WICK_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<u64>,
     /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C [default: 30].
     #[arg(long, env = "WICK_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Also export vLLM's metric names (for endpoint pickers that read them) [default: none].
+    #[arg(long, env = "WICK_METRICS_COMPAT", value_enum)]
+    pub metrics_compat: Option<crate::metrics::Compat>,
     /// Seconds between SSE keep-alive comments [default: 10].
     #[arg(long, env = "WICK_SSE_KEEP_ALIVE_SECS")]
     pub sse_keep_alive_secs: Option<u64>,
@@ -115,6 +127,16 @@ pub struct ServeArgs {
     /// Do not serve the chat page at `/`.
     #[arg(long, env = "WICK_NO_UI", num_args = 0..=1, default_missing_value = "true")]
     pub no_ui: Option<bool>,
+    /// Turn automatic prefix caching off (every prompt is prefilled from scratch).
+    #[arg(long, env = "WICK_NO_PREFIX_CACHING")]
+    pub no_prefix_caching: bool,
+    /// How the KV cache stores K/V: f16, q8 (8-bit, per-row scale) or f32 [default: f16].
+    #[arg(long, env = "WICK_KV_CACHE_DTYPE", value_parser = parse_kv_dtype)]
+    pub kv_cache_dtype: Option<wick_engine::kv_cache::KvDtype>,
+}
+
+fn parse_kv_dtype(s: &str) -> Result<wick_engine::kv_cache::KvDtype, String> {
+    wick_engine::kv_cache::KvDtype::parse(s).ok_or_else(|| format!("unknown KV cache dtype `{s}` (f16, q8 or f32)"))
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +150,9 @@ pub struct PerplexityArgs {
     /// Context window per chunk.
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
+    /// How the KV cache stores K/V while scoring (as `serve --kv-cache-dtype`).
+    #[arg(long, default_value = "f16", value_parser = parse_kv_dtype)]
+    pub kv_cache_dtype: wick_engine::kv_cache::KvDtype,
 }
 
 #[derive(Debug, Args)]
@@ -182,8 +207,12 @@ impl ServeArgs {
         set(&mut s.server.log_format, a.log_format);
         set(&mut s.server.log_level, a.log_level.clone());
         set(&mut s.server.max_body_bytes, a.max_body_bytes);
+        set(&mut s.server.max_connections, a.max_connections);
+        set(&mut s.server.header_read_timeout_secs, a.header_read_timeout_secs);
+        set(&mut s.server.body_read_timeout_secs, a.body_read_timeout_secs);
         set(&mut s.server.shutdown_timeout_secs, a.shutdown_timeout_secs);
         set(&mut s.server.sse_keep_alive_secs, a.sse_keep_alive_secs);
+        set(&mut s.server.metrics_compat, a.metrics_compat);
         if a.model.is_some() {
             s.model.model = a.model.clone();
         }
@@ -218,6 +247,12 @@ impl ServeArgs {
         set(&mut s.responses.store, a.responses_store.clone());
         set(&mut s.responses.max_age_days, a.responses_max_age_days);
         set(&mut s.responses.max_mb, a.responses_max_mb);
+        if a.no_prefix_caching {
+            s.engine.prefix_caching = false;
+        }
+        if let Some(d) = a.kv_cache_dtype {
+            s.engine.kv_cache_dtype = d.name().to_string();
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub struct ServerSettings {
     pub api_key_file: Option<PathBuf>,
     pub cors_allow_origins: Vec<String>,
     pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
     pub shutdown_timeout_secs: u64,
     pub sse_keep_alive_secs: u64,
     pub log_format: LogFormat,
@@ -42,6 +45,7 @@ pub struct ServerSettings {
     pub data_dir: Option<PathBuf>,
     /// Whether `/` serves the built-in chat page.
     pub ui: bool,
+    pub metrics_compat: crate::metrics::Compat,
 }
 
 impl Default for ServerSettings {
@@ -52,13 +56,17 @@ impl Default for ServerSettings {
             api_keys: Vec::new(),
             api_key_file: None,
             cors_allow_origins: Vec::new(),
-            max_body_bytes: 16 << 20,
+            max_body_bytes: 4 << 20,
+            max_connections: 1024,
+            header_read_timeout_secs: 15,
+            body_read_timeout_secs: 60,
             shutdown_timeout_secs: 30,
             sse_keep_alive_secs: 10,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             data_dir: None,
             ui: true,
+            metrics_compat: crate::metrics::Compat::None,
         }
     }
 }
@@ -122,6 +130,10 @@ pub struct EngineSettings {
     pub max_num_batched_tokens: usize,
     pub max_waiting: usize,
     pub max_model_len: Option<usize>,
+    /// Automatic prefix caching (on by default).
+    pub prefix_caching: bool,
+    /// `f16` (default), `q8` or `f32`.
+    pub kv_cache_dtype: String,
 }
 
 impl Default for EngineSettings {
@@ -135,13 +147,17 @@ impl Default for EngineSettings {
             max_num_batched_tokens: e.max_num_batched_tokens,
             max_waiting: e.max_waiting,
             max_model_len: e.max_model_len,
+            prefix_caching: e.enable_prefix_caching,
+            kv_cache_dtype: e.kv_cache_dtype.name().to_string(),
         }
     }
 }
 
 impl EngineSettings {
-    pub fn to_engine_config(&self) -> wick_engine::EngineConfig {
-        wick_engine::EngineConfig {
+    pub fn to_engine_config(&self) -> Result<wick_engine::EngineConfig, ConfigError> {
+        let kv_cache_dtype = wick_engine::kv_cache::KvDtype::parse(&self.kv_cache_dtype)
+            .ok_or_else(|| ConfigError::KvCacheDtype(self.kv_cache_dtype.clone()))?;
+        Ok(wick_engine::EngineConfig {
             block_size: self.block_size,
             kv_cache_bytes: self.kv_cache_mb << 20,
             num_blocks: self.num_blocks,
@@ -149,7 +165,9 @@ impl EngineSettings {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_waiting: self.max_waiting,
             max_model_len: self.max_model_len,
-        }
+            enable_prefix_caching: self.prefix_caching,
+            kv_cache_dtype,
+        })
     }
 }
 
@@ -213,7 +231,7 @@ impl ResponsesSettings {
     pub fn retention(&self) -> crate::responses::store::Retention {
         crate::responses::store::Retention {
             max_age_secs: (self.max_age_days > 0).then(|| self.max_age_days * 86_400),
-            max_bytes: (self.max_mb > 0).then(|| self.max_mb << 20),
+            max_bytes: (self.max_mb > 0).then_some(self.max_mb.saturating_mul(1 << 20)),
         }
     }
 }
@@ -240,6 +258,8 @@ impl ServerSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("unknown kv_cache_dtype `{0}` (f16, q8 or f32)")]
+    KvCacheDtype(String),
     #[error("reading config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]

@@ -21,12 +21,12 @@ pub struct ApiError {
 }
 
 /// The JSON body of an error, also used for mid-stream SSE error events.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
     pub error: ErrorDetail<'a>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail<'a> {
     pub message: &'a str,
     #[serde(rename = "type")]
@@ -107,6 +107,41 @@ impl ApiError {
         }
     }
 
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        Self {
+            code: Some("unsupported_media_type"),
+            ..Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                format!("Content-Type {content_type:?} is not supported; send `application/json`."),
+            )
+        }
+    }
+
+    pub fn body_timeout(after: std::time::Duration) -> Self {
+        Self {
+            code: Some("request_timeout"),
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!("The request body did not arrive within {} s.", after.as_secs()),
+            )
+        }
+    }
+
+    /// 503 at the shutdown deadline, for requests (or streams) still running.
+    pub fn shutting_down() -> Self {
+        Self {
+            code: Some("server_shutting_down"),
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "The server is shutting down and ended this request; retry it.",
+            )
+        }
+    }
+
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self {
             code: Some("rate_limit_exceeded"),
@@ -167,6 +202,12 @@ impl IntoResponse for ApiError {
         let mut resp =
             (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.to_json())
                 .into_response();
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"wick\""));
+        }
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -1,26 +1,45 @@
 //! A JSON body extractor that answers bad bodies in OpenAI's error envelope (axum's own `Json`
-//! answers in plain text with 422): malformed JSON is a 400, a missing, unknown or ill-typed
-//! field is a 400 whose `param` names it.
+//! answers in plain text with 422): a `Content-Type` other than JSON is a 415, a body that does
+//! not arrive within the read timeout a 408, malformed JSON a 400, and a missing, unknown or
+//! ill-typed field a 400 whose `param` names it.
+
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::extract::{FromRef, FromRequest, Request};
+use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Like `axum::Json`, with OpenAI-shaped rejections.
 pub struct Json<T>(pub T);
 
+/// Whether a `Content-Type` names JSON (`application/json`, `application/*+json`, any parameters).
+/// A missing header passes: some clients send none.
+pub fn is_json(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return true };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
 impl<S, T> FromRequest<S> for Json<T>
 where
     S: Send + Sync,
+    Arc<AppState>: FromRef<S>,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+        let ct = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
+        if !is_json(ct) {
+            return Err(ApiError::unsupported_media_type(ct.unwrap_or("")));
+        }
+        let timeout = Arc::<AppState>::from_ref(state).body_read_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state)).await;
+        let bytes = read.map_err(|_| ApiError::body_timeout(timeout))?.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large.")
             } else {

@@ -62,9 +62,11 @@ pub fn submit(
     prompt_ids: Vec<u32>,
     params: SamplingParams,
     n: usize,
+    cache_salt: Option<String>,
 ) -> Result<Tracked, ApiError> {
     let mut req = GenerateRequest::new(id, prompt_ids, params);
     req.n = n;
+    req.cache_salt = cache_salt;
     let arrival = req.arrival;
     let rx = backend.submit(req)?;
     Ok(Tracked::new(rx, arrival, n))
@@ -111,6 +113,7 @@ pub fn merge(requests: Vec<Tracked>, n: usize) -> BoxStream<'static, Event> {
                 Event::Done { usage, queue_time, first_token_time } => {
                     acc.usage.prompt_tokens += usage.prompt_tokens;
                     acc.usage.completion_tokens += usage.completion_tokens;
+                    acc.usage.cached_tokens += usage.cached_tokens;
                     acc.queue = acc.queue.max(queue_time);
                     acc.first = match (acc.first, first_token_time) {
                         (Some(a), Some(b)) => Some(a.min(b)),
@@ -142,13 +145,20 @@ pub struct ChoiceResult {
     pub finish: Option<FinishReason>,
 }
 
-/// Reads `events` to the end. An engine error is a 500 (the SDKs may retry it).
+/// Reads `events` to the end. An engine error is a 500 (the SDKs may retry it); the shutdown
+/// deadline a 503.
 pub async fn collect(
     mut events: BoxStream<'static, Event>,
     choices: usize,
 ) -> Result<(Vec<ChoiceResult>, Usage), ApiError> {
     let mut out = vec![ChoiceResult::default(); choices];
-    while let Some(ev) = events.next().await {
+    loop {
+        let ev = tokio::select! {
+            biased;
+            ev = events.next() => ev,
+            () = crate::shutdown::streams_ended() => return Err(ApiError::shutting_down()),
+        };
+        let Some(ev) = ev else { break };
         match ev {
             Event::Token { choice, text, logprob, .. } => {
                 if let Some(c) = out.get_mut(choice) {

@@ -14,7 +14,7 @@ use wick_server::config::{LogFormat, Settings};
 use wick_server::model_source::{self, ResolvedModel};
 use wick_server::openai::common::unix_now;
 use wick_server::state::{AppState, Ready};
-use wick_server::{app, shutdown};
+use wick_server::{app, serve, shutdown};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -58,7 +58,7 @@ fn start_engine(settings: &Settings) -> Result<(Engine, ResolvedModel, SamplingD
     let loaded = wick_engine::load(&resolved.path, &load_options(settings)?)
         .with_context(|| format!("loading {}", resolved.path.display()))?;
     let sampling = loaded.sampling.over(settings.sampling.to_defaults()).resolved();
-    let engine = Engine::start(loaded.model, Arc::new(loaded.text), settings.engine.to_engine_config())
+    let engine = Engine::start(loaded.model, Arc::new(loaded.text), settings.engine.to_engine_config()?)
         .context("starting the engine")?;
     Ok((engine, resolved, sampling))
 }
@@ -68,6 +68,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     init_logging(settings.server.log_format, &settings.server.log_level);
     let keys = settings.all_api_keys()?;
     let s = &settings.server;
+    wick_server::cpu::tune_allocator();
+    wick_server::metrics::set_compat(s.metrics_compat);
     let store = wick_server::responses::store::open(&settings.responses.store, &s.data_dir())
         .context("opening the response store (--responses-store)")?;
     match &store {
@@ -78,9 +80,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => tracing::info!("response store off: /v1/responses answers without storing"),
     }
-    let state = AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes)
+    let mut state = AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes)
         .with_response_store(store)
         .with_ui(s.ui);
+    state.body_read_timeout = Duration::from_secs(s.body_read_timeout_secs.max(1));
     let state = Arc::new(state);
     let router = app::router(state.clone(), &s.cors_allow_origins);
     let addr: SocketAddr = format!("{}:{}", s.host, s.port)
@@ -93,12 +96,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let loader = tokio::task::spawn_blocking(move || start_engine(&load_settings));
     let load_state = state.clone();
     let names = settings.model.served_model_name.clone();
+    let block_size = settings.engine.block_size;
     tokio::spawn(async move {
         match loader.await {
             Ok(Ok((engine, resolved, sampling))) => {
                 let model_ids = if names.is_empty() { vec![resolved.name] } else { names };
                 tracing::info!(model = %model_ids[0], sampling = ?sampling, "ready (sampling defaults in force)");
-                load_state.set_ready(Ready { backend: Arc::new(engine), model_ids, created: unix_now(), sampling });
+                wick_server::metrics::set_cache_config(block_size, engine.stats().kv_blocks_total);
+                let backend: Arc<dyn wick_server::backend::Backend> = Arc::new(engine);
+                tokio::spawn(wick_server::stats_log::run(backend.clone(), Duration::from_secs(10)));
+                let max_token_bytes = wick_server::validate::longest_token(backend.as_ref());
+                load_state.set_ready(Ready { backend, model_ids, created: unix_now(), sampling, max_token_bytes });
             }
             Ok(Err(e)) => {
                 tracing::error!("{e:#}");
@@ -114,15 +122,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let signal = shutdown::on_signal();
     let grace = Duration::from_secs(s.shutdown_timeout_secs);
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown::triggered(signal.clone()));
-    let deadline = async move {
-        shutdown::triggered(signal).await;
-        tokio::time::sleep(grace).await;
+    let limits = serve::Limits {
+        max_connections: s.max_connections,
+        header_read_timeout: Duration::from_secs(s.header_read_timeout_secs.max(1)),
     };
-    tokio::select! {
-        r = server => r.context("serving")?,
-        () = deadline => tracing::warn!("shutdown timeout reached with requests still in flight; exiting"),
-    }
+    serve::serve(listener, router, limits, signal, grace).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -166,6 +170,7 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     let opts = wick_engine::perplexity::PerplexityOptions {
         ctx: args.ctx,
         bos: if add_bos { bos } else { None },
+        kv_dtype: args.kv_cache_dtype,
         ..Default::default()
     };
     println!(

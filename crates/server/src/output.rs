@@ -4,6 +4,7 @@
 //! concatenations are equal by construction.
 
 use crate::reasoning::{ReasoningParser, Split};
+use crate::tools::harmony;
 use crate::tools::{Format, ParsedCall, Piece, ToolParser};
 
 /// A part of an assistant message.
@@ -20,10 +21,14 @@ pub struct OutputFormat {
     pub tools: Option<Format>,
     /// `Some(inside)`: split `<think>` reasoning; `inside` when the prompt opened it already.
     pub reasoning: Option<bool>,
+    /// The answer is harmony (gpt-oss): its parser splits reasoning, content and calls, and
+    /// the two fields above are not used.
+    pub harmony: bool,
 }
 
 /// Splits one choice's text into parts as it streams.
 pub struct ChoiceParser {
+    harmony: Option<harmony::Parser>,
     reasoning: Option<ReasoningParser>,
     tools: Option<Box<dyn ToolParser>>,
     /// Whitespace-only content held while tools are on: between or around calls it is dropped.
@@ -33,7 +38,17 @@ pub struct ChoiceParser {
 
 impl ChoiceParser {
     pub fn new(format: &OutputFormat) -> Self {
+        if format.harmony {
+            return Self {
+                harmony: Some(harmony::Parser::default()),
+                reasoning: None,
+                tools: None,
+                pending_ws: String::new(),
+                calls: 0,
+            };
+        }
         Self {
+            harmony: None,
             reasoning: format.reasoning.map(ReasoningParser::new),
             tools: format.tools.as_ref().map(Format::parser),
             pending_ws: String::new(),
@@ -46,7 +61,25 @@ impl ChoiceParser {
         self.calls > 0
     }
 
+    /// Harmony's pieces as parts.
+    fn harmony_parts(&mut self, out: Vec<harmony::Out>) -> Vec<Part> {
+        out.into_iter()
+            .map(|o| match o {
+                harmony::Out::Reasoning(r) => Part::Reasoning(r),
+                harmony::Out::Content(c) => Part::Content(c),
+                harmony::Out::Call(c) => {
+                    self.calls += 1;
+                    Part::Call(c)
+                }
+            })
+            .collect()
+    }
+
     pub fn push(&mut self, text: &str) -> Vec<Part> {
+        if let Some(h) = self.harmony.as_mut() {
+            let out = h.push(text);
+            return self.harmony_parts(out);
+        }
         let Some(r) = self.reasoning.as_mut() else { return self.content(text) };
         let splits = r.push(text);
         self.splits(splits)
@@ -76,6 +109,10 @@ impl ChoiceParser {
     }
 
     pub fn finish(&mut self) -> Vec<Part> {
+        if let Some(h) = self.harmony.as_mut() {
+            let out = h.finish();
+            return self.harmony_parts(out);
+        }
         let mut out = match self.reasoning.as_mut() {
             Some(r) => {
                 let splits = r.finish();
@@ -150,6 +187,7 @@ mod tests {
         let f = OutputFormat {
             tools: Some(Format::Hermes { trigger: wick_engine::grammar::Trigger::Token(1), special: false }),
             reasoning: None,
+            harmony: false,
         };
         let text = "\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>\n";
         let m = parse_all(&f, text);
@@ -164,11 +202,42 @@ mod tests {
         let f = OutputFormat {
             tools: Some(Format::Hermes { trigger: wick_engine::grammar::Trigger::Token(1), special: false }),
             reasoning: Some(false),
+            harmony: false,
         };
         let text =
             "<think>I need the weather.</think>\n\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
         let m = parse_all(&f, text);
         assert_eq!(m.reasoning.as_deref(), Some("I need the weather."));
         assert_eq!((m.content, m.calls.len()), (None, 1));
+    }
+
+    #[test]
+    fn harmony_streamed_in_any_pieces_equals_the_whole() {
+        let f = OutputFormat { tools: Some(Format::Harmony { special: false }), reasoning: None, harmony: true };
+        let text = "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary \
+                    to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}";
+        let whole = parse_all(&f, text);
+        assert_eq!(whole.reasoning.as_deref(), Some("Need weather."));
+        assert_eq!(whole.content, None);
+        assert_eq!(
+            whole.calls,
+            vec![ParsedCall { name: "get_weather".into(), arguments: "{\"city\":\"Paris\"}".into() }]
+        );
+        for step in 1..12 {
+            let mut p = ChoiceParser::new(&f);
+            let chars: Vec<char> = text.chars().collect();
+            let mut parts = Vec::new();
+            for piece in chars.chunks(step) {
+                parts.extend(p.push(&piece.iter().collect::<String>()));
+            }
+            parts.extend(p.finish());
+            let reasoning: String =
+                parts.iter().filter_map(|x| if let Part::Reasoning(r) = x { Some(r.as_str()) } else { None }).collect();
+            let calls: Vec<&ParsedCall> =
+                parts.iter().filter_map(|x| if let Part::Call(c) = x { Some(c) } else { None }).collect();
+            assert_eq!(Some(reasoning.as_str()), whole.reasoning.as_deref(), "step {step}");
+            assert_eq!(calls, whole.calls.iter().collect::<Vec<_>>(), "step {step}");
+            assert!(p.has_calls());
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Server-sent events: turns engine events into `data:` lines through a [`ChunkWriter`],
 //! sends keep-alive comments while waiting, reports a mid-stream failure as a
-//! `data: {"error":...}` event, and always ends with `data: [DONE]`.
+//! `data: {"error":...}` event, and always ends with `data: [DONE]`, also when the server's
+//! shutdown deadline ends the stream early (a `server_shutting_down` error event first).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -34,18 +35,21 @@ pub fn data_stream<W: ChunkWriter>(events: BoxStream<'static, Event>, writer: W)
         match state {
             State::Finished => None,
             State::Start(events, mut w) => Some((w.start(), State::Running(events, w))),
-            State::Running(mut events, mut w) => match events.next().await {
-                Some(Event::Error(m)) => {
+            State::Running(mut events, mut w) => match next_or_deadline(&mut events).await {
+                Next::Deadline => {
+                    Some((vec![ApiError::shutting_down().to_json(), "[DONE]".to_owned()], State::Finished))
+                }
+                Next::Event(Event::Error(m)) => {
                     let err = ApiError::internal(format!("generation failed: {m}"));
                     Some((vec![err.to_json(), "[DONE]".to_owned()], State::Finished))
                 }
-                Some(ev @ Event::Done { .. }) => {
+                Next::Event(ev @ Event::Done { .. }) => {
                     let mut out = w.event(ev);
                     out.push("[DONE]".to_owned());
                     Some((out, State::Finished))
                 }
-                Some(ev) => Some((w.event(ev), State::Running(events, w))),
-                None => {
+                Next::Event(ev) => Some((w.event(ev), State::Running(events, w))),
+                Next::End => {
                     let err = ApiError::internal("generation ended without a result");
                     Some((vec![err.to_json(), "[DONE]".to_owned()], State::Finished))
                 }
@@ -54,6 +58,21 @@ pub fn data_stream<W: ChunkWriter>(events: BoxStream<'static, Event>, writer: W)
     })
     .flat_map(stream::iter)
     .boxed()
+}
+
+enum Next {
+    Event(Event),
+    End,
+    Deadline,
+}
+
+/// The next engine event, unless the shutdown deadline comes first.
+async fn next_or_deadline(events: &mut BoxStream<'static, Event>) -> Next {
+    tokio::select! {
+        biased;
+        ev = events.next() => ev.map_or(Next::End, Next::Event),
+        () = crate::shutdown::streams_ended() => Next::Deadline,
+    }
 }
 
 /// An SSE response over `events`.

@@ -18,6 +18,8 @@ pub struct Ready {
     pub created: u64,
     /// Sampling defaults in force (request > model > `[sampling]` > OpenAI), all set.
     pub sampling: wick_engine::sampling::SamplingDefaults,
+    /// The longest token in bytes (`validate::longest_token`), to refuse oversized text early.
+    pub max_token_bytes: usize,
 }
 
 impl Ready {
@@ -32,9 +34,14 @@ impl Ready {
 
 pub struct AppState {
     ready: OnceLock<Ready>,
-    pub api_keys: Vec<String>,
+    /// SHA-256 digests of the accepted API keys (see `auth`); empty: no authentication.
+    pub api_key_digests: Vec<[u8; 32]>,
     pub sse_keep_alive: Duration,
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive, from the end of its headers (a 408 after).
+    pub body_read_timeout: Duration,
+    /// Bounds the CPU-heavy request work (templates, tokenization) running at once.
+    pub cpu: crate::cpu::CpuPool,
     pub metrics: PrometheusHandle,
     /// Where `/v1/responses` keeps responses (none: storing is off).
     pub response_store: Option<Arc<dyn ResponseStore>>,
@@ -46,9 +53,11 @@ impl AppState {
     pub fn new(api_keys: Vec<String>, sse_keep_alive: Duration, max_body_bytes: usize) -> Self {
         Self {
             ready: OnceLock::new(),
-            api_keys,
+            api_key_digests: api_keys.iter().map(|k| crate::auth::digest(k)).collect(),
             sse_keep_alive,
             max_body_bytes,
+            body_read_timeout: Duration::from_secs(60),
+            cpu: crate::cpu::CpuPool::new(2),
             metrics: crate::metrics::install(),
             response_store: None,
             ui: true,

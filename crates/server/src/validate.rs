@@ -27,6 +27,8 @@ pub struct Validated {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// Prefix-cache isolation key (`cache_salt`).
+    pub cache_salt: Option<String>,
 }
 
 /// Fields both endpoints share.
@@ -148,7 +150,16 @@ fn common(c: Common<'_>, vocab_size: usize, d: &SamplingDefaults) -> Result<Vali
             ));
         }
     }
-    Ok(Validated { params: p, max_tokens: None, n, stream, include_usage })
+    Ok(Validated { params: p, max_tokens: None, n, stream, include_usage, cache_salt: None })
+}
+
+fn cache_salt(salt: &Option<String>) -> Result<Option<String>, ApiError> {
+    match salt {
+        Some(s) if s.is_empty() => {
+            Err(ApiError::invalid_value("cache_salt", "`cache_salt` must be a non-empty string when given."))
+        }
+        s => Ok(s.clone()),
+    }
 }
 
 fn max_tokens(param: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
@@ -193,6 +204,7 @@ pub fn chat(
         vocab_size,
         defaults,
     )?;
+    v.cache_salt = cache_salt(&req.cache_salt)?;
     v.max_tokens = match req.max_completion_tokens {
         Some(_) => max_tokens("max_completion_tokens", req.max_completion_tokens)?,
         None => max_tokens("max_tokens", req.max_tokens)?,
@@ -250,6 +262,7 @@ pub fn completion(
             return Err(ApiError::unsupported("best_of", "`best_of` is supported only when equal to `n`."));
         }
     }
+    v.cache_salt = cache_salt(&req.cache_salt)?;
     // OpenAI's default for legacy completions is 16 tokens.
     v.max_tokens = Some(max_tokens("max_tokens", req.max_tokens)?.unwrap_or(16));
     v.params.logprobs = match req.logprobs {
@@ -269,6 +282,26 @@ pub fn completion(
         ));
     }
     Ok(v)
+}
+
+/// Refuses, before tokenizing, text that cannot fit the context whatever its tokens: no token
+/// is longer than `max_token_bytes`, so `bytes` of text are at least `bytes / max_token_bytes`
+/// tokens (halved again, as a margin for normalizers that shrink text, such as NFKC).
+pub fn fits_by_bytes(bytes: usize, max_model_len: usize, max_token_bytes: usize, param: &str) -> Result<(), ApiError> {
+    let min_tokens = bytes / (2 * max_token_bytes.max(1));
+    if min_tokens > max_model_len {
+        let mut e = ApiError::context_length(format!(
+            "This model's maximum context length is {max_model_len} tokens. However, your {param} ({bytes} bytes of text) are at least {min_tokens} tokens. Please reduce the length of the {param}."
+        ));
+        e.param = Some(param.to_owned());
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The longest token of a vocabulary, in bytes (at least 1): the bound [`fits_by_bytes`] uses.
+pub fn longest_token(backend: &dyn crate::backend::Backend) -> usize {
+    (0..backend.vocab_size() as u32).map(|id| backend.token_text(id).1.len()).max().unwrap_or(1).max(1)
 }
 
 /// Settles `max_tokens` against the prompt length and the context: an explicit limit that does

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::grammar::{CompiledGrammar, GrammarCompiler, GrammarError, GrammarSpec, Trigger};
-use crate::kv_cache::PagedKvCache;
+use crate::kv_cache::{KvDtype, PagedKvCache};
 use crate::model::{CausalLm, ModelConfig};
 use crate::request::{Event, GenerateRequest};
 use crate::stats::StatsCell;
@@ -44,11 +44,11 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
 }
 
-/// Allocates the KV storage of `num_blocks` pages of `block_size` tokens for `model`, shaped by
+/// Allocates the KV storage (K/V rows as `dtype`) of `num_blocks` pages of `block_size` tokens for `model`, shaped by
 /// its `kv_layout`. The one place that constructs a [`PagedKvCache`] (the engine and perplexity
 /// use it).
-pub fn new_kv_cache(model: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<PagedKvCache> {
-    let layout = &model.kv_layout;
+pub fn new_kv_cache(model: &ModelConfig, dtype: KvDtype, num_blocks: usize, block_size: usize) -> Result<PagedKvCache> {
+    let layout = &model.kv_layout.clone().with_dtype(dtype);
     if layout.num_layers() != model.num_layers
         || layout.num_kv_heads != model.num_kv_heads
         || layout.head_dim != model.head_dim
@@ -102,12 +102,15 @@ impl Engine {
             ));
         }
         let max_model_len = cfg.effective_max_model_len(&model_config);
-        let cache = new_kv_cache(&model_config, num_blocks, cfg.block_size)?;
-        let layout = &model_config.kv_layout;
-        let full = crate::kv_cache::KvLayout::uniform(layout.num_layers(), layout.num_kv_heads, layout.head_dim);
+        let cache = new_kv_cache(&model_config, cfg.kv_cache_dtype, num_blocks, cfg.block_size)?;
+        let layout = &cache.layout().clone();
+        let full = crate::kv_cache::KvLayout::uniform(layout.num_layers(), layout.num_kv_heads, layout.head_dim)
+            .with_dtype(layout.dtype);
         tracing::info!(
-            "KV cache: {}; {num_blocks} pages of {} tokens ({} KiB each, {} MiB in all); \
+            "KV cache ({}, prefix caching {}): {}; {num_blocks} pages of {} tokens ({} KiB each, {} MiB in all); \
              {:.0} KV bytes per token for a {KV_LOG_TOKENS}-token sequence ({:.0} if every layer kept it all)",
+            layout.dtype,
+            if cfg.enable_prefix_caching { "on" } else { "off" },
             layout.describe(),
             cfg.block_size,
             layout.bytes_per_block(cfg.block_size) / 1024,

@@ -36,7 +36,10 @@ impl Worker {
         };
         let token = sampled.token_id;
         seq.tokens.push(token);
-        req.first_token_at.get_or_insert_with(Instant::now);
+        if req.first_token_at.is_none() {
+            req.first_token_at = Some(Instant::now());
+            req.cached_tokens = seq.cached_prompt_tokens.unwrap_or(0);
+        }
         req.completion_tokens += 1;
         let logprob = to_token_logprob(text, &sampled);
 
@@ -100,7 +103,11 @@ impl Worker {
         self.sched.remove(id);
         if req.remaining == 0 {
             if let Some(req) = self.requests.remove(&key) {
-                let usage = Usage { prompt_tokens: req.prompt_len, completion_tokens: req.completion_tokens };
+                let usage = Usage {
+                    prompt_tokens: req.prompt_len,
+                    completion_tokens: req.completion_tokens,
+                    cached_tokens: req.cached_tokens,
+                };
                 let queue_time = req.scheduled_at.unwrap_or(req.arrival).saturating_duration_since(req.arrival);
                 let first_token_time = req.first_token_at.map(|t| t.saturating_duration_since(req.arrival));
                 let _ = req.events.send(Event::Done { usage, queue_time, first_token_time });

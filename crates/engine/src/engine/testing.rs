@@ -4,7 +4,6 @@
 //! recompute changes its output), and `Gate`, which lets a
 //! test hold the engine thread inside `forward` to observe queued and running states.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -78,8 +77,6 @@ pub fn greedy_windowed(prompt: &[u32], max_tokens: usize, window: Option<usize>)
 pub struct FakeLm {
     cfg: ModelConfig,
     block_size: usize,
-    /// Token stored in each KV slot (`block * block_size + offset`).
-    slots: Mutex<HashMap<usize, u32>>,
     pub gate: Option<Arc<Gate>>,
     /// A forward containing this token fails.
     pub poison: Option<u32>,
@@ -98,7 +95,7 @@ impl FakeLm {
             max_position_embeddings: max_len,
             kv_layout: KvLayout::uniform(1, 1, 8),
         };
-        Self { cfg, block_size, slots: Mutex::new(HashMap::new()), gate: None, poison: None }
+        Self { cfg, block_size, gate: None, poison: None }
     }
 
     /// A fake model whose one layer has a sliding window of `window` tokens: it reads only the
@@ -115,29 +112,33 @@ impl CausalLm for FakeLm {
         &self.cfg
     }
 
-    fn forward(&self, batch: &ForwardBatch, _cache: &mut PagedKvCache) -> Result<Tensor> {
+    fn forward(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor> {
         if let Some(gate) = &self.gate {
             gate.pass();
         }
         if self.poison.is_some_and(|p| batch.input_ids.contains(&p)) {
             return Err(EngineError::InvalidRequest("poisoned batch".into()));
         }
+        // Each token is stored in the real KV cache as its id + 1 (0: never written), in
+        // every lane of its K and V rows, so page copies and block tables are exercised.
         let bs = self.block_size;
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = |table: &[u32], pos: usize| table[pos / bs] as usize * bs + pos % bs;
-        for s in &batch.seqs {
-            for i in 0..s.num_tokens {
-                let pos = s.context_len - s.num_tokens + i;
-                slots.insert(slot(&s.block_tables[0], pos), batch.input_ids[s.token_start + i]);
-            }
-        }
+        let hd = self.cfg.head_dim;
+        let rows: Vec<f32> = batch.input_ids.iter().flat_map(|&t| std::iter::repeat_n(t as f32 + 1.0, hd)).collect();
+        cache.validate(batch)?;
+        cache.write(0, batch, &rows, &rows);
+        let read = |table: &[u32], pos: usize| -> Option<u32> {
+            let block = *table.get(pos / bs).filter(|&&b| b != crate::kv_cache::NO_BLOCK)?;
+            let (mut k, mut v) = (Vec::new(), Vec::new());
+            cache.gather(0, &[cache.offset(block as usize, 0, pos % bs)], &mut k, &mut v);
+            (k[0] >= 1.0 && k[0] == v[0]).then(|| k[0] as u32 - 1)
+        };
         let mut logits = vec![0f32; batch.logits_rows.len() * VOCAB];
         for (r, &row) in batch.logits_rows.iter().enumerate() {
             let s = batch.seqs.iter().find(|s| row >= s.token_start && row < s.token_start + s.num_tokens);
             let s = s.ok_or_else(|| EngineError::InvalidRequest(format!("row {row} outside every sequence")))?;
             let pos = batch.positions[row] as usize;
             let ctx: Vec<u32> = (self.cfg.kv_layout.layer_kind(0).first_visible(pos)..=pos)
-                .map(|p| slots.get(&slot(&s.block_tables[0], p)).copied())
+                .map(|p| read(&s.block_tables[0], p))
                 .collect::<Option<_>>()
                 .ok_or_else(|| EngineError::InvalidRequest("read of an unwritten KV slot".into()))?;
             let next = next_token(&ctx) as usize;

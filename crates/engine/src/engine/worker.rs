@@ -2,6 +2,18 @@
 //! sequences whose client went away (queued, prefilling or decoding: their blocks are freed this
 //! step), plan with the scheduler, run the model on the packed batch, turn each logits row into
 //! events (see `output`), and publish stats.
+//!
+//! A request with `n > 1` choices enters as one sequence (choice 0); the others wait in its
+//! [`RequestState`] until choice 0 has computed the prompt, then are forked from it
+//! ([`Scheduler::fork`]: shared pages, a copy of the partial last one) and sample their first
+//! token from the same logits row. The prompt is prefilled once.
+//!
+//! A panic anywhere in a step (a broken scheduler or block-pool invariant, a detokenizer bug)
+//! does not end the thread: the requests running in that step get `Event::Error` and are
+//! dropped with their blocks, and the engine goes on with the rest. Should freeing those blocks
+//! panic too, the block pool is rebuilt empty and every request still held fails.
+//! For tests only, `WICK_TEST_PANIC_AT_STEP=k` injects one panic into the `k`-th step that
+//! runs the model (1-based), after its blocks are allocated.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -12,12 +24,13 @@ use std::time::Instant;
 
 use super::{Shared, Submission};
 use crate::grammar::Constraint;
+use crate::kv_cache::prefix::root_hash;
 use crate::kv_cache::{BlockPool, PagedKvCache};
 use crate::model::CausalLm;
 use crate::request::{Event, SamplingParams};
 use crate::sampling::Sampler;
 use crate::scheduler::{Scheduler, SchedulerConfig, StepPlan};
-use crate::sequence::{Generation, SeqId, Sequence};
+use crate::sequence::{Generation, SeqId, SeqStatus, Sequence};
 use crate::text::{IncrementalDetokenizer, StopChecker, TextProcessor};
 use crate::EngineConfig;
 
@@ -39,6 +52,10 @@ pub(super) struct RequestState {
     pub arrival: Instant,
     pub scheduled_at: Option<Instant>,
     pub first_token_at: Option<Instant>,
+    /// Prompt tokens choice 0 found in the prefix cache.
+    pub cached_tokens: usize,
+    /// Choices `1..n`, forked from choice 0 once it has computed the prompt.
+    pub pending_forks: Vec<Sequence<Generation>>,
 }
 
 /// Everything the engine thread owns.
@@ -51,8 +68,23 @@ pub(super) struct Worker {
     pub max_model_len: usize,
     rx: Receiver<Submission>,
     shared: Arc<Shared>,
+    /// Mixed into every prefix-cache hash chain, so blocks never match across models.
+    model_key: String,
     next_request: u64,
     next_seq: u64,
+    sched_cfg: SchedulerConfig,
+    /// Steps that ran the model so far, and the one to panic in (`WICK_TEST_PANIC_AT_STEP`).
+    model_steps: u64,
+    panic_at_step: Option<u64>,
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_owned(),
+        (_, Some(s)) => s.clone(),
+        _ => "panic".to_owned(),
+    }
 }
 
 /// Marks the engine dead when the thread ends, even by panic.
@@ -81,17 +113,27 @@ impl Worker {
         let sched_cfg =
             SchedulerConfig { max_num_seqs: cfg.max_num_seqs, max_num_batched_tokens: cfg.max_num_batched_tokens };
         let groups = cache.layout().groups.clone();
+        let mc = model.config();
+        let model_key = format!("{}/{}x{}/{}", mc.arch, mc.num_layers, mc.hidden_size, mc.vocab_size);
+        let mut pool = BlockPool::new(num_blocks, cfg.block_size);
+        if cfg.enable_prefix_caching {
+            pool = pool.with_prefix_caching();
+        }
         Self {
             model,
             cache,
-            sched: Scheduler::new(sched_cfg, BlockPool::new(num_blocks, cfg.block_size), groups),
+            sched: Scheduler::new(sched_cfg, pool, groups),
             requests: HashMap::new(),
             text,
             max_model_len,
             rx,
             shared,
+            model_key,
             next_request: 0,
             next_seq: 0,
+            sched_cfg,
+            model_steps: 0,
+            panic_at_step: std::env::var("WICK_TEST_PANIC_AT_STEP").ok().and_then(|v| v.parse().ok()),
         }
     }
 
@@ -121,7 +163,9 @@ impl Worker {
             }
             self.reap_cancelled();
             if !self.sched.is_empty() {
-                self.step();
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.step())) {
+                    self.recover(&panic_message(panic.as_ref()));
+                }
             }
             self.publish_stats();
         }
@@ -137,6 +181,8 @@ impl Worker {
         let key = self.next_request;
         self.next_request += 1;
         let seed = req.params.seed.unwrap_or_else(rand::random::<u64>);
+        let root = root_hash(&self.model_key, req.cache_salt.as_deref());
+        let mut pending_forks = Vec::new();
         for choice in 0..req.n {
             let gen = Generation {
                 request: key,
@@ -147,8 +193,13 @@ impl Worker {
                 constraint: req.params.grammar.clone().map(Constraint::new),
                 events: events.clone(),
             };
-            self.sched.add(Sequence::new(self.next_seq, req.prompt_ids.clone(), gen));
+            let seq = Sequence::new(self.next_seq, req.prompt_ids.clone(), gen).with_hash_root(root);
             self.next_seq += 1;
+            if choice == 0 {
+                self.sched.add(seq);
+            } else {
+                pending_forks.push(seq);
+            }
         }
         self.requests.insert(
             key,
@@ -162,6 +213,8 @@ impl Worker {
                 arrival: req.arrival,
                 scheduled_at: None,
                 first_token_at: None,
+                cached_tokens: 0,
+                pending_forks,
             },
         );
     }
@@ -200,6 +253,10 @@ impl Worker {
             }
         }
         let batch = self.sched.build_batch(&plan);
+        self.model_steps += 1;
+        if self.panic_at_step == Some(self.model_steps) {
+            panic!("injected fault (WICK_TEST_PANIC_AT_STEP={})", self.model_steps);
+        }
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.model.forward(&batch, &mut self.cache).and_then(|t| Ok(t.to_vec2::<f32>()?))
         }));
@@ -226,6 +283,10 @@ impl Worker {
         }
         for (i, (id, row)) in ids.iter().zip(rows).enumerate() {
             let mask = masks.as_mut().and_then(|m| m[i].take());
+            for child in self.start_forks(*id) {
+                let mask = self.own_mask(child);
+                self.on_logits(child, &row, mask);
+            }
             self.on_logits(*id, &row, mask);
         }
         let stats = &self.shared.stats;
@@ -269,6 +330,37 @@ impl Worker {
         Some(out)
     }
 
+    /// Forks the waiting choices of `id`'s request from it once it has just computed its prompt;
+    /// returns the ones now running, which sample from `id`'s logits row. A choice that cannot
+    /// run yet (full batch, no free page) is queued instead and prefills from the prefix cache.
+    fn start_forks(&mut self, id: SeqId) -> Vec<SeqId> {
+        let Some(seq) = self.sched.get(id) else { return Vec::new() };
+        if seq.len() != seq.prompt_len || seq.num_computed_tokens != seq.prompt_len {
+            return Vec::new();
+        }
+        let Some(req) = self.requests.get_mut(&seq.gen.request) else { return Vec::new() };
+        let mut started = Vec::new();
+        for child in std::mem::take(&mut req.pending_forks) {
+            let cid = child.id;
+            match self.sched.fork(id, child) {
+                Ok(copies) => {
+                    for c in copies {
+                        self.cache.copy_page(c.src as usize, c.dst as usize);
+                    }
+                    started.push(cid);
+                }
+                Err(child) => self.sched.add(*child),
+            }
+        }
+        started
+    }
+
+    /// The grammar mask of one sequence, if it has an active grammar.
+    fn own_mask(&mut self, id: SeqId) -> Option<MaskResult> {
+        let c = self.sched.get_mut(id)?.gen.constraint.as_mut().filter(|c| c.is_active())?;
+        c.compute_mask()
+    }
+
     /// A failed forward: every request with a sequence in the step gets `Event::Error`.
     fn fail_step(&mut self, plan: &StepPlan, message: &str) {
         tracing::error!("{message}");
@@ -276,6 +368,35 @@ impl Worker {
         keys.dedup();
         for key in keys {
             self.fail_request(key, message);
+        }
+    }
+
+    /// After a panicking step: fails the requests that were running (the step's), freeing their
+    /// blocks; if that panics as well, starts over with an empty block pool and fails them all.
+    fn recover(&mut self, message: &str) {
+        tracing::error!("engine step panicked: {message}; failing the requests of that step");
+        let message = format!("internal error in the engine step: {message}");
+        let mut keys: Vec<u64> =
+            self.sched.iter().filter(|s| s.status == SeqStatus::Running).map(|s| s.gen.request).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let freed = catch_unwind(AssertUnwindSafe(|| {
+            for key in &keys {
+                self.fail_request(*key, &message);
+            }
+        }));
+        if freed.is_err() {
+            tracing::error!("freeing the failed step's blocks panicked too; resetting the KV block pool");
+            let old = self.sched.pool();
+            let mut pool = BlockPool::new(old.num_blocks(), old.block_size());
+            if old.prefix_caching() {
+                pool = pool.with_prefix_caching();
+            }
+            let groups = self.sched.groups().to_vec();
+            self.sched = Scheduler::new(self.sched_cfg, pool, groups);
+            for (_, req) in self.requests.drain() {
+                let _ = req.events.send(Event::Error(message.clone()));
+            }
         }
     }
 
@@ -295,5 +416,9 @@ impl Worker {
         stats.running.store(self.sched.num_running() as u64, Ordering::Relaxed);
         stats.waiting.store(self.sched.num_waiting() as u64, Ordering::Relaxed);
         stats.kv_blocks_used.store(self.sched.pool().num_used() as u64, Ordering::Relaxed);
+        stats.kv_blocks_cached.store(self.sched.pool().num_cached_free() as u64, Ordering::Relaxed);
+        let prefix = self.sched.prefix_stats();
+        stats.prefix_cache_queries_total.store(prefix.queried_tokens, Ordering::Relaxed);
+        stats.prefix_cache_hits_total.store(prefix.hit_tokens, Ordering::Relaxed);
     }
 }

@@ -17,6 +17,10 @@
 //! each output lane the same operations in every tile size, softmax is per query, and a
 //! query's keys are always accumulated in position order (the keys a tile does not share
 //! are handled per query before and after the shared run).
+//!
+//! Attention sinks (gpt-oss): an optional learned logit per query head joins each softmax's
+//! denominator only (`p_j = exp(s_j - m) / (Σ exp(s - m) + exp(sink - m))`, no value); it is
+//! applied in one place, where a query's normalizer is formed (`with_sink`).
 
 use std::ops::Range;
 
@@ -132,8 +136,10 @@ unsafe impl Send for OutPtr {}
 
 /// What every item reads.
 struct Step<'a> {
-    ks: &'a [f32],
-    vs: &'a [f32],
+    /// The layer's K/V rows in place when the cache stores f32; otherwise each item gathers
+    /// the rows it reads into its scratch as f32.
+    direct: Option<(&'a [f32], &'a [f32])>,
+    layer: usize,
     cache: &'a PagedKvCache,
     batch: &'a ForwardBatch,
     q: &'a [f32],
@@ -144,6 +150,8 @@ struct Step<'a> {
     /// The layer's KV-cache group (which of a sequence's block tables to walk).
     kv_group: usize,
     kern: Kernels,
+    /// One sink logit per query head, if the model has them.
+    sinks: Option<&'a [f32]>,
 }
 
 /// Per-worker buffers, reused across items.
@@ -151,6 +159,10 @@ struct Step<'a> {
 struct Scratch {
     /// Row offsets (in the layer's storage) of the item's key positions, from `base`.
     offs: Vec<usize>,
+    /// Gathered K and V rows (f32) of those positions, and their offsets in `k` / `v`.
+    k: Vec<f32>,
+    v: Vec<f32>,
+    rows: Vec<usize>,
     /// `TILE` score rows of `stride` each.
     scores: Vec<f32>,
     /// `TILE` accumulator rows of `head_dim` each.
@@ -168,12 +180,29 @@ pub fn paged_attention(
     num_heads: usize,
     params: AttnParams,
 ) -> Vec<f32> {
+    paged_attention_with_sinks(cache, layer, batch, q, num_heads, params, None)
+}
+
+/// [`paged_attention`] with an optional sink logit per query head (`sinks.len() == num_heads`)
+/// in every softmax.
+pub fn paged_attention_with_sinks(
+    cache: &PagedKvCache,
+    layer: usize,
+    batch: &ForwardBatch,
+    q: &[f32],
+    num_heads: usize,
+    params: AttnParams,
+    sinks: Option<&[f32]>,
+) -> Vec<f32> {
+    assert!(sinks.is_none_or(|s| s.len() == num_heads), "one sink per query head");
     let window = layer_window(cache, layer, params.window);
     let seen = |s: &crate::batch::SeqSlice| window.map_or(s.context_len, |w| s.context_len.min(w + s.num_tokens));
     let products: usize = batch.seqs.iter().map(|s| s.num_tokens * seen(s)).sum::<usize>() * num_heads;
-    attention_with(cache, layer, batch, q, num_heads, params, Kernels::detect(), products >= PARALLEL_MIN_PRODUCTS)
+    let parallel = products >= PARALLEL_MIN_PRODUCTS;
+    attention_with_sinks(cache, layer, batch, q, num_heads, params, Kernels::detect(), parallel, sinks)
 }
 
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn attention_with(
     cache: &PagedKvCache,
@@ -184,6 +213,21 @@ fn attention_with(
     params: AttnParams,
     kern: Kernels,
     parallel: bool,
+) -> Vec<f32> {
+    attention_with_sinks(cache, layer, batch, q, num_heads, params, kern, parallel, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_with_sinks(
+    cache: &PagedKvCache,
+    layer: usize,
+    batch: &ForwardBatch,
+    q: &[f32],
+    num_heads: usize,
+    params: AttnParams,
+    kern: Kernels,
+    parallel: bool,
+    sinks: Option<&[f32]>,
 ) -> Vec<f32> {
     let hd = cache.head_dim();
     let t = batch.num_tokens();
@@ -201,10 +245,10 @@ fn attention_with(
             }
         }
     }
-    let (ks, vs) = cache.layer(layer);
+    let direct = cache.layer_f32(layer);
     let params = AttnParams { window: layer_window(cache, layer, params.window), ..params };
     let kv_group = cache.layout().layer_group[layer];
-    let step = Step { ks, vs, cache, batch, q, num_heads, group, hd, params, kv_group, kern };
+    let step = Step { direct, layer, cache, batch, q, num_heads, group, hd, params, kv_group, kern, sinks };
     let dst = OutPtr(out.as_mut_ptr());
     let run = |range: Range<usize>| {
         let mut scratch = Scratch::default();
@@ -260,18 +304,54 @@ fn run_item(step: &Step, item: &Item, scratch: &mut Scratch, dst: &OutPtr) {
     let stride = (last + 1 - base).next_multiple_of(8);
     scratch.scores.resize(TILE * stride, 0.0);
     scratch.acc.resize(TILE * step.hd, 0.0);
+    let Scratch { offs, k, v, rows, scores, acc } = scratch;
+    let kv = match step.direct {
+        Some((ks, vs)) => Kv { ks, vs, offs },
+        None => {
+            step.cache.gather(step.layer, offs, k, v);
+            rows.clear();
+            rows.extend((0..offs.len()).map(|i| i * step.hd));
+            Kv { ks: k, vs: v, offs: rows }
+        }
+    };
+    let mut bufs = Bufs { scores, acc };
     // Queries as (token index in the batch, head, position), token-major.
     let queries = (item.start..item.end)
         .flat_map(|j| heads.clone().map(move |h| (s.token_start + j, h, first + j)))
         .collect::<Vec<_>>();
     for tile in queries.chunks(TILE) {
         match *tile {
-            [a] => run_tile(step, [a], base, stride, scratch, dst),
-            [a, b] => run_tile(step, [a, b], base, stride, scratch, dst),
-            [a, b, c] => run_tile(step, [a, b, c], base, stride, scratch, dst),
-            [a, b, c, d] => run_tile(step, [a, b, c, d], base, stride, scratch, dst),
+            [a] => run_tile(step, [a], base, stride, &kv, &mut bufs, dst),
+            [a, b] => run_tile(step, [a, b], base, stride, &kv, &mut bufs, dst),
+            [a, b, c] => run_tile(step, [a, b, c], base, stride, &kv, &mut bufs, dst),
+            [a, b, c, d] => run_tile(step, [a, b, c, d], base, stride, &kv, &mut bufs, dst),
             _ => {}
         }
+    }
+}
+
+/// The K/V rows an item reads, as f32, and each key position's row offset (from `base`).
+struct Kv<'a> {
+    ks: &'a [f32],
+    vs: &'a [f32],
+    offs: &'a [usize],
+}
+
+/// A tile's score rows and output accumulators.
+struct Bufs<'a> {
+    scores: &'a mut Vec<f32>,
+    acc: &'a mut Vec<f32>,
+}
+
+/// The softmax normalizer `Σ exp(s - m)` (with `m` the scores' max, as `softmax_exp` forms
+/// it), plus a sink's `exp(sink - m)` where the head has one (`(sink, m)`). The weights keep
+/// their `exp(s - m)`; only the denominator grows, exactly as if the sink had joined the
+/// softmax (whose max would cancel out).
+#[inline]
+fn with_sink(sum: f32, sink: Option<(f32, f32)>) -> f32 {
+    match sink {
+        Some((sink, max)) => sum + (sink - max).exp(),
+        None => sum,
     }
 }
 
@@ -283,7 +363,8 @@ fn run_tile<const N: usize>(
     tile: [(usize, usize, usize); N],
     base: usize,
     stride: usize,
-    scratch: &mut Scratch,
+    kv: &Kv,
+    bufs: &mut Bufs,
     dst: &OutPtr,
 ) {
     let (hd, kern) = (step.hd, step.kern);
@@ -295,23 +376,24 @@ fn run_tile<const N: usize>(
     let c1 = end.iter().copied().min().unwrap_or(0).max(c0);
     // Query `a`'s scores live at `scores[a * stride..]`, indexed by position - lo[a].
     let row = |a: usize, p: usize| a * stride + (p - lo[a]);
-    let Scratch { offs, scores, acc } = scratch;
-    let offs = &offs[..];
+    let (scores, acc) = (&mut *bufs.scores, &mut *bufs.acc);
+    let offs = kv.offs;
     let own = |a: usize| [lo[a]..c0.min(end[a]), c1.max(lo[a])..end[a]];
     let keys = |r: &Range<usize>| &offs[r.start - base..r.end - base];
     for a in 0..N {
         for r in own(a).iter().filter(|r| r.start < r.end) {
-            kern.scores(step.q, [qrow[a]], step.ks, keys(r), hd, step.params.scale, scores, [row(a, r.start)]);
+            kern.scores(step.q, [qrow[a]], kv.ks, keys(r), hd, step.params.scale, scores, [row(a, r.start)]);
         }
     }
     if c0 < c1 {
         let at: [usize; N] = std::array::from_fn(|a| row(a, c0));
-        kern.scores(step.q, qrow, step.ks, keys(&(c0..c1)), hd, step.params.scale, scores, at);
+        kern.scores(step.q, qrow, kv.ks, keys(&(c0..c1)), hd, step.params.scale, scores, at);
     }
     let mut inv = [0f32; N];
     for a in 0..N {
-        let n = end[a] - lo[a];
-        inv[a] = 1.0 / kern.softmax_exp(&mut scores[a * stride..a * stride + n]);
+        let s = &mut scores[a * stride..a * stride + end[a] - lo[a]];
+        let sink = step.sinks.map(|sinks| (sinks[tile[a].1], s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))));
+        inv[a] = 1.0 / with_sink(kern.softmax_exp(s), sink);
     }
     acc[..N * hd].fill(0.0);
     let acc_at: [usize; N] = std::array::from_fn(|a| a * hd);
@@ -319,17 +401,17 @@ fn run_tile<const N: usize>(
     for a in 0..N {
         let r = &own(a)[0];
         if r.start < r.end {
-            kern.accumulate(scores, [row(a, r.start)], step.vs, keys(r), hd, acc, [acc_at[a]]);
+            kern.accumulate(scores, [row(a, r.start)], kv.vs, keys(r), hd, acc, [acc_at[a]]);
         }
     }
     if c0 < c1 {
         let at: [usize; N] = std::array::from_fn(|a| row(a, c0));
-        kern.accumulate(scores, at, step.vs, keys(&(c0..c1)), hd, acc, acc_at);
+        kern.accumulate(scores, at, kv.vs, keys(&(c0..c1)), hd, acc, acc_at);
     }
     for a in 0..N {
         let r = &own(a)[1];
         if r.start < r.end {
-            kern.accumulate(scores, [row(a, r.start)], step.vs, keys(r), hd, acc, [acc_at[a]]);
+            kern.accumulate(scores, [row(a, r.start)], kv.vs, keys(r), hd, acc, [acc_at[a]]);
         }
         // SAFETY: see `OutPtr`; the row is inside `out` because token < T and head < heads.
         let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(qrow[a]), hd) };

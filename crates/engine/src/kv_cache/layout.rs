@@ -13,6 +13,8 @@
 //!
 //! Layer `l` lives in group `layer_group[l]` at slot `layer_slot[l]` of that group's pages.
 
+use super::dtype::KvDtype;
+
 /// Sentinel block id of a sliding-window group's table entry whose page was released (all of
 /// its positions are before the window). Logical block `i` always covers positions
 /// `[i * block_size, (i + 1) * block_size)` in every group.
@@ -92,6 +94,8 @@ pub struct KvLayout {
     pub layer_slot: Vec<usize>,
     /// Layers per group (every group has the same size).
     pub group_size: usize,
+    /// How K/V values are stored (the constructors give f32; the engine sets its own).
+    pub dtype: KvDtype,
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -129,7 +133,13 @@ impl KvLayout {
                 groups.push(*kind);
             }
         }
-        Self { num_kv_heads, head_dim, groups, layer_group, layer_slot, group_size }
+        Self { num_kv_heads, head_dim, groups, layer_group, layer_slot, group_size, dtype: KvDtype::F32 }
+    }
+
+    /// The same layout with K/V stored as `dtype`.
+    pub fn with_dtype(mut self, dtype: KvDtype) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// Every layer full attention: one group of all layers.
@@ -150,9 +160,10 @@ impl KvLayout {
         self.groups[self.layer_group[layer]]
     }
 
-    /// Bytes of one page: `group_size` layers × `block_size` tokens of K and V (f32).
+    /// Bytes of one page: `group_size` layers × `block_size` tokens of K and V rows (one row per
+    /// kv head, in `dtype`).
     pub fn bytes_per_block(&self, block_size: usize) -> usize {
-        2 * self.group_size * self.num_kv_heads * self.head_dim * block_size * std::mem::size_of::<f32>()
+        2 * self.group_size * self.num_kv_heads * block_size * self.dtype.bytes_per_row(self.head_dim)
     }
 
     /// How many pages fit in `budget_bytes` (at least one).

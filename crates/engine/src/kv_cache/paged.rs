@@ -1,12 +1,13 @@
 //! `PagedKvCache`: K/V storage in fixed-size pages, shared by every KV-cache group of a
 //! [`KvLayout`]. A page (block) holds `group_size` layers × `block_size` tokens; the storage is
-//! `group_size` slot arrays, each a plain host `f32` vector laid out
-//! `[block][kv_head][slot][head_dim]`. Layer `l` reads and writes slot array `layer_slot[l]` at
+//! `group_size` slot arrays of rows in the layout's [`KvDtype`] (f16 by default in the engine;
+//! see `kv_cache::dtype`), laid out `[block][kv_head][slot][head_dim]`. Layer `l` reads and writes slot array `layer_slot[l]` at
 //! the block ids of its group's table (`SeqSlice::block_tables[layer_group[l]]`), so a step
 //! writes each new token's K/V in place (no concatenation, no per-head copies) and attention
 //! (`kv_cache::attention`) reads a sequence's context block by block.
 
 use crate::batch::ForwardBatch;
+use crate::kv_cache::dtype::RowStore;
 use crate::kv_cache::layout::{KvLayout, NO_BLOCK};
 use crate::{EngineError, Result};
 
@@ -16,20 +17,21 @@ pub struct PagedKvCache {
     pub block_size: usize,
     layout: KvLayout,
     /// Per page slot (`0..group_size`), `[block][kv_head][slot][head_dim]`.
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<RowStore>,
+    v: Vec<RowStore>,
 }
 
 impl PagedKvCache {
     /// Storage for `num_blocks` pages of `block_size` tokens of `layout`.
     pub fn new(layout: &KvLayout, num_blocks: usize, block_size: usize) -> Self {
         let per_slot = num_blocks * layout.num_kv_heads * block_size * layout.head_dim;
+        let store = || RowStore::new(layout.dtype, per_slot, layout.head_dim);
         Self {
             num_blocks,
             block_size,
             layout: layout.clone(),
-            k: (0..layout.group_size).map(|_| vec![0f32; per_slot]).collect(),
-            v: (0..layout.group_size).map(|_| vec![0f32; per_slot]).collect(),
+            k: (0..layout.group_size).map(|_| store()).collect(),
+            v: (0..layout.group_size).map(|_| store()).collect(),
         }
     }
 
@@ -125,25 +127,44 @@ impl PagedKvCache {
                 for h in 0..kvh {
                     let dst = self.offset(block, h, slot);
                     let src = t * row + h * hd;
-                    self.k[page_slot][dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-                    self.v[page_slot][dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                    self.k[page_slot].write_row(dst, &k[src..src + hd]);
+                    self.v[page_slot].write_row(dst, &v[src..src + hd]);
                 }
             }
         }
     }
 
-    /// The key and value storage `layer` reads (its page slot's arrays).
-    pub(crate) fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+    /// Copies every slot of page `src` into page `dst` (a forked sequence's own copy of a
+    /// partly filled page it shared).
+    pub fn copy_page(&mut self, src: usize, dst: usize) {
+        let (a, b) = (self.offset(src, 0, 0), self.offset(dst, 0, 0));
+        let (len, hd) = (self.offset(1, 0, 0), self.layout.head_dim);
+        for arr in self.k.iter_mut().chain(self.v.iter_mut()) {
+            arr.copy_within(a, len, b, hd);
+        }
+    }
+
+    /// The key and value rows of `layer` as f32 in place, when the cache stores f32.
+    pub(crate) fn layer_f32(&self, layer: usize) -> Option<(&[f32], &[f32])> {
         let slot = self.layout.layer_slot[layer];
-        (&self.k[slot], &self.v[slot])
+        Some((self.k[slot].as_f32()?, self.v[slot].as_f32()?))
+    }
+
+    /// The key and value rows of `layer` at element offsets `offs`, as f32, into `k` and `v`
+    /// (`head_dim` values per row, in order).
+    pub(crate) fn gather(&self, layer: usize, offs: &[usize], k: &mut Vec<f32>, v: &mut Vec<f32>) {
+        let (slot, hd) = (self.layout.layer_slot[layer], self.layout.head_dim);
+        self.k[slot].gather(offs, hd, k);
+        self.v[slot].gather(offs, hd, v);
     }
 
     /// Overwrites every slot of `block` with NaN (tests: a read of a released page shows).
     #[cfg(test)]
     pub(crate) fn poison_block(&mut self, block: usize) {
         let r = self.offset(block, 0, 0)..self.offset(block + 1, 0, 0);
+        let hd = self.layout.head_dim;
         for a in self.k.iter_mut().chain(self.v.iter_mut()) {
-            a[r.clone()].fill(f32::NAN);
+            a.poison(r.clone(), hd);
         }
     }
 
@@ -168,7 +189,7 @@ mod tests {
         let k: Vec<f32> = (0..3 * 2 * 4).map(|x| x as f32).collect();
         let v: Vec<f32> = k.iter().map(|x| -x).collect();
         cache.write(0, &batch, &k, &v);
-        let (ks, vs) = cache.layer(0);
+        let (ks, vs) = cache.layer_f32(0).unwrap();
         // position 2 -> block 3 slot 0; position 4 -> block 6 slot 0, kv head 1
         let o = cache.offset(3, 0, 0);
         assert_eq!(&ks[o..o + 4], &[0., 1., 2., 3.]);
@@ -192,10 +213,10 @@ mod tests {
             cache.write(l, &batch, &x, &x);
         }
         // Layer 2 is slot 1 of group 0's block 1; layer 3 is slot 1 of group 1's block 2.
-        assert_eq!(&cache.layer(2).0[cache.offset(1, 0, 0)..][..2], &[2.0, 12.0]);
-        assert_eq!(&cache.layer(3).0[cache.offset(2, 0, 0)..][..2], &[3.0, 13.0]);
-        assert_eq!(&cache.layer(0).0[cache.offset(1, 0, 0)..][..2], &[0.0, 10.0]);
-        assert_eq!(&cache.layer(1).1[cache.offset(2, 0, 0)..][..2], &[1.0, 11.0]);
+        assert_eq!(&cache.layer_f32(2).unwrap().0[cache.offset(1, 0, 0)..][..2], &[2.0, 12.0]);
+        assert_eq!(&cache.layer_f32(3).unwrap().0[cache.offset(2, 0, 0)..][..2], &[3.0, 13.0]);
+        assert_eq!(&cache.layer_f32(0).unwrap().0[cache.offset(1, 0, 0)..][..2], &[0.0, 10.0]);
+        assert_eq!(&cache.layer_f32(1).unwrap().1[cache.offset(2, 0, 0)..][..2], &[1.0, 11.0]);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! Per layer: `h = norm(x)`; `q, k, v = split(W_qkv h + b)`; optional per-head q/k norms;
 //! RoPE; `a = W_o attention(q, k, v)`; optional post-norm of `a`; `x += a`; then
 //! `m = W_down act(W_gate h') * (W_up h')` with `h' = norm(x)`, optional post-norm, `x += m`.
+//!
+//! Mixture-of-experts models (gpt-oss) replace the MLP by a router (`W_r h' + b_r`) and the
+//! backend's `moe` over per-expert gate/up and down layers; their attention may add a sink
+//! logit per head to every softmax.
 
 use std::sync::Mutex;
 
@@ -18,7 +22,7 @@ use crate::batch::ForwardBatch;
 use crate::kv_cache::{AttentionKind, AttnParams, KvLayout};
 use crate::model::backend::{Backend, RawWeight};
 use crate::model::source::TensorSource;
-use crate::model::spec::ModelSpec;
+use crate::model::spec::{ModelSpec, MoeSpec};
 use crate::model::ModelConfig;
 use crate::{EngineError, Result};
 
@@ -31,11 +35,19 @@ struct Layer<B: Backend> {
     k_norm: Option<B::Norm>,
     o: B::Linear,
     attn_post_norm: Option<B::Norm>,
+    /// One logit per head joining the attention softmax (gpt-oss).
+    sinks: Option<B::Sinks>,
     ffn_norm: B::Norm,
-    /// Fused `[gate; up]`.
-    gate_up: B::Linear,
-    down: B::Linear,
+    ffn: Ffn<B>,
     ffn_post_norm: Option<B::Norm>,
+}
+
+/// A layer's feed-forward.
+enum Ffn<B: Backend> {
+    /// Fused `[gate; up]`, then down.
+    Dense { gate_up: B::Linear, down: B::Linear },
+    /// A router (`[experts, hidden]`, with its bias) and per expert `(gate_up, down)`.
+    Moe { router: B::Linear, experts: Vec<(B::Linear, B::Linear)> },
 }
 
 /// A loaded model ready to run ragged batches.
@@ -115,6 +127,38 @@ impl<S: TensorSource> Reader<'_, S> {
     fn weight(&mut self, i: usize, role: &str, dims: &[usize]) -> Result<RawWeight> {
         self.need(&self.spec.names.layer_tensor(i, role, false), dims)
     }
+
+    /// A stacked bias (`[experts, n]`), if stored.
+    fn biases(&mut self, i: usize, role: &str, dims: &[usize]) -> Result<Option<RawWeight>> {
+        let name = self.spec.names.layer_tensor(i, role, true);
+        if self.has(&name) {
+            return Ok(Some(self.need(&name, dims)?));
+        }
+        Ok(None)
+    }
+}
+
+/// Loads layer `i`'s mixture of experts: the router and, per expert, fused `[gate; up]` and
+/// down with their biases. Stacked weights are split expert by expert (each expert's bytes
+/// copied once, the stacked tensor dropped after the layer).
+fn load_moe<B: Backend, S: TensorSource>(backend: &B, r: &mut Reader<S>, i: usize, moe: MoeSpec) -> Result<Ffn<B>> {
+    let names = r.spec.names;
+    let (ne, ff, hidden) = (moe.num_experts, moe.expert_ff, r.spec.hidden_size);
+    let router = backend.router(r.weight(i, names.router, &[ne, hidden])?, r.bias(i, names.router, ne)?)?;
+    let gate = r.weight(i, names.gate_exps, &[ne, ff, hidden])?;
+    let up = r.weight(i, names.up_exps, &[ne, ff, hidden])?;
+    let down = r.weight(i, names.down_exps, &[ne, hidden, ff])?;
+    let gate_b = r.biases(i, names.gate_exps, &[ne, ff])?;
+    let up_b = r.biases(i, names.up_exps, &[ne, ff])?;
+    let down_b = r.biases(i, names.down_exps, &[ne, hidden])?;
+    let one = |b: &Option<RawWeight>, e: usize| b.as_ref().map(|b| b.expert(e)).transpose();
+    let mut experts = Vec::with_capacity(ne);
+    for e in 0..ne {
+        let gate_up = backend.linear(vec![gate.expert(e)?, up.expert(e)?], vec![one(&gate_b, e)?, one(&up_b, e)?])?;
+        let down = backend.linear(vec![down.expert(e)?], vec![one(&down_b, e)?])?;
+        experts.push((gate_up, down));
+    }
+    Ok(Ffn::Moe { router, experts })
 }
 
 impl<B: Backend> Decoder<B> {
@@ -146,18 +190,30 @@ impl<B: Backend> Decoder<B> {
                 let biases = vec![r.bias(i, names.q, qw)?, r.bias(i, names.k, kw)?, r.bias(i, names.v, kw)?];
                 backend.linear(parts, biases)?
             };
-            let gate_up = match names.gate_up {
-                Some(gu) if r.has(&names.layer_tensor(i, gu, false)) => {
-                    backend.linear(vec![r.weight(i, gu, &[2 * ff, hidden])?], vec![None])?
+            let ffn = match spec.moe {
+                Some(moe) => load_moe(&backend, &mut r, i, moe)?,
+                None => {
+                    let gate_up = match names.gate_up {
+                        Some(gu) if r.has(&names.layer_tensor(i, gu, false)) => {
+                            backend.linear(vec![r.weight(i, gu, &[2 * ff, hidden])?], vec![None])?
+                        }
+                        _ if !r.has(&names.layer_tensor(i, names.gate, false)) => {
+                            // GGUF phi3: `ffn_up` holds [gate; up].
+                            backend.linear(vec![r.weight(i, names.up, &[2 * ff, hidden])?], vec![None])?
+                        }
+                        _ => backend.linear(
+                            vec![r.weight(i, names.gate, &[ff, hidden])?, r.weight(i, names.up, &[ff, hidden])?],
+                            vec![None, None],
+                        )?,
+                    };
+                    let down = backend.linear(vec![r.weight(i, names.down, &[hidden, ff])?], vec![None])?;
+                    Ffn::Dense { gate_up, down }
                 }
-                _ if !r.has(&names.layer_tensor(i, names.gate, false)) => {
-                    // GGUF phi3: `ffn_up` holds [gate; up].
-                    backend.linear(vec![r.weight(i, names.up, &[2 * ff, hidden])?], vec![None])?
-                }
-                _ => backend.linear(
-                    vec![r.weight(i, names.gate, &[ff, hidden])?, r.weight(i, names.up, &[ff, hidden])?],
-                    vec![None, None],
-                )?,
+            };
+            let sinks = if spec.attn_sinks {
+                Some(backend.sinks(r.need(&names.layer_raw(i, names.sinks), &[spec.num_heads])?)?)
+            } else {
+                None
             };
             let post = |r: &mut Reader<S>, role: Option<&str>| -> Result<Option<B::Norm>> {
                 match role {
@@ -173,9 +229,9 @@ impl<B: Backend> Decoder<B> {
                 k_norm: if spec.qk_norm { Some(norm(&mut r, names.k_norm, hd)?) } else { None },
                 o: backend.linear(vec![r.weight(i, names.o, &[hidden, qw])?], vec![o_bias])?,
                 attn_post_norm: post(&mut r, names.attn_post_norm)?,
+                sinks,
                 ffn_norm: norm(&mut r, names.ffn_norm, hidden)?,
-                gate_up,
-                down: backend.linear(vec![r.weight(i, names.down, &[hidden, ff])?], vec![None])?,
+                ffn,
                 ffn_post_norm: post(&mut r, names.ffn_post_norm)?,
             });
         }
@@ -256,16 +312,30 @@ impl<B: Backend> Decoder<B> {
                 AttentionKind::Sliding(w) => Some(w),
             };
             let params = AttnParams { scale: spec.attn_scale, window };
-            b.attention(kv, l, batch, &s.q, &s.k, &s.v, spec.num_heads, params, &mut s.att)?;
+            match &layer.sinks {
+                Some(sinks) => {
+                    b.attention_with_sinks(kv, l, batch, &s.q, &s.k, &s.v, spec.num_heads, params, sinks, &mut s.att)?
+                }
+                None => b.attention(kv, l, batch, &s.q, &s.k, &s.v, spec.num_heads, params, &mut s.att)?,
+            }
             b.matmul(&layer.o, &s.att, t, &mut s.out)?;
             if let Some(n) = &layer.attn_post_norm {
                 b.rms_norm_in_place(n, &mut s.out);
             }
             b.add(&mut s.x, &s.out);
             b.rms_norm(&layer.ffn_norm, &s.x, &mut s.h);
-            b.matmul(&layer.gate_up, &s.h, t, &mut s.proj)?;
-            b.gated(spec.activation, &s.proj, spec.intermediate_size, &mut s.act);
-            b.matmul(&layer.down, &s.act, t, &mut s.out)?;
+            match (&layer.ffn, &spec.moe) {
+                (Ffn::Moe { router, experts }, Some(moe)) => {
+                    b.matmul(router, &s.h, t, &mut s.proj)?;
+                    b.moe(experts, moe, spec.activation, &s.h, &s.proj, t, &mut s.out)?;
+                }
+                (Ffn::Dense { gate_up, down }, _) => {
+                    b.matmul(gate_up, &s.h, t, &mut s.proj)?;
+                    b.gated(spec.activation, &s.proj, spec.intermediate_size, &mut s.act);
+                    b.matmul(down, &s.act, t, &mut s.out)?;
+                }
+                (Ffn::Moe { .. }, None) => unreachable!("experts are loaded only for a MoE spec"),
+            }
             if let Some(n) = &layer.ffn_post_norm {
                 b.rms_norm_in_place(n, &mut s.out);
             }

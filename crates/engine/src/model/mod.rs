@@ -17,6 +17,7 @@ use crate::Result;
 pub mod arch;
 pub mod backend;
 pub mod decoder;
+pub mod gguf;
 pub mod rope;
 pub mod source;
 pub mod spec;
@@ -26,6 +27,7 @@ pub use backend::cpu::weights::WeightOptions;
 
 use backend::cpu::CpuBackend;
 use decoder::Decoder;
+pub use gguf::GgufFile;
 use source::{GgufMeta, GgufSource, HfConfig, HfSource};
 use spec::ModelSpec;
 
@@ -69,7 +71,10 @@ impl CausalLm for Decoder<CpuBackend> {
 fn dense_bytes(spec: &ModelSpec) -> usize {
     let (h, hd) = (spec.hidden_size, spec.head_dim);
     let attn = h * (spec.num_heads + 2 * spec.num_kv_heads) * hd + spec.num_heads * hd * h;
-    let mlp = 3 * h * spec.intermediate_size;
+    let mlp = match spec.moe {
+        Some(m) => m.num_experts * (3 * h * m.expert_ff + h),
+        None => 3 * h * spec.intermediate_size,
+    };
     4 * (spec.num_layers() * (attn + mlp) + spec.vocab_size * h)
 }
 
@@ -80,25 +85,43 @@ fn on_cpu(spec: ModelSpec, src: &mut impl source::TensorSource, opts: &WeightOpt
 
 /// The spec of a parsed GGUF file, by its `general.architecture`.
 pub fn gguf_spec<R: Read + Seek>(content: &Content, reader: &mut R) -> Result<ModelSpec> {
-    let meta = GgufMeta::new(content);
+    gguf_source_spec(&mut GgufSource { content, other: None, reader })
+}
+
+fn gguf_source_spec<R: Read + Seek>(src: &mut GgufSource<R>) -> Result<ModelSpec> {
+    let meta = GgufMeta::new(src.content);
     let (_, from_gguf) = arch::by_gguf(&meta.arch)?;
-    from_gguf(&meta, &mut GgufSource { content, reader })
+    from_gguf(&meta, src)
 }
 
 /// Loads the network of a GGUF file (no tokenizer).
 pub fn load_gguf_model(path: &Path, opts: &WeightOptions) -> Result<Box<dyn CausalLm>> {
-    let (content, mut file) = source::open_gguf(path)?;
-    load_gguf_content(&content, &mut file, opts).map_err(|e| e.in_file(path))
+    let (gguf, mut file) = source::open_gguf(path)?;
+    load_gguf_file(&gguf, &mut file, opts).map_err(|e| e.in_file(path))
 }
 
-/// Builds the network from an already parsed GGUF file, by its `general.architecture`.
+/// Builds the network from a GGUF header parsed by candle (tensors of the types candle
+/// reads only: no MXFP4), by its `general.architecture`.
 pub fn load_gguf_content<R: Read + Seek>(
     content: &Content,
     reader: &mut R,
     opts: &WeightOptions,
 ) -> Result<Box<dyn CausalLm>> {
-    let spec = gguf_spec(content, reader)?;
-    on_cpu(spec, &mut GgufSource { content, reader }, opts)
+    let mut src = GgufSource { content, other: None, reader };
+    let spec = gguf_source_spec(&mut src)?;
+    on_cpu(spec, &mut src, opts)
+}
+
+/// Builds the network from a GGUF header parsed by wick's reader (every tensor type wick
+/// runs, MXFP4 included), by its `general.architecture`.
+pub fn load_gguf_file<R: Read + Seek>(
+    gguf: &GgufFile,
+    reader: &mut R,
+    opts: &WeightOptions,
+) -> Result<Box<dyn CausalLm>> {
+    let mut src = GgufSource { content: &gguf.content, other: Some(&gguf.other), reader };
+    let spec = gguf_source_spec(&mut src)?;
+    on_cpu(spec, &mut src, opts)
 }
 
 /// The spec of a Hugging Face folder, by its `config.json` `architectures`.

@@ -34,6 +34,9 @@ pub enum RopeScaling {
         beta_fast: f32,
         beta_slow: f32,
         attention_factor: Option<f32>,
+        /// Round the correction range outward to whole dimensions (llama.cpp always does;
+        /// transformers unless `truncate: false`, as gpt-oss's config says).
+        truncate: bool,
     },
     /// Phi-3's LongRoPE: per-frequency factors; the set follows the served context.
     LongRope {
@@ -69,6 +72,7 @@ impl RopeScaling {
                 beta_fast: num("beta_fast", 32.0),
                 beta_slow: num("beta_slow", 1.0),
                 attention_factor: scaling["attention_factor"].as_f64().map(|v| v as f32),
+                truncate: scaling["truncate"].as_bool().unwrap_or(true),
             },
             "longrope" | "su" => {
                 let orig = scaling["original_max_position_embeddings"].as_f64().map(|v| v as f32);
@@ -153,12 +157,14 @@ impl RopeSpec {
                 beta_fast,
                 beta_slow,
                 attention_factor,
+                truncate,
             } => {
                 // llama.cpp's ggml_rope_yarn_corr_dims and rope_yarn_ramp, per rotated pair.
                 let n = rot_dim as f32;
                 let corr = |b: f32| n * (orig / (b * 2.0 * std::f32::consts::PI)).ln() / (2.0 * theta.ln());
-                let lo = corr(*beta_fast).floor().max(0.0);
-                let hi = corr(*beta_slow).ceil().min(n - 1.0);
+                let (lo, hi) = (corr(*beta_fast), corr(*beta_slow));
+                let (lo, hi) = if *truncate { (lo.floor(), hi.ceil()) } else { (lo, hi) };
+                let (lo, hi) = (lo.max(0.0), hi.min(n - 1.0));
                 mscale = attention_factor.unwrap_or(1.0 + 0.1 * factor.ln());
                 base.iter()
                     .enumerate()
@@ -296,6 +302,7 @@ mod tests {
             beta_fast: 32.0,
             beta_slow: 1.0,
             attention_factor: None,
+            truncate: true,
         };
         let y = RopeSpec::new(64, 150000.0, &yarn, false).unwrap();
         let base = RopeSpec::new(64, 150000.0, &RopeScaling::None, false).unwrap().inv_freq;

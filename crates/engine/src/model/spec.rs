@@ -7,12 +7,25 @@ use crate::kv_cache::AttentionKind;
 use crate::model::rope::RopeSpec;
 
 /// The gated MLP's activation: `act(gate) * up`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     /// SiLU (SwiGLU): llama, mistral, qwen, phi3.
     Silu,
     /// GELU with the tanh approximation (GeGLU): gemma.
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU: `g = min(gate, limit)`, `u = clamp(up, -limit, limit)`,
+    /// `g · sigmoid(alpha · g) · (u + 1)` (alpha 1.702, limit 7).
+    ClampedSwiglu { alpha: f32, limit: f32 },
+}
+
+/// A mixture-of-experts feed-forward (gpt-oss): a router with a bias picks `top_k` of
+/// `num_experts` experts per token (softmax over the chosen logits), each a gated MLP of
+/// width `expert_ff` with biases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeSpec {
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub expert_ff: usize,
 }
 
 /// One decoder layer.
@@ -50,6 +63,10 @@ pub struct ModelSpec {
     pub qk_norm: bool,
     /// Norms of the attention and MLP outputs before their residual adds (gemma3).
     pub post_norms: bool,
+    /// One learned logit per head in every attention softmax (gpt-oss).
+    pub attn_sinks: bool,
+    /// A mixture of experts instead of the dense MLP (gpt-oss); `activation` is the experts'.
+    pub moe: Option<MoeSpec>,
     pub layers: Vec<LayerSpec>,
     pub ropes: Vec<RopeSpec>,
     pub names: &'static TensorNames,
@@ -89,12 +106,25 @@ pub struct TensorNames {
     pub gate_up: Option<&'static str>,
     pub down: &'static str,
     pub ffn_post_norm: Option<&'static str>,
+    /// Attention sinks, the whole name after `{layer}.{N}.` (gpt-oss).
+    pub sinks: &'static str,
+    /// The MoE router (weight and bias).
+    pub router: &'static str,
+    /// Stacked expert weights `[experts, out, in]` and biases `[experts, out]`.
+    pub gate_exps: &'static str,
+    pub up_exps: &'static str,
+    pub down_exps: &'static str,
 }
 
 impl TensorNames {
     /// Full name of layer `i`'s tensor `role`, weight or bias.
     pub fn layer_tensor(&self, i: usize, role: &str, bias: bool) -> String {
         format!("{}.{i}.{role}{}", self.layer, if bias { self.bias } else { self.weight })
+    }
+
+    /// Full name of layer `i`'s tensor `rest` (a role with its suffix).
+    pub fn layer_raw(&self, i: usize, rest: &str) -> String {
+        format!("{}.{i}.{rest}", self.layer)
     }
 
     /// Full name of a model-level weight.
@@ -126,6 +156,11 @@ pub static GGUF_NAMES: TensorNames = TensorNames {
     gate_up: None,
     down: "ffn_down",
     ffn_post_norm: Some("post_ffw_norm"),
+    sinks: "attn_sinks.weight",
+    router: "ffn_gate_inp",
+    gate_exps: "ffn_gate_exps",
+    up_exps: "ffn_up_exps",
+    down_exps: "ffn_down_exps",
 };
 
 /// Hugging Face transformers' llama-style names (llama, mistral, qwen2, qwen3, phi3).
@@ -151,4 +186,12 @@ pub static HF_NAMES: TensorNames = TensorNames {
     gate_up: Some("mlp.gate_up_proj"),
     down: "mlp.down_proj",
     ffn_post_norm: None,
+    sinks: "self_attn.sinks",
+    router: "mlp.router",
+    // transformers' gpt-oss stores `mlp.experts.gate_up_proj` (gate and up interleaved) and
+    // `down_proj`, as MXFP4 `_blocks`/`_scales` or floats; `HfSource` presents them under
+    // these names in the `[experts, out, in]` orientation.
+    gate_exps: "mlp.experts.gate",
+    up_exps: "mlp.experts.up",
+    down_exps: "mlp.experts.down",
 };

@@ -22,6 +22,21 @@
 //! the blocks its next query can no longer see. Admission and preemption count pages over all
 //! groups.
 //!
+//! Automatic prefix caching (when the pool has it on, see [`BlockPool`]): at admission a
+//! sequence looks up its leading full blocks by their chained hashes (`kv_cache::prefix`) and
+//! starts with them in its tables and `num_computed_tokens` past them, so only the rest is
+//! prefilled; at least its last token is always computed, for the logits that pick the next
+//! one. A full-attention group needs every block of the prefix; a sliding-window group only
+//! the blocks its first new query can see (the window before the hit), so the prefix of a hit
+//! is the longest one every group can serve. After each step ([`Scheduler::commit`]) the blocks
+//! that became full are registered, before a sliding group releases the ones that left its
+//! window, so a released page stays reusable until evicted. A preempted sequence's blocks stay
+//! cached as well, so its recompute usually starts from a hit.
+//!
+//! [`Scheduler::fork`] starts a sibling of a sequence that has just computed its prompt (the
+//! other choices of `n > 1`): it shares every full block and gets a copy of the partial last
+//! one, so a prompt is prefilled once for all choices.
+//!
 //! The scheduler is pure bookkeeping: it owns the sequences and the [`BlockPool`], but no model,
 //! cache tensors or channels. The engine calls [`Scheduler::plan`], builds the
 //! [`ForwardBatch`] with [`Scheduler::build_batch`], runs the model, then calls
@@ -30,9 +45,12 @@
 use std::collections::VecDeque;
 
 use crate::batch::ForwardBatch;
+use crate::kv_cache::prefix::{extend_chain, CacheKey};
 use crate::kv_cache::{AttentionKind, BlockPool, NO_BLOCK};
 use crate::sequence::{SeqId, SeqStatus, Sequence};
 
+#[cfg(test)]
+mod prefix_tests;
 #[cfg(test)]
 mod tests;
 
@@ -89,6 +107,23 @@ pub struct Scheduler<G> {
     /// In admission order, oldest first.
     running: Vec<Sequence<G>>,
     num_preemptions: u64,
+    prefix: PrefixStats,
+}
+
+/// Prefix-cache counters, in prompt tokens (vLLM's `prefix_cache_queries` / `_hits`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixStats {
+    /// Tokens of admitted sequences that were looked up.
+    pub queried_tokens: u64,
+    /// Of those, tokens found in the cache (not recomputed).
+    pub hit_tokens: u64,
+}
+
+/// A page copy the KV storage must make before the next step (`src` page into `dst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCopy {
+    pub src: u32,
+    pub dst: u32,
 }
 
 impl<G> Scheduler<G> {
@@ -97,7 +132,20 @@ impl<G> Scheduler<G> {
     pub fn new(cfg: SchedulerConfig, pool: BlockPool, groups: Vec<AttentionKind>) -> Self {
         assert!(cfg.max_num_seqs > 0 && cfg.max_num_batched_tokens > 0, "scheduler limits must be positive");
         assert!(!groups.is_empty(), "the KV cache needs at least one group");
-        Self { cfg, pool, groups, waiting: VecDeque::new(), running: Vec::new(), num_preemptions: 0 }
+        Self {
+            cfg,
+            pool,
+            groups,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            num_preemptions: 0,
+            prefix: PrefixStats::default(),
+        }
+    }
+
+    /// Prefix-cache counters since the scheduler was created.
+    pub fn prefix_stats(&self) -> PrefixStats {
+        self.prefix
     }
 
     pub fn pool(&self) -> &BlockPool {
@@ -241,27 +289,135 @@ impl<G> Scheduler<G> {
 
     /// Admits waiting sequences in FCFS order. A sequence is admitted only when the pages for
     /// its whole known context are free, counted over every group (a sliding-window group
-    /// needs only its window's, see [`Scheduler::peak_blocks`]), so a fresh admission never
-    /// forces a preemption; only the pages of its first chunk are allocated.
+    /// needs only its window's, see [`Scheduler::peak_blocks`]; cached pages it shares with
+    /// running sequences need nothing), so a fresh admission never forces a preemption; only
+    /// the pages of its first chunk are allocated, after those of its prefix-cache hit.
     fn admit(&mut self, plan: &mut StepPlan, budget: &mut usize) {
         while *budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-            let Some(seq) = self.waiting.front() else { break };
-            if self.peak_blocks(seq.len()) > self.pool.num_free() {
-                break;
-            }
-            let n = seq.len().min(*budget);
-            let mut tables = vec![Vec::new(); self.groups.len()];
-            if !extend_tables(&mut self.pool, &self.groups, &mut tables, 0, n) {
-                break;
-            }
             let Some(mut seq) = self.waiting.pop_front() else { break };
+            let bs = self.pool.block_size();
+            if self.pool.prefix_caching() {
+                extend_chain(&mut seq.block_hashes, &seq.hash_root, &seq.tokens, bs);
+            }
+            let (hit, mut tables) = self.find_prefix(&seq);
+            let shared = tables.iter().flatten().filter(|&&b| b != NO_BLOCK && self.pool.refcount(b) > 0).count();
+            if self.peak_blocks(seq.len()) > self.pool.num_free() + shared {
+                self.waiting.push_front(seq);
+                break;
+            }
+            for &b in tables.iter().flatten().filter(|&&b| b != NO_BLOCK) {
+                self.pool.take(b);
+            }
+            let n = (seq.len() - hit).min(*budget);
+            if !extend_tables(&mut self.pool, &self.groups, &mut tables, hit, n) {
+                free_tables(&mut self.pool, &mut tables);
+                self.waiting.push_front(seq);
+                break;
+            }
+            if self.pool.prefix_caching() {
+                self.prefix.queried_tokens += seq.len() as u64;
+                self.prefix.hit_tokens += hit as u64;
+            }
+            seq.cached_prompt_tokens.get_or_insert(hit.min(seq.prompt_len));
             seq.block_tables = tables;
-            seq.num_computed_tokens = 0;
+            seq.num_computed_tokens = hit;
+            seq.num_registered_blocks = hit / bs;
             seq.status = SeqStatus::Running;
-            plan.seqs.push(ScheduledSeq { id: seq.id, num_tokens: n, wants_logits: n == seq.len() });
+            plan.seqs.push(ScheduledSeq { id: seq.id, num_tokens: n, wants_logits: hit + n == seq.len() });
             *budget -= n;
             self.running.push(seq);
         }
+    }
+
+    /// The longest cached prefix of `seq` (in tokens, a whole number of blocks, leaving at
+    /// least one token to compute) that every group can serve, and the tables holding it
+    /// (not yet referenced: the caller takes the blocks).
+    fn find_prefix(&self, seq: &Sequence<G>) -> (usize, Vec<Vec<u32>>) {
+        let bs = self.pool.block_size();
+        let empty = || vec![Vec::new(); self.groups.len()];
+        if !self.pool.prefix_caching() || seq.is_empty() {
+            return (0, empty());
+        }
+        let tokens_of = |j: usize| &seq.tokens[j * bs..(j + 1) * bs];
+        let found = |g: usize, j: usize| {
+            let key = CacheKey { group: g as u32, hash: seq.block_hashes[j] };
+            self.pool.lookup(&key, tokens_of(j))
+        };
+        // Full groups need blocks 0..m; find the longest run they all have.
+        let mut m = ((seq.len() - 1) / bs).min(seq.block_hashes.len());
+        for (g, kind) in self.groups.iter().enumerate() {
+            if kind.window().is_none() {
+                m = (0..m).find(|&j| found(g, j).is_none()).unwrap_or(m);
+            }
+        }
+        // Sliding groups need only the blocks a query at the hit's end can see.
+        let serves = |m: usize| {
+            self.groups.iter().enumerate().all(|(g, kind)| {
+                kind.window().is_none() || (kind.first_live_block(m * bs, bs)..m).all(|j| found(g, j).is_some())
+            })
+        };
+        while m > 0 && !serves(m) {
+            m -= 1;
+        }
+        if m == 0 {
+            return (0, empty());
+        }
+        let tables = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, kind)| {
+                let live = kind.first_live_block(m * bs, bs);
+                (0..m).map(|j| if j < live { NO_BLOCK } else { found(g, j).unwrap_or(NO_BLOCK) }).collect()
+            })
+            .collect();
+        (m * bs, tables)
+    }
+
+    /// Starts `child` as a running sibling of `parent`, which has computed exactly its known
+    /// tokens (a prompt just prefilled): the child gets the same tokens and computed position,
+    /// shares every full block and gets a fresh copy of the partial last one. Returns the page
+    /// copies the storage must make, or gives the child back when it cannot run now (the batch
+    /// is full or no page is free for the copy): queue it instead, and it will find the full
+    /// blocks in the prefix cache.
+    pub fn fork(&mut self, parent: SeqId, mut child: Sequence<G>) -> Result<Vec<PageCopy>, Box<Sequence<G>>> {
+        let Some(p) = self.running.iter().find(|q| q.id == parent) else { return Err(Box::new(child)) };
+        let bs = self.pool.block_size();
+        let computed = p.num_computed_tokens;
+        let partial = computed % bs != 0;
+        let copies_needed =
+            if partial { p.block_tables.iter().filter(|t| t.last() != Some(&NO_BLOCK)).count() } else { 0 };
+        if computed != p.len() || self.running.len() >= self.cfg.max_num_seqs || copies_needed > self.pool.num_free() {
+            return Err(Box::new(child));
+        }
+        let mut tables = p.block_tables.clone();
+        child.tokens = p.tokens.clone();
+        child.prompt_len = p.prompt_len;
+        child.hash_root = p.hash_root;
+        child.block_hashes = p.block_hashes.clone();
+        child.num_registered_blocks = p.num_registered_blocks;
+        child.cached_prompt_tokens = p.cached_prompt_tokens;
+        let mut copies = Vec::new();
+        for table in &mut tables {
+            let last = table.len().saturating_sub(1);
+            for (j, b) in table.iter_mut().enumerate() {
+                if *b == NO_BLOCK {
+                    continue;
+                }
+                if partial && j == last {
+                    let dst = self.pool.allocate().expect("counted free pages");
+                    copies.push(PageCopy { src: *b, dst });
+                    *b = dst;
+                } else {
+                    self.pool.fork(*b);
+                }
+            }
+        }
+        child.block_tables = tables;
+        child.num_computed_tokens = computed;
+        child.status = SeqStatus::Running;
+        self.running.push(child);
+        Ok(copies)
     }
 
     /// Packs the planned tokens into a [`ForwardBatch`] (rows needing logits marked).
@@ -278,13 +434,28 @@ impl<G> Scheduler<G> {
         batch
     }
 
-    /// Records that the planned tokens are now in the KV cache, and releases the blocks of
-    /// sliding-window groups that the next query (at the new computed position) cannot see.
+    /// Records that the planned tokens are now in the KV cache, registers the blocks that
+    /// became full with the prefix cache, and releases the blocks of sliding-window groups that
+    /// the next query (at the new computed position) cannot see.
     pub fn commit(&mut self, plan: &StepPlan) {
         let bs = self.pool.block_size();
         for s in &plan.seqs {
             if let Some(seq) = self.running.iter_mut().find(|q| q.id == s.id) {
                 seq.num_computed_tokens += s.num_tokens;
+                if self.pool.prefix_caching() {
+                    extend_chain(&mut seq.block_hashes, &seq.hash_root, &seq.tokens, bs);
+                    let full = (seq.num_computed_tokens / bs).min(seq.block_hashes.len());
+                    for j in seq.num_registered_blocks..full {
+                        let tokens = &seq.tokens[j * bs..(j + 1) * bs];
+                        for (g, table) in seq.block_tables.iter().enumerate() {
+                            if let Some(&b) = table.get(j).filter(|&&b| b != NO_BLOCK) {
+                                let key = CacheKey { group: g as u32, hash: seq.block_hashes[j] };
+                                self.pool.register(b, key, tokens);
+                            }
+                        }
+                    }
+                    seq.num_registered_blocks = seq.num_registered_blocks.max(full);
+                }
                 for (kind, table) in self.groups.iter().zip(&mut seq.block_tables) {
                     let live = kind.first_live_block(seq.num_computed_tokens, bs).min(table.len());
                     // Released entries are a prefix: walk back from the window to the last one.
@@ -323,11 +494,15 @@ fn extend_tables(pool: &mut BlockPool, groups: &[AttentionKind], tables: &mut [V
     true
 }
 
-/// Returns every block of every group's table to the pool and empties the tables.
+/// Returns every block of every group's table to the pool and empties the tables. Each table
+/// is freed from its end, so a prefix's later blocks become least recently used and are
+/// evicted before its first ones (which more prompts share).
 fn free_tables(pool: &mut BlockPool, tables: &mut Vec<Vec<u32>>) {
-    for &b in tables.iter().flatten() {
-        if b != NO_BLOCK {
-            pool.free(b);
+    for table in tables.iter() {
+        for &b in table.iter().rev() {
+            if b != NO_BLOCK {
+                pool.free(b);
+            }
         }
     }
     tables.clear();

@@ -13,6 +13,7 @@
 //! | `qwen3` | `tokenizer_config.json` of Qwen3 (ChatML; `<think>` stripped from assistant turns before the last user query; `enable_thinking=false` pre-fills an empty think block) |
 //! | `phi3` | `tokenizer_config.json` of Phi-3.5-mini-instruct (same as the updated Phi-3-mini: `<\|user\|>\n…<\|end\|>\n<\|assistant\|>\n`) |
 //! | `gemma3` | `tokenizer_config.json` of Gemma 3 (system folded into the first user turn, `model` role) |
+//! | `harmony` | wick's own renderer of OpenAI's harmony format (gpt-oss), written from the format's description (system message with `Reasoning:` from `reasoning_effort`, developer message with the instructions and the `functions` namespace from `tools`, tool results as messages from `functions.NAME`); also used for a gpt-oss file whose own template does not speak harmony |
 //! | `chatml` | generic ChatML, the last resort |
 
 use super::template::CHATML_TEMPLATE;
@@ -27,10 +28,11 @@ pub enum BuiltinTemplate {
     Qwen3,
     Phi3,
     Gemma3,
+    Harmony,
 }
 
 impl BuiltinTemplate {
-    pub const ALL: [BuiltinTemplate; 7] = [
+    pub const ALL: [BuiltinTemplate; 8] = [
         BuiltinTemplate::ChatMl,
         BuiltinTemplate::Llama3,
         BuiltinTemplate::Mistral,
@@ -38,6 +40,7 @@ impl BuiltinTemplate {
         BuiltinTemplate::Qwen3,
         BuiltinTemplate::Phi3,
         BuiltinTemplate::Gemma3,
+        BuiltinTemplate::Harmony,
     ];
 
     /// The name, which is also the file name under `templates/` (without `.jinja`).
@@ -50,6 +53,7 @@ impl BuiltinTemplate {
             BuiltinTemplate::Qwen3 => "qwen3",
             BuiltinTemplate::Phi3 => "phi3",
             BuiltinTemplate::Gemma3 => "gemma3",
+            BuiltinTemplate::Harmony => "harmony",
         }
     }
 
@@ -63,6 +67,7 @@ impl BuiltinTemplate {
             BuiltinTemplate::Qwen3 => include_str!("templates/qwen3.jinja"),
             BuiltinTemplate::Phi3 => include_str!("templates/phi3.jinja"),
             BuiltinTemplate::Gemma3 => super::template::GEMMA3_TEMPLATE,
+            BuiltinTemplate::Harmony => include_str!("templates/harmony.jinja"),
         }
     }
 
@@ -88,6 +93,7 @@ impl BuiltinTemplate {
             "qwen3" | "qwen3moe" | "qwen3_moe" => BuiltinTemplate::Qwen3,
             "phi3" => BuiltinTemplate::Phi3,
             "gemma" | "gemma2" | "gemma3" | "gemma3_text" => BuiltinTemplate::Gemma3,
+            "gpt-oss" | "gpt_oss" => BuiltinTemplate::Harmony,
             _ => BuiltinTemplate::ChatMl,
         }
     }
@@ -159,7 +165,7 @@ mod tests {
             assert!(!b.source().is_empty());
         }
         let names: Vec<&str> = BuiltinTemplate::ALL.iter().map(|b| b.name()).collect();
-        assert_eq!(names, ["chatml", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma3"]);
+        assert_eq!(names, ["chatml", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma3", "harmony"]);
     }
 
     /// Llama 3.1: BOS, then always a system header carrying the knowledge cutoff and
@@ -325,7 +331,8 @@ mod tests {
             ("gemma2", BuiltinTemplate::Gemma3),
             ("mistral", BuiltinTemplate::Mistral),
             ("llama", BuiltinTemplate::ChatMl),
-            ("gpt-oss", BuiltinTemplate::ChatMl),
+            ("gpt-oss", BuiltinTemplate::Harmony),
+            ("gpt_oss", BuiltinTemplate::Harmony),
             ("", BuiltinTemplate::ChatMl),
         ] {
             assert_eq!(BuiltinTemplate::for_model(arch, none), want, "{arch}");
@@ -339,5 +346,69 @@ mod tests {
         assert_eq!(llama(&["<s>", "</s>"]), BuiltinTemplate::ChatMl, "Llama 2: ChatML");
         // The vocabulary only matters for the shared llama architecture.
         assert_eq!(BuiltinTemplate::for_model("qwen2", vocab(&["<|eot_id|>"])), BuiltinTemplate::Qwen2);
+    }
+
+    /// Harmony (wick's own renderer, written from the format's description in the openai/harmony
+    /// docs): system message with cutoff, date, reasoning effort and channels (plus the
+    /// commentary line when there are tools); developer message with the instructions and the
+    /// `functions` namespace (description comments, `?` for optional properties, enum unions,
+    /// defaults); an earlier call as a commentary message to `functions.NAME` ending in
+    /// `<|call|>`; its result from `functions.NAME` to the assistant; `<|start|>assistant`.
+    #[test]
+    fn harmony_golden() {
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(serde_json::json!([{"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]));
+        let mut result = ChatMessage::new("tool", "{\"temp\": 21}");
+        result.name = Some("get_weather".into());
+        result.tool_call_id = Some("c1".into());
+        let messages =
+            vec![ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Weather in Paris?"), call, result];
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather",
+            "description": "Current weather", "parameters": {"type": "object", "properties": {
+                "city": {"type": "string", "description": "City name"},
+                "unit": {"type": "string", "enum": ["c", "f"], "default": "c"},
+                "days": {"type": "array", "items": {"type": "integer"}}},
+            "required": ["city"]}}},
+            {"type": "function", "function": {"name": "now", "description": ""}}]);
+        let extra = serde_json::json!({"tools": tools, "reasoning_effort": "high", "current_date": "2025-06-28"});
+        let got = render_with(BuiltinTemplate::Harmony, &messages, true, extra);
+        assert_eq!(
+            got,
+            "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n\
+             Knowledge cutoff: 2024-06\nCurrent date: 2025-06-28\n\nReasoning: high\n\n\
+             # Valid channels: analysis, commentary, final. Channel must be included for every message.\n\
+             Calls to these tools must go to the commentary channel: 'functions'.<|end|>\
+             <|start|>developer<|message|># Instructions\n\nBe brief.\n\n\
+             # Tools\n\n## functions\n\nnamespace functions {\n\n\
+             // Current weather\ntype get_weather = (_: {\n// City name\ncity: string,\n\
+             days?: number[],\nunit?: \"c\" | \"f\", // default: c\n}) => any;\n\n\
+             type now = () => any;\n\n} // namespace functions<|end|>\
+             <|start|>user<|message|>Weather in Paris?<|end|>\
+             <|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>\
+             {\"city\": \"Paris\"}<|call|>\
+             <|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{\"temp\": 21}<|end|>\
+             <|start|>assistant"
+        );
+        // No tools, no system message: no developer message; medium effort by default; earlier
+        // answers on the final channel.
+        let plain = vec![
+            ChatMessage::new("user", "Hi"),
+            ChatMessage::new("assistant", "Hello!"),
+            ChatMessage::new("user", "2+2?"),
+        ];
+        let got =
+            render_with(BuiltinTemplate::Harmony, &plain, true, serde_json::json!({"current_date": "2025-01-01"}));
+        assert_eq!(
+            got,
+            "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n\
+             Knowledge cutoff: 2024-06\nCurrent date: 2025-01-01\n\nReasoning: medium\n\n\
+             # Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>\
+             <|start|>user<|message|>Hi<|end|><|start|>assistant<|channel|>final<|message|>Hello!<|end|>\
+             <|start|>user<|message|>2+2?<|end|><|start|>assistant"
+        );
+        let low =
+            render_with(BuiltinTemplate::Harmony, &plain, false, serde_json::json!({"reasoning_effort": "minimal"}));
+        assert!(low.contains("Reasoning: low\n") && !low.ends_with("<|start|>assistant"), "{low}");
     }
 }

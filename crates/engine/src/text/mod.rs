@@ -86,7 +86,10 @@ fn choose_template(
     if let Some(t) = template_override {
         return (t.to_owned(), TemplateSource::Override);
     }
-    if let Some(t) = model {
+    // gpt-oss understands only harmony: a file whose template does not write harmony's
+    // channels (the tiny fixture carries SmolLM2's ChatML) gets the built-in renderer.
+    let harmony_arch = matches!(arch, "gpt-oss" | "gpt_oss");
+    if let Some(t) = model.filter(|t| !harmony_arch || t.contains("<|channel|>")) {
         return (t, TemplateSource::Model);
     }
     let builtin = BuiltinTemplate::for_model(arch, |t| tokenizer.token_to_id(t).is_some());

@@ -251,7 +251,7 @@ fn files_without_a_template_get_their_architectures_builtin() {
         ("qwen3", &["<|im_end|>", "<|im_start|>"], B::Qwen3),
         ("phi3", &["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"], B::Phi3),
         ("gemma3", &["<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], B::Gemma3),
-        ("gpt-oss", &["<|return|>"], B::ChatMl),
+        ("gpt-oss", &["<|return|>"], B::Harmony),
     ];
     for (arch, specials, want) in cases {
         let text = TextProcessor::from_gguf(&family_content(arch, "gpt-2", specials), None).unwrap();

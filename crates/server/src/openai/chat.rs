@@ -4,12 +4,13 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::common::{StopSpec, StreamOptions, Usage};
 
 /// A chat-completions request. Fields OpenAI defines but wick does not implement are parsed
 /// as raw values so validation can reject them by name; anything else is an unknown field.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatCompletionRequest {
     pub model: String,
@@ -30,6 +31,8 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
     // Common extensions (vLLM's names).
+    /// Only requests with the same salt share prefix-cache blocks (tenant isolation).
+    pub cache_salt: Option<String>,
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,
@@ -61,7 +64,7 @@ pub struct ChatCompletionRequest {
     pub safety_identifier: Option<Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestMessage {
     pub role: String,
@@ -75,31 +78,43 @@ pub struct RequestMessage {
     pub audio: Option<Value>,
 }
 
+impl RequestMessage {
+    /// Bytes of text in the content (what the chat template and tokenizer will read).
+    pub fn text_len(&self) -> usize {
+        match &self.content {
+            None => 0,
+            Some(MessageContent::Text(s)) => s.len(),
+            Some(MessageContent::Parts(parts)) => parts.iter().filter_map(|p| p.text.as_ref()).map(String::len).sum(),
+        }
+    }
+}
+
 /// Message content: a string or an array of typed parts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
     #[serde(flatten)]
+    #[schema(ignore)]
     pub rest: serde_json::Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
     pub bytes: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct TokenLogprob {
     pub token: String,
     pub logprob: f32,
@@ -122,14 +137,14 @@ impl From<&wick_engine::TokenLogprob> for TokenLogprob {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ChoiceLogprobs {
     pub content: Vec<TokenLogprob>,
     pub refusal: Option<String>,
 }
 
 /// A tool call in a response message.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ToolCall {
     pub id: String,
     #[serde(rename = "type")]
@@ -137,7 +152,7 @@ pub struct ToolCall {
     pub function: FunctionCall,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct FunctionCall {
     pub name: String,
     /// JSON text, as OpenAI sends it.
@@ -146,7 +161,7 @@ pub struct FunctionCall {
 
 /// A tool call in a stream chunk: the first delta of a call carries `id`, `type` and the
 /// name, later ones `arguments` fragments.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ToolCallDelta {
     pub index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,7 +171,7 @@ pub struct ToolCallDelta {
     pub function: FunctionDelta,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct FunctionDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -164,7 +179,7 @@ pub struct FunctionDelta {
     pub arguments: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ResponseMessage {
     pub role: &'static str,
     /// `null` when the message is only tool calls.
@@ -180,7 +195,7 @@ pub struct ResponseMessage {
     pub reasoning: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Choice {
     pub index: usize,
     pub message: ResponseMessage,
@@ -188,7 +203,7 @@ pub struct Choice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatCompletion {
     pub id: String,
     pub object: &'static str,
@@ -199,7 +214,7 @@ pub struct ChatCompletion {
     pub system_fingerprint: String,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, ToSchema)]
 pub struct Delta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
@@ -213,7 +228,7 @@ pub struct Delta {
     pub reasoning: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChunkChoice {
     pub index: usize,
     pub delta: Delta,
@@ -221,7 +236,7 @@ pub struct ChunkChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
     pub object: &'static str,

@@ -1,9 +1,10 @@
 //! Wire types shared by chat and legacy completions: stop lists, stream options, usage.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `stop`: one string or a list of them.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, ToSchema)]
 #[serde(untagged)]
 pub enum StopSpec {
     One(String),
@@ -19,7 +20,7 @@ impl StopSpec {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
@@ -27,11 +28,18 @@ pub struct StreamOptions {
     pub include_obfuscation: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// OpenAI's breakdown of the prompt tokens: how many came from the prefix cache.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default, ToSchema)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
 }
 
 impl From<wick_engine::Usage> for Usage {
@@ -40,6 +48,7 @@ impl From<wick_engine::Usage> for Usage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_tokens },
         }
     }
 }

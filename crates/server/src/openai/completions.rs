@@ -4,10 +4,11 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::common::{StopSpec, StreamOptions, Usage};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
     pub model: String,
@@ -26,6 +27,8 @@ pub struct CompletionRequest {
     pub best_of: Option<i64>,
     pub logit_bias: Option<HashMap<String, f64>>,
     pub user: Option<String>,
+    /// Only requests with the same salt share prefix-cache blocks (vLLM's extension).
+    pub cache_salt: Option<String>,
     pub suffix: Option<Value>,
     pub seed: Option<i64>,
     pub top_k: Option<i64>,
@@ -40,7 +43,7 @@ pub struct CompletionRequest {
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of such lists.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum PromptSpec {
     Text(String),
@@ -50,7 +53,7 @@ pub enum PromptSpec {
 }
 
 /// Legacy logprobs shape.
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Default, PartialEq, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<f32>,
@@ -58,7 +61,7 @@ pub struct CompletionLogprobs {
     pub text_offset: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CompletionChoice {
     pub text: String,
     pub index: usize,
@@ -66,7 +69,7 @@ pub struct CompletionChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Completion {
     pub id: String,
     pub object: &'static str,

@@ -4,9 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 /// A Responses API request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateResponse {
     pub model: String,
@@ -46,7 +47,7 @@ pub struct CreateResponse {
 }
 
 /// The `response` object (also what the store keeps and `GET /v1/responses/{id}` returns).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ResponseObject {
     pub id: String,
     pub object: String,
@@ -72,29 +73,30 @@ pub struct ResponseObject {
     pub truncation: String,
     pub usage: Option<ResponseUsage>,
     pub user: Option<String>,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub background: bool,
     pub service_tier: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ResponseError {
     pub code: String,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct IncompleteDetails {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ReasoningConfig {
     pub effort: Option<String>,
     pub summary: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct ResponseUsage {
     pub input_tokens: usize,
     pub input_tokens_details: InputTokensDetails,
@@ -103,19 +105,19 @@ pub struct ResponseUsage {
     pub total_tokens: usize,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct InputTokensDetails {
     pub cached_tokens: usize,
     pub cache_write_tokens: usize,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct OutputTokensDetails {
     pub reasoning_tokens: usize,
 }
 
 /// One output item.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputItem {
     Message {
@@ -150,7 +152,7 @@ impl OutputItem {
 }
 
 /// An `output_text` content part.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct OutputText {
     #[serde(rename = "type")]
     pub kind: String,
@@ -166,7 +168,7 @@ impl OutputText {
 }
 
 /// A `summary_text` part of a reasoning item.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct SummaryText {
     #[serde(rename = "type")]
     pub kind: String,
@@ -180,7 +182,7 @@ impl SummaryText {
 }
 
 /// `GET /v1/responses/{id}/input_items`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ItemList {
     pub object: &'static str,
     pub data: Vec<Value>,
@@ -190,7 +192,7 @@ pub struct ItemList {
 }
 
 /// `DELETE /v1/responses/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Deleted {
     pub id: String,
     pub object: &'static str,

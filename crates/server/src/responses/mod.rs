@@ -20,7 +20,7 @@ use store::{ResponseStore, Retention, StoreError};
 /// The owner of the responses a request makes and may read: the digest of its API key, or ""
 /// when the server has no keys (the auth layer has already checked the key).
 pub fn owner(state: &AppState, headers: &HeaderMap) -> String {
-    if state.api_keys.is_empty() {
+    if state.api_key_digests.is_empty() {
         return String::new();
     }
     let key = headers
@@ -35,8 +35,11 @@ pub fn owner(state: &AppState, headers: &HeaderMap) -> String {
 pub fn usage(u: wick_engine::Usage, reasoning_tokens: usize) -> ResponseUsage {
     ResponseUsage {
         input_tokens: u.prompt_tokens,
-        // cached_tokens: the engine reports no prefix-cache hits per request yet; wire its count here.
-        input_tokens_details: InputTokensDetails { cached_tokens: 0, cache_write_tokens: 0 },
+        // The prompt tokens the prefix cache served (`previous_response_id` chains hit it).
+        input_tokens_details: InputTokensDetails {
+            cached_tokens: u.cached_tokens.min(u.prompt_tokens),
+            cache_write_tokens: 0,
+        },
         output_tokens: u.completion_tokens,
         output_tokens_details: OutputTokensDetails { reasoning_tokens: reasoning_tokens.min(u.completion_tokens) },
         total_tokens: u.prompt_tokens + u.completion_tokens,

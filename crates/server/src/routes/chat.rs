@@ -85,26 +85,49 @@ pub fn template_kwargs(
     Ok(extra)
 }
 
+/// Harmony answers end at `<|return|>` or `<|call|>`: special end-of-generation tokens in
+/// gpt-oss's vocabulary (the engine's end-of-generation set holds them), but text in one that
+/// spells them (the tiny fixture), where they become stop strings (their text is then left out
+/// of the answer, which the harmony parser allows).
+pub(crate) fn harmony_stops(backend: &dyn crate::backend::Backend, stop: &mut Vec<String>) {
+    for marker in tools::harmony::STOPS {
+        let special = backend.single_token(marker).is_some_and(|(_, special)| special);
+        if !special && !stop.iter().any(|s| s == marker) {
+            stop.push(marker.to_owned());
+        }
+    }
+}
+
+/// What goes into the prompt: the messages, the bytes of their text (the CPU pool's budget),
+/// the tools, the structured-output grammar and the extra template variables.
+pub struct Prompt<'a> {
+    pub messages: Vec<ChatMessage>,
+    pub text_bytes: usize,
+    pub tool_req: Option<&'a ToolRequest>,
+    pub structured: Option<(GrammarSpec, &'static str)>,
+    pub extra: Map<String, Value>,
+}
+
 /// A request ready for the engine: the prompt and how to read the model's text.
 pub struct Prepared {
     pub prompt_ids: Vec<u32>,
     pub format: OutputFormat,
 }
 
-/// Renders `messages` through the chat template (with the tools when the template knows
+/// Renders the messages through the chat template (with the tools when the template knows
 /// them, else the generic tool envelope), compiles the grammar (tool calls or structured
-/// output) into `v.params`, tokenizes, tells whether the model thinks in tags, and settles
-/// `max_tokens` against the prompt (`prompt_param` names the prompt in context errors).
-/// Shared by chat completions and the Responses API.
+/// output) into `v.params`, adds harmony's stop strings, tokenizes on the CPU pool, tells
+/// whether the model thinks in tags, and settles `max_tokens` against the prompt
+/// (`prompt_param` names the prompt in context errors). Shared by chat completions and the
+/// Responses API.
 pub async fn prepare(
+    state: &AppState,
     ready: &Ready,
     v: &mut validate::Validated,
-    mut messages: Vec<ChatMessage>,
-    tool_req: Option<&ToolRequest>,
-    structured: Option<(GrammarSpec, &'static str)>,
-    mut extra: Map<String, Value>,
+    prompt: Prompt<'_>,
     prompt_param: &str,
 ) -> Result<Prepared, ApiError> {
+    let Prompt { mut messages, text_bytes, tool_req, structured, mut extra } = prompt;
     let backend = ready.backend.as_ref();
     let template = backend.chat_template_source();
     let format = match tool_req {
@@ -132,17 +155,34 @@ pub async fn prepare(
     if let Some((spec, param)) = structured {
         v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, None, param).await?);
     }
-    let prompt_ids = backend.encode_chat(&messages, &Value::Object(extra)).map_err(super::text_error)?;
-    let thinks = template.contains(reasoning::OPEN) || backend.single_token(reasoning::OPEN).is_some();
+    let harmony = tools::harmony::is_harmony(&template);
+    if harmony {
+        harmony_stops(backend, &mut v.params.stop);
+    }
+    let job_backend = ready.backend.clone();
+    let extra = Value::Object(extra);
+    let prompt_ids = state
+        .cpu
+        .run(text_bytes, move || job_backend.encode_chat(&messages, &extra))
+        .await?
+        .map_err(super::text_error)?;
+    let thinks = !harmony && (template.contains(reasoning::OPEN) || backend.single_token(reasoning::OPEN).is_some());
     let inside = thinks && {
         let tail = &prompt_ids[prompt_ids.len().saturating_sub(4)..];
         backend.decode(tail, false).is_ok_and(|t| t.trim_end().ends_with(reasoning::OPEN))
     };
-    let format = OutputFormat { tools: format, reasoning: thinks.then_some(inside) };
+    let format = OutputFormat { tools: format, reasoning: thinks.then_some(inside), harmony };
     validate::resolve_max_tokens(v, prompt_ids.len(), backend.max_model_len(), prompt_param)?;
     Ok(Prepared { prompt_ids, format })
 }
 
+/// Creates a chat completion; with `stream: true`, a stream of `chat.completion.chunk`s as
+/// server-sent events (`data: {...}` lines, an error event on failure, `data: [DONE]` last).
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI", request_body = ChatCompletionRequest,
+    responses((status = 200, description = "The completion, or its chunks as server-sent events", content(
+        (ChatCompletion = "application/json"),
+        (crate::openapi::SseEvent = "text/event-stream"),
+    ))))]
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     Json(req): Json<ChatCompletionRequest>,
@@ -151,6 +191,8 @@ pub async fn handler(
     ready.check_model(&req.model)?;
     let backend = ready.backend.as_ref();
     let mut v = validate::chat(&req, backend.vocab_size(), &ready.sampling)?;
+    let text_bytes: usize = req.messages.iter().map(|m| m.text_len()).sum();
+    validate::fits_by_bytes(text_bytes, backend.max_model_len(), ready.max_token_bytes, "messages")?;
     let tool_req = tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls.as_ref())?;
     let structured = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())?;
     let messages = crate::messages::messages(&req.messages)?;
@@ -160,12 +202,12 @@ pub async fn handler(
         "reasoning_effort",
         &backend.chat_template_source(),
     )?;
-    let Prepared { prompt_ids, format } =
-        prepare(ready, &mut v, messages, tool_req.as_ref(), structured, extra, "messages").await?;
+    let prompt = Prompt { messages, text_bytes, tool_req: tool_req.as_ref(), structured, extra };
+    let Prepared { prompt_ids, format } = prepare(&state, ready, &mut v, prompt, "messages").await?;
     let id = super::new_id("chatcmpl");
     tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompt_tokens = prompt_ids.len(), n = v.n, stream = v.stream, tools = ?format, "chat completion");
     let with_logprobs = v.params.logprobs.is_some();
-    let tracked = generation::submit(backend, &id, prompt_ids, v.params, v.n)?;
+    let tracked = generation::submit(backend, &id, prompt_ids, v.params, v.n, v.cache_salt)?;
     let events = generation::merge(vec![tracked], v.n);
     let created = unix_now();
     if v.stream {

@@ -46,9 +46,16 @@ fn prompts(spec: &PromptSpec, backend: &dyn Backend) -> Result<Vec<(Vec<u32>, St
     Ok(out)
 }
 
+/// Creates a legacy text completion; with `stream: true`, `text_completion` chunks as
+/// server-sent events ending with `data: [DONE]`.
+#[utoipa::path(post, path = "/v1/completions", tag = "OpenAI", request_body = CompletionRequest,
+    responses((status = 200, description = "The completion, or its chunks as server-sent events", content(
+        (Completion = "application/json"),
+        (crate::openapi::SseEvent = "text/event-stream"),
+    ))))]
 pub async fn handler(
     State(state): State<Arc<AppState>>,
-    Json(req): Json<CompletionRequest>,
+    Json(mut req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
     ready.check_model(&req.model)?;
@@ -57,14 +64,27 @@ pub async fn handler(
     if let Some((spec, param)) = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())? {
         v.params.grammar = Some(structured::compile(ready.backend.clone(), spec, None, param).await?);
     }
-    let prompts = prompts(&req.prompt, backend)?;
+    let spec = std::mem::replace(&mut req.prompt, PromptSpec::Texts(Vec::new()));
+    let text_bytes = match &spec {
+        PromptSpec::Text(t) => t.len(),
+        PromptSpec::Texts(ts) => ts.iter().map(String::len).sum(),
+        PromptSpec::Tokens(_) | PromptSpec::TokenLists(_) => 0,
+    };
+    let longest = match &spec {
+        PromptSpec::Text(t) => t.len(),
+        PromptSpec::Texts(ts) => ts.iter().map(String::len).max().unwrap_or(0),
+        PromptSpec::Tokens(_) | PromptSpec::TokenLists(_) => 0,
+    };
+    validate::fits_by_bytes(longest, backend.max_model_len(), ready.max_token_bytes, "prompt")?;
+    let job_backend = ready.backend.clone();
+    let prompts = state.cpu.run(text_bytes, move || prompts(&spec, job_backend.as_ref())).await??;
     let id = super::new_id("cmpl");
     tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompts = prompts.len(), n = v.n, stream = v.stream, "completion");
     let mut tracked = Vec::with_capacity(prompts.len());
     for (ids, _) in &prompts {
         let mut pv = v.clone();
         validate::resolve_max_tokens(&mut pv, ids.len(), backend.max_model_len(), "prompt")?;
-        tracked.push(generation::submit(backend, &id, ids.clone(), pv.params, v.n)?);
+        tracked.push(generation::submit(backend, &id, ids.clone(), pv.params, v.n, pv.cache_salt)?);
     }
     let total = prompts.len() * v.n;
     let echo: Vec<String> =

@@ -27,8 +27,9 @@ use crate::responses::output::{self as items, status_of};
 use crate::responses::request::{self, Echo};
 use crate::responses::store::{Record, ResponseStore};
 use crate::responses::{self, blocking, input, not_found};
-use crate::routes::chat::{self, Prepared};
+use crate::routes::chat::{self, Prepared, Prompt};
 use crate::state::AppState;
+use crate::validate;
 
 /// Most items per `input_items` page.
 const MAX_LIMIT: usize = 100;
@@ -64,6 +65,13 @@ fn reasoning_tokens(backend: &dyn Backend, text: &str) -> usize {
     }
 }
 
+/// Creates a response; with `stream: true`, its events as server-sent events (`event:` the
+/// event type, `data:` the event, with increasing `sequence_number`).
+#[utoipa::path(post, path = "/v1/responses", tag = "OpenAI", request_body = CreateResponse,
+    responses((status = 200, description = "The response, or its events as server-sent events", content(
+        (ResponseObject = "application/json"),
+        (crate::openapi::SseEvent = "text/event-stream"),
+    ))))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -103,13 +111,15 @@ pub async fn create(
         })
         .collect();
     let messages = input::to_messages(echo.instructions.as_deref(), &labelled)?;
+    let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    validate::fits_by_bytes(text_bytes, backend.max_model_len(), ready.max_token_bytes, "input")?;
     let extra = chat::template_kwargs(None, effort.as_ref(), "reasoning.effort", &backend.chat_template_source())?;
-    let Prepared { prompt_ids, format } =
-        chat::prepare(ready, &mut v, messages, tool_req.as_ref(), structured, extra, "input").await?;
+    let prompt = Prompt { messages, text_bytes, tool_req: tool_req.as_ref(), structured, extra };
+    let Prepared { prompt_ids, format } = chat::prepare(&state, ready, &mut v, prompt, "input").await?;
     let id = items::new_id("resp");
     let created = unix_now();
     tracing::info!(response_id = %id, user = req.user.as_deref().unwrap_or(""), prompt_tokens = prompt_ids.len(), stream = v.stream, previous = req.previous_response_id.as_deref().unwrap_or(""), "response");
-    let tracked = generation::submit(backend, &id, prompt_ids, v.params, 1)?;
+    let tracked = generation::submit(backend, &id, prompt_ids, v.params, 1, v.cache_salt)?;
     let events = generation::merge(vec![tracked], 1);
     let saver = Saver { store: store.filter(|_| echo.store), owner, input_items: own, context };
     if v.stream {
@@ -211,6 +221,10 @@ async fn record(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Recor
     blocking(store, move |s| s.get(&owner, &key)).await?.ok_or_else(|| not_found(id, "response_id"))
 }
 
+/// A stored response (this caller's only: another API key's is a 404).
+#[utoipa::path(get, path = "/v1/responses/{id}", tag = "OpenAI",
+    params(("id" = String, Path, description = "A response id")),
+    responses((status = 200, body = ResponseObject)))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -222,6 +236,10 @@ pub async fn get(
     Ok(([(header::CONTENT_TYPE, "application/json")], rec.response).into_response())
 }
 
+/// Deletes a stored response.
+#[utoipa::path(delete, path = "/v1/responses/{id}", tag = "OpenAI",
+    params(("id" = String, Path, description = "A response id")),
+    responses((status = 200, body = Deleted)))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -236,6 +254,15 @@ pub async fn delete(
     Ok(axum::Json(Deleted { id, object: "response", deleted: true }).into_response())
 }
 
+/// The input items of a stored response, a page at a time.
+#[utoipa::path(get, path = "/v1/responses/{id}/input_items", tag = "OpenAI",
+    params(
+        ("id" = String, Path, description = "A response id"),
+        ("limit" = Option<u32>, Query, description = "Items per page, 1 to 100 (default 20)", minimum = 1, maximum = 100),
+        ("order" = Option<String>, Query, description = "`asc` or `desc` (default)"),
+        ("after" = Option<String>, Query, description = "The item id to list after"),
+    ),
+    responses((status = 200, body = ItemList)))]
 pub async fn input_items(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

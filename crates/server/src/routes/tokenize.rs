@@ -5,13 +5,15 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::Json as JsonOut;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::openai::chat::RequestMessage;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizeRequest {
     pub model: Option<String>,
@@ -22,7 +24,7 @@ pub struct TokenizeRequest {
     pub return_token_strs: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TokenizeResponse {
     pub count: usize,
     pub max_model_len: usize,
@@ -30,18 +32,21 @@ pub struct TokenizeResponse {
     pub token_strs: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DetokenizeRequest {
     pub model: Option<String>,
     pub tokens: Vec<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DetokenizeResponse {
     pub prompt: String,
 }
 
+/// Token ids of a prompt, or of chat messages through the chat template (vLLM's shape).
+#[utoipa::path(post, path = "/tokenize", tag = "wick", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse)))]
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     Json(req): Json<TokenizeRequest>,
@@ -50,7 +55,13 @@ pub async fn tokenize(
     if let Some(m) = &req.model {
         ready.check_model(m)?;
     }
-    let b = ready.backend.as_ref();
+    let bytes = req.prompt.as_ref().map_or(0, String::len)
+        + req.messages.as_ref().map_or(0, |ms| ms.iter().map(RequestMessage::text_len).sum());
+    let b = ready.backend.clone();
+    state.cpu.run(bytes, move || tokenize_with(b.as_ref(), &req)).await?.map(JsonOut)
+}
+
+fn tokenize_with(b: &dyn Backend, req: &TokenizeRequest) -> Result<TokenizeResponse, ApiError> {
     let tokens = match (&req.prompt, &req.messages) {
         (Some(p), None) => b.encode(p, req.add_special_tokens.unwrap_or(true)).map_err(super::text_error)?,
         (None, Some(msgs)) => {
@@ -71,9 +82,12 @@ pub async fn tokenize(
     };
     let token_strs =
         req.return_token_strs.unwrap_or(false).then(|| tokens.iter().map(|&t| b.token_text(t).0).collect());
-    Ok(JsonOut(TokenizeResponse { count: tokens.len(), max_model_len: b.max_model_len(), tokens, token_strs }))
+    Ok(TokenizeResponse { count: tokens.len(), max_model_len: b.max_model_len(), tokens, token_strs })
 }
 
+/// The text of token ids (vLLM's shape).
+#[utoipa::path(post, path = "/detokenize", tag = "wick", request_body = DetokenizeRequest,
+    responses((status = 200, body = DetokenizeResponse)))]
 pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     Json(req): Json<DetokenizeRequest>,

@@ -76,7 +76,8 @@ async fn play(tx: UnboundedSender<Event>, req: GenerateRequest, script: &'static
         let tail = if script.len() == 3 { "!" } else { "" };
         let _ = tx.send(Event::Finished { choice, reason: FinishReason::Stop, text: tail.into() });
     }
-    let usage = Usage { prompt_tokens: req.prompt_ids.len(), completion_tokens: script.len() * req.n };
+    let usage =
+        Usage { prompt_tokens: req.prompt_ids.len(), completion_tokens: script.len() * req.n, cached_tokens: 0 };
     let _ = tx.send(Event::Done {
         usage,
         queue_time: Duration::from_millis(1),

@@ -28,6 +28,7 @@ pub(super) fn app_with(script: Script, keys: &[&str], cors: &[&str], ready: bool
             model_ids: vec![MODEL.into(), "alias".into()],
             created: 1,
             sampling: wick_engine::sampling::SamplingDefaults::default().resolved(),
+            max_token_bytes: 4,
         });
     }
     let cors: Vec<String> = cors.iter().map(|s| s.to_string()).collect();

@@ -27,6 +27,7 @@ fn app_with_store(script: Script, keys: &[&str]) -> (Router, Arc<Fake>, tempfile
         model_ids: vec![MODEL.into()],
         created: 1,
         sampling: wick_engine::sampling::SamplingDefaults::default().resolved(),
+        max_token_bytes: 4,
     });
     (crate::app::router(Arc::new(state), &[]), fake, dir)
 }

@@ -15,9 +15,15 @@
 //!   the system message and the whole answer is one JSON envelope, `{"tool_calls": [..]}` or (in
 //!   `auto`) `{"response": ".."}`, constrained from the first token (llama.cpp's generic handler).
 //!
+//! - [`harmony`]: gpt-oss's harmony messages; a call is a `commentary` message addressed to
+//!   `functions.NAME` whose body is the arguments. The grammar covers the whole answer (headers,
+//!   free analysis and final text, tool names and arguments), and the parser also splits the
+//!   `analysis` channel into reasoning.
+//!
 //! In every mode the arguments of every call are valid against their tool's `parameters`.
 
 pub mod generic;
+pub mod harmony;
 pub mod hermes;
 pub mod llama3;
 pub mod mistral;
@@ -134,6 +140,10 @@ pub enum Format {
         special: bool,
     },
     Llama3,
+    /// `special`: the harmony markers are special tokens (gpt-oss's own vocabulary).
+    Harmony {
+        special: bool,
+    },
 }
 
 impl Format {
@@ -146,6 +156,9 @@ impl Format {
             Some((id, special)) => (Trigger::Token(id), special),
             None => (Trigger::Text(tag.into()), false),
         };
+        if harmony::is_harmony(template) {
+            return Format::Harmony { special: single_token(harmony::CHANNEL).is_some_and(|(_, s)| s) };
+        }
         if !template.contains("tools") {
             return Format::Generic;
         }
@@ -184,6 +197,7 @@ impl Format {
                 Some((GrammarSpec::Lark(src), lazy.then(|| trigger.clone())))
             }
             Format::Llama3 => Some((GrammarSpec::Lark(llama3::grammar(req)), None)),
+            Format::Harmony { special } => Some((GrammarSpec::Lark(harmony::grammar(req, *special)), None)),
         }
     }
 
@@ -193,6 +207,7 @@ impl Format {
             Format::Hermes { .. } => Box::new(hermes::Parser::default()),
             Format::Mistral { .. } => Box::new(mistral::Parser::default()),
             Format::Llama3 => Box::new(llama3::Parser::default()),
+            Format::Harmony { .. } => Box::new(harmony::ToolsOnly::default()),
         }
     }
 }
@@ -440,5 +455,8 @@ mod tests {
         );
         assert_eq!(Format::detect("{% if tools %}{% endif %}<|python_tag|>", |_| None), Format::Llama3);
         assert_eq!(Format::detect("{% if tools %}{% endif %}", |_| None), Format::Generic);
+        let harmony = "<|start|>assistant<|channel|>final<|message|>";
+        assert_eq!(Format::detect(harmony, |_| Some((3, true))), Format::Harmony { special: true });
+        assert_eq!(Format::detect(harmony, |_| None), Format::Harmony { special: false });
     }
 }

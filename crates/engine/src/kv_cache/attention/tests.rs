@@ -296,3 +296,91 @@ fn grouped_layout_with_released_blocks_matches_the_reference_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn a_sink_joins_the_softmax_denominator_only() {
+    // One head, head size 2, two keys. Scores q·k·scale = [1, 2], sink 0.5: transformers'
+    // GptOss eager attention (softmax over [scores, sink], the sink column dropped) gives
+    // p = [e^1, e^2] / (e^1 + e^2 + e^0.5) = [0.231224, 0.628532] (0.140244 goes to the sink).
+    let mut cache = PagedKvCache::new(&KvLayout::uniform(1, 1, 2), 4, 4);
+    let mut batch = ForwardBatch::default();
+    batch.push_seq(&[0, 0], 2, vec![vec![1]], true);
+    cache.validate(&batch).unwrap();
+    let k = [1.0, 0.0, 2.0, 0.0];
+    let v = [10.0, 1.0, 20.0, -1.0];
+    cache.write(0, &batch, &k, &v);
+    let q = [0.0, 0.0, 1.0, 0.5];
+    let params = AttnParams { scale: 1.0, window: None };
+    for kern in all_kernels() {
+        let out = attention_with_sinks(&cache, 0, &batch, &q, 1, params, kern, false, Some(&[0.5]));
+        let (p0, p1) = (0.231_224_f32, 0.628_532_f32);
+        let want = [p0 * 10.0 + p1 * 20.0, p0 * 1.0 - p1 * 1.0];
+        for (a, b) in out[2..].iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{kern:?}: {a} vs {b}");
+        }
+        // The first token sees only itself: e^0 / (e^0 + e^0.5) of v0.
+        let p = 1.0 / (1.0 + 0.5f32.exp());
+        assert!((out[0] - 10.0 * p).abs() < 1e-4 && (out[1] - p).abs() < 1e-4, "{kern:?}: {:?}", &out[..2]);
+        // A very negative sink is no sink.
+        let none = attention_with(&cache, 0, &batch, &q, 1, params, kern, false);
+        let tiny = attention_with_sinks(&cache, 0, &batch, &q, 1, params, kern, false, Some(&[-1e4]));
+        assert_eq!(none, tiny);
+    }
+}
+
+#[test]
+fn sinks_match_the_reference_with_gqa_window_and_tiles_and_stay_batch_invariant() {
+    let (heads, kvh, hd, n) = (4, 2, 16, 11);
+    let sinks: Vec<f32> = (0..heads).map(|h| h as f32 * 0.7 - 1.0).collect();
+    let mut cache = PagedKvCache::new(&KvLayout::uniform(1, kvh, hd), 16, 4);
+    let mut batch = ForwardBatch::default();
+    batch.push_seq(&vec![0; n], n, vec![vec![5, 2, 9]], true);
+    cache.validate(&batch).unwrap();
+    let k: Vec<f32> = (0..n * kvh * hd).map(val).collect();
+    let v: Vec<f32> = (0..n * kvh * hd).map(|i| val(i + 13)).collect();
+    let q: Vec<f32> = (0..n * heads * hd).map(|i| val(i + 5) * 3.0).collect();
+    cache.write(0, &batch, &k, &v);
+    for kern in all_kernels() {
+        for window in [None, Some(4)] {
+            let params = AttnParams { scale: 0.25, window };
+            let out = attention_with_sinks(&cache, 0, &batch, &q, heads, params, kern, true, Some(&sinks));
+            for t in 0..n {
+                for h in 0..heads {
+                    let kh = h / (heads / kvh);
+                    let lo = window.map_or(0, |w| (t + 1).saturating_sub(w));
+                    let row = |x: &[f32], p: usize| x[(p * kvh + kh) * hd..(p * kvh + kh + 1) * hd].to_vec();
+                    let qr = &q[(t * heads + h) * hd..(t * heads + h + 1) * hd];
+                    let s: Vec<f64> = (lo..=t)
+                        .map(|p| qr.iter().zip(&row(&k, p)).map(|(a, b)| (a * b) as f64).sum::<f64>() * 0.25)
+                        .collect();
+                    let m = s.iter().cloned().fold(sinks[h] as f64, f64::max);
+                    let z = s.iter().map(|x| (x - m).exp()).sum::<f64>() + (sinks[h] as f64 - m).exp();
+                    for d in 0..hd {
+                        let want: f64 = (lo..=t).zip(&s).map(|(p, x)| (x - m).exp() / z * row(&v, p)[d] as f64).sum();
+                        let got = out[(t * heads + h) * hd + d] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "{kern:?} window {window:?} t {t} h {h} d {d}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            // The last token alone (decode) gives the same bits as inside the prefill.
+            let mut one = ForwardBatch::default();
+            one.push_seq(&[0], n, vec![vec![5, 2, 9]], false);
+            let alone = attention_with_sinks(
+                &cache,
+                0,
+                &one,
+                &q[(n - 1) * heads * hd..],
+                heads,
+                params,
+                kern,
+                false,
+                Some(&sinks),
+            );
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&alone), bits(&out[(n - 1) * heads * hd..]), "{kern:?} window {window:?}");
+        }
+    }
+}

@@ -13,6 +13,7 @@ use crate::model::spec::{Activation, LayerSpec, ModelSpec, TensorNames};
 use crate::{EngineError, Result};
 
 mod gemma3;
+mod gpt_oss;
 mod llama;
 mod mistral;
 mod phi3;
@@ -37,7 +38,7 @@ pub struct Architecture {
 
 /// Every architecture wick runs.
 pub static ARCHITECTURES: &[&Architecture] =
-    &[&llama::ARCH, &mistral::ARCH, &qwen2::ARCH, &qwen3::ARCH, &gemma3::ARCH, &phi3::ARCH];
+    &[&llama::ARCH, &mistral::ARCH, &qwen2::ARCH, &qwen3::ARCH, &gemma3::ARCH, &phi3::ARCH, &gpt_oss::ARCH];
 
 /// The architecture of a GGUF file's `general.architecture`.
 pub fn by_gguf(name: &str) -> Result<(&'static Architecture, FromGguf)> {
@@ -148,6 +149,8 @@ impl Common {
             final_logit_softcap: None,
             qk_norm: false,
             post_norms: false,
+            attn_sinks: false,
+            moe: None,
             layers: vec![LayerSpec { attention: AttentionKind::Full, rope: 0 }; self.num_layers],
             ropes: vec![rope],
             names,
@@ -169,6 +172,7 @@ pub(crate) fn gguf_rope_scaling(m: &GgufMeta) -> Result<RopeScaling> {
             beta_fast: 32.0,
             beta_slow: 1.0,
             attention_factor: None,
+            truncate: true,
         }),
         Some(other) => Err(EngineError::Unsupported(format!("{}.rope.scaling.type {other:?}", m.arch))),
     }

@@ -5,6 +5,9 @@
 //! trait, so a second implementation (CUDA) is added beside [`cpu::CpuBackend`] without
 //! editing them. Weights arrive as [`RawWeight`]s from the loaders and the backend turns them
 //! into its own formats.
+//!
+//! Mixture-of-experts models add [`Backend::moe`] (routing, per-expert matmuls, the weighted
+//! sum) over per-expert linear layers, and attention sinks ([`Backend::attention_with_sinks`]).
 
 use candle_core::quantized::QTensor;
 use candle_core::Tensor;
@@ -12,15 +15,22 @@ use candle_core::Tensor;
 use crate::batch::ForwardBatch;
 use crate::kv_cache::{AttnParams, KvLayout};
 use crate::model::rope::RopeRows;
-use crate::model::spec::Activation;
-use crate::Result;
+use crate::model::spec::{Activation, MoeSpec};
+use crate::{EngineError, Result};
 
 pub mod cpu;
 
-/// A weight as read from a file: quantized or float GGUF data, or a safetensors tensor.
+/// A weight as read from a file: quantized or float GGUF data, a safetensors tensor, or MXFP4
+/// blocks (which candle has no type for).
 pub enum RawWeight {
     Quant(QTensor),
     Dense(Tensor),
+    /// MXFP4 in ggml's block layout (`qmatmul::mxfp4`): the innermost dimension of `shape`
+    /// (outermost first) is a multiple of 32, each 32 values one 17-byte block.
+    Mxfp4 {
+        shape: Vec<usize>,
+        blocks: Vec<u8>,
+    },
 }
 
 impl RawWeight {
@@ -29,7 +39,41 @@ impl RawWeight {
         match self {
             RawWeight::Quant(q) => q.shape().dims().to_vec(),
             RawWeight::Dense(t) => t.dims().to_vec(),
+            RawWeight::Mxfp4 { shape, .. } => shape.clone(),
         }
+    }
+
+    /// Expert `e` of a stacked `[experts, ...]` weight (its bytes copied as stored).
+    pub fn expert(&self, e: usize) -> Result<RawWeight> {
+        let dims = self.dims();
+        let (&experts, inner) =
+            dims.split_first().ok_or_else(|| EngineError::Load("expert weight of rank 0".into()))?;
+        if e >= experts {
+            return Err(EngineError::Load(format!("expert {e} of a weight with {experts}")));
+        }
+        let per: usize = inner.iter().product();
+        Ok(match self {
+            RawWeight::Dense(t) => RawWeight::Dense(t.get(e)?),
+            RawWeight::Mxfp4 { blocks, .. } => {
+                let bytes = per / 32 * crate::model::gguf::MXFP4_BLOCK_BYTES;
+                RawWeight::Mxfp4 { shape: inner.to_vec(), blocks: blocks[e * bytes..(e + 1) * bytes].to_vec() }
+            }
+            RawWeight::Quant(q) => {
+                let dtype = q.dtype();
+                if !per.is_multiple_of(dtype.block_size()) {
+                    return Err(EngineError::Load(format!("expert of {per} values in {dtype:?} blocks")));
+                }
+                let bytes = per / dtype.block_size() * dtype.type_size();
+                let data = q.data()?;
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    &data[e * bytes..(e + 1) * bytes],
+                    inner.to_vec(),
+                    &candle_core::Device::Cpu,
+                )?;
+                RawWeight::Quant(q)
+            }
+        })
     }
 }
 
@@ -42,6 +86,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     type Linear: Send + Sync;
     type Norm: Send + Sync;
     type Embedding: Send + Sync;
+    /// One learned logit per attention head (gpt-oss's sinks).
+    type Sinks: Send + Sync;
     /// KV storage of every layer, addressed by the scheduler's block tables.
     type Kv: Send;
 
@@ -49,11 +95,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// A linear layer whose output concatenates `parts`' outputs (each `[out_i, in]`), plus
     /// an optional bias per part (absent parts' biases are zero).
     fn linear(&self, parts: Vec<RawWeight>, biases: Vec<Option<RawWeight>>) -> Result<Self::Linear>;
+    /// A mixture of experts' router `[experts, hidden]` with its bias: like [`Backend::linear`],
+    /// but each row's logits must be the same bits whatever else is in the step (they choose
+    /// the experts, so a rounding difference would change the whole output).
+    fn router(&self, w: RawWeight, bias: Option<RawWeight>) -> Result<Self::Linear>;
     /// RMSNorm with weight `w + offset`.
     fn norm(&self, w: RawWeight, eps: f32, offset: f32) -> Result<Self::Norm>;
     /// Token embeddings `[vocab, hidden]`.
     fn embedding(&self, w: &RawWeight) -> Result<Self::Embedding>;
     fn kv_cache(&self, layout: &KvLayout, num_blocks: usize, block_size: usize) -> Result<Self::Kv>;
+    /// Attention sinks `[heads]`.
+    fn sinks(&self, w: RawWeight) -> Result<Self::Sinks>;
 
     // Compute.
     /// Checks that the step's block tables fit the cache, before anything is written.
@@ -83,6 +135,40 @@ pub trait Backend: Send + Sync + Sized + 'static {
         v: &Self::Act,
         num_heads: usize,
         params: AttnParams,
+        out: &mut Self::Act,
+    ) -> Result<()>;
+    /// [`Backend::attention`] with one extra logit per head in every softmax (`sinks`):
+    /// `p_j = exp(s_j - m) / (Σ exp(s - m) + exp(sink_h - m))`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_with_sinks(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        batch: &ForwardBatch,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        num_heads: usize,
+        params: AttnParams,
+        sinks: &Self::Sinks,
+        out: &mut Self::Act,
+    ) -> Result<()>;
+    /// A mixture-of-experts feed-forward over `rows` rows of `x`: for each row, the
+    /// `moe.top_k` experts of highest `router` logit (`[rows, num_experts]`, ties to the lower
+    /// index) with weights softmax over those logits; `out` (`[rows, hidden]`) is
+    /// `Σ w_e · down_e(act(gate_up_e(x)))` in the row's own order of experts. `experts[e]` is
+    /// `(gate_up, down)`, gate/up laid out as [`Backend::gated`] expects. Rows are grouped by
+    /// expert, so each active expert's weights are read once per step and inactive ones not
+    /// at all.
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &self,
+        experts: &[(Self::Linear, Self::Linear)],
+        moe: &MoeSpec,
+        act: Activation,
+        x: &Self::Act,
+        router: &Self::Act,
+        rows: usize,
         out: &mut Self::Act,
     ) -> Result<()>;
     /// `act(gate) * up` for rows laid out `[gate (n) | up (n)]`, into `[rows, n]`.

@@ -13,8 +13,6 @@ mod tests;
 use std::path::Path;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 /// One stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -76,7 +74,7 @@ pub trait ResponseStore: Send + Sync + 'static {
 pub fn owner_of_key(key: Option<&str>) -> String {
     match key {
         None => String::new(),
-        Some(k) => Sha256::digest(k.as_bytes()).iter().map(|b| format!("{b:02x}")).collect(),
+        Some(k) => crate::auth::digest(k).iter().map(|b| format!("{b:02x}")).collect(),
     }
 }
 

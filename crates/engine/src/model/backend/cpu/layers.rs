@@ -4,7 +4,7 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::qmatmul::{Q41Matrix, Q8Matrix, TileKernel};
+use super::qmatmul::{Mxfp4Matrix, Q41Matrix, Q8Matrix, TileKernel};
 use crate::Result;
 
 /// A linear layer `y = x · Wᵀ` over `[T, in]` activations.
@@ -12,6 +12,10 @@ use crate::Result;
 pub enum Linear {
     /// f32 weights `[out, in]`.
     Dense(Tensor),
+    /// f32 weights `[out, in]` run one row at a time, so a row's result never depends on the
+    /// step (candle's f32 matmul rounds by the shape of the batch): small layers whose output
+    /// takes decisions, such as a mixture of experts' router.
+    DenseRows(Tensor),
     /// Quantized weights; `dense` is an optional f32 copy used when a step has at least
     /// `dense_min_tokens` rows. The copy makes a row's result depend on how many rows share
     /// the step (two different kernels), so it is off by default (`WeightOptions`).
@@ -26,6 +30,8 @@ pub enum QuantWeight {
     Q8(Q8Matrix),
     /// Q4_1 on wick's register-blocked kernel, kept at 4 bits.
     Q41(Q41Matrix),
+    /// MXFP4 (gpt-oss's experts) on wick's register-blocked kernel, kept as stored.
+    Mxfp4(Mxfp4Matrix),
     /// Other types (K-quants) on candle's `QMatMul`. Its repacked kernels tile several rows
     /// together and round a row differently by its place in the tile, so `forward_host` runs
     /// them one row at a time: slower prefill, but each row's bits independent of the step.
@@ -36,10 +42,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
         Ok(match self {
-            Linear::Dense(w) => x.matmul(&w.t()?)?,
+            Linear::Dense(w) | Linear::DenseRows(w) => x.matmul(&w.t()?)?,
             Linear::Quant { dense: Some(w), dense_min_tokens, .. } if rows >= *dense_min_tokens => x.matmul(&w.t()?)?,
             Linear::Quant { q: QuantWeight::Q8(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q41(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Mxfp4(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Candle(q), .. } => q.forward(x)?,
         })
     }
@@ -55,7 +62,8 @@ impl Linear {
             }
         }
         let k = x.len() / rows.max(1);
-        let one_row = matches!(self, Linear::Quant { q: QuantWeight::Candle(_), dense: None, .. });
+        let one_row =
+            matches!(self, Linear::Quant { q: QuantWeight::Candle(_), dense: None, .. } | Linear::DenseRows(_));
         out.clear();
         let step = if one_row { 1 } else { rows.max(1) };
         for chunk in x.chunks(step * k.max(1)) {
@@ -72,6 +80,7 @@ impl QuantWeight {
         match self {
             QuantWeight::Q8(w) => Some(w),
             QuantWeight::Q41(w) => Some(w),
+            QuantWeight::Mxfp4(w) => Some(w),
             QuantWeight::Candle(_) => None,
         }
     }
@@ -123,6 +132,20 @@ pub fn swiglu_rows(gate_up: &[f32], n: usize, out: &mut Vec<f32>) {
     }
 }
 
+/// gpt-oss's clamped SwiGLU for rows laid out `[gate (n) | up (n)]`, into `out` (`[rows, n]`):
+/// `g = min(gate, limit)`, `u = clamp(up, -limit, limit)`, `g · sigmoid(alpha · g) · (u + 1)`
+/// (transformers' `GptOssExperts`, llama.cpp's `swiglu_oai`).
+pub fn clamped_swiglu_rows(gate_up: &[f32], n: usize, alpha: f32, limit: f32, out: &mut Vec<f32>) {
+    out.clear();
+    for row in gate_up.chunks_exact(2 * n) {
+        let (g, u) = row.split_at(n);
+        out.extend(g.iter().zip(u).map(|(&g, &u)| {
+            let (g, u) = (g.min(limit), u.clamp(-limit, limit));
+            g / (1.0 + (-alpha * g).exp()) * (u + 1.0)
+        }));
+    }
+}
+
 /// `gelu_tanh(gate) * up` for rows laid out `[gate (n) | up (n)]`, into `out` (`[rows, n]`).
 pub fn geglu_rows(gate_up: &[f32], n: usize, out: &mut Vec<f32>) {
     const C: f32 = 0.797_884_6; // sqrt(2 / pi)
@@ -144,6 +167,29 @@ mod tests {
         swiglu_rows(&[0.0, 2.0, 3.0, -1.0], 2, &mut out);
         assert_eq!(out[0], 0.0);
         assert!((out[1] + 2.0 / (1.0 + (-2f32).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn clamped_swiglu_matches_hand_computed_gpt_oss_values() {
+        // transformers' GptOssExperts: gate.clamp(max=7), up.clamp(-7, 7),
+        // gate * sigmoid(1.702 * gate) * (up + 1). Values computed by hand (f64):
+        //   gate 1, up 0:     1 * sigmoid(1.702) * 1        = 0.845796
+        //   gate 10, up 8:    7 * sigmoid(11.914) * 8       = 55.999625 (both clamped)
+        //   gate -2, up -9:  -2 * sigmoid(-3.404) * (-6)    = 0.386048 (up clamped to -7)
+        //   gate 0, up 5:     0
+        //   gate 3, up -1:    3 * sigmoid(5.106) * 0        = 0
+        //   gate -20, up 2: -20 * sigmoid(-34.04) * 3       = -9.88e-14 (no lower clamp on gate)
+        let gate = [1.0, 10.0, -2.0, 0.0, 3.0, -20.0];
+        let up = [0.0, 8.0, -9.0, 5.0, -1.0, 2.0];
+        let want = [0.845_796, 55.999_625, 0.386_048, 0.0, 0.0, -9.88e-14];
+        let mut gu = gate.to_vec();
+        gu.extend(up);
+        let mut out = Vec::new();
+        clamped_swiglu_rows(&gu, 6, 1.702, 7.0, &mut out);
+        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 2e-6 * (1.0 + b.abs()), "value {i}: {a} vs {b}");
+        }
+        assert!(out[5] < 0.0 && out[5] > -1e-12);
     }
 
     #[test]

@@ -9,17 +9,18 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
 use crate::batch::ForwardBatch;
+use crate::kv_cache::attention::paged_attention_with_sinks;
 use crate::kv_cache::{paged_attention, AttnParams, KvLayout, PagedKvCache};
 use crate::model::backend::{Backend, RawWeight};
 use crate::model::rope::RopeRows;
-use crate::model::spec::Activation;
+use crate::model::spec::{Activation, MoeSpec};
 use crate::{EngineError, Result};
 
 pub mod layers;
 pub mod qmatmul;
 pub mod weights;
 
-use layers::{geglu_rows, swiglu_rows, Linear, RmsNorm};
+use layers::{clamped_swiglu_rows, geglu_rows, swiglu_rows, Linear, RmsNorm};
 use weights::{LinearBuilder, WeightOptions};
 
 /// The host backend, with the weight options it loads under.
@@ -64,6 +65,27 @@ fn keep_candle_off_amx() {
     });
 }
 
+/// gpt-oss's routing of every row of `router` (`[rows, experts]` biased logits): the `k`
+/// highest logits (ties to the lower expert index), in that order, each with its weight, the
+/// softmax over the chosen logits (transformers' `GptOssTopKRouter`, llama.cpp's
+/// `LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT`). Returns `rows · k` `(expert, weight)`.
+pub fn route(router: &[f32], experts: usize, k: usize) -> Vec<(usize, f32)> {
+    let mut out = Vec::with_capacity(router.len() / experts.max(1) * k);
+    let mut order: Vec<usize> = Vec::with_capacity(experts);
+    for logits in router.chunks_exact(experts) {
+        order.clear();
+        order.extend(0..experts);
+        // Stable: equal logits keep the lower index first.
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let chosen = &order[..k];
+        let max = logits[chosen[0]];
+        let exps: Vec<f32> = chosen.iter().map(|&e| (logits[e] - max).exp()).collect();
+        let sum: f32 = exps.iter().sum();
+        out.extend(chosen.iter().zip(&exps).map(|(&e, &x)| (e, x / sum)));
+    }
+    out
+}
+
 /// A linear layer: one fused weight, or parts of different types run one after another
 /// (a Q4_K_M file may store q and k as Q4_K and v as Q6_K), plus an optional bias.
 pub struct CpuLinear {
@@ -88,6 +110,7 @@ impl Backend for CpuBackend {
     type Linear = CpuLinear;
     type Norm = RmsNorm;
     type Embedding = CpuEmbedding;
+    type Sinks = Vec<f32>;
     type Kv = PagedKvCache;
 
     fn linear(&self, parts: Vec<RawWeight>, biases: Vec<Option<RawWeight>>) -> Result<CpuLinear> {
@@ -126,6 +149,28 @@ impl Backend for CpuBackend {
         Ok(CpuLinear { parts, out, bias })
     }
 
+    fn router(&self, w: RawWeight, bias: Option<RawWeight>) -> Result<CpuLinear> {
+        let float = match &w {
+            RawWeight::Quant(q) => matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16),
+            RawWeight::Dense(_) => true,
+            RawWeight::Mxfp4 { .. } => false,
+        };
+        if !float {
+            // Quantized routers run on kernels that are row-invariant already.
+            return self.linear(vec![w], vec![bias]);
+        }
+        let out = w.dims().first().copied().unwrap_or(0);
+        let bias = bias.map(|b| flat_f32(&b.to_f32()?)).transpose()?;
+        if bias.as_ref().is_some_and(|b| b.len() != out) {
+            return Err(EngineError::Load(format!(
+                "router bias of {} values for {out} experts",
+                bias.map_or(0, |b| b.len())
+            )));
+        }
+        let dense = Linear::DenseRows(w.to_f32()?.contiguous()?);
+        Ok(CpuLinear { parts: vec![(dense, out)], out, bias })
+    }
+
     fn norm(&self, w: RawWeight, eps: f32, offset: f32) -> Result<RmsNorm> {
         let w = w.to_f32()?;
         let w = if offset != 0.0 { (w + offset as f64)? } else { w };
@@ -145,7 +190,12 @@ impl Backend for CpuBackend {
             }
             RawWeight::Quant(q) => CpuEmbedding::Dense(q.dequantize(&Device::Cpu)?),
             RawWeight::Dense(t) => CpuEmbedding::Dense(t.clone()),
+            RawWeight::Mxfp4 { .. } => CpuEmbedding::Dense(w.to_f32()?),
         })
+    }
+
+    fn sinks(&self, w: RawWeight) -> Result<Vec<f32>> {
+        flat_f32(&w.to_f32()?)
     }
 
     fn kv_cache(&self, layout: &KvLayout, num_blocks: usize, block_size: usize) -> Result<PagedKvCache> {
@@ -246,10 +296,85 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn attention_with_sinks(
+        &self,
+        kv: &mut PagedKvCache,
+        layer: usize,
+        batch: &ForwardBatch,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        num_heads: usize,
+        params: AttnParams,
+        sinks: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        if sinks.len() != num_heads {
+            return Err(EngineError::Load(format!("{} attention sinks for {num_heads} heads", sinks.len())));
+        }
+        kv.write(layer, batch, k, v);
+        *out = paged_attention_with_sinks(kv, layer, batch, q, num_heads, params, Some(sinks));
+        Ok(())
+    }
+
+    fn moe(
+        &self,
+        experts: &[(CpuLinear, CpuLinear)],
+        moe: &MoeSpec,
+        act: Activation,
+        x: &Vec<f32>,
+        router: &Vec<f32>,
+        rows: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (ne, k) = (moe.num_experts, moe.top_k);
+        if experts.len() != ne || router.len() != rows * ne || rows == 0 && !x.is_empty() {
+            return Err(EngineError::Load(format!(
+                "{} experts, router of {} values for {rows} rows",
+                experts.len(),
+                router.len()
+            )));
+        }
+        let hidden = x.len() / rows.max(1);
+        let routes = route(router, ne, k);
+        // Rows per expert, in row order, with the slot they fill.
+        let mut by_expert: Vec<Vec<(usize, usize)>> = vec![Vec::new(); ne];
+        for (i, &(e, _)) in routes.iter().enumerate() {
+            by_expert[e].push((i / k, i % k));
+        }
+        let mut ys = vec![0f32; rows * k * hidden];
+        let (mut xe, mut gu, mut a, mut y) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (e, members) in by_expert.iter().enumerate().filter(|(_, m)| !m.is_empty()) {
+            xe.clear();
+            for &(r, _) in members {
+                xe.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
+            }
+            let (gate_up, down) = &experts[e];
+            self.matmul(gate_up, &xe, members.len(), &mut gu)?;
+            self.gated(act, &gu, moe.expert_ff, &mut a);
+            self.matmul(down, &a, members.len(), &mut y)?;
+            for (&(r, slot), yr) in members.iter().zip(y.chunks_exact(hidden)) {
+                ys[(r * k + slot) * hidden..(r * k + slot + 1) * hidden].copy_from_slice(yr);
+            }
+        }
+        // Each row's weighted sum in its own order of experts.
+        out.clear();
+        out.resize(rows * hidden, 0.0);
+        for (r, o) in out.chunks_exact_mut(hidden).enumerate() {
+            for slot in 0..k {
+                let w = routes[r * k + slot].1;
+                let yr = &ys[(r * k + slot) * hidden..(r * k + slot + 1) * hidden];
+                o.iter_mut().zip(yr).for_each(|(o, y)| *o = w.mul_add(*y, *o));
+            }
+        }
+        Ok(())
+    }
+
     fn gated(&self, act: Activation, gate_up: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
         match act {
             Activation::Silu => swiglu_rows(gate_up, n, out),
             Activation::GeluTanh => geglu_rows(gate_up, n, out),
+            Activation::ClampedSwiglu { alpha, limit } => clamped_swiglu_rows(gate_up, n, alpha, limit, out),
         }
     }
 

@@ -8,7 +8,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, Q
 use candle_core::{DType, Device, Tensor};
 
 use super::layers::{Linear, QuantWeight};
-use super::qmatmul::{Q41Matrix, Q8Matrix};
+use super::qmatmul::{mxfp4, Mxfp4Matrix, Q41Matrix, Q8Matrix};
 use crate::model::backend::RawWeight;
 use crate::{EngineError, Result};
 
@@ -71,6 +71,9 @@ impl RawWeight {
         Ok(match self {
             RawWeight::Quant(q) => q.dequantize(&Device::Cpu)?,
             RawWeight::Dense(t) => t.to_dtype(DType::F32)?,
+            RawWeight::Mxfp4 { shape, blocks } => {
+                Tensor::from_vec(mxfp4::dequantize(blocks), shape.clone(), &Device::Cpu)?
+            }
         })
     }
 }
@@ -125,6 +128,9 @@ impl LinearBuilder {
         if parts.is_empty() {
             return Err(EngineError::Load("linear layer without weights".into()));
         }
+        if !self.dequantize && parts.iter().all(|p| matches!(p, RawWeight::Mxfp4 { .. })) {
+            return self.mxfp4(parts);
+        }
         let quant: Option<Vec<&QTensor>> = parts
             .iter()
             .map(|p| match p {
@@ -165,6 +171,29 @@ impl LinearBuilder {
             },
         };
         self.quantized(qt, dense)
+    }
+
+    /// MXFP4 parts (`[out_i, in]`) stacked into one matrix on wick's MXFP4 kernel, as stored.
+    fn mxfp4(&self, parts: Vec<RawWeight>) -> Result<Linear> {
+        let k = parts[0].dims().get(1).copied().unwrap_or(0);
+        let (mut n, mut all) = (0, Vec::new());
+        for p in parts {
+            let RawWeight::Mxfp4 { shape, blocks } = p else { unreachable!("checked by the caller") };
+            let [pn, pk] = shape[..] else {
+                return Err(EngineError::Load(format!("MXFP4 linear weight of shape {shape:?}")));
+            };
+            if pk != k {
+                return Err(EngineError::Load(format!("cannot fuse weights with inputs {k} and {pk}")));
+            }
+            n += pn;
+            if all.is_empty() {
+                all = blocks;
+            } else {
+                all.extend_from_slice(&blocks);
+            }
+        }
+        let q = QuantWeight::Mxfp4(Mxfp4Matrix::from_blocks(all, n, k)?);
+        Ok(Linear::Quant { q, dense: None, dense_min_tokens: usize::MAX })
     }
 
     /// The layer running `qt` on the best kernel for its type.

@@ -23,9 +23,11 @@ use half::f16;
 
 use crate::{EngineError, Result};
 
+pub mod mxfp4;
 mod q4_1;
 mod q8_0;
 
+pub use mxfp4::Mxfp4Matrix;
 pub use q4_1::Q41Matrix;
 pub use q8_0::Q8Matrix;
 
@@ -58,8 +60,28 @@ impl QuantizedActs {
         (&self.qs[r * self.k..(r + 1) * self.k], &self.d[r * kb..(r + 1) * kb])
     }
 
+    /// Rows of the quantized matrix.
+    pub fn rows(&self) -> usize {
+        self.d.len() / (self.k / QK).max(1)
+    }
+
+    /// `into` becomes the rows `rows` of `self`, in that order (a row's values and scales are
+    /// copied as they are, so a kernel gives it the same result).
+    pub fn gather(&self, rows: &[usize], into: &mut QuantizedActs) {
+        let (k, kb) = (self.k, self.k / QK);
+        into.k = k;
+        into.qs.clear();
+        into.d.clear();
+        into.s.clear();
+        for &r in rows {
+            into.qs.extend_from_slice(&self.qs[r * k..(r + 1) * k]);
+            into.d.extend_from_slice(&self.d[r * kb..(r + 1) * kb]);
+            into.s.extend_from_slice(&self.s[r * kb..(r + 1) * kb]);
+        }
+    }
+
     /// Quantizes `x` (`m` rows of `k`), reusing the buffers; rows are split over the pool.
-    fn quantize(&mut self, x: &[f32], k: usize) {
+    pub fn quantize(&mut self, x: &[f32], k: usize) {
         let m = x.len() / k;
         self.k = k;
         self.qs.resize(m * k, 0);
@@ -178,23 +200,32 @@ pub fn matmul<W: TileKernel + ?Sized>(w: &W, x: &[f32], out: &mut [f32]) {
     ACTS.with(|cell| {
         let mut acts = cell.borrow_mut();
         acts.quantize(x, k);
-        let acts = &*acts;
-        let row_chunks = m.div_ceil(ROW_CHUNK);
-        let col_chunks = n.div_ceil(COL_CHUNK);
-        let out = OutPtr::new(out, n);
-        // Items are (row chunk, column chunk), row-chunk major; each output element belongs to
-        // exactly one item, so workers never write the same element.
-        candle_core::utils::barrier_pool().execute_chunked(row_chunks * col_chunks, |items| {
-            for item in items {
-                let (rc, cc) = (item / col_chunks, item % col_chunks);
-                let rows = rc * ROW_CHUNK..m.min((rc + 1) * ROW_CHUNK);
-                let cols = cc * COL_CHUNK..n.min((cc + 1) * COL_CHUNK);
-                // SAFETY: `rows` and `cols` lie inside the operands and `out`, and this item
-                // alone writes its output elements.
-                unsafe { w.block(acts, rows, cols, out) };
-            }
-        });
+        matmul_quantized(w, &acts, out);
     })
+}
+
+/// `out[m, n] = acts · Wᵀ` for activations already quantized (`acts.k` must be the weight's
+/// input size): the same results as [`matmul`] on the rows they came from.
+pub fn matmul_quantized<W: TileKernel + ?Sized>(w: &W, acts: &QuantizedActs, out: &mut [f32]) {
+    let (n, k) = w.dims();
+    assert_eq!(acts.k, k, "activations quantized for another input size");
+    let m = acts.rows();
+    assert_eq!(out.len(), m * n, "output has the wrong size");
+    let row_chunks = m.div_ceil(ROW_CHUNK);
+    let col_chunks = n.div_ceil(COL_CHUNK);
+    let out = OutPtr::new(out, n);
+    // Items are (row chunk, column chunk), row-chunk major; each output element belongs to
+    // exactly one item, so workers never write the same element.
+    candle_core::utils::barrier_pool().execute_chunked(row_chunks * col_chunks, |items| {
+        for item in items {
+            let (rc, cc) = (item / col_chunks, item % col_chunks);
+            let rows = rc * ROW_CHUNK..m.min((rc + 1) * ROW_CHUNK);
+            let cols = cc * COL_CHUNK..n.min((cc + 1) * COL_CHUNK);
+            // SAFETY: `rows` and `cols` lie inside the operands and `out`, and this item
+            // alone writes its output elements.
+            unsafe { w.block(acts, rows, cols, out) };
+        }
+    });
 }
 
 /// `x · Wᵀ` for a tensor `x` of shape `[..., k]`; the result is `[..., n]` f32.

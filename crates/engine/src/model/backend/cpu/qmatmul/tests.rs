@@ -223,3 +223,109 @@ fn q4_1_agrees_with_candles_q4_1_matmul() {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "element {i}: {a} vs candle's {b}");
     }
 }
+
+/// Random MXFP4 blocks `[n, k]` with exponents around 2^0 (as real experts have).
+fn mxfp4(n: usize, k: usize, seed: u64) -> Mxfp4Matrix {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let mut blocks = Vec::with_capacity(n * k / QK * mxfp4::BLOCK_BYTES);
+    for _ in 0..n * k / QK {
+        blocks.push(120 + (next() % 8) as u8);
+        blocks.extend((0..16).map(|_| next() as u8));
+    }
+    Mxfp4Matrix::from_blocks(blocks, n, k).unwrap()
+}
+
+#[test]
+fn mxfp4_decodes_e8m0_scales_and_e2m1_values_as_the_ocp_spec_says() {
+    use mxfp4::{dequantize, e8m0_half};
+    // E8M0: 2^(e - 127); the doubled table halves it.
+    assert_eq!(e8m0_half(127), 0.5);
+    assert_eq!(e8m0_half(128), 1.0);
+    assert_eq!(e8m0_half(130), 4.0);
+    assert_eq!(e8m0_half(1), 2f32.powi(-127));
+    assert_eq!(e8m0_half(0), 2f32.powi(-128));
+    // E2M1 codes 0..8: 0, 0.5, 1, 1.5, 2, 3, 4, 6; bit 3 is the sign. Scale 2^(128 - 127) = 2.
+    let mut block = vec![128u8];
+    block.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+    let v = dequantize(&block);
+    let e2m1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+    for j in 0..16 {
+        let want = |code: usize| if code < 8 { e2m1[code] } else { -e2m1[code - 8] } * 2.0;
+        assert_eq!(v[j], want(j), "low nibble {j}");
+        assert_eq!(v[16 + j], want(15 - j), "high nibble of byte {j}");
+    }
+}
+
+#[test]
+fn mxfp4_every_isa_gives_the_scalar_bits() {
+    // k = 96 (3 blocks: an odd tail for the paired AVX-512 steps), 64 and 2880 (gpt-oss).
+    let isas = mxfp4::Isa::available();
+    eprintln!("MXFP4 implementations on this host: {isas:?}");
+    for (m, k, n) in [(7, 96, 11), (5, 64, 9), (3, 2880, 5), (9, 96, 37)] {
+        let w = mxfp4(n, k, 3 + k as u64);
+        let x = values(m * k, 21, 1.0);
+        let want = run_with(&w.clone().with_isa(mxfp4::Isa::Scalar), &x);
+        for &isa in &isas {
+            assert_eq!(bits(&run_with(&w.clone().with_isa(isa), &x)), bits(&want), "{isa:?} [{m}, {k}] x [{n}]");
+        }
+    }
+}
+
+#[test]
+fn mxfp4_rows_are_bit_identical_alone_and_in_any_batch() {
+    let (k, n) = (96, 37);
+    for isa in mxfp4::Isa::available() {
+        let w = mxfp4(n, k, 5).with_isa(isa);
+        for m in [1, 2, 3, 5, 16, 70] {
+            let x = values(m * k, 300 + m as u64, 1.0);
+            let together = run_with(&w, &x);
+            for r in 0..m {
+                let alone = run_with(&w, &x[r * k..(r + 1) * k]);
+                assert_eq!(bits(&together[r * n..(r + 1) * n]), bits(&alone), "{isa:?}: row {r} of {m}");
+            }
+        }
+        // A gathered subset of pre-quantized rows gives the rows' own results.
+        let x = values(6 * k, 77, 1.0);
+        let all = run_with(&w, &x);
+        let mut acts = QuantizedActs::default();
+        acts.quantize(&x, k);
+        let mut sub = QuantizedActs::default();
+        acts.gather(&[4, 1], &mut sub);
+        let mut out = vec![0f32; 2 * n];
+        matmul_quantized(&w, &sub, &mut out);
+        assert_eq!(bits(&out[..n]), bits(&all[4 * n..5 * n]));
+        assert_eq!(bits(&out[n..]), bits(&all[n..2 * n]));
+    }
+}
+
+#[test]
+fn mxfp4_is_the_dequantized_product_of_the_quantized_activations() {
+    // Against f64 math on the dequantized weights: with the activations' own Q8_0 rounding
+    // applied the only difference is f32 accumulation (tight); with the raw f32 activations,
+    // that rounding's ~0.4% (loose).
+    let (m, k, n) = (4, 2880, 16);
+    let w = mxfp4(n, k, 9);
+    let wf = w.dequantize();
+    let x = values(m * k, 31, 1.0);
+    let got = run_with(&w, &x);
+    let mut acts = QuantizedActs::default();
+    acts.quantize(&x, k);
+    for r in 0..m {
+        let (xq, xd) = acts.row(r);
+        for c in 0..n {
+            let wr = &wf[c * k..(c + 1) * k];
+            let exact: f64 = (0..k).map(|i| wr[i] as f64 * xq[i] as f64 * xd[i / QK] as f64).sum();
+            let raw: f64 = (0..k).map(|i| wr[i] as f64 * x[r * k + i] as f64).sum();
+            let scale: f64 = (0..k).map(|i| (wr[i] as f64 * x[r * k + i] as f64).abs()).sum();
+            let g = got[r * n + c] as f64;
+            assert!((g - exact).abs() <= 1e-5 * scale, "[{r}, {c}]: {g} vs {exact} (scale {scale})");
+            assert!((g - raw).abs() <= 1e-2 * scale, "[{r}, {c}]: {g} vs f32 activations {raw}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! How K/V rows are stored: `KvDtype` (f32, f16, or 8-bit with one f32 scale per row) and
+//! `RowStore`, one slot array of rows of `head_dim` values in that format. A row is written
+//! from f32 once, when its token is computed, and read back as f32 by attention, which always
+//! computes in f32. Conversions are deterministic (f16 rounds to nearest even; q8 scales by the
+//! row's own absolute maximum), so a row reads back the same bits whichever step wrote it, and
+//! batched == alone and prefix-cache hit == miss stay exact in every format.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// Element format of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    /// 4 bytes per value: exact.
+    F32,
+    /// 2 bytes per value (llama.cpp's and vLLM's default).
+    #[default]
+    F16,
+    /// 1 byte per value plus a 4-byte scale per row (symmetric, per token and kv head).
+    Q8,
+}
+
+impl KvDtype {
+    /// Parses `f32`, `f16` or `q8` (also `fp16`, `float16`, `int8`, `q8_0`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Some(Self::F32),
+            "f16" | "fp16" | "float16" | "half" => Some(Self::F16),
+            "q8" | "q8_0" | "int8" | "i8" => Some(Self::Q8),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Q8 => "q8",
+        }
+    }
+
+    /// Bytes one row of `head_dim` values takes.
+    pub fn bytes_per_row(self, head_dim: usize) -> usize {
+        match self {
+            Self::F32 => 4 * head_dim,
+            Self::F16 => 2 * head_dim,
+            Self::Q8 => head_dim + 4,
+        }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One slot array of K or V rows (`head_dim` values each, addressed by element offset).
+pub(crate) enum RowStore {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Q8 { q: Vec<i8>, scales: Vec<f32> },
+}
+
+impl RowStore {
+    /// Zeroed storage for `elems` values in rows of `hd`.
+    pub fn new(dtype: KvDtype, elems: usize, hd: usize) -> Self {
+        match dtype {
+            KvDtype::F32 => Self::F32(vec![0.0; elems]),
+            KvDtype::F16 => Self::F16(vec![f16::ZERO; elems]),
+            KvDtype::Q8 => Self::Q8 { q: vec![0; elems], scales: vec![0.0; elems / hd.max(1)] },
+        }
+    }
+
+    /// The rows as f32 in place, when stored as f32 (attention then reads them directly).
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            Self::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Stores `src` (one row) at element offset `off`.
+    pub fn write_row(&mut self, off: usize, src: &[f32]) {
+        let hd = src.len();
+        match self {
+            Self::F32(v) => v[off..off + hd].copy_from_slice(src),
+            Self::F16(v) => v[off..off + hd].convert_from_f32_slice(src),
+            Self::Q8 { q, scales } => {
+                let amax = src.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                for (d, &x) in q[off..off + hd].iter_mut().zip(src) {
+                    *d = (x * inv).round().clamp(-127.0, 127.0) as i8;
+                }
+                scales[off / hd] = scale;
+            }
+        }
+    }
+
+    /// Appends to `dst` the rows at element offsets `offs`, as f32, `hd` values each.
+    pub fn gather(&self, offs: &[usize], hd: usize, dst: &mut Vec<f32>) {
+        dst.clear();
+        dst.resize(offs.len() * hd, 0.0);
+        for (row, &off) in dst.chunks_exact_mut(hd).zip(offs) {
+            match self {
+                Self::F32(v) => row.copy_from_slice(&v[off..off + hd]),
+                Self::F16(v) => v[off..off + hd].convert_to_f32_slice(row),
+                Self::Q8 { q, scales } => {
+                    let s = scales[off / hd];
+                    for (d, &x) in row.iter_mut().zip(&q[off..off + hd]) {
+                        *d = x as f32 * s;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies elements `src..src + len` to `dst..` (whole rows: `src`, `dst`, `len` are
+    /// multiples of `hd`).
+    pub fn copy_within(&mut self, src: usize, len: usize, dst: usize, hd: usize) {
+        match self {
+            Self::F32(v) => v.copy_within(src..src + len, dst),
+            Self::F16(v) => v.copy_within(src..src + len, dst),
+            Self::Q8 { q, scales } => {
+                q.copy_within(src..src + len, dst);
+                scales.copy_within(src / hd..(src + len) / hd, dst / hd);
+            }
+        }
+    }
+
+    /// Overwrites elements `range` with NaN (tests: a read of a released page shows).
+    #[cfg(test)]
+    pub fn poison(&mut self, range: std::ops::Range<usize>, hd: usize) {
+        match self {
+            Self::F32(v) => v[range].fill(f32::NAN),
+            Self::F16(v) => v[range].fill(f16::NAN),
+            Self::Q8 { scales, .. } => scales[range.start / hd..range.end / hd].fill(f32::NAN),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(dtype: KvDtype, row: &[f32]) -> Vec<f32> {
+        let hd = row.len();
+        let mut s = RowStore::new(dtype, 3 * hd, hd);
+        s.write_row(hd, row);
+        let mut out = Vec::new();
+        s.gather(&[hd], hd, &mut out);
+        out
+    }
+
+    #[test]
+    fn each_format_reads_back_what_it_stored_within_its_precision() {
+        let row: Vec<f32> = (0..64).map(|i| ((i * 37 % 19) as f32 - 9.0) * 0.173).collect();
+        assert_eq!(roundtrip(KvDtype::F32, &row), row);
+        for (dtype, tol) in [(KvDtype::F16, 1e-3), (KvDtype::Q8, 1.0 / 127.0)] {
+            let amax = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for (a, b) in roundtrip(dtype, &row).iter().zip(&row) {
+                assert!((a - b).abs() <= tol * amax.max(b.abs()), "{dtype}: {a} vs {b}");
+            }
+        }
+        assert_eq!(roundtrip(KvDtype::Q8, &[0.0; 8]), vec![0.0; 8], "a zero row has a zero scale");
+    }
+
+    #[test]
+    fn conversions_are_deterministic_and_copies_move_rows_with_their_scales() {
+        let row: Vec<f32> = (0..16).map(|i| (i as f32).sin() * 3.0).collect();
+        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8] {
+            assert_eq!(roundtrip(dtype, &row), roundtrip(dtype, &row));
+            let mut s = RowStore::new(dtype, 64, 16);
+            s.write_row(16, &row);
+            s.copy_within(16, 16, 48, 16);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            s.gather(&[16], 16, &mut a);
+            s.gather(&[48], 16, &mut b);
+            assert_eq!(a, b, "{dtype}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_names() {
+        assert_eq!(KvDtype::F32.bytes_per_row(64), 256);
+        assert_eq!(KvDtype::F16.bytes_per_row(64), 128);
+        assert_eq!(KvDtype::Q8.bytes_per_row(64), 68);
+        for d in [KvDtype::F32, KvDtype::F16, KvDtype::Q8] {
+            assert_eq!(KvDtype::parse(d.name()), Some(d));
+        }
+        assert_eq!(KvDtype::parse("bf16"), None);
+    }
+}
