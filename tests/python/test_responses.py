@@ -56,7 +56,7 @@ def test_create_gives_a_completed_response_with_usage(rclient):
 
 
 def test_stream_events_come_in_the_documented_order(rclient):
-    kwargs = dict(model=MODEL_NAME, input="Name three colours.", temperature=0, max_output_tokens=60)
+    kwargs = dict(model=MODEL_NAME, input="Say hello in one short sentence.", temperature=0, max_output_tokens=100)
     events = list(rclient.responses.create(stream=True, **kwargs))
     types = [e.type for e in events]
     deltas = types.count("response.output_text.delta")
@@ -79,7 +79,8 @@ def test_stream_events_come_in_the_documented_order(rclient):
 
 def test_the_sdk_stream_helper_parses_every_event(rclient):
     seen = []
-    with rclient.responses.stream(model=MODEL_NAME, input="Count to five.", temperature=0, max_output_tokens=40) as stream:
+    with rclient.responses.stream(model=MODEL_NAME, input="Say hello in one short sentence.", temperature=0,
+                                  max_output_tokens=100) as stream:
         for event in stream:
             seen.append(event.type)
             if event.type == "response.output_text.delta":
@@ -96,8 +97,8 @@ def test_previous_response_id_chains_the_conversation(rclient):
     assert r2.previous_response_id == r1.id
     # The second prompt holds the first turn: its input and its answer.
     assert r2.usage.input_tokens > r1.usage.input_tokens + r1.usage.output_tokens
-    # ... and starts with the first prompt, which the prefix cache still holds.
-    assert 0 < r2.usage.input_tokens_details.cached_tokens <= r1.usage.input_tokens
+    # ... and starts with the first turn, which the prefix cache still holds.
+    assert 0 < r2.usage.input_tokens_details.cached_tokens <= r1.usage.input_tokens + r1.usage.output_tokens
     r3 = rclient.responses.create(model=MODEL_NAME, previous_response_id=r2.id, input="Thanks.", temperature=0,
                                   max_output_tokens=10, stream=True)
     events = list(r3)
