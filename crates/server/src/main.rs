@@ -70,7 +70,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let s = &settings.server;
     wick_server::cpu::tune_allocator();
     wick_server::metrics::set_compat(s.metrics_compat);
-    let store = wick_server::responses::store::open(&settings.responses.store, &s.data_dir())
+    // Off the async workers: the PostgreSQL client blocks on a runtime of its own.
+    let (spec, data_dir) = (settings.responses.store.clone(), s.data_dir());
+    let store = tokio::task::spawn_blocking(move || wick_server::responses::store::open(&spec, &data_dir))
+        .await
+        .context("opening the response store")?
         .context("opening the response store (--responses-store)")?;
     match &store {
         Some(st) => {
