@@ -13,12 +13,13 @@ model="${WICK_TEST_MODEL_SMOLLM2:?set WICK_TEST_MODEL_SMOLLM2 (scripts/fetch-mod
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 key="sk-contract-$RANDOM"
 log=$(mktemp /tmp/wick-schemathesis.XXXXXX.log)
+data=$(mktemp -d /tmp/wick-schemathesis-data.XXXXXX)
 # With all-MiniLM-L6-v2 beside it (when fetched), /v1/embeddings is exercised on a real model too.
 env -u WICK_API_KEY "$bin" serve --model "$model" ${WICK_TEST_MODEL_MINILM:+--model "$WICK_TEST_MODEL_MINILM"} \
     --port "$port" --offline --served-model-name test-model \
-    --api-key "$key" --max-model-len 512 --max-waiting 64 >"$log" 2>&1 &
+    --api-key "$key" --max-model-len 512 --max-waiting 64 --data-dir "$data" >"$log" 2>&1 &
 pid=$!
-trap 'kill "$pid" 2>/dev/null || true' EXIT
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$port/ready" >/dev/null && break
     kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "wick serve exited"; exit 1; }

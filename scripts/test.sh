@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of wick: formatting and clippy, Rust unit and integration tests (tiny random
 # models written by the tests, the llama.cpp fixtures in ../shared/fixtures/archs, and the real
-# SmolLM2 and Gemma 3 models and the all-MiniLM-L6-v2 embedding model fetched from PyPI), the
-# Python suite driving a real `wick serve` with the official openai SDK, the OpenAPI contract
-# fuzzed by schemathesis, a 5-minute soak, three replicas behind nginx with one SIGTERMed
-# mid-run, the Helm chart's lint and strict validation, and the Dockerfile lint. Installs what
-# it needs.
+# SmolLM2 and Gemma 3 models and the all-MiniLM-L6-v2 embedding model fetched from PyPI),
+# `wick chat` in a pseudo-terminal, the Python suite driving a real `wick serve` with the
+# official openai SDK, the response store on a real PostgreSQL server (Debian's postgresql), the
+# chat page in Debian's chromium (playwright-core; screenshots in target/ui-screenshots/), the
+# OpenAPI contract fuzzed by schemathesis, a 5-minute soak, three replicas behind nginx with one
+# SIGTERMed mid-run, the Helm chart's lint and strict validation, and the Dockerfile lint.
+# Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== format and lints"
@@ -31,6 +33,10 @@ for level in avx2 scalar; do
 done
 echo "== python: openai SDK against a real server"
 python3 -m pytest tests/python -q
+echo "== postgresql: the response store on a real PostgreSQL server (about 1 minute)"
+timeout 600 scripts/postgres-test.sh
+echo "== chat page: playwright-core drives Debian's chromium against a real wick serve (about 2 minutes)"
+timeout 900 scripts/ui-test.sh
 echo "== contract: schemathesis against /openapi.json (about 3 minutes)"
 scripts/schemathesis.sh 150
 echo "== soak: 5 minutes at concurrency 16, tiny KV cache"

@@ -7,14 +7,14 @@ embeddings. Values outside the valid range are left alone, so the server's valid
 
 import schemathesis
 
-CAPS = {"n": 2, "max_tokens": 8, "max_completion_tokens": 8, "best_of": 2}
+CAPS = {"n": 2, "max_tokens": 8, "max_completion_tokens": 8, "max_output_tokens": 8, "best_of": 2}
 
 
 @schemathesis.hook
 def map_case(context, case):
     body = case.body
     if isinstance(body, dict) and case.operation.path in ("/v1/chat/completions", "/v1/completions",
-                                                          "/tokenize", "/detokenize"):
+                                                          "/v1/responses", "/tokenize", "/detokenize"):
         if isinstance(body.get("model"), str):
             body["model"] = "test-model"
         for key, cap in CAPS.items():
@@ -29,4 +29,6 @@ def map_case(context, case):
             body["model"] = "all-MiniLM-L6-v2"
         if isinstance(body.get("input"), list):
             body["input"] = body["input"][:16]
+    if isinstance(body, dict) and case.operation.path == "/v1/responses" and "max_output_tokens" not in body:
+        body["max_output_tokens"] = 8
     return case

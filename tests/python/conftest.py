@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +55,9 @@ class Server:
         cmd = [_binary(), "serve", "--model", model, "--port", str(self.port), "--served-model-name", MODEL_NAME,
                "--offline", *extra]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("WICK_")}, **(env or {})}
+        # The response store goes to a throwaway folder, not the user's data folder, unless the
+        # test names one (--data-dir or --responses-store win over this).
+        env.setdefault("WICK_DATA_DIR", tempfile.mkdtemp(prefix="wick-pytest-data-"))
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 180
         while time.time() < deadline:

@@ -193,7 +193,7 @@ def test_keys_are_checked_before_routing(spawn):
     ok = {"Authorization": "Bearer sk-right"}
     assert requests.get(s.url + "/v1/nope", headers=ok).status_code == 404
     assert requests.get(s.url + "/v1/models", headers=ok).status_code == 200
-    for public in ("/health", "/ready", "/metrics"):
+    for public in ("/health", "/ready", "/metrics", "/"):
         assert requests.get(s.url + public).status_code == 200, public
 
 

@@ -17,7 +17,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::auth;
 use crate::error::ApiError;
 use crate::openapi;
-use crate::routes::{chat, completions, embeddings, health, models, tokenize};
+use crate::routes::{chat, completions, embeddings, health, models, responses, tokenize, ui};
 use crate::state::AppState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -29,6 +29,9 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
         .route("/v1/chat/completions", post(chat::handler))
         .route("/v1/completions", post(completions::handler))
         .route("/v1/embeddings", post(embeddings::handler))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::get).delete(responses::delete))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
         .route("/tokenize", post(tokenize::tokenize))
@@ -36,6 +39,7 @@ pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::spec));
     let mut app = Router::new()
+        .route("/", get(ui::page))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .merge(api)

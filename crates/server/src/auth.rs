@@ -1,7 +1,7 @@
 //! API-key check, run before routing (so an unknown route without a key is a 401, not a 404
 //! that lists what exists): `Authorization: Bearer <key>` must match one of the configured keys;
-//! with no keys configured every request passes. [`PUBLIC`] paths (probes, metrics) are always
-//! open.
+//! with no keys configured every request passes. [`PUBLIC`] paths (probes, metrics, the chat
+//! page) are always open.
 //!
 //! Keys are kept as SHA-256 digests and compared digest to digest in constant time, over every
 //! configured key, so neither the timing nor an early length mismatch tells a caller anything
@@ -20,8 +20,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Paths served without a key: the orchestrator's probes, and the metrics (as vLLM's, so that
-/// Prometheus and a Gateway API Inference Extension endpoint picker can scrape them).
-pub const PUBLIC: &[&str] = &["/health", "/ready", "/metrics"];
+/// Prometheus and a Gateway API Inference Extension endpoint picker can scrape them), and the
+/// chat page, which holds no data and asks for the key when the API answers 401.
+pub const PUBLIC: &[&str] = &["/health", "/ready", "/metrics", "/"];
 
 /// The SHA-256 digest of a key.
 pub fn digest(key: &str) -> [u8; 32] {

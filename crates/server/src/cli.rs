@@ -16,12 +16,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the OpenAI API (chat completions, completions, models, tokenize, metrics).
+    /// Serve the OpenAI API (chat completions, completions, responses, models, tokenize, metrics) and the chat page.
     Serve(Box<ServeArgs>),
     /// Perplexity of a model on a text file, llama-perplexity style.
     Perplexity(PerplexityArgs),
     /// Engine throughput: prompt processing, single-sequence and concurrent decode.
     Bench(BenchArgs),
+    /// Chat in the terminal with a running server (streamed answers; Ctrl-C stops one).
+    Chat(crate::chat_client::ChatArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -120,6 +122,21 @@ pub struct ServeArgs {
     /// unloaded to make room [default: 0, no limit].
     #[arg(long, env = "WICK_MEMORY_BUDGET_MB")]
     pub memory_budget_mb: Option<u64>,
+    /// Data folder (the response store) [default: $XDG_DATA_HOME/wick or ~/.local/share/wick].
+    #[arg(long, env = "WICK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Response store of /v1/responses: a SQLite file, a postgres:// URL, or `off` [default: <data-dir>/responses.sqlite3].
+    #[arg(long, env = "WICK_RESPONSES_STORE")]
+    pub responses_store: Option<String>,
+    /// Drop stored responses older than this many days (0: never) [default: 30].
+    #[arg(long, env = "WICK_RESPONSES_MAX_AGE_DAYS")]
+    pub responses_max_age_days: Option<u64>,
+    /// Drop the oldest stored responses beyond this many MiB (0: no limit) [default: 1024].
+    #[arg(long, env = "WICK_RESPONSES_MAX_MB")]
+    pub responses_max_mb: Option<u64>,
+    /// Do not serve the chat page at `/`.
+    #[arg(long, env = "WICK_NO_UI", num_args = 0..=1, default_missing_value = "true")]
+    pub no_ui: Option<bool>,
     /// Turn automatic prefix caching off (every prompt is prefilled from scratch).
     #[arg(long, env = "WICK_NO_PREFIX_CACHING")]
     pub no_prefix_caching: bool,
@@ -234,6 +251,15 @@ impl ServeArgs {
         if a.max_model_len.is_some() {
             s.engine.max_model_len = a.max_model_len;
         }
+        if a.data_dir.is_some() {
+            s.server.data_dir = a.data_dir.clone();
+        }
+        if let Some(no_ui) = a.no_ui {
+            s.server.ui = !no_ui;
+        }
+        set(&mut s.responses.store, a.responses_store.clone());
+        set(&mut s.responses.max_age_days, a.responses_max_age_days);
+        set(&mut s.responses.max_mb, a.responses_max_mb);
         if a.no_prefix_caching {
             s.engine.prefix_caching = false;
         }

@@ -16,6 +16,7 @@ pub struct Settings {
     pub default_model: DefaultModel,
     pub engine: EngineSettings,
     pub sampling: SamplingSettings,
+    pub responses: ResponsesSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -42,6 +43,10 @@ pub struct ServerSettings {
     pub sse_keep_alive_secs: u64,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Where wick keeps its data (the response store); none: [`default_data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// Whether `/` serves the built-in chat page.
+    pub ui: bool,
     pub metrics_compat: crate::metrics::Compat,
 }
 
@@ -61,6 +66,8 @@ impl Default for ServerSettings {
             sse_keep_alive_secs: 10,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            data_dir: None,
+            ui: true,
             metrics_compat: crate::metrics::Compat::None,
         }
     }
@@ -258,6 +265,53 @@ impl SamplingSettings {
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
         }
+    }
+}
+
+/// The Responses API's store of responses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesSettings {
+    /// A SQLite file path, a `postgres://` URL, or `off`; empty: `<data_dir>/responses.sqlite3`.
+    pub store: String,
+    /// Responses older than this many days are dropped (0: kept forever).
+    pub max_age_days: u64,
+    /// When the stored responses exceed this many MiB the oldest are dropped (0: no limit).
+    pub max_mb: u64,
+}
+
+impl Default for ResponsesSettings {
+    fn default() -> Self {
+        Self { store: String::new(), max_age_days: 30, max_mb: 1024 }
+    }
+}
+
+impl ResponsesSettings {
+    pub fn retention(&self) -> crate::responses::store::Retention {
+        crate::responses::store::Retention {
+            max_age_secs: (self.max_age_days > 0).then(|| self.max_age_days * 86_400),
+            max_bytes: (self.max_mb > 0).then_some(self.max_mb.saturating_mul(1 << 20)),
+        }
+    }
+}
+
+/// wick's data folder: `$WICK_DATA_DIR`, else `$XDG_DATA_HOME/wick`, else
+/// `~/.local/share/wick`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("WICK_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("share")))
+        .unwrap_or_else(|| PathBuf::from(".local/share"));
+    base.join("wick")
+}
+
+impl ServerSettings {
+    /// The data folder in force.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod chat_client;
 pub mod cli;
 pub mod config;
 pub mod cpu;
@@ -22,6 +23,7 @@ pub mod output;
 pub mod pypi;
 pub mod reasoning;
 pub mod registry;
+pub mod responses;
 pub mod routes;
 pub mod serve;
 pub mod shutdown;

@@ -1,4 +1,4 @@
-//! The `wick` binary: `wick serve` (the OpenAI API) and `wick perplexity`.
+//! The `wick` binary: `wick serve` (the OpenAI API and the chat page), `wick chat`, `wick perplexity` and `wick bench`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => rt.block_on(serve(*args)),
         Command::Perplexity(args) => perplexity(args),
         Command::Bench(args) => rt.block_on(async { tokio::task::spawn_blocking(move || bench(args)).await? }),
+        Command::Chat(args) => rt.block_on(wick_server::chat_client::run(args)),
     }
 }
 
@@ -209,7 +210,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let s = &settings.server;
     wick_server::cpu::tune_allocator();
     wick_server::metrics::set_compat(s.metrics_compat);
-    let mut state = AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes);
+    // Off the async workers: the PostgreSQL client blocks on a runtime of its own.
+    let (spec, data_dir) = (settings.responses.store.clone(), s.data_dir());
+    let store = tokio::task::spawn_blocking(move || wick_server::responses::store::open(&spec, &data_dir))
+        .await
+        .context("opening the response store")?
+        .context("opening the response store (--responses-store)")?;
+    match &store {
+        Some(st) => {
+            tracing::info!(store = %st.describe(), "response store");
+            let retention = settings.responses.retention();
+            tokio::spawn(wick_server::responses::retention_task(st.clone(), retention, Duration::from_secs(600)));
+        }
+        None => tracing::info!("response store off: /v1/responses answers without storing"),
+    }
+    let mut state = AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes)
+        .with_response_store(store)
+        .with_ui(s.ui);
     state.body_read_timeout = Duration::from_secs(s.body_read_timeout_secs.max(1));
     let state = Arc::new(state);
     let router = app::router(state.clone(), &s.cors_allow_origins);

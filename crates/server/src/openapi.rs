@@ -35,6 +35,11 @@ pub struct SseEvent {
         routes::embeddings::handler,
         routes::models::list,
         routes::models::get,
+        routes::responses::create,
+        routes::responses::get,
+        routes::responses::delete,
+        routes::responses::input_items,
+        routes::ui::page,
         routes::tokenize::tokenize,
         routes::tokenize::detokenize,
         routes::health::health,
@@ -55,7 +60,7 @@ const ERRORS: &[(&str, &str)] = &[
         "Invalid request: malformed JSON, or a missing, unknown, ill-typed or out-of-range field (`param` names it)",
     ),
     ("401", "Missing or wrong API key (when the server has keys)"),
-    ("404", "Unknown route or model"),
+    ("404", "Unknown route, model or response id"),
     ("405", "Method not allowed on this route"),
     ("408", "The request body did not arrive in time"),
     ("413", "The request body is over the limit"),
@@ -78,7 +83,7 @@ impl Modify for Errors {
             .security_schemes
             .insert("bearer".into(), SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
         for item in api.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for op in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
                 add_errors(op);
             }
         }

@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::registry::{EmbedReady, Loaded, ModelKind, Registry};
+use crate::responses::store::ResponseStore;
 
 /// A loaded chat model as clients see it.
 pub struct Ready {
@@ -20,16 +21,6 @@ pub struct Ready {
     pub sampling: wick_engine::sampling::SamplingDefaults,
     /// The longest token in bytes (`validate::longest_token`), to refuse oversized text early.
     pub max_token_bytes: usize,
-}
-
-impl Ready {
-    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
-        if self.model_ids.iter().any(|m| m == model) {
-            Ok(())
-        } else {
-            Err(ApiError::model_not_found(model))
-        }
-    }
 }
 
 pub struct AppState {
@@ -44,6 +35,10 @@ pub struct AppState {
     /// Bounds the CPU-heavy request work (templates, tokenization) running at once.
     pub cpu: crate::cpu::CpuPool,
     pub metrics: PrometheusHandle,
+    /// Where `/v1/responses` keeps responses (none: storing is off).
+    pub response_store: Option<Arc<dyn ResponseStore>>,
+    /// Whether `/` serves the chat page.
+    pub ui: bool,
 }
 
 impl AppState {
@@ -56,7 +51,19 @@ impl AppState {
             body_read_timeout: Duration::from_secs(60),
             cpu: crate::cpu::CpuPool::new(2),
             metrics: crate::metrics::install(),
+            response_store: None,
+            ui: true,
         }
+    }
+
+    pub fn with_response_store(mut self, store: Option<Arc<dyn ResponseStore>>) -> Self {
+        self.response_store = store;
+        self
+    }
+
+    pub fn with_ui(mut self, ui: bool) -> Self {
+        self.ui = ui;
+        self
     }
 
     /// Adds a loaded chat model (the one model of a single-model server); a name already taken

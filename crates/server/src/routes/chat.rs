@@ -8,6 +8,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
+use wick_engine::grammar::GrammarSpec;
+use wick_engine::text::ChatMessage;
 use wick_engine::{Event, FinishReason};
 
 use crate::error::ApiError;
@@ -22,8 +24,9 @@ use crate::output::{self, ChoiceParser, OutputFormat, Part};
 use crate::reasoning;
 use crate::sse::{self, ChunkWriter};
 use crate::state::AppState;
+use crate::state::Ready;
 use crate::structured;
-use crate::tools::{self, generic, Format, ParsedCall};
+use crate::tools::{self, generic, Format, ParsedCall, ToolRequest};
 use crate::validate;
 
 /// `finish_reason`: `tool_calls` when a choice that stopped made calls.
@@ -46,21 +49,27 @@ fn tool_call(call: ParsedCall) -> ToolCall {
 const EFFORTS: &[&str] = &["none", "minimal", "low", "medium", "high"];
 
 /// Extra template variables: `chat_template_kwargs`, and `reasoning_effort` for templates that
-/// read it (elsewhere it is a 400: it would do nothing).
-fn template_kwargs(req: &ChatCompletionRequest, template: &str) -> Result<Map<String, Value>, ApiError> {
-    let mut extra = match &req.chat_template_kwargs {
+/// read it (elsewhere it is a 400: it would do nothing). `effort_param` names the effort field
+/// in errors (`reasoning_effort` here, `reasoning.effort` in the Responses API).
+pub fn template_kwargs(
+    kwargs: Option<&Value>,
+    effort: Option<&Value>,
+    effort_param: &str,
+    template: &str,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut extra = match kwargs {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(_) => {
             return Err(ApiError::invalid_value("chat_template_kwargs", "`chat_template_kwargs` must be an object."))
         }
     };
-    match &req.reasoning_effort {
+    match effort {
         None | Some(Value::Null) => {}
         Some(Value::String(e)) if EFFORTS.contains(&e.as_str()) => {
             if !template.contains("reasoning_effort") {
                 return Err(ApiError::unsupported(
-                    "reasoning_effort",
+                    effort_param,
                     "This model's chat template has no reasoning effort setting.",
                 ));
             }
@@ -68,8 +77,8 @@ fn template_kwargs(req: &ChatCompletionRequest, template: &str) -> Result<Map<St
         }
         Some(_) => {
             return Err(ApiError::invalid_value(
-                "reasoning_effort",
-                format!("`reasoning_effort` must be one of {}.", EFFORTS.join(", ")),
+                effort_param,
+                format!("`{effort_param}` must be one of {}.", EFFORTS.join(", ")),
             ))
         }
     }
@@ -89,37 +98,39 @@ pub(crate) fn harmony_stops(backend: &dyn crate::backend::Backend, stop: &mut Ve
     }
 }
 
-/// Creates a chat completion; with `stream: true`, a stream of `chat.completion.chunk`s as
-/// server-sent events (`data: {...}` lines, an error event on failure, `data: [DONE]` last).
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI", request_body = ChatCompletionRequest,
-    responses((status = 200, description = "The completion, or its chunks as server-sent events", content(
-        (ChatCompletion = "application/json"),
-        (crate::openapi::SseEvent = "text/event-stream"),
-    ))))]
-pub async fn handler(
-    State(state): State<Arc<AppState>>,
-    Json(req): Json<ChatCompletionRequest>,
-) -> Result<Response, ApiError> {
-    if req.stream == Some(true) && state.models.needs_load(&req.model, crate::registry::ModelKind::Chat) {
-        let (s, model) = (state.clone(), req.model.clone());
-        let load = async move { s.chat(&model).await.map(drop) };
-        return Ok(crate::load_wait::streaming(state.sse_keep_alive, load, move || respond(state, req)));
-    }
-    respond(state, req).await
+/// What goes into the prompt: the messages, the bytes of their text (the CPU pool's budget),
+/// the tools, the structured-output grammar and the extra template variables.
+pub struct Prompt<'a> {
+    pub messages: Vec<ChatMessage>,
+    pub text_bytes: usize,
+    pub tool_req: Option<&'a ToolRequest>,
+    pub structured: Option<(GrammarSpec, &'static str)>,
+    pub extra: Map<String, Value>,
 }
 
-async fn respond(state: Arc<AppState>, req: ChatCompletionRequest) -> Result<Response, ApiError> {
-    let ready = state.chat(&req.model).await?;
+/// A request ready for the engine: the prompt and how to read the model's text.
+pub struct Prepared {
+    pub prompt_ids: Vec<u32>,
+    pub format: OutputFormat,
+}
+
+/// Renders the messages through the chat template (with the tools when the template knows
+/// them, else the generic tool envelope), compiles the grammar (tool calls or structured
+/// output) into `v.params`, adds harmony's stop strings, tokenizes on the CPU pool, tells
+/// whether the model thinks in tags, and settles `max_tokens` against the prompt
+/// (`prompt_param` names the prompt in context errors). Shared by chat completions and the
+/// Responses API.
+pub async fn prepare(
+    state: &AppState,
+    ready: &Ready,
+    v: &mut validate::Validated,
+    prompt: Prompt<'_>,
+    prompt_param: &str,
+) -> Result<Prepared, ApiError> {
+    let Prompt { mut messages, text_bytes, tool_req, structured, mut extra } = prompt;
     let backend = ready.backend.as_ref();
-    let mut v = validate::chat(&req, backend.vocab_size(), &ready.sampling)?;
-    let text_bytes: usize = req.messages.iter().map(|m| m.text_len()).sum();
-    validate::fits_by_bytes(text_bytes, backend.max_model_len(), ready.max_token_bytes, "messages")?;
-    let tool_req = tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls.as_ref())?;
-    let structured = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())?;
-    let mut messages = crate::messages::messages(&req.messages)?;
     let template = backend.chat_template_source();
-    let mut extra = template_kwargs(&req, &template)?;
-    let format = match &tool_req {
+    let format = match tool_req {
         None => None,
         Some(t) => {
             if let Some((_, param)) = &structured {
@@ -161,7 +172,46 @@ async fn respond(state: Arc<AppState>, req: ChatCompletionRequest) -> Result<Res
         backend.decode(tail, false).is_ok_and(|t| t.trim_end().ends_with(reasoning::OPEN))
     };
     let format = OutputFormat { tools: format, reasoning: thinks.then_some(inside), harmony };
-    validate::resolve_max_tokens(&mut v, prompt_ids.len(), backend.max_model_len(), "messages")?;
+    validate::resolve_max_tokens(v, prompt_ids.len(), backend.max_model_len(), prompt_param)?;
+    Ok(Prepared { prompt_ids, format })
+}
+
+/// Creates a chat completion; with `stream: true`, a stream of `chat.completion.chunk`s as
+/// server-sent events (`data: {...}` lines, an error event on failure, `data: [DONE]` last).
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI", request_body = ChatCompletionRequest,
+    responses((status = 200, description = "The completion, or its chunks as server-sent events", content(
+        (ChatCompletion = "application/json"),
+        (crate::openapi::SseEvent = "text/event-stream"),
+    ))))]
+pub async fn handler(
+    State(state): State<Arc<AppState>>,
+    Json(req): Json<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    if req.stream == Some(true) && state.models.needs_load(&req.model, crate::registry::ModelKind::Chat) {
+        let (s, model) = (state.clone(), req.model.clone());
+        let load = async move { s.chat(&model).await.map(drop) };
+        return Ok(crate::load_wait::streaming(state.sse_keep_alive, load, move || respond(state, req)));
+    }
+    respond(state, req).await
+}
+
+async fn respond(state: Arc<AppState>, req: ChatCompletionRequest) -> Result<Response, ApiError> {
+    let ready = state.chat(&req.model).await?;
+    let backend = ready.backend.as_ref();
+    let mut v = validate::chat(&req, backend.vocab_size(), &ready.sampling)?;
+    let text_bytes: usize = req.messages.iter().map(|m| m.text_len()).sum();
+    validate::fits_by_bytes(text_bytes, backend.max_model_len(), ready.max_token_bytes, "messages")?;
+    let tool_req = tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls.as_ref())?;
+    let structured = structured::spec(req.response_format.as_ref(), req.grammar.as_deref())?;
+    let messages = crate::messages::messages(&req.messages)?;
+    let extra = template_kwargs(
+        req.chat_template_kwargs.as_ref(),
+        req.reasoning_effort.as_ref(),
+        "reasoning_effort",
+        &backend.chat_template_source(),
+    )?;
+    let prompt = Prompt { messages, text_bytes, tool_req: tool_req.as_ref(), structured, extra };
+    let Prepared { prompt_ids, format } = prepare(&state, &ready, &mut v, prompt, "messages").await?;
     let id = super::new_id("chatcmpl");
     tracing::info!(completion_id = %id, user = req.user.as_deref().unwrap_or(""), prompt_tokens = prompt_ids.len(), n = v.n, stream = v.stream, tools = ?format, "chat completion");
     let with_logprobs = v.params.logprobs.is_some();

@@ -5,7 +5,9 @@ pub mod completions;
 pub mod embeddings;
 pub mod health;
 pub mod models;
+pub mod responses;
 pub mod tokenize;
+pub mod ui;
 
 use wick_engine::EngineError;
 

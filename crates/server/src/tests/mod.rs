@@ -3,6 +3,8 @@
 mod fake;
 mod generation;
 mod registry;
+mod responses;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
