@@ -155,11 +155,13 @@ def rss_kib(pid):
 
 
 def metrics(url):
+    """Samples by their bare name, summed over label sets (metrics carry `model_name`)."""
     out = {}
     for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
-            out[name] = float(value)
+            bare = name.split("{", 1)[0]
+            out[bare] = out.get(bare, 0.0) + float(value)
     return out
 
 

@@ -48,8 +48,9 @@ async function startServer(...extra) {
 async function running(url, key) {
   const headers = key ? { Authorization: "Bearer " + key } : {};
   const text = await (await fetch(url + "/metrics", { headers })).text();
-  const line = text.split("\n").find((l) => l.startsWith("wick:num_requests_running "));
-  return line ? Number(line.split(" ")[1]) : NaN;
+  // Summed over label sets (the gauge carries `model_name`).
+  const lines = text.split("\n").filter((l) => /^wick:num_requests_running[ {]/.test(l));
+  return lines.length ? lines.reduce((sum, l) => sum + Number(l.split(" ").pop()), 0) : NaN;
 }
 
 async function waitFor(what, check, ms = 15_000) {

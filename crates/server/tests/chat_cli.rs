@@ -34,9 +34,15 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }
 
+/// `wick:num_requests_running`, summed over its label sets (one per model).
 fn running(port: u16) -> Option<f64> {
     let (_, body) = get(port, "/metrics")?;
-    body.lines().find_map(|l| l.strip_prefix("wick:num_requests_running ")).and_then(|v| v.trim().parse().ok())
+    let samples: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with("wick:num_requests_running ") || l.starts_with("wick:num_requests_running{"))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 #[test]
