@@ -92,7 +92,8 @@ def stream(url, i, results):
         if r.status_code != 200:
             results[i] = f"status {r.status_code}: {r.text[:200]}"
             return
-        data = [ln[6:] for ln in r.iter_lines(decode_unicode=True) if ln and ln.startswith("data: ")]
+        # Split bytes (at \n only): JSON strings may hold U+2028, which str.splitlines splits on.
+        data = [ln[6:].decode() for ln in r.iter_lines() if ln.startswith(b"data: ")]
         if not data or data[-1] != "[DONE]":
             results[i] = f"truncated: {data[-2:]}"
             return

@@ -67,7 +67,9 @@ class Stats:
 
 def check_stream(resp, n, kind, chat):
     """Reads a whole SSE body; returns a failure description or None."""
-    data = [ln[6:] for ln in resp.iter_lines(decode_unicode=True) if ln and ln.startswith("data: ")]
+    # Lines end at \n only (bytes.splitlines): JSON strings may hold U+2028 or U+0085, which
+    # str.splitlines (iter_lines with decode_unicode) would split on.
+    data = [ln[6:].decode() for ln in resp.iter_lines() if ln.startswith(b"data: ")]
     if not data or data[-1] != "[DONE]":
         return f"stream did not end with [DONE]: {data[-2:]}"
     finished = set()
