@@ -144,7 +144,7 @@ def main():
             (p + "attn_output.bias", "small", (HIDDEN,)),
             (p + "attn_sinks.weight", "small", (HEADS,)),
             (p + "post_attention_norm.weight", "ones", (HIDDEN,)),
-            (p + "ffn_gate_inp.weight", "f32", (EXPERTS, HIDDEN)),
+            (p + "ffn_gate_inp.weight", "small", (EXPERTS, HIDDEN)),
             (p + "ffn_gate_inp.bias", "small", (EXPERTS,)),
             (p + "ffn_gate_exps.weight", "mxfp4", (EXPERTS, EXPERT_FF, HIDDEN)),
             (p + "ffn_gate_exps.bias", "small", (EXPERTS, EXPERT_FF)),
@@ -160,8 +160,6 @@ def main():
             return np.ones(shape, dtype=np.float32), None
         if kind == "small":
             return rng.normal(0, 0.02, size=shape).astype(np.float32), None
-        if kind == "f32":
-            return rng.normal(0, 0.02, size=shape).astype(np.float32), None
         if kind == "mxfp4":
             return mxfp4(rng, *shape), Q.MXFP4
         if a.dense == "f16":
@@ -170,7 +168,7 @@ def main():
 
     def info(kind, shape):
         """(byte shape, numpy dtype, nbytes, raw dtype) without building the data."""
-        if kind in ("ones", "small", "f32"):
+        if kind in ("ones", "small"):
             return shape, np.dtype(np.float32), 4 * int(np.prod(shape)), None
         if kind == "mxfp4":
             e, r, c = shape
