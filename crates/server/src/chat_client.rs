@@ -1,5 +1,7 @@
 //! `wick chat`: a terminal chat against a running wick (or any OpenAI-compatible) server over
-//! plain HTTP. Answers stream as they are generated (thinking dimmed); a line ending in `\`
+//! plain HTTP, or, with `--local`, against a model loaded in this process (the binary starts
+//! its own server on a loopback port behind a one-off API key and talks to it the same way).
+//! Answers stream as they are generated (thinking dimmed); a line ending in `\`
 //! continues on the next line, and a `"""` line opens a block that a `"""` line closes;
 //! `/reset`, `/system TEXT`, `/save FILE`, `/help` and `/quit`. Ctrl-C stops the answer in
 //! flight (the connection is dropped, so the server frees the slot) and keeps the chat open;
@@ -25,7 +27,17 @@ pub struct ChatArgs {
     /// The server's base URL (http only).
     #[arg(long, env = "WICK_CHAT_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// Model id [default: the first the server lists].
+    /// Load the model in this process instead of connecting to a server: `--model` is then a
+    /// GGUF file, a Hugging Face folder or repo id, or `default` (the default model when absent).
+    #[arg(long)]
+    pub local: bool,
+    /// With `--local`: a config file (the shape of config/default.toml) for the engine's settings.
+    #[arg(long, requires = "local")]
+    pub config: Option<PathBuf>,
+    /// With `--local`: use only local caches, never the network.
+    #[arg(long, requires = "local")]
+    pub offline: bool,
+    /// Model id [default: the first the server lists]; with `--local`, the model to load.
     #[arg(long)]
     pub model: Option<String>,
     /// API key, sent as `Authorization: Bearer`.
@@ -302,7 +314,8 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     };
     let mut sigint = signal(SignalKind::interrupt()).context("catching Ctrl-C")?;
     let mut convo = Conversation { system: args.system.clone().filter(|s| !s.is_empty()), messages: Vec::new() };
-    println!("wick chat: {model} at {}. /help for commands; Ctrl-C stops an answer, Ctrl-D quits.", args.url);
+    let place = if args.local { "loaded in this process".to_owned() } else { format!("at {}", args.url) };
+    println!("wick chat: {model} {place}. /help for commands; Ctrl-C stops an answer, Ctrl-D quits.");
     let mut lines = stdin_lines();
     let mut joiner = LineJoiner::default();
     loop {

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 use wick_engine::embed::{Embedder, EmbedderConfig, EncoderModel};
 use wick_engine::sampling::SamplingDefaults;
 use wick_engine::{Engine, LoadOptions};
+use wick_server::chat_client::ChatArgs;
 use wick_server::cli::{BenchArgs, Cli, Command, PerplexityArgs, ServeArgs};
 use wick_server::config::{LogFormat, ModelSettings, Settings};
 use wick_server::model_source::{self, ResolvedModel};
@@ -31,7 +32,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => rt.block_on(serve(*args)),
         Command::Perplexity(args) => perplexity(args),
         Command::Bench(args) => rt.block_on(async { tokio::task::spawn_blocking(move || bench(args)).await? }),
-        Command::Chat(args) => rt.block_on(wick_server::chat_client::run(args)),
+        Command::Chat(args) => rt.block_on(chat(args)),
     }
 }
 
@@ -180,26 +181,46 @@ fn entry(p: Planned, settings: &Settings, rt: tokio::runtime::Handle) -> Result<
     })
 }
 
-/// Resolves and registers every model (exits on failure); the caller then preloads.
-async fn start_models(state: Arc<AppState>, settings: Settings) {
+/// Resolves, registers and preloads every model.
+async fn load_models(state: Arc<AppState>, settings: Settings) -> Result<()> {
     let rt = tokio::runtime::Handle::current();
-    let planned = tokio::task::spawn_blocking(move || -> Result<()> {
+    let registry = state.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
         for p in plan_models(&settings)? {
             let e = entry(p, &settings, rt.clone())?;
-            state.models.add(e).map_err(anyhow::Error::msg)?;
+            registry.models.add(e).map_err(anyhow::Error::msg)?;
         }
         Ok(())
     })
-    .await;
-    let fail = |e: String| -> ! {
-        tracing::error!("{e}");
-        eprintln!("wick: {e}");
-        std::process::exit(1);
-    };
-    match planned {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => fail(format!("{e:#}")),
-        Err(e) => fail(format!("model loading panicked: {e}")),
+    .await
+    .context("model loading panicked")??;
+    state.models.preload().await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Unloads idle models, every second, for as long as the process runs.
+async fn sweep_models(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        state.models.sweep().await;
+    }
+}
+
+/// The handlers' state for `settings`, without a response store.
+fn app_state(settings: &Settings, keys: Vec<String>) -> AppState {
+    let s = &settings.server;
+    let mut state =
+        AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes).with_ui(s.ui);
+    state.body_read_timeout = Duration::from_secs(s.body_read_timeout_secs.max(1));
+    state.models.set_budget_mb((settings.engine.memory_budget_mb > 0).then_some(settings.engine.memory_budget_mb));
+    state
+}
+
+fn limits(settings: &Settings) -> serve::Limits {
+    let s = &settings.server;
+    serve::Limits {
+        max_connections: s.max_connections,
+        header_read_timeout: Duration::from_secs(s.header_read_timeout_secs.max(1)),
     }
 }
 
@@ -224,11 +245,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => tracing::info!("response store off: /v1/responses answers without storing"),
     }
-    let mut state = AppState::new(keys, Duration::from_secs(s.sse_keep_alive_secs.max(1)), s.max_body_bytes)
-        .with_response_store(store)
-        .with_ui(s.ui);
-    state.body_read_timeout = Duration::from_secs(s.body_read_timeout_secs.max(1));
-    let state = Arc::new(state);
+    let state = Arc::new(app_state(&settings, keys).with_response_store(store));
     let router = app::router(state.clone(), &s.cors_allow_origins);
     let addr: SocketAddr = format!("{}:{}", s.host, s.port)
         .parse()
@@ -236,32 +253,57 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "listening (model loading; /ready answers 503 until it is up)");
 
-    state.models.set_budget_mb((settings.engine.memory_budget_mb > 0).then_some(settings.engine.memory_budget_mb));
     let models_state = state.clone();
     let models_settings = settings.clone();
     tokio::spawn(async move {
-        start_models(models_state.clone(), models_settings).await;
-        if let Err(e) = models_state.models.preload().await {
-            tracing::error!("{e}");
-            eprintln!("wick: {e}");
+        if let Err(e) = load_models(models_state.clone(), models_settings).await {
+            tracing::error!("{e:#}");
+            eprintln!("wick: {e:#}");
             std::process::exit(1);
         }
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            models_state.models.sweep().await;
-        }
+        sweep_models(models_state).await;
     });
 
     let signal = shutdown::on_signal();
     let grace = Duration::from_secs(s.shutdown_timeout_secs);
-    let limits = serve::Limits {
-        max_connections: s.max_connections,
-        header_read_timeout: Duration::from_secs(s.header_read_timeout_secs.max(1)),
-    };
-    serve::serve(listener, router, limits, signal, grace).await.context("serving")?;
+    serve::serve(listener, router, limits(&settings), signal, grace).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `wick chat`: against `--url`, or with `--local` against a server of this process's own on a
+/// loopback port (no chat page, no response store), behind a one-off API key so that no other
+/// local user can use it.
+async fn chat(mut args: ChatArgs) -> Result<()> {
+    if !args.local {
+        return wick_server::chat_client::run(args).await;
+    }
+    let serve_args = ServeArgs {
+        config: args.config.clone(),
+        model: args.model.take().into_iter().collect(),
+        offline: args.offline.then_some(true),
+        ..ServeArgs::default()
+    };
+    let mut settings = serve_args.settings()?;
+    settings.server.ui = false;
+    init_logging(settings.server.log_format, "warn");
+    wick_server::cpu::tune_allocator();
+    let key = format!("wick-chat-{}", uuid::Uuid::new_v4().simple());
+    let state = Arc::new(app_state(&settings, vec![key.clone()]));
+    let router = app::router(state.clone(), &[]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
+    let addr = listener.local_addr()?;
+    let (stop, signal) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(serve::serve(listener, router, limits(&settings), signal, Duration::from_secs(1)));
+    println!("loading {} ...", settings.model.model.as_deref().unwrap_or("the default model"));
+    load_models(state.clone(), settings).await?;
+    tokio::spawn(sweep_models(state));
+    args.url = format!("http://{addr}");
+    args.api_key = Some(key);
+    let chatted = wick_server::chat_client::run(args).await;
+    let _ = stop.send(true);
+    let _ = server.await;
+    chatted
 }
 
 /// Loads `model` (or the default) with default settings and starts the engine.

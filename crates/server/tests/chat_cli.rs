@@ -1,7 +1,8 @@
 //! `wick chat` in a pseudo-terminal against a real `wick serve` on SmolLM2
 //! (`WICK_TEST_MODEL_SMOLLM2`; without it the test says so and passes): a streamed answer,
 //! multi-line input, `/system`, `/save`, `/reset`, and Ctrl-C stopping an answer without
-//! quitting, after which the server's running-request gauge is back to 0.
+//! quitting, after which the server's running-request gauge is back to 0; and `wick chat --local`
+//! with the model loaded in its own process.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -125,4 +126,43 @@ fn wick_chat_in_a_terminal() {
     assert_eq!(doc["messages"].as_array().map(Vec::len), Some(1), "only the system prompt is left: {doc}");
     p.send_line("/quit").expect("send");
     p.exp_eof().expect("quits");
+}
+
+#[test]
+fn wick_chat_with_the_model_in_process() {
+    let Ok(model) = std::env::var("WICK_TEST_MODEL_SMOLLM2") else {
+        eprintln!("notice: WICK_TEST_MODEL_SMOLLM2 unset; the `wick chat --local` terminal test did not run");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wick"));
+    cmd.args(["chat", "--local", "--offline", "--model", &model, "--temperature", "0", "--max-tokens", "200"]);
+    // No server listens on the default URL: the answer can only come from this process.
+    cmd.env("WICK_CHAT_URL", "http://127.0.0.1:9");
+    let mut p = spawn_command(cmd, Some(180_000)).expect("wick chat starts");
+    p.exp_string("loading ").expect("says it loads the model");
+    p.exp_string("loaded in this process").expect("banner");
+    p.exp_string(">>> ").expect("prompt");
+    p.send_line("What is the capital of France? Answer in one word.").expect("send");
+    p.exp_regex(r"[A-Za-z]{3}").expect("streamed text");
+    p.exp_string(">>> ").expect("prompt after the answer");
+
+    // The conversation carries over: the second answer sees the first turn.
+    let saved = dir.path().join("chat.json");
+    p.send_line(&format!("/save {}", saved.display())).expect("send");
+    p.exp_string("(saved to").expect("saved");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).expect("saved file")).expect("json");
+    let msgs = doc["messages"].as_array().expect("messages");
+    assert_eq!(msgs.len(), 2, "{doc}");
+    assert!(msgs[1]["content"].as_str().is_some_and(|c| c.contains("Paris")), "{doc}");
+
+    // Ctrl-C stops a long answer and the chat goes on.
+    p.send_line("Write a very long story about a dragon who learns to cook, two thousand words.").expect("send");
+    p.exp_regex(r"[A-Za-z]{3}").expect("the answer starts");
+    p.send_control('c').expect("ctrl-c");
+    p.exp_string("[stopped]").expect("the answer stops");
+    p.exp_string(">>> ").expect("still chatting");
+    p.send_line("/quit").expect("send");
+    p.exp_eof().expect("quits, and the in-process server with it");
 }
