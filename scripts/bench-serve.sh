@@ -26,7 +26,8 @@ start() {
   esac
   pid=$!
   for _ in $(seq 240); do
-    curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null 2>&1 && return 0
+    # wick answers /ready, llama-server /health, once the model is loaded.
+    curl -sf "http://127.0.0.1:$port/$([ "$1" = wick ] && echo ready || echo health)" >/dev/null 2>&1 && return 0
     sleep 0.5
   done
   echo "server $1 did not come up" >&2

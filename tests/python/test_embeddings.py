@@ -219,6 +219,18 @@ preload = false
     # comments while it loads), then streams as usual.
     assert _loaded(s)["lazy-chat"] is False
     body = {"model": "lazy-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    # What is wrong whatever the model is gets a 400 before any load or stream starts.
+    for path, bad, param in [
+        ("/v1/chat/completions", {"temperature": 5}, "temperature"),
+        ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
+        ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x", "tool_call_id": "nope"}]}, "messages"),
+        ("/v1/completions", {"prompt": "hi", "messages": None, "top_p": 7}, "top_p"),
+    ]:
+        req = {k: v for k, v in {**body, **bad}.items() if v is not None}
+        r = requests.post(s.url + path, json=req, timeout=30)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("application/json"), (bad, r.text)
+        assert (r.json()["error"]["param"] or "").startswith(param), (bad, r.text)
+    assert _loaded(s)["lazy-chat"] is False, "a refused request loads nothing"
     with requests.post(s.url + "/v1/chat/completions", json=body, stream=True, timeout=120) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [l for l in r.iter_lines() if l]

@@ -1,5 +1,6 @@
 //! `wick bench`: engine throughput through the real scheduler and engine thread — prompt
-//! processing, single-sequence decode, and aggregate decode with several concurrent sequences.
+//! processing of one and of several prompts at once, single-sequence decode, and aggregate
+//! decode with several concurrent sequences.
 //! Figures comparable with llama.cpp's `llama-bench` pp/tg numbers.
 
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ pub struct BenchOptions {
     pub prompt_tokens: usize,
     /// Generated tokens per sequence in the decode runs (llama-bench's tg).
     pub gen_tokens: usize,
-    /// Concurrency levels for aggregate decode.
+    /// Concurrency levels for aggregate prefill (those above 1) and decode.
     pub concurrency: Vec<usize>,
     /// Repetitions of each measurement; the best is reported.
     pub repetitions: usize,
@@ -120,6 +121,27 @@ pub fn run(engine: &Engine, opts: &BenchOptions, mut on_result: impl FnMut(&Benc
     );
     on_result(&pp);
     report.push(pp);
+
+    for &c in opts.concurrency.iter().filter(|&&c| c > 1) {
+        // Prefill of `c` prompts submitted together (llama-batched-bench's S_PP): all their
+        // tokens over the time to the last first token.
+        let line = best(
+            (0..reps)
+                .map(|r| {
+                    let prompts =
+                        (0..c).map(|i| synthetic_prompt(opts.prompt_tokens, vocab, 500 + r * 64 + i)).collect();
+                    let times = run_concurrent(engine, prompts, 1)?;
+                    Ok(BenchResult {
+                        name: format!("pp{} x{c} (aggregate)", opts.prompt_tokens),
+                        tokens: c * opts.prompt_tokens,
+                        seconds: times.iter().map(|t| t.first_token).max().unwrap_or_default().as_secs_f64(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        );
+        on_result(&line);
+        report.push(line);
+    }
 
     for &c in &opts.concurrency {
         let line = best(

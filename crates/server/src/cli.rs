@@ -176,7 +176,8 @@ pub struct BenchArgs {
     /// Tokens generated per sequence in the decode runs.
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
-    /// Concurrency levels of the aggregate decode runs (comma-separated).
+    /// Concurrency levels of the aggregate runs (comma-separated): decode at each, and prefill
+    /// of that many prompts at once at each above 1.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub concurrency: Vec<usize>,
     /// Repetitions of each measurement; the best is reported.

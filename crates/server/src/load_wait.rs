@@ -1,6 +1,7 @@
 //! A streaming request for a model that is not loaded yet: the SSE answer starts at once and
 //! sends keep-alive comments while the model loads (so clients and proxies do not time out),
-//! then carries the handler's own stream; a failure (the load, or the handler's validation)
+//! then carries the handler's own stream; a failure (the load, or the validation that needs
+//! the model — the handlers check the rest before the stream starts)
 //! becomes an error event and `data: [DONE]`, as mid-stream errors do. A client that goes away
 //! drops the stream, and with it the handler's response and its engine request.
 

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use wick_engine::grammar::GrammarSpec;
+use wick_engine::sampling::SamplingDefaults;
 use wick_engine::text::ChatMessage;
 use wick_engine::{Event, FinishReason};
 
@@ -188,11 +189,23 @@ pub async fn handler(
     Json(req): Json<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     if req.stream == Some(true) && state.models.needs_load(&req.model, crate::registry::ModelKind::Chat) {
+        precheck(&req)?;
         let (s, model) = (state.clone(), req.model.clone());
         let load = async move { s.chat(&model).await.map(drop) };
         return Ok(crate::load_wait::streaming(state.sse_keep_alive, load, move || respond(state, req)));
     }
     respond(state, req).await
+}
+
+/// What can be checked without the model, checked before a stream that waits for its model
+/// starts: a bad request is then a 400, not an error event after a 200. What needs the model
+/// (token ids against its vocabulary, the prompt against its context) is checked after the load.
+fn precheck(req: &ChatCompletionRequest) -> Result<(), ApiError> {
+    validate::chat(req, usize::MAX, &SamplingDefaults::default().resolved())?;
+    tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls.as_ref())?;
+    structured::spec(req.response_format.as_ref(), req.grammar.as_deref())?;
+    crate::messages::messages(&req.messages)?;
+    Ok(())
 }
 
 async fn respond(state: Arc<AppState>, req: ChatCompletionRequest) -> Result<Response, ApiError> {

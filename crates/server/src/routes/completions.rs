@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use wick_engine::sampling::SamplingDefaults;
 use wick_engine::{Event, TokenLogprob};
 
 use crate::backend::Backend;
@@ -58,6 +59,9 @@ pub async fn handler(
     Json(req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     if req.stream == Some(true) && state.models.needs_load(&req.model, crate::registry::ModelKind::Chat) {
+        // What needs no model is checked before the stream starts (a 400, not an error event).
+        validate::completion(&req, usize::MAX, &SamplingDefaults::default().resolved())?;
+        structured::spec(req.response_format.as_ref(), req.grammar.as_deref())?;
         let (s, model) = (state.clone(), req.model.clone());
         let load = async move { s.chat(&model).await.map(drop) };
         return Ok(crate::load_wait::streaming(state.sse_keep_alive, load, move || respond(state, req)));
