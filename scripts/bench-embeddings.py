@@ -6,6 +6,8 @@ Starts `wick serve` with a chat model and an embedding model (or uses --url), th
   2. chat decode alone: one streamed greedy completion of 128 tokens (tokens/s);
   3. both at once: the same chat completion while one client keeps sending embedding batches.
 The machine's cores are shared by candle's pool for both engine threads; say what else ran.
+With --only-embeddings and --url, only step 1, against any embeddings server (llama.cpp's
+`llama-server --embedding --pooling mean` on a GGUF of the same model, for a side-by-side figure).
 
     scripts/bench-embeddings.py --bin target/release/wick --chat "$WICK_TEST_MODEL_SMOLLM2" \\
         --embed "$(scripts/fetch-model.sh minilm)"
@@ -79,6 +81,7 @@ def main():
     ap.add_argument("--chat")
     ap.add_argument("--embed")
     ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--only-embeddings", action="store_true", help="with --url: embedding rates only")
     a = ap.parse_args()
     proc = None
     url = a.url
@@ -98,6 +101,12 @@ def main():
             time.sleep(0.2)
     try:
         models = requests.get(url + "/v1/models").json()["data"]
+        if a.only_embeddings:
+            emb = models[0]["id"]
+            embed_batch(url, emb, 0)
+            print(f"embeddings alone, 1 client:  {embed_rate(url, emb, 1, a.seconds):8.1f} sentences/s (batches of 32)")
+            print(f"embeddings alone, 2 clients: {embed_rate(url, emb, 2, a.seconds):8.1f} sentences/s (batches of 32)")
+            return
         chat = next(m["id"] for m in models if m["kind"] == "chat")
         emb = next(m["id"] for m in models if m["kind"] == "embedding")
         embed_batch(url, emb, 0)
