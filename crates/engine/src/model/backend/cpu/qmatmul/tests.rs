@@ -370,11 +370,10 @@ fn half_weights_widen_exactly_and_keep_their_bits() {
                 let mut x = vec![0f32; k];
                 x[pick] = 1.0;
                 let got = run_with(&w, &x);
-                for c in 0..n {
-                    let v = want[c * k + pick];
+                for (c, (g, col)) in got.iter().zip(want.chunks_exact(k)).enumerate() {
                     // 0 · ±inf is NaN in the other lanes' fmas; finite weights must come out exact.
-                    if want[c * k..(c + 1) * k].iter().all(|w| w.is_finite()) {
-                        assert_eq!(got[c].to_bits(), (v + 0.0).to_bits(), "{ty:?} {level} column {c} lane {pick}");
+                    if col.iter().all(|w| w.is_finite()) {
+                        assert_eq!(g.to_bits(), (col[pick] + 0.0).to_bits(), "{ty:?} {level} column {c} lane {pick}");
                     }
                 }
             }
