@@ -135,7 +135,7 @@ impl TileKernel for Q5KMatrix {
 /// of byte `l` of nibble run `j / 2`, and bit `j` of fifth-bit byte `l`.
 fn value(body: &[u8], j: usize, l: usize) -> i32 {
     let run = &body[QH_BYTES + (j / 2) * QK..];
-    let lo = if j % 2 == 0 { run[l] & 0x0F } else { run[l] >> 4 };
+    let lo = if j.is_multiple_of(2) { run[l] & 0x0F } else { run[l] >> 4 };
     (lo | (((body[l] >> j) & 1) << 4)) as i32
 }
 
