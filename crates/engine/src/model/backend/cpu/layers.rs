@@ -1,10 +1,12 @@
 //! The CPU backend's layers: `Linear` (quantized or dense weights; Q8_0, Q4_1, Q5_0, Q5_1, Q4_K,
-//! Q6_K and MXFP4 on wick's batch-invariant kernels), `RmsNorm` on host rows, and the gated activations.
+//! Q5_K, Q6_K, MXFP4, F16 and BF16 on wick's batch-invariant kernels), `RmsNorm` on host rows, and the gated activations.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::qmatmul::{Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix, TileKernel};
+use super::qmatmul::{
+    HalfMatrix, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix, TileKernel,
+};
 use crate::Result;
 
 /// A linear layer `y = x · Wᵀ` over `[T, in]` activations.
@@ -36,9 +38,14 @@ pub enum QuantWeight {
     Q5(Q5Matrix),
     /// Q4_K on wick's register-blocked kernel, kept at its stored size.
     Q4K(Q4KMatrix),
+    /// Q5_K on wick's register-blocked kernel, kept at its stored size.
+    Q5K(Q5KMatrix),
     /// Q6_K on wick's register-blocked kernel, kept at its stored size.
     Q6K(Q6KMatrix),
-    /// Other types (Q5_K, Q2_K, Q3_K; the K-quants in the oracle setting) on candle's
+    /// F16 or BF16 on wick's register-blocked kernel, kept at 16 bits (f32 activations and
+    /// accumulation).
+    Half(HalfMatrix),
+    /// Other types (Q2_K, Q3_K; the K-quants in the oracle setting) on candle's
     /// `QMatMul`. Its repacked kernels tile several rows together and round a row differently
     /// by its place in the tile, so `forward_host` runs them one row at a time: slower
     /// prefill, but each row's bits independent of the step.
@@ -56,7 +63,9 @@ impl Linear {
             Linear::Quant { q: QuantWeight::Mxfp4(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q5(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q4K(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q5K(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q6K(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Half(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Candle(q), .. } => q.forward(x)?,
         })
     }
@@ -93,7 +102,9 @@ impl QuantWeight {
             QuantWeight::Mxfp4(w) => Some(w),
             QuantWeight::Q5(w) => Some(w),
             QuantWeight::Q4K(w) => Some(w),
+            QuantWeight::Q5K(w) => Some(w),
             QuantWeight::Q6K(w) => Some(w),
+            QuantWeight::Half(w) => Some(w),
             QuantWeight::Candle(_) => None,
         }
     }

@@ -1,6 +1,7 @@
 //! Turning stored tensors into runnable layers: fusing projections that share an input
-//! (q/k/v, gate/up), choosing the kernel per quantization type (Q8_0, Q4_1, Q5_0, Q5_1, Q4_K
-//! and Q6_K run on wick's batch-invariant kernels as stored; Q8_1 is re-quantized to Q8_0), and
+//! (q/k/v, gate/up), choosing the kernel per quantization type (Q8_0, Q4_1, Q5_0, Q5_1, Q4_K,
+//! Q5_K and Q6_K run on wick's batch-invariant kernels as stored, F16 and BF16 at 16 bits on
+//! wick's float kernel; Q8_1 is re-quantized to Q8_0), and
 //! optionally keeping an f32 copy of quantized weights for large steps (`WeightOptions`; off
 //! by default since it breaks batch invariance).
 
@@ -8,17 +9,20 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, Q
 use candle_core::{DType, Device, Tensor};
 
 use super::layers::{Linear, QuantWeight};
-use super::qmatmul::{mxfp4, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix};
+use super::qmatmul::{
+    mxfp4, HalfMatrix, HalfType, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix,
+};
 use crate::model::backend::RawWeight;
 use crate::{EngineError, Result};
 
 /// How weights are held in memory.
 #[derive(Debug, Clone)]
 pub struct WeightOptions {
-    /// Run Q4_1, Q5_0, Q5_1, Q4_K and Q6_K on wick's kernels and re-quantize quantized weights
-    /// whose type has no SIMD matmul on this CPU (Q8_1) to Q8_0 at load time. When off, those types run on
-    /// candle's `QMatMul` as stored (an oracle setting). Q8_0 always runs on wick's kernel,
-    /// which gives candle's bits.
+    /// Run Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K on wick's kernels, F16 and BF16 linear weights
+    /// on wick's 16-bit float kernel, and re-quantize quantized weights whose type has no SIMD
+    /// matmul on this CPU (Q8_1) to Q8_0 at load time. When off, those types run on candle's
+    /// `QMatMul` as stored and float weights as f32 (an oracle setting). Q8_0 always runs on
+    /// wick's kernel, which gives candle's bits.
     pub fast_kernels: bool,
     /// Keep an f32 copy of quantized linear weights and use it for steps with at least this
     /// many tokens. `None` (the default) never does: switching kernels by step size makes a
@@ -87,6 +91,43 @@ fn is_float(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
+/// The 16-bit float type of a stored weight, if it is F16 or BF16.
+fn half_type(w: &RawWeight) -> Option<HalfType> {
+    match w {
+        RawWeight::Quant(q) => HalfType::of_ggml(q.dtype()),
+        RawWeight::Dense(t) => HalfType::of_dtype(t.dtype()),
+        RawWeight::Mxfp4 { .. } => None,
+    }
+}
+
+/// `parts` (each `[out_i, in]`, all F16 or all BF16) stacked into one matrix for wick's
+/// 16-bit float kernel; `None` when they are not all of one 16-bit float type.
+fn half_matrix(parts: &[RawWeight]) -> Result<Option<HalfMatrix>> {
+    let Some(ty) = parts.first().and_then(half_type) else { return Ok(None) };
+    if parts.iter().any(|p| half_type(p) != Some(ty)) {
+        return Ok(None);
+    }
+    let (mut n, mut k, mut all) = (0, None, Vec::new());
+    for p in parts {
+        let [pn, pk] = p.dims()[..] else {
+            return Err(EngineError::Load(format!("{ty:?} linear weight of shape {:?}", p.dims())));
+        };
+        if k.is_some_and(|k| k != pk) {
+            return Err(EngineError::Load(format!("cannot fuse weights with inputs {k:?} and {pk}")));
+        }
+        k = Some(pk);
+        n += pn;
+        let bits = match p {
+            RawWeight::Quant(q) => HalfMatrix::bits_of_qtensor(q)?,
+            RawWeight::Dense(t) => HalfMatrix::bits_of_tensor(t)?,
+            RawWeight::Mxfp4 { .. } => None,
+        };
+        let Some((_, bits)) = bits else { return Ok(None) };
+        all.extend_from_slice(&bits);
+    }
+    Ok(Some(HalfMatrix::new(ty, all, n, k.unwrap_or(0))?))
+}
+
 /// Builds linear layers under one set of options.
 pub struct LinearBuilder {
     fast_kernels: bool,
@@ -112,14 +153,25 @@ impl LinearBuilder {
     }
 
     /// The type a stored weight runs as: types without a kernel here are re-quantized to
-    /// Q8_0 (when fast kernels are on), floats and dequantized weights run as f32 (`None`).
+    /// Q8_0 (when fast kernels are on), F16 and BF16 stay themselves (on wick's float kernel),
+    /// other floats and dequantized weights run as f32 (`None`).
     pub fn runs_as(&self, w: &RawWeight) -> Option<GgmlDType> {
         match w {
             RawWeight::Quant(q) if !is_float(q.dtype()) && !self.dequantize => {
                 Some(if self.fast_kernels && is_slow(q.dtype()) { GgmlDType::Q8_0 } else { q.dtype() })
             }
-            _ => self.quantize_floats,
+            _ if self.quantize_floats.is_some() => self.quantize_floats,
+            _ if self.half_kernel() => half_type(w).map(|t| match t {
+                HalfType::F16 => GgmlDType::F16,
+                HalfType::Bf16 => GgmlDType::BF16,
+            }),
+            _ => None,
         }
+    }
+
+    /// Whether F16 and BF16 linear weights run on wick's 16-bit float kernel (else as f32).
+    fn half_kernel(&self) -> bool {
+        self.fast_kernels && !self.dequantize && self.quantize_floats.is_none()
     }
 
     /// One linear layer whose output is the concatenation of `parts`' outputs (each `[out_i, in]`).
@@ -143,6 +195,11 @@ impl LinearBuilder {
             Ok(Tensor::cat(&d, 0)?.contiguous()?)
         };
         let Some(quant) = quant else {
+            if self.half_kernel() {
+                if let Some(h) = half_matrix(&parts)? {
+                    return Ok(Linear::Quant { q: QuantWeight::Half(h), dense: None, dense_min_tokens: usize::MAX });
+                }
+            }
             let f = dense_f32(&parts)?;
             let k = f.dim(1)?;
             return match self.quantize_floats.filter(|dt| k % dt.block_size() == 0) {
@@ -203,6 +260,7 @@ impl LinearBuilder {
             GgmlDType::Q4_1 if self.fast_kernels => QuantWeight::Q41(Q41Matrix::from_qtensor(&qt)?),
             GgmlDType::Q5_0 | GgmlDType::Q5_1 if self.fast_kernels => QuantWeight::Q5(Q5Matrix::from_qtensor(&qt)?),
             GgmlDType::Q4K if self.fast_kernels => QuantWeight::Q4K(Q4KMatrix::from_qtensor(&qt)?),
+            GgmlDType::Q5K if self.fast_kernels => QuantWeight::Q5K(Q5KMatrix::from_qtensor(&qt)?),
             GgmlDType::Q6K if self.fast_kernels => QuantWeight::Q6K(Q6KMatrix::from_qtensor(&qt)?),
             _ => QuantWeight::Candle(QMatMul::from_qtensor(qt)?),
         };
@@ -279,11 +337,44 @@ mod tests {
     }
 
     #[test]
+    fn hf_half_tensors_fuse_onto_the_float_kernel_and_oracle_settings_upcast() {
+        // Safetensors F16 / BF16 parts (q, k, v) become one 16-bit matrix; its product is the
+        // f32 product of the widened weights up to f32 rounding. A mixed F16/F32 pair and the
+        // oracle setting run as f32.
+        let (a, b) = (rand(24, 40, 1), rand(8, 40, 2));
+        let x = rand(5, 40, 3);
+        for dt in [DType::F16, DType::BF16] {
+            let parts = || vec![RawWeight::Dense(a.to_dtype(dt).unwrap()), RawWeight::Dense(b.to_dtype(dt).unwrap())];
+            let lin = LinearBuilder::new(&WeightOptions::default(), 0).build(parts(), None).unwrap();
+            let Linear::Quant { q: QuantWeight::Half(_), dense: None, .. } = &lin else { panic!("{dt:?}: {lin:?}") };
+            let wide = Tensor::cat(&[a.to_dtype(dt).unwrap(), b.to_dtype(dt).unwrap()], 0).unwrap();
+            let want = x.matmul(&wide.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap();
+            let got = lin.forward(&x).unwrap();
+            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "{dt:?}: off by {diff}");
+            let oracle = LinearBuilder::new(&WeightOptions::as_stored(), 0).build(parts(), None).unwrap();
+            assert!(matches!(oracle, Linear::Dense(_)), "{dt:?}: {oracle:?}");
+            let mixed = vec![RawWeight::Dense(a.to_dtype(dt).unwrap()), RawWeight::Dense(b.clone())];
+            let mixed = LinearBuilder::new(&WeightOptions::default(), 0).build(mixed, None).unwrap();
+            assert!(matches!(mixed, Linear::Dense(_)), "{dt:?}: {mixed:?}");
+        }
+    }
+
+    #[test]
     fn default_layers_give_each_row_the_same_bits_alone_or_in_a_large_step() {
-        // Q4_1, Q5_0, Q5_1, Q4_K and Q6_K run on wick's kernels as stored, Q8_1 is re-quantized; no
-        // f32 copy takes over large steps by default.
-        let types =
-            [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_1, GgmlDType::Q4K, GgmlDType::Q6K];
+        // Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16 and BF16 run on wick's kernels as stored, Q8_1
+        // is re-quantized; no f32 copy takes over large steps by default.
+        let types = [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_1,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+        ];
         for dtype in types {
             let k = 64usize.next_multiple_of(dtype.block_size());
             let w = rand(48, k, 13);
@@ -297,7 +388,9 @@ mod tests {
                 | (GgmlDType::Q5_0 | GgmlDType::Q5_1, QuantWeight::Q5(_))
                 | (GgmlDType::Q8_1, QuantWeight::Q8(_))
                 | (GgmlDType::Q4K, QuantWeight::Q4K(_))
-                | (GgmlDType::Q6K, QuantWeight::Q6K(_)) => {}
+                | (GgmlDType::Q5K, QuantWeight::Q5K(_))
+                | (GgmlDType::Q6K, QuantWeight::Q6K(_))
+                | (GgmlDType::F16 | GgmlDType::BF16, QuantWeight::Half(_)) => {}
                 _ => panic!("{dtype:?} runs on {q:?}"),
             }
             let x = rand(40, k, 17);

@@ -5,7 +5,9 @@
 //! This module owns what every weight format shares: quantizing the activations
 //! (`QuantizedActs`), spreading (row chunk, column chunk) items over wick's compute pool
 //! (`crate::thread_pool`, which parks instead of spinning on a shared CPU), and the `TileKernel`
-//! trait each format implements (`q8_0`, `q4_1`, `q5`, `q4_k`, `q6_k`, `mxfp4`).
+//! trait each format implements (`q8_0`, `q4_1`, `q5`, `q4_k`, `q5_k`, `q6_k`, `mxfp4`).
+//!
+//! F16 and BF16 weights (`float16`) take the same driver with unquantized f32 activations.
 //!
 //! Batch invariance is by construction: every output `y[m, n]` is computed by the same
 //! sequence of floating-point operations whatever `M` is, whichever rows share the call and
@@ -24,17 +26,21 @@ use half::f16;
 use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
+mod float16;
 pub mod mxfp4;
 mod q4_1;
 mod q4_k;
 mod q5;
+mod q5_k;
 mod q6_k;
 mod q8_0;
 
+pub use float16::{HalfMatrix, HalfType};
 pub use mxfp4::Mxfp4Matrix;
 pub use q4_1::Q41Matrix;
 pub use q4_k::Q4KMatrix;
 pub use q5::Q5Matrix;
+pub use q5_k::Q5KMatrix;
 pub use q6_k::Q6KMatrix;
 pub use q8_0::Q8Matrix;
 
@@ -48,17 +54,21 @@ const COL_CHUNK: usize = 16;
 /// Rows per work item when quantizing activations in parallel (below this, one thread).
 const QUANT_ROWS: usize = 16;
 
-/// Activations `[m, k]` quantized to 8 bits per value: int8 values, the f16-rounded block scale
-/// widened to f32, and (for formats with a per-block offset) `s = d · Σ values` rounded as
-/// candle's `BlockQ8_1` does (Q4_1) and `sx = d · Σ values` in f32 (the K-quants' mins; exact
-/// for 32-value blocks, an 11-bit scale times a sum of at most 12 bits; rounded once for Q8_K).
+/// Activations `[m, k]` as a weight format takes them. Quantized to 8 bits per value: int8
+/// values, the f16-rounded block scale widened to f32, and (for formats with a per-block
+/// offset) `s = d · Σ values` rounded as candle's `BlockQ8_1` does (Q4_1) and `sx = d · Σ values`
+/// in f32 (the K-quants' mins; exact for 32-value blocks, an 11-bit scale times a sum of at most
+/// 12 bits; rounded once for Q8_K). Or, for float weights (`ActBlocks::F32`), the f32 rows
+/// themselves in `f`, the other buffers empty.
 #[derive(Default)]
 pub struct QuantizedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     pub sx: Vec<f32>,
+    pub f: Vec<f32>,
     pub k: usize,
+    m: usize,
 }
 
 impl QuantizedActs {
@@ -69,26 +79,28 @@ impl QuantizedActs {
         (&self.qs[r * self.k..(r + 1) * self.k], &self.d[r * kb..(r + 1) * kb])
     }
 
-    /// Rows of the quantized matrix.
+    /// Rows of the matrix.
     pub fn rows(&self) -> usize {
-        self.d.len() / (self.k / QK).max(1)
+        self.m
     }
 
     /// `into` becomes the rows `rows` of `self`, in that order (a row's values and scales are
     /// copied as they are, so a kernel gives it the same result).
     pub fn gather(&self, rows: &[usize], into: &mut QuantizedActs) {
-        let (k, kb) = (self.k, self.k / QK);
-        into.k = k;
-        into.qs.clear();
-        into.d.clear();
-        into.s.clear();
-        into.sx.clear();
-        for &r in rows {
-            into.qs.extend_from_slice(&self.qs[r * k..(r + 1) * k]);
-            into.d.extend_from_slice(&self.d[r * kb..(r + 1) * kb]);
-            into.s.extend_from_slice(&self.s[r * kb..(r + 1) * kb]);
-            into.sx.extend_from_slice(&self.sx[r * kb..(r + 1) * kb]);
+        fn copy<T: Copy>(from: &[T], m: usize, rows: &[usize], into: &mut Vec<T>) {
+            into.clear();
+            let per = from.len() / m.max(1);
+            for &r in rows {
+                into.extend_from_slice(&from[r * per..(r + 1) * per]);
+            }
         }
+        into.k = self.k;
+        into.m = rows.len();
+        copy(&self.qs, self.m, rows, &mut into.qs);
+        copy(&self.d, self.m, rows, &mut into.d);
+        copy(&self.s, self.m, rows, &mut into.s);
+        copy(&self.sx, self.m, rows, &mut into.sx);
+        copy(&self.f, self.m, rows, &mut into.f);
     }
 
     /// Quantizes `x` (`m` rows of `k`) into 32-value blocks, reusing the buffers; rows are
@@ -101,14 +113,22 @@ impl QuantizedActs {
     pub fn quantize_as(&mut self, x: &[f32], k: usize, blocks: ActBlocks) {
         let m = x.len() / k;
         self.k = k;
+        self.m = m;
+        if blocks == ActBlocks::F32 {
+            self.f.clear();
+            self.f.extend_from_slice(x);
+            for v in [&mut self.d, &mut self.s, &mut self.sx] {
+                v.clear();
+            }
+            self.qs.clear();
+            return;
+        }
+        self.f.clear();
         self.qs.resize(m * k, 0);
         self.d.resize(m * k / QK, 0.0);
         self.s.resize(m * k / QK, 0.0);
         self.sx.resize(m * k / QK, 0.0);
-        let quantize_rows = match blocks {
-            ActBlocks::Q8_0 => quantize_rows,
-            ActBlocks::Q8K => quantize_rows_q8k,
-        };
+        let quantize_rows = if blocks == ActBlocks::Q8K { quantize_rows_q8k } else { quantize_rows };
         if m < 2 * QUANT_ROWS {
             quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.sx);
             return;
@@ -144,6 +164,8 @@ pub enum ActBlocks {
     /// ggml's Q8_K: one f32 scale per 256 values (the K-quants, as llama.cpp pairs them),
     /// stored as eight equal 32-value block scales so the kernels read it like Q8_0.
     Q8K,
+    /// Not quantized: the f32 values as they are (F16 and BF16 weights).
+    F32,
 }
 
 /// A raw pointer handed to pool workers that write disjoint ranges through it.

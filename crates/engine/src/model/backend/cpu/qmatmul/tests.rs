@@ -1,7 +1,7 @@
 //! Tests of the quantized kernels, on every kernel level this CPU runs (scalar, AVX2,
 //! AVX-512 VNNI): batch invariance (bit for bit), agreement with the f32 reference and with
 //! candle's own quantized matmuls, and every SIMD level against the scalar one, for Q8_0,
-//! Q4_1 and MXFP4 weights.
+//! Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16 and MXFP4 weights.
 
 use super::*;
 use crate::kernel_level::KernelLevel;
@@ -36,11 +36,22 @@ enum Kernel {
     Q41(Q41Matrix),
     Q5(Q5Matrix),
     Q4K(Q4KMatrix),
+    Q5K(Q5KMatrix),
     Q6K(Q6KMatrix),
+    Half(HalfMatrix),
 }
 
-const FORMATS: [GgmlDType; 6] =
-    [GgmlDType::Q8_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q4K, GgmlDType::Q6K];
+const FORMATS: [GgmlDType; 9] = [
+    GgmlDType::Q8_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+];
 
 fn kernel(q: &QTensor, level: KernelLevel) -> Kernel {
     match q.dtype() {
@@ -48,14 +59,25 @@ fn kernel(q: &QTensor, level: KernelLevel) -> Kernel {
         GgmlDType::Q4_1 => Kernel::Q41(Q41Matrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q5_0 | GgmlDType::Q5_1 => Kernel::Q5(Q5Matrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q4K => Kernel::Q4K(Q4KMatrix::from_qtensor(q).unwrap().with_level(level)),
+        GgmlDType::Q5K => Kernel::Q5K(Q5KMatrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q6K => Kernel::Q6K(Q6KMatrix::from_qtensor(q).unwrap().with_level(level)),
+        GgmlDType::F16 | GgmlDType::BF16 => {
+            let (n, k) = q.shape().dims2().unwrap();
+            let (ty, bits) = HalfMatrix::bits_of_qtensor(q).unwrap().unwrap();
+            Kernel::Half(HalfMatrix::new(ty, bits, n, k).unwrap().with_level(level))
+        }
         d => panic!("no kernel for {d:?}"),
     }
 }
 
-/// `k` rounded up to a whole number of the format's blocks (256 values for the K-quants).
+/// `k` rounded up to a whole number of the format's blocks (256 values for the K-quants; any
+/// `k` for the floats).
 fn k_for(dtype: GgmlDType, k: usize) -> usize {
     k.next_multiple_of(dtype.block_size())
+}
+
+fn is_half(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F16 | GgmlDType::BF16)
 }
 
 /// Every (format, level) pair this CPU runs.
@@ -82,7 +104,9 @@ fn run(w: &Kernel, x: &[f32]) -> Vec<f32> {
         Kernel::Q41(w) => run_with(w, x),
         Kernel::Q5(w) => run_with(w, x),
         Kernel::Q4K(w) => run_with(w, x),
+        Kernel::Q5K(w) => run_with(w, x),
         Kernel::Q6K(w) => run_with(w, x),
+        Kernel::Half(w) => run_with(w, x),
     }
 }
 
@@ -103,7 +127,8 @@ fn each_row_is_bit_identical_whatever_the_batch() {
     // and the parallel activation quantization.
     let n = 37;
     for (dtype, level) in cases() {
-        let k = k_for(dtype, 96);
+        // The floats take k = 100: six chunks of 16 and a partial one.
+        let k = if is_half(dtype) { 100 } else { k_for(dtype, 96) };
         let w = kernel(&qtensor(n, k, 1, dtype), level);
         for m in [1, 3, 16, 37, 70] {
             let x = values(m * k, 100 + m as u64, 1.0);
@@ -210,8 +235,9 @@ fn activation_quantization_matches_candle_q8_0() {
 #[test]
 fn every_level_gives_the_scalar_bits() {
     // k = 96 is 3 blocks (an odd tail for the paired AVX-512 steps); 2304 is 72 blocks;
-    // m = 9 and n = 37 take every tile shape and column tails.
-    for (m, k, n) in [(7, 96, 11), (5, 2304, 6), (9, 64, 37)] {
+    // m = 9 and n = 37 take every tile shape and column tails; k = 100 and 1000 end the floats
+    // in a partial chunk of 16.
+    for (m, k, n) in [(7, 96, 11), (5, 2304, 6), (9, 64, 37), (4, 100, 19), (3, 1000, 9)] {
         for (dtype, level) in cases() {
             let k = k_for(dtype, k);
             let q = qtensor(n, k, 4, dtype);
@@ -237,18 +263,26 @@ fn the_exact_product_of_the_quantized_operands_within_f32_rounding() {
         let got = run(&w, &x);
         let blocks = match &w {
             Kernel::Q4K(w) => w.act_blocks(),
+            Kernel::Q5K(w) => w.act_blocks(),
             Kernel::Q6K(w) => w.act_blocks(),
+            Kernel::Half(w) => w.act_blocks(),
             _ => ActBlocks::Q8_0,
         };
         let mut acts = QuantizedActs::default();
         acts.quantize_as(&x, k, blocks);
         let tol = if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1) { 2e-3 } else { 1e-5 };
         for r in 0..m {
-            let (xq, xd) = acts.row(r);
+            // The floats' activations are the f32 values themselves.
+            let xv: Vec<f64> = if is_half(dtype) {
+                acts.f[r * k..(r + 1) * k].iter().map(|&v| v as f64).collect()
+            } else {
+                let (xq, xd) = acts.row(r);
+                (0..k).map(|i| xq[i] as f64 * xd[i / QK] as f64).collect()
+            };
             for c in 0..n {
                 let wr = &wf[c * k..(c + 1) * k];
-                let exact: f64 = (0..k).map(|i| wr[i] as f64 * xq[i] as f64 * xd[i / QK] as f64).sum();
-                let scale: f64 = (0..k).map(|i| (wr[i] as f64 * xq[i] as f64 * xd[i / QK] as f64).abs()).sum();
+                let exact: f64 = (0..k).map(|i| wr[i] as f64 * xv[i]).sum();
+                let scale: f64 = (0..k).map(|i| (wr[i] as f64 * xv[i]).abs()).sum();
                 let g = got[r * n + c] as f64;
                 assert!(
                     (g - exact).abs() <= tol * scale,
@@ -289,19 +323,61 @@ fn same_bits_as_candles_q8_0_matmul_on_avx2() {
 }
 
 #[test]
-fn q4_1_agrees_with_candles_q4_1_matmul() {
+fn q4_1_and_q5_k_agree_with_candles_matmuls() {
     // Same quantized operands as candle's `vec_dot_q4_1_q8_1` (Q8_1 activations with the f16
-    // `s`); only the order of the float additions differs.
-    let (m, k, n) = (6, 576, 40);
-    let q = qtensor(n, k, 12, GgmlDType::Q4_1);
-    let w = Q41Matrix::from_qtensor(&q).unwrap();
-    let x = values(m * k, 13, 1.0);
-    let got = run_with(&w, &x);
-    let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
-    let want: Vec<f32> =
-        QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "element {i}: {a} vs candle's {b}");
+    // `s`) and `vec_dot_q5k_q8k` (Q8_K activations); only the order of the float additions
+    // differs.
+    for (dtype, k) in [(GgmlDType::Q4_1, 576), (GgmlDType::Q5K, 768)] {
+        let (m, n) = (6, 40);
+        let q = qtensor(n, k, 12, dtype);
+        let w = kernel(&q, KernelLevel::current());
+        let x = values(m * k, 13, 1.0);
+        let got = run(&w, &x);
+        let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
+        let want: Vec<f32> =
+            QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{dtype:?} element {i}: {a} vs candle's {b}");
+        }
+    }
+}
+
+#[test]
+fn half_weights_widen_exactly_and_keep_their_bits() {
+    // Every F16 and BF16 bit pattern that is a number widens to the value `half` gives it
+    // (subnormals included), on every level: a one-hot activation picks one weight out.
+    for ty in [HalfType::F16, HalfType::Bf16] {
+        let k = 16;
+        let bits: Vec<u16> = (0..=u16::MAX)
+            .filter(|&b| match ty {
+                HalfType::F16 => !half::f16::from_bits(b).is_nan(),
+                HalfType::Bf16 => !half::bf16::from_bits(b).is_nan(),
+            })
+            .step_by(7)
+            .collect();
+        let n = bits.len() / k;
+        let bits = bits[..n * k].to_vec();
+        let want: Vec<f32> = bits
+            .iter()
+            .map(|&b| match ty {
+                HalfType::F16 => half::f16::from_bits(b).to_f32(),
+                HalfType::Bf16 => half::bf16::from_bits(b).to_f32(),
+            })
+            .collect();
+        for level in KernelLevel::available() {
+            let w = HalfMatrix::new(ty, bits.clone(), n, k).unwrap().with_level(level);
+            for pick in [0, 5, 15] {
+                let mut x = vec![0f32; k];
+                x[pick] = 1.0;
+                let got = run_with(&w, &x);
+                for (c, (g, col)) in got.iter().zip(want.chunks_exact(k)).enumerate() {
+                    // 0 · ±inf is NaN in the other lanes' fmas; finite weights must come out exact.
+                    if col.iter().all(|w| w.is_finite()) {
+                        assert_eq!(g.to_bits(), (col[pick] + 0.0).to_bits(), "{ty:?} {level} column {c} lane {pick}");
+                    }
+                }
+            }
+        }
     }
 }
 
