@@ -46,6 +46,13 @@ fn running(port: u16) -> Option<f64> {
     (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
+/// `/save`s the conversation to `path` and reads it back.
+fn save(p: &mut rexpect::session::PtySession, path: &std::path::Path) -> serde_json::Value {
+    p.send_line(&format!("/save {}", path.display())).expect("send");
+    p.exp_string("(saved to").expect("saved");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("saved file")).expect("json")
+}
+
 #[test]
 fn wick_chat_in_a_terminal() {
     let Ok(model) = std::env::var("WICK_TEST_MODEL_SMOLLM2") else {
@@ -86,10 +93,7 @@ fn wick_chat_in_a_terminal() {
     p.exp_string(">>> ").expect("prompt after the answer");
 
     let saved = dir.path().join("chat.json");
-    p.send_line(&format!("/save {}", saved.display())).expect("send");
-    p.exp_string("(saved to").expect("saved");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&saved).expect("saved file")).expect("json");
+    let doc = save(&mut p, &saved);
     let msgs = doc["messages"].as_array().expect("messages");
     assert_eq!(msgs[0]["content"], "You are terse.");
     assert_eq!(msgs[1]["content"], "Say the word hello \nand nothing else.");
@@ -119,10 +123,7 @@ fn wick_chat_in_a_terminal() {
 
     p.send_line("/reset").expect("send");
     p.exp_string("(conversation reset)").expect("reset");
-    p.send_line(&format!("/save {}", saved.display())).expect("send");
-    p.exp_string("(saved to").expect("saved");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&saved).expect("saved file")).expect("json");
+    let doc = save(&mut p, &saved);
     assert_eq!(doc["messages"].as_array().map(Vec::len), Some(1), "only the system prompt is left: {doc}");
     p.send_line("/quit").expect("send");
     p.exp_eof().expect("quits");
@@ -147,12 +148,9 @@ fn wick_chat_with_the_model_in_process() {
     p.exp_regex(r"[A-Za-z]{3}").expect("streamed text");
     p.exp_string(">>> ").expect("prompt after the answer");
 
-    // The conversation carries over: the second answer sees the first turn.
+    // The answer is the model's, kept in the conversation.
     let saved = dir.path().join("chat.json");
-    p.send_line(&format!("/save {}", saved.display())).expect("send");
-    p.exp_string("(saved to").expect("saved");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&saved).expect("saved file")).expect("json");
+    let doc = save(&mut p, &saved);
     let msgs = doc["messages"].as_array().expect("messages");
     assert_eq!(msgs.len(), 2, "{doc}");
     assert!(msgs[1]["content"].as_str().is_some_and(|c| c.contains("Paris")), "{doc}");
