@@ -4,6 +4,12 @@
 //! time and on the real all-MiniLM-L6-v2; and the real model against reference vectors from
 //! sentence-transformers on PyTorch (tests/fixtures/minilm_reference.json, recorded once by
 //! scripts/embedding-reference.py), within 1e-4, plus the retrieval sanity of paraphrases.
+//!
+//! Decoder embedding models (Qwen3-Embedding style, wick's own model layer) against llama.cpp's
+//! `llama-embedding` on the tiny qwen3 fixtures (tests/fixtures/decoder_embedding_reference.json,
+//! recorded by scripts/decoder-embedding-reference.py): the same token ids, last-token and mean
+//! pooling, a GGUF whose `pooling_type` and `add_eos_token` say what to do; and batched ==
+//! alone, bit for bit.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +17,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use wick_engine::embed::{Embedder, EmbedderConfig, EncoderModel, Pooling};
+use wick_engine::embed::{DecoderModel, EmbedModel, EmbedOptions, Embedder, EmbedderConfig, EncoderModel, Pooling};
+use wick_engine::kv_cache::KvDtype;
 
 const HIDDEN: usize = 32;
 const VOCAB: usize = 120;
@@ -223,4 +230,165 @@ fn minilm_matches_candle_alone_and_sentence_transformers() {
     let sim = |a: usize, b: usize| cosine(&got[a], &got[b]);
     assert!(sim(0, 1) > sim(0, 2) + 0.3, "cat/kitten {} vs cat/revenue {}", sim(0, 1), sim(0, 2));
     assert!(sim(3, 4) > sim(3, 0) + 0.3, "password pair {} vs password/cat {}", sim(3, 4), sim(3, 0));
+}
+
+#[derive(serde::Deserialize)]
+struct DecoderReference {
+    llama_cpp: HashMap<String, String>,
+    prompts: Vec<String>,
+    models: HashMap<String, DecoderModelReference>,
+}
+
+#[derive(serde::Deserialize)]
+struct DecoderModelReference {
+    sha256: String,
+    tokens: Vec<Vec<u32>>,
+    /// By pooling (`last`, `mean`, or `file`: the GGUF's own `pooling_type`).
+    embeddings: HashMap<String, Vec<Vec<f32>>>,
+}
+
+fn decoder_reference() -> DecoderReference {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/decoder_embedding_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn sha256_hex(path: &Path) -> String {
+    wick_server::model_source::sha256_file(path).unwrap()
+}
+
+/// Loads a decoder embedding model with an f32 KV cache (what the references used).
+fn decoder(path: &Path, pooling: Option<Pooling>) -> DecoderModel {
+    DecoderModel::load(path, &EmbedOptions { pooling, kv_dtype: KvDtype::F32, ..EmbedOptions::default() }).unwrap()
+}
+
+/// `qwen3.gguf` with the two keys a Qwen3-Embedding GGUF carries: `qwen3.pooling_type = 3`
+/// (last) and `tokenizer.ggml.add_eos_token = true` (as the reference script writes it).
+fn write_embedding_variant(src: &Path, dst: &Path) {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let mut f = std::fs::File::open(src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut meta = content.metadata.clone();
+    meta.insert("qwen3.pooling_type".into(), Value::U32(3));
+    meta.insert("tokenizer.ggml.add_eos_token".into(), Value::Bool(true));
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| (name.clone(), content.tensor(&mut f, name, &Device::Cpu).unwrap()))
+        .collect();
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut out = std::fs::File::create(dst).unwrap();
+    gguf_file::write(&mut out, &meta_refs, &tensor_refs).unwrap();
+}
+
+/// Checks `model`'s tokenization and vectors (embedded together, through the embedding thread)
+/// against llama.cpp's. Returns the worst cosine distance and element difference.
+fn check_against_llama_cpp(
+    what: &str,
+    model: DecoderModel,
+    prompts: &[String],
+    reference: &DecoderModelReference,
+    pooling: &str,
+) -> (f64, f32) {
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| model.tokenize(p).unwrap()).collect();
+    assert_eq!(ids, reference.tokens, "{what}: the token ids llama-embedding fed");
+    let embedder = Embedder::start(model, EmbedderConfig::default()).unwrap();
+    let got = embed_concurrently(&embedder, &ids, 2);
+    let (mut worst_cos, mut worst_diff) = (0f64, 0f32);
+    for (i, (v, want)) in got.iter().zip(&reference.embeddings[pooling]).enumerate() {
+        assert_eq!(v.len(), want.len(), "{what}: width");
+        let c = cosine(v, want);
+        let diff = v.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{what}, prompt {i}: L2-normalized, norm {norm}");
+        eprintln!(
+            "{what} {pooling}, prompt {i} ({} tokens): 1 - cosine {:.3e}, max |diff| {diff:.3e}",
+            ids[i].len(),
+            1.0 - c
+        );
+        worst_cos = worst_cos.max(1.0 - c);
+        worst_diff = worst_diff.max(diff);
+    }
+    (worst_cos, worst_diff)
+}
+
+// Tolerances. These vectors are the final-normed hidden states, 64 wide, unit length, so each
+// element is ~0.1. For the F32 fixture no step rounds activations on either side: the one F16
+// tensor is the embedding, which both look up exactly (llama.cpp rounds activations to f16 only
+// for F16 *matmuls*, i.e. the LM head, which an embedding never runs), the KV cache is f32 on
+// both, and llama.cpp prints 7 decimals (5e-8). What remains is f32 summation order over 2
+// layers. Measured (commit of this test): max |diff| 4.9e-7, 1 - cosine 1.5e-12. The bounds,
+// 1e-5 per element and 1e-9 in cosine distance, leave 20x room for summation order and nothing
+// else (a wrong RoPE, norm, pooling row or missing EOS moves a random-weight vector's cosine
+// distance by far more than 1e-2). For Q8_0 llama.cpp quantizes activations to Q8_0 per block
+// of 32 before each matmul and wick's Q8_0 kernel does the same: measured 8.9e-8 per element;
+// but one rounding landing on the other side of a boundary moves later activations (fixture
+// README: Q8_0 logits within 2e-2 to 5e-2 over 49152-wide rows), so its bound is 1e-3 per
+// element and 1e-5 in cosine distance.
+const F32_COS: f64 = 1e-9;
+const F32_DIFF: f32 = 1e-5;
+const Q8_COS: f64 = 1e-5;
+const Q8_DIFF: f32 = 1e-3;
+
+#[test]
+fn decoder_embeddings_match_llama_cpp() {
+    let reference = decoder_reference();
+    eprintln!("llama.cpp reference: {:?}", reference.llama_cpp);
+    let dir = crate::archs::fixtures_dir();
+    for (name, cos_tol, diff_tol) in [("qwen3", F32_COS, F32_DIFF), ("qwen3-q8_0", Q8_COS, Q8_DIFF)] {
+        let path = dir.join(format!("{name}.gguf"));
+        let r = &reference.models[name];
+        assert_eq!(sha256_hex(&path), r.sha256, "{name}: the fixture the reference was made from");
+        // The fixtures carry no pooling_type: pooling is forced, as `[[models]] pooling` does.
+        for (pooling, p) in [("last", Pooling::LastToken), ("mean", Pooling::Mean)] {
+            let model = decoder(&path, Some(p));
+            assert_eq!(model.info().pooling, p);
+            assert_eq!((model.info().dim, model.info().normalize), (64, true));
+            let (c, d) = check_against_llama_cpp(name, model, &reference.prompts, r, pooling);
+            assert!(c < cos_tol && d < diff_tol, "{name} {pooling}: 1 - cosine {c:.3e}, max |diff| {d:.3e}");
+        }
+    }
+}
+
+#[test]
+fn a_gguf_with_pooling_type_and_add_eos_is_an_embedding_model() {
+    let reference = decoder_reference();
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = crate::archs::fixtures_dir().join("qwen3.gguf");
+    let path = tmp.path().join("qwen3-embed.gguf");
+    write_embedding_variant(&plain, &path);
+    assert!(!wick_engine::embed::is_embedding_model(&plain), "no pooling_type: a chat model");
+    assert!(wick_engine::embed::is_embedding_model(&path), "pooling_type 3: an embedding model");
+    let model = decoder(&path, None);
+    assert_eq!(model.info().pooling, Pooling::LastToken, "from qwen3.pooling_type");
+    let eos = 2; // SmolLM2's <|im_end|>, the fixture's tokenizer.ggml.eos_token_id
+    assert_eq!(model.tokenize("short").unwrap().last(), Some(&eos), "add_eos_token appends EOS");
+    let r = &reference.models["qwen3-embed"];
+    let (c, d) = check_against_llama_cpp("qwen3-embed", model, &reference.prompts, r, "file");
+    assert!(c < F32_COS && d < F32_DIFF, "1 - cosine {c:.3e}, max |diff| {d:.3e}");
+}
+
+/// On the Q8_0 fixture, whose every matmul runs on wick's batch-invariant kernel (float weights
+/// go through a gemm whose summation order depends on the number of rows, so float models agree
+/// batched vs alone only to ~1e-6, as in tests/integration/batching.rs).
+#[test]
+fn decoder_embeddings_batched_equal_alone_bit_for_bit() {
+    let path = crate::archs::fixtures_dir().join("qwen3-q8_0.gguf");
+    for pooling in [Pooling::LastToken, Pooling::Mean] {
+        let model = decoder(&path, Some(pooling));
+        // Lengths 1..70 (several KV pages), ids across the vocabulary.
+        let seqs: Vec<Vec<u32>> =
+            (0..17u32).map(|i| (0..1 + (i * 11) % 70).map(|j| (i * 7919 + j * 104_729) % 49_152).collect()).collect();
+        let alone: Vec<Vec<f32>> = seqs.iter().map(|s| model.embed(&[s.as_slice()]).unwrap().remove(0)).collect();
+        // A small budget splits them into several ragged forwards; concurrent requests mix.
+        let embedder = Embedder::start(model, EmbedderConfig { max_batch_tokens: 200, max_waiting: 64 }).unwrap();
+        let together = embed_concurrently(&embedder, &seqs, 3);
+        assert!(embedder.stats().forwards_total >= 3, "{:?}", embedder.stats());
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            assert_eq!(a, b, "{pooling:?}, sequence {i} ({} tokens): batched differs from alone", seqs[i].len());
+        }
+        assert!(embedder.submit(vec![vec![]]).is_err(), "an empty input is refused");
+        assert!(embedder.submit(vec![vec![49_152]]).is_err(), "an id outside the vocabulary is refused");
+    }
 }

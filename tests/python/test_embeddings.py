@@ -3,7 +3,12 @@ real `wick serve`: all-MiniLM-L6-v2 ($WICK_TEST_MODEL_MINILM, scripts/fetch-mode
 beside the SmolLM2 chat model. Float and base64 (the SDK's default) answers, `dimensions`,
 batches of 100, token-id input, the reference vectors of sentence-transformers
 (tests/fixtures/minilm_reference.json), error envelopes, chat and embeddings interleaved under
-concurrency, load on demand, idle unload, reload, and eviction under a memory budget."""
+concurrency, load on demand, idle unload, reload, and eviction under a memory budget.
+
+A decoder embedding model too (Qwen3-Embedding style): the tiny qwen3 fixture of
+../shared/fixtures/archs (or $WICK_ARCH_FIXTURES) served as `kind = "embedding"` beside the chat
+model, against llama.cpp's vectors (tests/fixtures/decoder_embedding_reference.json), with
+instruction prompts picked by `prompt_name`."""
 
 import base64
 import json
@@ -267,3 +272,89 @@ preload = false
     assert r.status_code == 503 and e["code"] == "model_cannot_fit" and "150 MiB" in e["message"]
     assert int(r.headers["retry-after"]) > 0
     assert "evicting the least recently used idle model" in _log(s)
+
+
+# --- A decoder embedding model (wick's own model layer) beside the chat model -----------------
+
+DECODER = "qwen3-embed"
+QUERY = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+DECODER_REF = json.loads((ROOT / "tests" / "fixtures" / "decoder_embedding_reference.json").read_text())
+
+
+def _qwen3_fixture():
+    d = Path(os.environ.get("WICK_ARCH_FIXTURES") or ROOT.parent / "shared" / "fixtures" / "archs")
+    if not (d / "qwen3.gguf").is_file():
+        pytest.skip(f"{d}/qwen3.gguf absent: notice, decoder embedding tests not run")
+    return d / "qwen3.gguf"
+
+
+@pytest.fixture(scope="module")
+def decoder_server(tmp_path_factory):
+    """The chat model (`test-model`) and the qwen3 fixture as an embedding model, last-token
+    pooling forced (the fixture has no pooling_type), an f32 KV cache as llama.cpp's reference."""
+    cfg = tmp_path_factory.mktemp("decoder") / "wick.toml"
+    cfg.write_text(f"""
+[[models]]
+model = "{_qwen3_fixture()}"
+name = "{DECODER}"
+kind = "embedding"
+pooling = "last"
+prompts = {{ query = {json.dumps(QUERY)}, passage = "" }}
+""")
+    s = Server("--config", str(cfg), "--kv-cache-dtype", "f32")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def dsdk(decoder_server):
+    return openai.OpenAI(base_url=decoder_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_decoder_embeddings_float_and_base64_match_llama_cpp(dsdk, decoder_server):
+    ref = DECODER_REF["models"]["qwen3"]
+    f = dsdk.embeddings.create(model=DECODER, input=DECODER_REF["prompts"], encoding_format="float")
+    b = dsdk.embeddings.create(model=DECODER, input=DECODER_REF["prompts"])  # the SDK's base64
+    assert f.usage.prompt_tokens == sum(len(t) for t in ref["tokens"]), "llama.cpp's tokenization"
+    for i, (fd, bd, want) in enumerate(zip(f.data, b.data, ref["embeddings"]["last"])):
+        assert fd.index == i and len(fd.embedding) == 64 == len(bd.embedding)
+        assert abs(norm(fd.embedding) - 1) < 1e-5
+        assert max(abs(x - y) for x, y in zip(fd.embedding, bd.embedding)) < 1e-7, "base64 == float"
+        diff = max(abs(x - y) for x, y in zip(fd.embedding, want))
+        assert diff < 1e-4, f"prompt {i}: max |diff| {diff} against llama-embedding --pooling last"
+    models = {m["id"]: m for m in requests.get(decoder_server.url + "/v1/models").json()["data"]}
+    assert models[DECODER]["kind"] == "embedding" and models[MODEL_NAME]["kind"] == "chat"
+    chat = dsdk.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert chat.choices[0].message.content is not None, "the chat model still answers beside it"
+
+
+def test_prompt_name_puts_the_instruction_before_the_text(dsdk):
+    text = "What is the capital of France?"
+    plain = dsdk.embeddings.create(model=DECODER, input=text, encoding_format="float")
+    query = dsdk.embeddings.create(model=DECODER, input=text, encoding_format="float",
+                                   extra_body={"prompt_name": "query"})
+    spelled = dsdk.embeddings.create(model=DECODER, input=QUERY + text, encoding_format="float")
+    passage = dsdk.embeddings.create(model=DECODER, input=text, encoding_format="float",
+                                     extra_body={"prompt_name": "passage"})
+    assert cos(plain.data[0].embedding, query.data[0].embedding) < 0.99, "the prompt changes the vector"
+    assert query.data[0].embedding == spelled.data[0].embedding, "the prompt is text put before the input"
+    assert query.usage.prompt_tokens == spelled.usage.prompt_tokens > plain.usage.prompt_tokens
+    assert passage.data[0].embedding == plain.data[0].embedding, "an empty prompt adds nothing"
+    # The reference's second prompt is the query prompt + a question: llama.cpp's vector.
+    ref = DECODER_REF["models"]["qwen3"]["embeddings"]["last"][1]
+    assert DECODER_REF["prompts"][1] == QUERY + text
+    assert max(abs(x - y) for x, y in zip(query.data[0].embedding, ref)) < 1e-4
+
+
+def test_unknown_prompt_name_is_a_400_envelope(dsdk, decoder_server):
+    with pytest.raises(openai.BadRequestError) as e:
+        dsdk.embeddings.create(model=DECODER, input="x", extra_body={"prompt_name": "nope"})
+    assert e.value.status_code == 400 and e.value.body["param"] == "prompt_name"
+    assert "passage, query" in e.value.body["message"]
+    url = decoder_server.url + "/v1/embeddings"
+    r = requests.post(url, json={"model": DECODER, "input": [1, 2, 3], "prompt_name": "query"})
+    assert r.status_code == 400 and envelope(r)["param"] == "prompt_name", "no prompt for token ids"
+    r = requests.post(url, json={"model": DECODER, "input": "x", "prompt_name": 3})
+    assert r.status_code == 400 and envelope(r)["type"] == "invalid_request_error"
+    r = requests.post(url, json={"model": DECODER, "input": [[1, 2], [49152]]})
+    assert r.status_code == 400 and "Input 1" in envelope(r)["message"]

@@ -114,7 +114,7 @@ pub struct ModelEntrySettings {
     #[serde(default)]
     pub aliases: Vec<String>,
     /// `chat` or `embedding`; default: told from the files (sentence-transformers or BERT
-    /// folders are embedding models).
+    /// folders, and GGUF files with a `pooling_type`, are embedding models).
     #[serde(default)]
     pub kind: Option<crate::registry::ModelKind>,
     /// Load at startup (`/ready` waits for it); false: at its first request.
@@ -126,6 +126,16 @@ pub struct ModelEntrySettings {
     /// An embedding model trained Matryoshka-style: `dimensions` may truncate its vectors.
     #[serde(default)]
     pub matryoshka: bool,
+    /// Embedding pooling (`last`, `mean`, `cls`); default: the files' (for a decoder without
+    /// any, `last`).
+    #[serde(default)]
+    pub pooling: Option<String>,
+    /// Named instruction prompts for `prompt_name`, beside the folder's own.
+    #[serde(default)]
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// The prompt used when a request names none; default: the folder's.
+    #[serde(default)]
+    pub default_prompt_name: Option<String>,
 }
 
 fn yes() -> bool {
@@ -143,6 +153,9 @@ impl ModelEntrySettings {
             preload: true,
             idle_unload_secs: 0,
             matryoshka: false,
+            pooling: None,
+            prompts: Default::default(),
+            default_prompt_name: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wick_engine::embed::{Embedder, EmbedderConfig, EncoderModel};
+use wick_engine::embed::{EmbedOptions, Embedder, EmbedderConfig, Pooling};
 use wick_engine::sampling::SamplingDefaults;
 use wick_engine::{Engine, LoadOptions};
 use wick_server::chat_client::ChatArgs;
@@ -94,6 +94,10 @@ struct Planned {
     preload: bool,
     idle_unload: Option<Duration>,
     matryoshka: bool,
+    /// An embedding model's pooling override and prompts (`[[models]]` only).
+    pooling: Option<String>,
+    prompts: std::collections::BTreeMap<String, String>,
+    default_prompt_name: Option<String>,
     /// The primary model gets `[model]`'s load options (chat template).
     primary: bool,
 }
@@ -115,6 +119,9 @@ fn plan_models(settings: &Settings) -> Result<Vec<Planned>> {
         preload: true,
         idle_unload: None,
         matryoshka: false,
+        pooling: None,
+        prompts: Default::default(),
+        default_prompt_name: None,
         primary: true,
     });
     for m in &settings.models {
@@ -130,6 +137,9 @@ fn plan_models(settings: &Settings) -> Result<Vec<Planned>> {
             preload: m.preload,
             idle_unload: (m.idle_unload_secs > 0).then(|| Duration::from_secs(m.idle_unload_secs)),
             matryoshka: m.matryoshka,
+            pooling: m.pooling.clone(),
+            prompts: m.prompts.clone(),
+            default_prompt_name: m.default_prompt_name.clone(),
             primary: false,
         });
     }
@@ -143,6 +153,17 @@ fn entry(p: Planned, settings: &Settings, rt: tokio::runtime::Handle) -> Result<
     let settings = settings.clone();
     let opts = if p.primary { load_options(&settings)? } else { LoadOptions::default() };
     let (path, names, matryoshka) = (p.path.clone(), p.names.clone(), p.matryoshka);
+    let embed_opts = EmbedOptions {
+        pooling: p
+            .pooling
+            .as_deref()
+            .map(Pooling::parse)
+            .transpose()
+            .with_context(|| format!("model {:?}", names[0]))?,
+        prompts: p.prompts.clone(),
+        default_prompt_name: p.default_prompt_name.clone(),
+        kv_dtype: settings.engine.to_engine_config()?.kv_cache_dtype,
+    };
     let load: LoadFn = match p.kind {
         ModelKind::Chat => Box::new(move || {
             let (engine, sampling) = load_chat(&settings, &path, &opts)?;
@@ -157,7 +178,7 @@ fn entry(p: Planned, settings: &Settings, rt: tokio::runtime::Handle) -> Result<
         }),
         ModelKind::Embedding => Box::new(move || {
             tracing::info!(path = %path.display(), "loading embedding model");
-            let model = EncoderModel::load(&path)?;
+            let model = wick_engine::embed::load(&path, &embed_opts)?;
             let info = model.info().clone();
             let cfg = EmbedderConfig {
                 max_batch_tokens: settings.engine.embedding_batch_tokens,
@@ -166,7 +187,8 @@ fn entry(p: Planned, settings: &Settings, rt: tokio::runtime::Handle) -> Result<
             let embedder = Embedder::start(model, cfg)?;
             tracing::info!(
                 model = %names[0], dim = info.dim, max_len = info.max_len, pooling = info.pooling.name(),
-                normalize = info.normalize, "embedding model ready"
+                normalize = info.normalize, prompts = ?info.prompts.keys().collect::<Vec<_>>(),
+                default_prompt = ?info.default_prompt_name, "embedding model ready"
             );
             Ok(Loaded::Embedding(Arc::new(EmbedReady { name: names[0].clone(), embedder, matryoshka })))
         }),

@@ -40,10 +40,11 @@ pub const KNOWN: &[KnownModel] = &[KnownModel {
     sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
 }];
 
-/// What a model on disk serves: GGUF files and decoder folders chat, sentence-transformers and
-/// BERT-family folders embeddings.
+/// What a model on disk serves: sentence-transformers folders (around an encoder or a
+/// decoder), BERT-family folders and GGUF files with a `<arch>.pooling_type` (other than none)
+/// embeddings; other GGUF files and decoder folders chat.
 pub fn kind_of(path: &Path) -> ModelKind {
-    if wick_engine::embed::is_encoder_folder(path) {
+    if wick_engine::embed::is_embedding_model(path) {
         ModelKind::Embedding
     } else {
         ModelKind::Chat

@@ -3,6 +3,7 @@
 //! over right-padded batches with an attention mask, then pooled and normalized as
 //! sentence-transformers would.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -11,6 +12,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::Tokenizer;
 
 use super::pooling::{Pooling, SentenceTransformersConfig};
+use super::EmbedModel;
 use crate::{EngineError, Result};
 
 /// What clients and the server need to know of an embedding model.
@@ -25,6 +27,28 @@ pub struct EmbedInfo {
     pub normalize: bool,
     /// Bytes of weights held in memory.
     pub weight_bytes: u64,
+    /// Named instruction prompts a request may put before its texts (`prompt_name`).
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt used when a request names none (a key of `prompts`).
+    pub default_prompt_name: Option<String>,
+}
+
+impl EmbedInfo {
+    /// The text put before each input for `prompt_name` (or, when none is named, the model's
+    /// default prompt; "" when it has none). Err: an unknown name, with the known ones.
+    pub fn prompt(&self, prompt_name: Option<&str>) -> std::result::Result<&str, String> {
+        match prompt_name.or(self.default_prompt_name.as_deref()) {
+            None => Ok(""),
+            Some(name) => self.prompts.get(name).map(String::as_str).ok_or_else(|| {
+                let known: Vec<&str> = self.prompts.keys().map(String::as_str).collect();
+                if known.is_empty() {
+                    format!("this model has no prompts, so `prompt_name` {name:?} is unknown")
+                } else {
+                    format!("unknown `prompt_name` {name:?}; this model's prompts are: {}", known.join(", "))
+                }
+            }),
+        }
+    }
 }
 
 pub struct EncoderModel {
@@ -75,23 +99,31 @@ impl EncoderModel {
             pooling: st.pooling,
             normalize: st.normalize,
             weight_bytes,
+            prompts: st.prompts,
+            default_prompt_name: st.default_prompt_name,
         };
         Ok(Self { bert, tokenizer, info, device })
     }
 
-    pub fn info(&self) -> &EmbedInfo {
+    pub(crate) fn info_mut(&mut self) -> &mut EmbedInfo {
+        &mut self.info
+    }
+}
+
+impl EmbedModel for EncoderModel {
+    fn info(&self) -> &EmbedInfo {
         &self.info
     }
 
     /// Token ids of `text` with the model's special tokens (`[CLS] ... [SEP]`), not truncated.
-    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.tokenizer.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Embeds `seqs` in one padded forward: one pooled (and, as the model says, normalized)
     /// vector per sequence, in order. Every sequence must be non-empty and within `max_len`.
-    pub fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }

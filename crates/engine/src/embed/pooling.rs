@@ -1,8 +1,10 @@
-//! sentence-transformers' description of a model folder: `modules.json` lists the pipeline
-//! (Transformer, Pooling, Normalize), the Pooling module's `config.json` says how token vectors
-//! become one sentence vector, and `sentence_bert_config.json` the longest input. Pooling itself
-//! runs here, over the encoder's padded output.
+//! How token vectors become one sentence vector, and where a model says so: sentence-transformers'
+//! files (`modules.json` lists the pipeline — Transformer, Pooling, Normalize —, the Pooling
+//! module's `config.json` the pooling, `sentence_bert_config.json` the longest input,
+//! `config_sentence_transformers.json` the instruction prompts), or a GGUF's
+//! `<arch>.pooling_type` (llama.cpp's enum). Pooling itself runs here, over a model's rows.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -26,6 +28,38 @@ impl Pooling {
             Pooling::Cls => "cls",
             Pooling::Mean => "mean",
             Pooling::LastToken => "last_token",
+        }
+    }
+
+    /// A pooling named in a config file: `mean`, `cls`, or `last` (also `last_token`, `lasttoken`).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            "last" | "last_token" | "lasttoken" => Ok(Pooling::LastToken),
+            other => Err(EngineError::Unsupported(format!("pooling {other:?} (supported: mean, cls, last)"))),
+        }
+    }
+
+    /// A GGUF's `<arch>.pooling_type` (llama.cpp's `llama_pooling_type`: 0 none, 1 mean, 2 cls,
+    /// 3 last, 4 rank). None: the file is not an embedding model (0).
+    pub fn from_gguf(value: u32) -> Result<Option<Self>> {
+        match value {
+            0 => Ok(None),
+            1 => Ok(Some(Pooling::Mean)),
+            2 => Ok(Some(Pooling::Cls)),
+            3 => Ok(Some(Pooling::LastToken)),
+            4 => Err(EngineError::Unsupported("pooling_type 4 (rank: a reranker, not an embedding model)".into())),
+            n => Err(EngineError::Unsupported(format!("pooling_type {n} (llama.cpp's are 0 to 4)"))),
+        }
+    }
+
+    /// The rows of a sequence of `len` tokens this pooling reads (indices from 0).
+    pub fn rows(self, len: usize) -> std::ops::Range<usize> {
+        match self {
+            Pooling::Cls => 0..len.min(1),
+            Pooling::LastToken => len.saturating_sub(1)..len,
+            Pooling::Mean => 0..len,
         }
     }
 
@@ -72,13 +106,27 @@ struct BertConfig {
     max_seq_length: Option<usize>,
 }
 
+/// `config_sentence_transformers.json`: named instruction prompts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PromptsConfig {
+    prompts: BTreeMap<String, String>,
+    default_prompt_name: Option<String>,
+}
+
 /// What sentence-transformers' files say about a folder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SentenceTransformersConfig {
+    /// Whether the folder has a `modules.json` (else the rest are sentence-transformers' defaults).
+    pub has_modules: bool,
     pub pooling: Pooling,
     pub normalize: bool,
     /// `max_seq_length` of `sentence_bert_config.json`, if given.
     pub max_seq_length: Option<usize>,
+    /// Named prompts put before an input's text (`config_sentence_transformers.json`).
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt used when a request names none.
+    pub default_prompt_name: Option<String>,
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -94,9 +142,21 @@ impl SentenceTransformersConfig {
             p if p.is_file() => read_json::<BertConfig>(&p)?.max_seq_length,
             _ => None,
         };
+        let prompts = match dir.join("config_sentence_transformers.json") {
+            p if p.is_file() => read_json::<PromptsConfig>(&p)?,
+            _ => PromptsConfig::default(),
+        };
         let modules_path = dir.join("modules.json");
+        let (prompts, default_prompt_name) = (prompts.prompts, prompts.default_prompt_name);
         if !modules_path.is_file() {
-            return Ok(Self { pooling: Pooling::Mean, normalize: false, max_seq_length });
+            return Ok(Self {
+                has_modules: false,
+                pooling: Pooling::Mean,
+                normalize: false,
+                max_seq_length,
+                prompts,
+                default_prompt_name,
+            });
         }
         let modules: Vec<Module> = read_json(&modules_path)?;
         let mut pooling = None;
@@ -116,7 +176,14 @@ impl SentenceTransformersConfig {
                 }
             }
         }
-        Ok(Self { pooling: pooling.unwrap_or(Pooling::Mean), normalize, max_seq_length })
+        Ok(Self {
+            has_modules: true,
+            pooling: pooling.unwrap_or(Pooling::Mean),
+            normalize,
+            max_seq_length,
+            prompts,
+            default_prompt_name,
+        })
     }
 
     fn pooling(path: &Path) -> Result<Pooling> {
@@ -155,6 +222,21 @@ mod tests {
         assert_eq!(out, [1.0, 2.0]);
         Pooling::LastToken.pool(&rows, 2, 2, &mut out);
         assert_eq!(out, [3.0, 4.0]);
+        assert_eq!((Pooling::Cls.rows(5), Pooling::LastToken.rows(5), Pooling::Mean.rows(5)), (0..1, 4..5, 0..5));
+    }
+
+    #[test]
+    fn pooling_from_config_names_and_gguf_values() {
+        assert_eq!(Pooling::parse("last").expect("last"), Pooling::LastToken);
+        assert_eq!(Pooling::parse("Mean").expect("mean"), Pooling::Mean);
+        assert_eq!(Pooling::parse("cls").expect("cls"), Pooling::Cls);
+        assert!(Pooling::parse("max").is_err(), "max pooling is refused, not ignored");
+        assert_eq!(Pooling::from_gguf(0).expect("none"), None);
+        assert_eq!(Pooling::from_gguf(1).expect("mean"), Some(Pooling::Mean));
+        assert_eq!(Pooling::from_gguf(2).expect("cls"), Some(Pooling::Cls));
+        assert_eq!(Pooling::from_gguf(3).expect("last"), Some(Pooling::LastToken));
+        assert!(Pooling::from_gguf(4).is_err(), "rank pooling (rerankers) is refused");
+        assert!(Pooling::from_gguf(9).is_err());
     }
 
     #[test]
@@ -171,8 +253,27 @@ mod tests {
         std::fs::create_dir(d.join("1_Pooling")).expect("mkdir");
         std::fs::write(d.join("1_Pooling/config.json"), r#"{"pooling_mode_cls_token": true}"#).expect("write");
         std::fs::write(d.join("sentence_bert_config.json"), r#"{"max_seq_length": 256}"#).expect("write");
+        std::fs::write(
+            d.join("config_sentence_transformers.json"),
+            r#"{"prompts": {"query": "Instruct: find\nQuery:", "document": ""}, "default_prompt_name": null}"#,
+        )
+        .expect("write");
         let c = SentenceTransformersConfig::read(d).expect("reads");
-        assert_eq!(c, SentenceTransformersConfig { pooling: Pooling::Cls, normalize: true, max_seq_length: Some(256) });
+        let prompts: BTreeMap<String, String> =
+            [("query".into(), "Instruct: find\nQuery:".into()), ("document".into(), String::new())].into();
+        assert_eq!(
+            c,
+            SentenceTransformersConfig {
+                has_modules: true,
+                pooling: Pooling::Cls,
+                normalize: true,
+                max_seq_length: Some(256),
+                prompts,
+                default_prompt_name: None
+            }
+        );
+        std::fs::write(d.join("1_Pooling/config.json"), r#"{"pooling_mode_lasttoken": true}"#).expect("write");
+        assert_eq!(SentenceTransformersConfig::read(d).expect("reads").pooling, Pooling::LastToken);
         std::fs::write(d.join("1_Pooling/config.json"), r#"{"pooling_mode_max_tokens": true}"#).expect("write");
         assert!(SentenceTransformersConfig::read(d).is_err(), "max pooling is refused, not ignored");
     }

@@ -1,8 +1,8 @@
-//! The embedding engine thread: one per embedding model, beside (never inside) the chat
-//! engine's. It blocks for a request, then takes whatever else is already queued, sorts all
-//! their inputs by length and runs them in padded forwards of at most `max_batch_tokens`
-//! (batch size x longest input) each, so concurrent requests share forwards. A request whose
-//! receiver is gone is skipped before its forward.
+//! The embedding engine thread: one per embedding model (any [`EmbedModel`], encoder or
+//! decoder), beside (never inside) the chat engine's. It blocks for a request, then takes
+//! whatever else is already queued, sorts all their inputs by length and runs them in forwards
+//! of at most `max_batch_tokens` (batch size x longest input) each, so concurrent requests
+//! share forwards. A request whose receiver is gone is skipped before its forward.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::encoder::{EmbedInfo, EncoderModel};
+use super::encoder::EmbedInfo;
+use super::EmbedModel;
 use crate::{EngineError, Result, SubmitError};
 
 /// Where a request's vectors arrive (one per input, in order), or why they could not be made.
@@ -65,23 +66,23 @@ struct Job {
 pub struct Embedder {
     tx: Option<SyncSender<Job>>,
     shared: Arc<Shared>,
-    model: Arc<EncoderModel>,
+    model: Arc<dyn EmbedModel>,
     cfg: EmbedderConfig,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Embedder {
-    pub fn start(model: EncoderModel, cfg: EmbedderConfig) -> Result<Self> {
+    pub fn start(model: impl EmbedModel + 'static, cfg: EmbedderConfig) -> Result<Self> {
         if cfg.max_batch_tokens == 0 || cfg.max_waiting == 0 {
             return Err(EngineError::InvalidRequest("max_batch_tokens and max_waiting must be positive".into()));
         }
-        let model = Arc::new(model);
+        let model: Arc<dyn EmbedModel> = Arc::new(model);
         let shared = Arc::new(Shared { alive: AtomicBool::new(true), ..Shared::default() });
         let (tx, rx) = sync_channel(cfg.max_waiting);
         let (m, s) = (model.clone(), shared.clone());
         let thread = std::thread::Builder::new()
             .name("wick-embed".into())
-            .spawn(move || run(&m, &s, &rx, cfg.max_batch_tokens))?;
+            .spawn(move || run(m.as_ref(), &s, &rx, cfg.max_batch_tokens))?;
         Ok(Self { tx: Some(tx), shared, model, cfg, thread: Some(thread) })
     }
 
@@ -89,7 +90,7 @@ impl Embedder {
         self.model.info()
     }
 
-    /// Token ids of `text`, special tokens included (see [`EncoderModel::tokenize`]).
+    /// Token ids of `text`, special tokens included (see [`EmbedModel::tokenize`]).
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         self.model.tokenize(text)
     }
@@ -169,7 +170,7 @@ impl Drop for AliveGuard<'_> {
     }
 }
 
-fn run(model: &EncoderModel, shared: &Shared, rx: &Receiver<Job>, budget: usize) {
+fn run(model: &dyn EmbedModel, shared: &Shared, rx: &Receiver<Job>, budget: usize) {
     let _alive = AliveGuard(shared);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -190,7 +191,7 @@ fn run(model: &EncoderModel, shared: &Shared, rx: &Receiver<Job>, budget: usize)
 }
 
 /// Embeds every input of `jobs` and answers each job.
-fn step(model: &EncoderModel, shared: &Shared, jobs: Vec<Job>, budget: usize) {
+fn step(model: &dyn EmbedModel, shared: &Shared, jobs: Vec<Job>, budget: usize) {
     let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
     // (job, input) of every input, longest first, so each forward pads little.
     let mut order: Vec<(usize, usize)> =

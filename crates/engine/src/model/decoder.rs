@@ -4,7 +4,8 @@
 //! and gate/up fused), RoPE uses each token's own position (one table per distinct RoPE per
 //! step), attention runs per sequence against its paged context with the layer's own kind
 //! (full or sliding window), and the final norm and LM head run only for the rows whose logits
-//! are wanted (a 262k vocabulary costs nothing for prompt rows).
+//! are wanted (a 262k vocabulary costs nothing for prompt rows). Embedding models stop before
+//! the LM head: [`Decoder::hidden_states`] returns the final-normed rows instead of logits.
 //!
 //! Per layer: `h = norm(x)`; `q, k, v = split(W_qkv h + b)`; optional per-head q/k norms;
 //! RoPE; `a = W_o attention(q, k, v)`; optional post-norm of `a`; `x += a`; then
@@ -287,16 +288,53 @@ impl<B: Backend> Decoder<B> {
     /// Runs every token of `batch`, writing their K/V into `kv`, and returns f32 logits of
     /// shape `[batch.logits_rows.len(), vocab]`.
     pub fn forward(&self, batch: &ForwardBatch, kv: &mut B::Kv) -> Result<Tensor> {
+        let (b, spec) = (&self.backend, &self.spec);
+        let rows = batch.logits_rows.len();
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &mut *guard;
+        if !self.run_layers(batch, kv, s)? || rows == 0 {
+            return b.to_tensor(&B::Act::default(), 0, spec.vocab_size);
+        }
+        self.final_norm(batch, s);
+        b.matmul(&self.lm_head, &s.h, rows, &mut s.out)?;
+        if let Some(cap) = spec.final_logit_softcap {
+            b.softcap(&mut s.out, cap);
+        }
+        b.to_tensor(&s.out, rows, spec.vocab_size)
+    }
+
+    /// Runs every token of `batch` like [`forward`](Self::forward), and returns the final
+    /// hidden states (after the final norm, before the LM head) of `batch.logits_rows`, shape
+    /// `[batch.logits_rows.len(), hidden]`: what embedding models pool. No logits are computed.
+    pub fn hidden_states(&self, batch: &ForwardBatch, kv: &mut B::Kv) -> Result<Tensor> {
+        let (b, spec) = (&self.backend, &self.spec);
+        let rows = batch.logits_rows.len();
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &mut *guard;
+        if !self.run_layers(batch, kv, s)? || rows == 0 {
+            return b.to_tensor(&B::Act::default(), 0, spec.hidden_size);
+        }
+        self.final_norm(batch, s);
+        b.to_tensor(&s.h, rows, spec.hidden_size)
+    }
+
+    /// The final norm of the `logits_rows` of the residual stream, into `s.h`.
+    fn final_norm(&self, batch: &ForwardBatch, s: &mut Scratch<B>) {
+        let b = &self.backend;
+        b.gather_rows(&s.x, &batch.logits_rows, self.spec.hidden_size, &mut s.act);
+        b.rms_norm(&self.norm, &s.act, &mut s.h);
+    }
+
+    /// Embeds `batch` and runs every layer, leaving the residual stream in `s.x`; false when
+    /// the batch has no tokens (nothing ran).
+    fn run_layers(&self, batch: &ForwardBatch, kv: &mut B::Kv, s: &mut Scratch<B>) -> Result<bool> {
         self.check(batch)?;
         let (b, spec) = (&self.backend, &self.spec);
         let t = batch.num_tokens();
-        let rows = batch.logits_rows.len();
         b.validate(kv, batch)?;
         if t == 0 {
-            return b.to_tensor(&B::Act::default(), 0, spec.vocab_size);
+            return Ok(false);
         }
-        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        let s = &mut *guard;
         let ropes: Vec<_> = spec.ropes.iter().map(|r| r.rows(&batch.positions)).collect();
         let (hd, qw, kw) = (spec.head_dim, spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim);
         b.embed(&self.embed, &batch.input_ids, spec.embed_scale, &mut s.x)?;
@@ -344,15 +382,6 @@ impl<B: Backend> Decoder<B> {
             }
             b.add(&mut s.x, &s.out);
         }
-        if rows == 0 {
-            return b.to_tensor(&B::Act::default(), 0, spec.vocab_size);
-        }
-        b.gather_rows(&s.x, &batch.logits_rows, spec.hidden_size, &mut s.act);
-        b.rms_norm(&self.norm, &s.act, &mut s.h);
-        b.matmul(&self.lm_head, &s.h, rows, &mut s.out)?;
-        if let Some(cap) = spec.final_logit_softcap {
-            b.softcap(&mut s.out, cap);
-        }
-        b.to_tensor(&s.out, rows, spec.vocab_size)
+        Ok(true)
     }
 }

@@ -12,7 +12,7 @@ use candle_core::Tensor;
 
 use crate::batch::ForwardBatch;
 use crate::kv_cache::{KvLayout, PagedKvCache};
-use crate::Result;
+use crate::{EngineError, Result};
 
 pub mod arch;
 pub mod backend;
@@ -55,6 +55,14 @@ pub trait CausalLm: Send {
     /// Runs every token of `batch`, writing their K/V into `cache` at the slots given by each
     /// sequence's block tables, and returns f32 logits of shape `[batch.logits_rows.len(), vocab]`.
     fn forward(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor>;
+
+    /// Runs `batch` like [`forward`](Self::forward) but returns, instead of logits, the final
+    /// hidden states (after the final norm, before the LM head) of `batch.logits_rows`, shape
+    /// `[batch.logits_rows.len(), hidden]` (what decoder embedding models pool).
+    fn hidden_states(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor> {
+        let _ = (batch, cache);
+        Err(EngineError::Unsupported(format!("the {} model gives no hidden states", self.config().arch)))
+    }
 }
 
 impl CausalLm for Decoder<CpuBackend> {
@@ -64,6 +72,10 @@ impl CausalLm for Decoder<CpuBackend> {
 
     fn forward(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor> {
         Decoder::forward(self, batch, cache)
+    }
+
+    fn hidden_states(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor> {
+        Decoder::hidden_states(self, batch, cache)
     }
 }
 

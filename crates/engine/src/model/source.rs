@@ -135,7 +135,9 @@ pub struct HfSource {
 
 impl HfSource {
     /// Reads every `*.safetensors` file of `dir`. Multimodal checkpoints keep the text model
-    /// under `language_model.`; that prefix is dropped.
+    /// under `language_model.`; that prefix is dropped. A bare base model saved without its
+    /// head (`Qwen3Model`, as sentence-transformers' Qwen3-Embedding is: `embed_tokens.weight`,
+    /// `layers.*`, `norm.weight`) gets the `model.` prefix the architectures name.
     pub fn open(dir: &Path) -> Result<Self> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -153,6 +155,9 @@ impl HfSource {
                 let name = name.strip_prefix("language_model.").map(str::to_owned).unwrap_or(name);
                 tensors.insert(name, t);
             }
+        }
+        if tensors.contains_key("embed_tokens.weight") && !tensors.keys().any(|k| k.starts_with("model.")) {
+            tensors = tensors.into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect();
         }
         Ok(Self::from_tensors(tensors))
     }

@@ -44,6 +44,11 @@ pub(crate) struct TokenizerParts {
     pub add_bos: bool,
     /// Further end-of-generation ids the file declares (`eot`, `eom`).
     pub extra_eog: Vec<u32>,
+    /// Ids the model's tokenizer appends to every encoded text (GGUF
+    /// `tokenizer.ggml.add_eos_token`: EOS; a Hugging Face post-processor's trailing special
+    /// tokens). Embedding models read them (Qwen3-Embedding pools the appended
+    /// `<|endoftext|>`); generation prompts never get them.
+    pub append_ids: Vec<u32>,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> EngineError {
@@ -176,7 +181,9 @@ pub(crate) fn from_gguf(content: &Content) -> Result<TokenizerParts> {
         .iter()
         .filter_map(|k| meta_u32(content, k))
         .collect();
-    Ok(TokenizerParts { tokenizer, token_bytes, tokens, bos_id, eos_id, add_bos, extra_eog })
+    let add_eos = meta_bool(content, "tokenizer.ggml.add_eos_token").unwrap_or(false);
+    let append_ids = eos_id.filter(|_| add_eos).into_iter().collect();
+    Ok(TokenizerParts { tokenizer, token_bytes, tokens, bos_id, eos_id, add_bos, extra_eog, append_ids })
 }
 
 // The split regexes, in Hugging Face `tokenizer.json` form (the "original regex" llama.cpp quotes

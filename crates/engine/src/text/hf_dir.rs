@@ -72,6 +72,23 @@ fn is_byte_level(decoder: Option<&DecoderWrapper>) -> bool {
     }
 }
 
+/// The ids the tokenizer's post-processor appends after a text (sentence-transformers'
+/// Qwen3-Embedding appends `<|endoftext|>`): encoded with special tokens, minus what the text
+/// alone encodes to and what comes before it.
+fn post_processor_suffix(tokenizer: &Tokenizer) -> Vec<u32> {
+    let (Ok(with), Ok(without)) = (tokenizer.encode("a", true), tokenizer.encode("a", false)) else {
+        return Vec::new();
+    };
+    let (with, without) = (with.get_ids(), without.get_ids());
+    if without.is_empty() {
+        return Vec::new();
+    }
+    with.windows(without.len())
+        .position(|w| w == without)
+        .map(|p| with[p + without.len()..].to_vec())
+        .unwrap_or_default()
+}
+
 pub(crate) fn load(dir: &Path) -> Result<HfText> {
     let tokenizer_path = dir.join("tokenizer.json");
     if !tokenizer_path.exists() {
@@ -124,7 +141,9 @@ pub(crate) fn load(dir: &Path) -> Result<HfText> {
         tokens.push(token);
         token_bytes.push(bytes);
     }
-    let parts = TokenizerParts { tokenizer, token_bytes, tokens, bos_id, eos_id, add_bos, extra_eog: gen_eos };
+    let append_ids = post_processor_suffix(&tokenizer);
+    let parts =
+        TokenizerParts { tokenizer, token_bytes, tokens, bos_id, eos_id, add_bos, extra_eog: gen_eos, append_ids };
     Ok(HfText {
         parts,
         chat_template,

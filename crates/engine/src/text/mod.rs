@@ -58,6 +58,7 @@ pub struct TextProcessor {
     bos_id: Option<u32>,
     add_bos: bool,
     eog_ids: Vec<u32>,
+    append_ids: Vec<u32>,
 }
 
 impl std::fmt::Debug for TextProcessor {
@@ -136,6 +137,7 @@ impl TextProcessor {
             bos_id: parts.bos_id,
             add_bos: parts.add_bos,
             eog_ids,
+            append_ids: parts.append_ids,
         })
     }
 
@@ -221,6 +223,14 @@ impl TextProcessor {
     /// The BOS id, and whether `encode(.., true)` prepends it.
     pub fn bos(&self) -> (Option<u32>, bool) {
         (self.bos_id, self.add_bos)
+    }
+
+    /// Ids the model's tokenizer appends to every encoded text (GGUF
+    /// `tokenizer.ggml.add_eos_token`, a Hugging Face post-processor's trailing special tokens).
+    /// [`encode`](Self::encode) never appends them (a generation prompt must not end in EOS);
+    /// embedding models do.
+    pub fn appended_ids(&self) -> &[u32] {
+        &self.append_ids
     }
 
     /// The chat template in use.

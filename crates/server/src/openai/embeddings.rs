@@ -16,6 +16,10 @@ pub struct EmbeddingRequest {
     pub dimensions: Option<i64>,
     /// A tag for the end user (accepted, not used).
     pub user: Option<String>,
+    /// Extension (TEI / sentence-transformers): the name of one of the model's instruction
+    /// prompts, put before each text input (e.g. `query` for Qwen3-Embedding). Default: the
+    /// model's `default_prompt_name`, if it has one. Not allowed with token-id inputs.
+    pub prompt_name: Option<String>,
 }
 
 /// `input`: a string, a list of strings, a list of token ids, or a list of such lists. Token

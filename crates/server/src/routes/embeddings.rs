@@ -1,4 +1,5 @@
-//! `POST /v1/embeddings`: validate, tokenize (texts) on the CPU pool, check every input against
+//! `POST /v1/embeddings`: validate, put the instruction prompt (`prompt_name`, else the model's
+//! default prompt) before each text, tokenize (texts) on the CPU pool, check every input against
 //! the model's length and vocabulary (a 400 naming the input's index), hand all inputs to the
 //! model's embedding thread as one job (it batches them with other requests' inputs), and
 //! answer in OpenAI's shape, as floats or base64 (little-endian f32, as the SDKs decode it).
@@ -92,6 +93,18 @@ pub async fn handler(
         EmbeddingInput::Tokens(v) => (None, Some(vec![v])),
         EmbeddingInput::TokenLists(v) => (None, Some(v)),
     };
+    let prompt = match (&req.prompt_name, &texts) {
+        (Some(_), None) => {
+            return Err(ApiError::invalid_value(
+                "prompt_name",
+                "`prompt_name` applies to text inputs; token ids are embedded as given.",
+            ))
+        }
+        (_, None) => String::new(),
+        (name, Some(_)) => {
+            info.prompt(name.as_deref()).map_err(|m| ApiError::invalid_value("prompt_name", m + "."))?.to_owned()
+        }
+    };
     let count = texts.as_ref().map_or(0, Vec::len) + ids.as_ref().map_or(0, Vec::len);
     if count == 0 {
         return Err(ApiError::invalid_value("input", "`input` must not be an empty list."));
@@ -111,7 +124,9 @@ pub async fn handler(
             let m = model.clone();
             state
                 .cpu
-                .run(bytes, move || texts.iter().map(|t| m.embedder.tokenize(t)).collect::<Result<Vec<_>, _>>())
+                .run(bytes, move || {
+                    texts.iter().map(|t| m.embedder.tokenize(&format!("{prompt}{t}"))).collect::<Result<Vec<_>, _>>()
+                })
                 .await?
                 .map_err(super::text_error)?
         }

@@ -7,8 +7,13 @@ use crate::model::source::{GgufMeta, HfConfig, TensorSource};
 use crate::model::spec::{ModelSpec, GGUF_NAMES, HF_NAMES};
 use crate::Result;
 
-pub static ARCH: Architecture =
-    Architecture { name: "qwen3", gguf: &["qwen3"], hf: &["Qwen3ForCausalLM"], from_gguf: Some(from_gguf), from_hf };
+pub static ARCH: Architecture = Architecture {
+    name: "qwen3",
+    gguf: &["qwen3"],
+    hf: &["Qwen3ForCausalLM", "Qwen3Model"],
+    from_gguf: Some(from_gguf),
+    from_hf,
+};
 
 fn from_gguf(m: &GgufMeta, src: &mut dyn TensorSource) -> Result<ModelSpec> {
     let c = Common::gguf(m, src)?;
