@@ -46,10 +46,12 @@ fn running(port: u16) -> Option<f64> {
     (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
-/// `/save`s the conversation to `path` and reads it back.
+/// `/save`s the conversation to `path` and reads it back, reading the output up to the next
+/// prompt (so that later matches see only what comes after).
 fn save(p: &mut rexpect::session::PtySession, path: &std::path::Path) -> serde_json::Value {
     p.send_line(&format!("/save {}", path.display())).expect("send");
     p.exp_string("(saved to").expect("saved");
+    p.exp_string(">>> ").expect("prompt after saving");
     serde_json::from_str(&std::fs::read_to_string(path).expect("saved file")).expect("json")
 }
 
