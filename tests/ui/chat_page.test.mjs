@@ -62,9 +62,11 @@ async function waitFor(what, check, ms = 15_000) {
   }
 }
 
-async function newPage(url) {
+// A fresh browser page on `url`; `setup` runs before the page loads (dialog handlers).
+async function newPage(url, setup = () => {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 }, colorScheme: "light" });
   const page = await context.newPage();
+  setup(page);
   const outside = [];
   page.on("request", (r) => { if (!r.url().startsWith(url)) outside.push(r.url()); });
   await page.goto(url + "/");
@@ -161,10 +163,9 @@ test("Markdown is rendered from escaped text; reasoning is collapsed", { skip, t
 
 test("the API key is asked for once on a 401 and kept", { skip, timeout: 180_000 }, async () => {
   const url = await startServer("--api-key", "sk-page", "--responses-store", "off");
-  const { page } = await newPage(url);
+  // The handler is in place before the first load: the page asks on its first 401.
   let asked = 0;
-  page.on("dialog", (d) => { asked++; d.accept("sk-page"); });
-  await page.reload();
+  const { page } = await newPage(url, (p) => p.on("dialog", (d) => { asked++; d.accept("sk-page"); }));
   await page.getByTestId("model").filter({ hasText: "test-model" }).waitFor();
   assert.equal(asked, 1);
   await page.fill("#max-tokens", "10");
