@@ -60,6 +60,12 @@ def embed_rate(url, model, clients, seconds):
     return done[0] / (time.time() - t0)
 
 
+def print_embed_rates(url, model, seconds):
+    for clients in (1, 2):
+        label = f"embeddings alone, {clients} client{'s' if clients > 1 else ''}:"
+        print(f"{label:<29}{embed_rate(url, model, clients, seconds):8.1f} sentences/s (batches of 32)")
+
+
 def decode_rate(url, model, tokens=128):
     body = {"model": model, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": tokens,
             "temperature": 0, "ignore_eos": True, "stream": True}
@@ -104,15 +110,13 @@ def main():
         if a.only_embeddings:
             emb = models[0]["id"]
             embed_batch(url, emb, 0)
-            print(f"embeddings alone, 1 client:  {embed_rate(url, emb, 1, a.seconds):8.1f} sentences/s (batches of 32)")
-            print(f"embeddings alone, 2 clients: {embed_rate(url, emb, 2, a.seconds):8.1f} sentences/s (batches of 32)")
+            print_embed_rates(url, emb, a.seconds)
             return
         chat = next(m["id"] for m in models if m["kind"] == "chat")
         emb = next(m["id"] for m in models if m["kind"] == "embedding")
         embed_batch(url, emb, 0)
         decode_rate(url, chat, 16)
-        print(f"embeddings alone, 1 client:  {embed_rate(url, emb, 1, a.seconds):8.1f} sentences/s (batches of 32)")
-        print(f"embeddings alone, 2 clients: {embed_rate(url, emb, 2, a.seconds):8.1f} sentences/s (batches of 32)")
+        print_embed_rates(url, emb, a.seconds)
         print(f"chat decode alone:           {decode_rate(url, chat):8.1f} tokens/s")
         rate = {}
         t = threading.Thread(target=lambda: rate.setdefault("e", embed_rate(url, emb, 1, a.seconds)))
