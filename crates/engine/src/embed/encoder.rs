@@ -1,16 +1,13 @@
 //! An encoder embedding model: a BERT-family folder (`config.json`, `tokenizer.json`,
-//! `*.safetensors`, and sentence-transformers' files) run by candle-transformers' `BertModel`
-//! over right-padded batches with an attention mask, then pooled and normalized as
-//! sentence-transformers would.
+//! `*.safetensors`, and sentence-transformers' files) run by wick's ragged BERT forward
+//! (`bert`), then pooled and normalized as sentence-transformers would.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::Tokenizer;
 
+use super::bert::{Bert, BertConfig};
 use super::pooling::{Pooling, SentenceTransformersConfig};
 use super::EmbedModel;
 use crate::{EngineError, Result};
@@ -52,10 +49,9 @@ impl EmbedInfo {
 }
 
 pub struct EncoderModel {
-    bert: BertModel,
+    bert: Bert,
     tokenizer: Tokenizer,
     info: EmbedInfo,
-    device: Device,
 }
 
 fn load_err(dir: &Path, msg: impl std::fmt::Display) -> EngineError {
@@ -63,32 +59,16 @@ fn load_err(dir: &Path, msg: impl std::fmt::Display) -> EngineError {
 }
 
 impl EncoderModel {
-    /// Loads the folder `dir` on the CPU (weights as f32).
+    /// Loads the folder `dir` on the CPU.
     pub fn load(dir: &Path) -> Result<Self> {
-        let device = Device::Cpu;
         let config_text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| load_err(dir, e))?;
-        let config: Config =
+        let config: BertConfig =
             serde_json::from_str(&config_text).map_err(|e| load_err(dir, format!("config.json: {e}")))?;
         let st = SentenceTransformersConfig::read(dir)?;
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| load_err(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(load_err(dir, "no *.safetensors weights (pytorch_model.bin is not read)"));
-        }
-        let mut tensors = std::collections::HashMap::new();
-        for f in &files {
-            tensors.extend(candle_core::safetensors::load(f, &device).map_err(|e| load_err(dir, e))?);
-        }
-        let weight_bytes = tensors.values().map(|t| (t.elem_count() * 4) as u64).sum();
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        let bert = BertModel::load(vb, &config).map_err(|e| load_err(dir, format!("BERT weights: {e}")))?;
+        let bert = Bert::load(dir, &config).map_err(|e| e.in_file(dir))?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
-        // Over-long inputs are refused by the caller, never silently cut; batches pad themselves.
+        // Over-long inputs are refused by the caller, never silently cut.
         tokenizer.with_truncation(None).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         tokenizer.with_padding(None);
         let max_len = st.max_seq_length.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
@@ -98,11 +78,11 @@ impl EncoderModel {
             vocab_size: config.vocab_size,
             pooling: st.pooling,
             normalize: st.normalize,
-            weight_bytes,
+            weight_bytes: bert.weight_bytes(),
             prompts: st.prompts,
             default_prompt_name: st.default_prompt_name,
         };
-        Ok(Self { bert, tokenizer, info, device })
+        Ok(Self { bert, tokenizer, info })
     }
 
     pub(crate) fn info_mut(&mut self) -> &mut EmbedInfo {
@@ -121,44 +101,29 @@ impl EmbedModel for EncoderModel {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Embeds `seqs` in one padded forward: one pooled (and, as the model says, normalized)
+    /// Embeds `seqs` in one ragged forward: one pooled (and, as the model says, normalized)
     /// vector per sequence, in order. Every sequence must be non-empty and within `max_len`.
     fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        if seqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let width = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-        if seqs.iter().any(|s| s.is_empty()) || width > self.info.max_len {
+        if seqs.iter().any(|s| s.is_empty() || s.len() > self.info.max_len) {
             return Err(EngineError::InvalidRequest(format!(
                 "every sequence must hold 1 to {} tokens",
                 self.info.max_len
             )));
         }
-        let b = seqs.len();
-        let mut ids = vec![0u32; b * width];
-        let mut mask = vec![0u32; b * width];
-        for (i, s) in seqs.iter().enumerate() {
-            ids[i * width..i * width + s.len()].copy_from_slice(s);
-            mask[i * width..i * width + s.len()].fill(1);
-        }
-        let ids = Tensor::from_vec(ids, (b, width), &self.device)?;
-        let mask = Tensor::from_vec(mask, (b, width), &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.bert.forward(&ids, &types, Some(&mask))?;
         let dim = self.info.dim;
-        let host = hidden.flatten_all()?.to_vec1::<f32>()?;
-        let out = seqs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut v = vec![0.0f32; dim];
-                self.info.pooling.pool(&host[i * width * dim..(i + 1) * width * dim], s.len(), dim, &mut v);
-                if self.info.normalize {
-                    super::normalize(&mut v);
-                }
-                v
-            })
-            .collect();
-        Ok(out)
+        self.bert.forward(seqs, |hidden| {
+            let mut at = 0;
+            seqs.iter()
+                .map(|s| {
+                    let mut v = vec![0.0f32; dim];
+                    self.info.pooling.pool(&hidden[at * dim..(at + s.len()) * dim], s.len(), dim, &mut v);
+                    at += s.len();
+                    if self.info.normalize {
+                        super::normalize(&mut v);
+                    }
+                    v
+                })
+                .collect()
+        })
     }
 }

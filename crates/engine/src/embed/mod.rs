@@ -1,6 +1,6 @@
 //! Embedding models, behind one [`EmbedModel`] trait: encoders ([`EncoderModel`]: a
-//! sentence-transformers / BERT-family folder run by candle-transformers' `BertModel` over
-//! padded batches) and decoders ([`DecoderModel`]: Qwen3-Embedding style, a GGUF file or a
+//! sentence-transformers / BERT-family folder run by wick's own BERT forward over a ragged
+//! batch) and decoders ([`DecoderModel`]: Qwen3-Embedding style, a GGUF file or a
 //! folder run by wick's own model layer over a ragged batch, last-token or mean pooling). An
 //! [`Embedder`] thread per model batches the inputs of concurrent requests under a token budget.
 //!
@@ -9,6 +9,7 @@
 //! files say, instruction prompts, a tokenizer without truncation, length limits, batching,
 //! cancellation.
 
+mod bert;
 mod decoder;
 mod encoder;
 mod pooling;

@@ -21,7 +21,7 @@ pub enum KvDtype {
 }
 
 impl KvDtype {
-    /// Parses `f32`, `f16` or `q8` (also `fp16`, `float16`, `int8`, `q8_0`).
+    /// Parses `f32`, `f16` or `q8` (also `fp16`, `float`, `int8`, `q8_0`).
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" => Some(Self::F32),

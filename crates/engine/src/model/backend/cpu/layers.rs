@@ -5,7 +5,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::qmatmul::{
-    HalfMatrix, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix, TileKernel,
+    FloatMatrix, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix, TileKernel,
 };
 use crate::Result;
 
@@ -44,7 +44,7 @@ pub enum QuantWeight {
     Q6K(Q6KMatrix),
     /// F16 or BF16 on wick's register-blocked kernel, kept at 16 bits (f32 activations and
     /// accumulation).
-    Half(HalfMatrix),
+    Half(FloatMatrix),
     /// Other types (Q2_K, Q3_K; the K-quants in the oracle setting) on candle's
     /// `QMatMul`. Its repacked kernels tile several rows together and round a row differently
     /// by its place in the tile, so `forward_host` runs them one row at a time: slower

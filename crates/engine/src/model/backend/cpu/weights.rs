@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::layers::{Linear, QuantWeight};
 use super::qmatmul::{
-    mxfp4, HalfMatrix, HalfType, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix,
+    mxfp4, FloatMatrix, FloatType, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix,
 };
 use crate::model::backend::RawWeight;
 use crate::{EngineError, Result};
@@ -92,17 +92,17 @@ fn is_float(dtype: GgmlDType) -> bool {
 }
 
 /// The 16-bit float type of a stored weight, if it is F16 or BF16.
-fn half_type(w: &RawWeight) -> Option<HalfType> {
+fn half_type(w: &RawWeight) -> Option<FloatType> {
     match w {
-        RawWeight::Quant(q) => HalfType::of_ggml(q.dtype()),
-        RawWeight::Dense(t) => HalfType::of_dtype(t.dtype()),
+        RawWeight::Quant(q) => FloatType::of_ggml(q.dtype()),
+        RawWeight::Dense(t) => FloatType::of_dtype(t.dtype()),
         RawWeight::Mxfp4 { .. } => None,
     }
 }
 
 /// `parts` (each `[out_i, in]`, all F16 or all BF16) stacked into one matrix for wick's
 /// 16-bit float kernel; `None` when they are not all of one 16-bit float type.
-fn half_matrix(parts: &[RawWeight]) -> Result<Option<HalfMatrix>> {
+fn half_matrix(parts: &[RawWeight]) -> Result<Option<FloatMatrix>> {
     let Some(ty) = parts.first().and_then(half_type) else { return Ok(None) };
     if parts.iter().any(|p| half_type(p) != Some(ty)) {
         return Ok(None);
@@ -118,14 +118,14 @@ fn half_matrix(parts: &[RawWeight]) -> Result<Option<HalfMatrix>> {
         k = Some(pk);
         n += pn;
         let bits = match p {
-            RawWeight::Quant(q) => HalfMatrix::bits_of_qtensor(q)?,
-            RawWeight::Dense(t) => HalfMatrix::bits_of_tensor(t)?,
+            RawWeight::Quant(q) => FloatMatrix::bits_of_qtensor(q)?,
+            RawWeight::Dense(t) => FloatMatrix::bits_of_tensor(t)?,
             RawWeight::Mxfp4 { .. } => None,
         };
         let Some((_, bits)) = bits else { return Ok(None) };
         all.extend_from_slice(&bits);
     }
-    Ok(Some(HalfMatrix::new(ty, all, n, k.unwrap_or(0))?))
+    Ok(Some(FloatMatrix::new(ty, all, n, k.unwrap_or(0))?))
 }
 
 /// Builds linear layers under one set of options.
@@ -162,8 +162,9 @@ impl LinearBuilder {
             }
             _ if self.quantize_floats.is_some() => self.quantize_floats,
             _ if self.half_kernel() => half_type(w).map(|t| match t {
-                HalfType::F16 => GgmlDType::F16,
-                HalfType::Bf16 => GgmlDType::BF16,
+                FloatType::F16 => GgmlDType::F16,
+                FloatType::Bf16 => GgmlDType::BF16,
+                FloatType::F32 => GgmlDType::F32,
             }),
             _ => None,
         }

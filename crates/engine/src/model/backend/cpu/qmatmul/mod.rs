@@ -7,7 +7,7 @@
 //! (`crate::thread_pool`, which parks instead of spinning on a shared CPU), and the `TileKernel`
 //! trait each format implements (`q8_0`, `q4_1`, `q5`, `q4_k`, `q5_k`, `q6_k`, `mxfp4`).
 //!
-//! F16 and BF16 weights (`float16`) take the same driver with unquantized f32 activations.
+//! F16 and BF16 weights (`float`) take the same driver with unquantized f32 activations.
 //!
 //! Batch invariance is by construction: every output `y[m, n]` is computed by the same
 //! sequence of floating-point operations whatever `M` is, whichever rows share the call and
@@ -26,7 +26,7 @@ use half::f16;
 use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
-mod float16;
+mod float;
 pub mod mxfp4;
 mod q4_1;
 mod q4_k;
@@ -35,7 +35,7 @@ mod q5_k;
 mod q6_k;
 mod q8_0;
 
-pub use float16::{HalfMatrix, HalfType};
+pub use float::{FloatMatrix, FloatType};
 pub use mxfp4::Mxfp4Matrix;
 pub use q4_1::Q41Matrix;
 pub use q4_k::Q4KMatrix;

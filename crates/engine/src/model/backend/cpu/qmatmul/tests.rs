@@ -1,7 +1,7 @@
 //! Tests of the quantized kernels, on every kernel level this CPU runs (scalar, AVX2,
 //! AVX-512 VNNI): batch invariance (bit for bit), agreement with the f32 reference and with
 //! candle's own quantized matmuls, and every SIMD level against the scalar one, for Q8_0,
-//! Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16 and MXFP4 weights.
+//! Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16, F32 and MXFP4 weights.
 
 use super::*;
 use crate::kernel_level::KernelLevel;
@@ -38,10 +38,10 @@ enum Kernel {
     Q4K(Q4KMatrix),
     Q5K(Q5KMatrix),
     Q6K(Q6KMatrix),
-    Half(HalfMatrix),
+    Float(FloatMatrix),
 }
 
-const FORMATS: [GgmlDType; 9] = [
+const FORMATS: [GgmlDType; 10] = [
     GgmlDType::Q8_0,
     GgmlDType::Q4_1,
     GgmlDType::Q5_0,
@@ -51,6 +51,7 @@ const FORMATS: [GgmlDType; 9] = [
     GgmlDType::Q6K,
     GgmlDType::F16,
     GgmlDType::BF16,
+    GgmlDType::F32,
 ];
 
 fn kernel(q: &QTensor, level: KernelLevel) -> Kernel {
@@ -63,8 +64,13 @@ fn kernel(q: &QTensor, level: KernelLevel) -> Kernel {
         GgmlDType::Q6K => Kernel::Q6K(Q6KMatrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::F16 | GgmlDType::BF16 => {
             let (n, k) = q.shape().dims2().unwrap();
-            let (ty, bits) = HalfMatrix::bits_of_qtensor(q).unwrap().unwrap();
-            Kernel::Half(HalfMatrix::new(ty, bits, n, k).unwrap().with_level(level))
+            let (ty, bits) = FloatMatrix::bits_of_qtensor(q).unwrap().unwrap();
+            Kernel::Float(FloatMatrix::new(ty, bits, n, k).unwrap().with_level(level))
+        }
+        GgmlDType::F32 => {
+            let (n, k) = q.shape().dims2().unwrap();
+            let w = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            Kernel::Float(FloatMatrix::from_f32(w, n, k).unwrap().with_level(level))
         }
         d => panic!("no kernel for {d:?}"),
     }
@@ -76,8 +82,8 @@ fn k_for(dtype: GgmlDType, k: usize) -> usize {
     k.next_multiple_of(dtype.block_size())
 }
 
-fn is_half(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::F16 | GgmlDType::BF16)
+fn is_float(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::F32)
 }
 
 /// Every (format, level) pair this CPU runs.
@@ -106,7 +112,7 @@ fn run(w: &Kernel, x: &[f32]) -> Vec<f32> {
         Kernel::Q4K(w) => run_with(w, x),
         Kernel::Q5K(w) => run_with(w, x),
         Kernel::Q6K(w) => run_with(w, x),
-        Kernel::Half(w) => run_with(w, x),
+        Kernel::Float(w) => run_with(w, x),
     }
 }
 
@@ -128,7 +134,7 @@ fn each_row_is_bit_identical_whatever_the_batch() {
     let n = 37;
     for (dtype, level) in cases() {
         // The floats take k = 100: six chunks of 16 and a partial one.
-        let k = if is_half(dtype) { 100 } else { k_for(dtype, 96) };
+        let k = if is_float(dtype) { 100 } else { k_for(dtype, 96) };
         let w = kernel(&qtensor(n, k, 1, dtype), level);
         for m in [1, 3, 16, 37, 70] {
             let x = values(m * k, 100 + m as u64, 1.0);
@@ -265,7 +271,7 @@ fn the_exact_product_of_the_quantized_operands_within_f32_rounding() {
             Kernel::Q4K(w) => w.act_blocks(),
             Kernel::Q5K(w) => w.act_blocks(),
             Kernel::Q6K(w) => w.act_blocks(),
-            Kernel::Half(w) => w.act_blocks(),
+            Kernel::Float(w) => w.act_blocks(),
             _ => ActBlocks::Q8_0,
         };
         let mut acts = QuantizedActs::default();
@@ -273,7 +279,7 @@ fn the_exact_product_of_the_quantized_operands_within_f32_rounding() {
         let tol = if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1) { 2e-3 } else { 1e-5 };
         for r in 0..m {
             // The floats' activations are the f32 values themselves.
-            let xv: Vec<f64> = if is_half(dtype) {
+            let xv: Vec<f64> = if is_float(dtype) {
                 acts.f[r * k..(r + 1) * k].iter().map(|&v| v as f64).collect()
             } else {
                 let (xq, xd) = acts.row(r);
@@ -346,12 +352,13 @@ fn q4_1_and_q5_k_agree_with_candles_matmuls() {
 fn half_weights_widen_exactly_and_keep_their_bits() {
     // Every F16 and BF16 bit pattern that is a number widens to the value `half` gives it
     // (subnormals included), on every level: a one-hot activation picks one weight out.
-    for ty in [HalfType::F16, HalfType::Bf16] {
+    for ty in [FloatType::F16, FloatType::Bf16] {
         let k = 16;
         let bits: Vec<u16> = (0..=u16::MAX)
             .filter(|&b| match ty {
-                HalfType::F16 => !half::f16::from_bits(b).is_nan(),
-                HalfType::Bf16 => !half::bf16::from_bits(b).is_nan(),
+                FloatType::F16 => !half::f16::from_bits(b).is_nan(),
+                FloatType::Bf16 => !half::bf16::from_bits(b).is_nan(),
+                FloatType::F32 => unreachable!(),
             })
             .step_by(7)
             .collect();
@@ -360,12 +367,13 @@ fn half_weights_widen_exactly_and_keep_their_bits() {
         let want: Vec<f32> = bits
             .iter()
             .map(|&b| match ty {
-                HalfType::F16 => half::f16::from_bits(b).to_f32(),
-                HalfType::Bf16 => half::bf16::from_bits(b).to_f32(),
+                FloatType::F16 => half::f16::from_bits(b).to_f32(),
+                FloatType::Bf16 => half::bf16::from_bits(b).to_f32(),
+                FloatType::F32 => unreachable!(),
             })
             .collect();
         for level in KernelLevel::available() {
-            let w = HalfMatrix::new(ty, bits.clone(), n, k).unwrap().with_level(level);
+            let w = FloatMatrix::new(ty, bits.clone(), n, k).unwrap().with_level(level);
             for pick in [0, 5, 15] {
                 let mut x = vec![0f32; k];
                 x[pick] = 1.0;

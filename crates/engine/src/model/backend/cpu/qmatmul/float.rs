@@ -1,7 +1,8 @@
-//! F16 and BF16 weights (float GGUF files, Hugging Face folders) on wick's register-tiled
-//! kernel, kept at 16 bits per weight, with f32 activations and an f32 accumulate.
+//! Float weights (F32, F16 and BF16: float GGUF files, Hugging Face folders, BERT encoders) on
+//! wick's register-tiled kernel, kept at their stored width, with f32 activations and an f32
+//! accumulate.
 //!
-//! Both types widen to f32 exactly (F16 by `vcvtph2ps` / F16C, BF16 by a 16-bit shift), so the
+//! The 16-bit types widen to f32 exactly (F16 by `vcvtph2ps` / F16C, BF16 by a 16-bit shift), so the
 //! only rounding is in the accumulation, whose order is fixed: per (row, column) 16 f32 lanes,
 //! lane `l` taking `fma(x_i, w_i, lane)` for `i = l, l + 16, l + 32, …` in order (a last partial
 //! chunk touches only its lanes); then lanes `l` and `l + 8` are added and the 8 sums reduced by
@@ -24,21 +25,28 @@ use crate::{EngineError, Result};
 /// Accumulator lanes per output element.
 const LANES: usize = 16;
 
-/// Which 16-bit float a [`HalfMatrix`] holds.
+/// Which float a [`FloatMatrix`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HalfType {
+pub enum FloatType {
     /// IEEE binary16.
     F16,
     /// bfloat16 (the top half of an f32).
     Bf16,
+    /// IEEE binary32.
+    F32,
 }
 
-impl HalfType {
+/// `FloatType` as a const generic of the tiles.
+const TY_F16: u8 = 0;
+const TY_BF16: u8 = 1;
+const TY_F32: u8 = 2;
+
+impl FloatType {
     /// The type of a GGUF tensor, if it is a 16-bit float.
     pub fn of_ggml(dtype: GgmlDType) -> Option<Self> {
         match dtype {
-            GgmlDType::F16 => Some(HalfType::F16),
-            GgmlDType::BF16 => Some(HalfType::Bf16),
+            GgmlDType::F16 => Some(FloatType::F16),
+            GgmlDType::BF16 => Some(FloatType::Bf16),
             _ => None,
         }
     }
@@ -46,61 +54,92 @@ impl HalfType {
     /// The type of a candle tensor, if it is a 16-bit float.
     pub fn of_dtype(dtype: DType) -> Option<Self> {
         match dtype {
-            DType::F16 => Some(HalfType::F16),
-            DType::BF16 => Some(HalfType::Bf16),
+            DType::F16 => Some(FloatType::F16),
+            DType::BF16 => Some(FloatType::Bf16),
             _ => None,
         }
     }
-
-    /// The exact f32 value of `bits`.
-    #[inline(always)]
-    fn widen(self, bits: u16) -> f32 {
-        match self {
-            HalfType::F16 => half::f16::from_bits(bits).to_f32(),
-            HalfType::Bf16 => f32::from_bits((bits as u32) << 16),
-        }
-    }
 }
 
-/// F16 or BF16 weights `[n, k]`, row-major, as their bits.
+/// Float weights `[n, k]`, row-major: the bits of 16-bit floats in `w`, or f32 values in `w32`
+/// (the other one empty).
 #[derive(Clone)]
-pub struct HalfMatrix {
+pub struct FloatMatrix {
     n: usize,
     k: usize,
     w: Vec<u16>,
-    ty: HalfType,
+    w32: Vec<f32>,
+    ty: FloatType,
     level: KernelLevel,
 }
 
-impl std::fmt::Debug for HalfMatrix {
+impl std::fmt::Debug for FloatMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HalfMatrix[{:?}, {}, {}]", self.ty, self.n, self.k)
+        write!(f, "FloatMatrix[{:?}, {}, {}]", self.ty, self.n, self.k)
     }
 }
 
-impl HalfMatrix {
-    /// `n · k` values of type `ty`, row-major.
-    pub fn new(ty: HalfType, w: Vec<u16>, n: usize, k: usize) -> Result<Self> {
-        if w.len() != n * k || k == 0 {
+impl FloatMatrix {
+    /// `n · k` values of the 16-bit type `ty`, row-major.
+    pub fn new(ty: FloatType, w: Vec<u16>, n: usize, k: usize) -> Result<Self> {
+        if w.len() != n * k || k == 0 || ty == FloatType::F32 {
             return Err(EngineError::Load(format!("{} {ty:?} values for [{n}, {k}]", w.len())));
         }
-        Ok(Self { n, k, w, ty, level: KernelLevel::current() })
+        Ok(Self { n, k, w, w32: Vec::new(), ty, level: KernelLevel::current() })
+    }
+
+    /// `n · k` f32 values, row-major.
+    pub fn from_f32(w: Vec<f32>, n: usize, k: usize) -> Result<Self> {
+        if w.len() != n * k || k == 0 {
+            return Err(EngineError::Load(format!("{} F32 values for [{n}, {k}]", w.len())));
+        }
+        Ok(Self { n, k, w: Vec::new(), w32: w, ty: FloatType::F32, level: KernelLevel::current() })
+    }
+
+    /// Weight `i` (row-major) as f32, exactly.
+    #[inline(always)]
+    fn value(&self, i: usize) -> f32 {
+        match self.ty {
+            FloatType::F16 => half::f16::from_bits(self.w[i]).to_f32(),
+            FloatType::Bf16 => f32::from_bits((self.w[i] as u32) << 16),
+            FloatType::F32 => self.w32[i],
+        }
+    }
+
+    /// Bytes per weight.
+    pub fn width(&self) -> usize {
+        if self.ty == FloatType::F32 {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// The first weight of column (output) `c`, as bytes: columns `c..c + cols` follow it.
+    fn column_ptr(&self, c: usize, cols: usize) -> *const u8 {
+        let (at, len) = (c * self.k, cols * self.k);
+        if self.ty == FloatType::F32 {
+            self.w32[at..at + len].as_ptr() as *const u8
+        } else {
+            self.w[at..at + len].as_ptr() as *const u8
+        }
     }
 
     /// The bits of an F16 or BF16 GGUF tensor `[n, k]`, if it is one.
-    pub fn bits_of_qtensor(q: &QTensor) -> Result<Option<(HalfType, Vec<u16>)>> {
-        let Some(ty) = HalfType::of_ggml(q.dtype()) else { return Ok(None) };
+    pub fn bits_of_qtensor(q: &QTensor) -> Result<Option<(FloatType, Vec<u16>)>> {
+        let Some(ty) = FloatType::of_ggml(q.dtype()) else { return Ok(None) };
         let bytes = q.data()?;
         Ok(Some((ty, bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())))
     }
 
     /// The bits of an F16 or BF16 tensor, if it is one.
-    pub fn bits_of_tensor(t: &Tensor) -> Result<Option<(HalfType, Vec<u16>)>> {
-        let Some(ty) = HalfType::of_dtype(t.dtype()) else { return Ok(None) };
+    pub fn bits_of_tensor(t: &Tensor) -> Result<Option<(FloatType, Vec<u16>)>> {
+        let Some(ty) = FloatType::of_dtype(t.dtype()) else { return Ok(None) };
         let flat = t.flatten_all()?;
         let bits: Vec<u16> = match ty {
-            HalfType::F16 => flat.to_vec1::<half::f16>()?.into_iter().map(|v| v.to_bits()).collect(),
-            HalfType::Bf16 => flat.to_vec1::<half::bf16>()?.into_iter().map(|v| v.to_bits()).collect(),
+            FloatType::F16 => flat.to_vec1::<half::f16>()?.into_iter().map(|v| v.to_bits()).collect(),
+            FloatType::Bf16 => flat.to_vec1::<half::bf16>()?.into_iter().map(|v| v.to_bits()).collect(),
+            FloatType::F32 => return Ok(None),
         };
         Ok(Some((ty, bits)))
     }
@@ -113,7 +152,7 @@ impl HalfMatrix {
     }
 }
 
-impl TileKernel for HalfMatrix {
+impl TileKernel for FloatMatrix {
     fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
     }
@@ -143,14 +182,13 @@ fn reduce(acc: &[f32; LANES]) -> f32 {
 }
 
 /// One output element, the SIMD kernels' lanes emulated.
-fn dot_scalar(a: &QuantizedActs, r: usize, w: &HalfMatrix, c: usize) -> f32 {
+fn dot_scalar(a: &QuantizedActs, r: usize, w: &FloatMatrix, c: usize) -> f32 {
     let k = a.k;
     let x = &a.f[r * k..(r + 1) * k];
-    let wr = &w.w[c * k..(c + 1) * k];
     let mut acc = [0f32; LANES];
-    for (xs, ws) in x.chunks(LANES).zip(wr.chunks(LANES)) {
-        for ((lane, &xv), &wv) in acc.iter_mut().zip(xs).zip(ws) {
-            *lane = xv.mul_add(w.ty.widen(wv), *lane);
+    for (t, xs) in x.chunks(LANES).enumerate() {
+        for (l, (lane, &xv)) in acc.iter_mut().zip(xs).enumerate() {
+            *lane = xv.mul_add(w.value(c * k + t * LANES + l), *lane);
         }
     }
     reduce(&acc)
@@ -160,7 +198,7 @@ fn dot_scalar(a: &QuantizedActs, r: usize, w: &HalfMatrix, c: usize) -> f32 {
 /// See `TileKernel::block`.
 pub(super) unsafe fn scalar_block(
     a: &QuantizedActs,
-    w: &HalfMatrix,
+    w: &FloatMatrix,
     rows: Range<usize>,
     cols: Range<usize>,
     out: OutPtr,
@@ -179,7 +217,7 @@ pub(super) unsafe fn scalar_block(
 #[allow(clippy::needless_range_loop)]
 fn tail<const R: usize, const C: usize>(
     a: &QuantizedActs,
-    w: &HalfMatrix,
+    w: &FloatMatrix,
     r: usize,
     c: usize,
     at: usize,
@@ -189,8 +227,8 @@ fn tail<const R: usize, const C: usize>(
     for i in 0..R {
         for j in 0..C {
             for l in 0..k - at {
-                let (xv, wv) = (a.f[(r + i) * k + at + l], w.w[(c + j) * k + at + l]);
-                acc[i][j][l] = xv.mul_add(w.ty.widen(wv), acc[i][j][l]);
+                let (xv, wv) = (a.f[(r + i) * k + at + l], w.value((c + j) * k + at + l));
+                acc[i][j][l] = xv.mul_add(wv, acc[i][j][l]);
             }
         }
     }
@@ -203,18 +241,21 @@ mod avx2 {
     use std::ops::Range;
 
     use super::super::simd::hsum;
-    use super::{HalfMatrix, HalfType, OutPtr, QuantizedActs, LANES};
+    use super::{FloatMatrix, FloatType, OutPtr, QuantizedActs, LANES, TY_BF16, TY_F16, TY_F32};
 
-    super::super::tile_walk!(HalfMatrix, "avx2,fma,f16c", [1, 2, 2, 4]);
+    super::super::tile_walk!(FloatMatrix, "avx2,fma,f16c", [1, 2, 2, 4]);
 
-    /// Eight weights at `p` widened to f32.
+    /// Eight weights of type `TY` at `p` widened to f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn widen8<const BF: bool>(p: *const u16) -> __m256 {
+    unsafe fn widen8<const TY: u8>(p: *const u8) -> __m256 {
         // SAFETY: the caller passes 8 readable values.
         unsafe {
+            if TY == TY_F32 {
+                return _mm256_loadu_ps(p as *const f32);
+            }
             let v = _mm_loadu_si128(p as *const __m128i);
-            if BF {
+            if TY == TY_BF16 {
                 _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
             } else {
                 _mm256_cvtph_ps(v)
@@ -223,27 +264,34 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &HalfMatrix, r: usize, c: usize, out: OutPtr) {
+    unsafe fn tile<const R: usize, const C: usize>(
+        a: &QuantizedActs,
+        w: &FloatMatrix,
+        r: usize,
+        c: usize,
+        out: OutPtr,
+    ) {
         match w.ty {
             // SAFETY: the caller's contract.
-            HalfType::F16 => unsafe { tile_of::<R, C, false>(a, w, r, c, out) },
-            HalfType::Bf16 => unsafe { tile_of::<R, C, true>(a, w, r, c, out) },
+            FloatType::F16 => unsafe { tile_of::<R, C, TY_F16>(a, w, r, c, out) },
+            FloatType::Bf16 => unsafe { tile_of::<R, C, TY_BF16>(a, w, r, c, out) },
+            FloatType::F32 => unsafe { tile_of::<R, C, TY_F32>(a, w, r, c, out) },
         }
     }
 
     /// `R` rows from `r` times `C` columns from `c`: per element two 8-lane accumulators
     /// (lanes 0..8 and 8..16), one fma each per chunk of 16.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_of<const R: usize, const C: usize, const BF: bool>(
+    unsafe fn tile_of<const R: usize, const C: usize, const TY: u8>(
         a: &QuantizedActs,
-        w: &HalfMatrix,
+        w: &FloatMatrix,
         r: usize,
         c: usize,
         out: OutPtr,
     ) {
         let k = a.k;
         let xp = a.f[r * k..(r + R) * k].as_ptr();
-        let wp = w.w[c * k..(c + C) * k].as_ptr();
+        let (wp, width) = (w.column_ptr(c, C), w.width());
         let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
         let whole = k / LANES * LANES;
         let mut t = 0;
@@ -251,12 +299,12 @@ mod avx2 {
             for h in 0..2 {
                 let mut wv = [_mm256_setzero_ps(); C];
                 for j in 0..C {
-                    let p = wp.wrapping_add(j * k + t + 8 * h);
+                    let p = wp.wrapping_add((j * k + t + 8 * h) * width);
                     if h == 0 && t % 32 == 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * k) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * k * width) as *const i8);
                     }
                     // SAFETY: values `t..t + 16` of column `c + j` lie inside `w` (sliced above).
-                    wv[j] = unsafe { widen8::<BF>(p) };
+                    wv[j] = unsafe { widen8::<TY>(p) };
                 }
                 for i in 0..R {
                     // SAFETY: values `t..t + 16` of row `r + i` lie inside `a` (sliced above).
@@ -307,18 +355,22 @@ mod avx512 {
     use std::ops::Range;
 
     use super::super::simd::hsum;
-    use super::{HalfMatrix, HalfType, OutPtr, QuantizedActs, LANES};
+    use super::{FloatMatrix, FloatType, OutPtr, QuantizedActs, LANES, TY_BF16, TY_F16, TY_F32};
 
-    super::super::tile_walk!(HalfMatrix, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", [4, 4, 8, 8]);
+    super::super::tile_walk!(FloatMatrix, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", [4, 4, 8, 8]);
 
-    /// Sixteen weights at `p` (the first `mask` of them; the rest read as zero) widened to f32.
+    /// Sixteen weights of type `TY` at `p` (the first `mask` of them; the rest read as zero)
+    /// widened to f32.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn widen16<const BF: bool>(p: *const u16, mask: __mmask16) -> __m512 {
+    unsafe fn widen16<const TY: u8>(p: *const u8, mask: __mmask16) -> __m512 {
         // SAFETY: the caller passes the values `mask` selects readable.
         unsafe {
+            if TY == TY_F32 {
+                return _mm512_maskz_loadu_ps(mask, p as *const f32);
+            }
             let v = _mm256_maskz_loadu_epi16(mask, p as *const i16);
-            if BF {
+            if TY == TY_BF16 {
                 _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
             } else {
                 _mm512_cvtph_ps(v)
@@ -327,39 +379,46 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &HalfMatrix, r: usize, c: usize, out: OutPtr) {
+    unsafe fn tile<const R: usize, const C: usize>(
+        a: &QuantizedActs,
+        w: &FloatMatrix,
+        r: usize,
+        c: usize,
+        out: OutPtr,
+    ) {
         match w.ty {
             // SAFETY: the caller's contract.
-            HalfType::F16 => unsafe { tile_of::<R, C, false>(a, w, r, c, out) },
-            HalfType::Bf16 => unsafe { tile_of::<R, C, true>(a, w, r, c, out) },
+            FloatType::F16 => unsafe { tile_of::<R, C, TY_F16>(a, w, r, c, out) },
+            FloatType::Bf16 => unsafe { tile_of::<R, C, TY_BF16>(a, w, r, c, out) },
+            FloatType::F32 => unsafe { tile_of::<R, C, TY_F32>(a, w, r, c, out) },
         }
     }
 
     /// `R` rows from `r` times `C` columns from `c`: one 16-lane accumulator per element, one
     /// fma per chunk of 16; the last partial chunk is masked (its other lanes keep their value).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn tile_of<const R: usize, const C: usize, const BF: bool>(
+    unsafe fn tile_of<const R: usize, const C: usize, const TY: u8>(
         a: &QuantizedActs,
-        w: &HalfMatrix,
+        w: &FloatMatrix,
         r: usize,
         c: usize,
         out: OutPtr,
     ) {
         let k = a.k;
         let xp = a.f[r * k..(r + R) * k].as_ptr();
-        let wp = w.w[c * k..(c + C) * k].as_ptr();
+        let (wp, width) = (w.column_ptr(c, C), w.width());
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let mut t = 0;
         while t < k {
             let mask: __mmask16 = if k - t >= LANES { !0 } else { (1u16 << (k - t)) - 1 };
             let mut wv = [_mm512_setzero_ps(); C];
             for j in 0..C {
-                let p = wp.wrapping_add(j * k + t);
+                let p = wp.wrapping_add((j * k + t) * width);
                 if t % 32 == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * k) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * k * width) as *const i8);
                 }
                 // SAFETY: the masked values `t..` of column `c + j` lie inside `w` (sliced above).
-                wv[j] = unsafe { widen16::<BF>(p, mask) };
+                wv[j] = unsafe { widen16::<TY>(p, mask) };
             }
             for i in 0..R {
                 // SAFETY: the masked values `t..` of row `r + i` lie inside `a` (sliced above).
