@@ -1,7 +1,7 @@
-//! Embedding models against oracles: wick's batched, padded, masked forward (the embedding
+//! Embedding models against oracles: wick's batched, ragged BERT forward (the embedding
 //! thread, several requests at once) against candle-transformers' `BertModel` run on each
 //! sequence alone and pooled here (within 1e-5 cosine), on a tiny random BERT written at test
-//! time and on the real all-MiniLM-L6-v2; and the real model against reference vectors from
+//! time (F32 and F16 weights; batched == alone, bit for bit) and on the real all-MiniLM-L6-v2; and the real model against reference vectors from
 //! sentence-transformers on PyTorch (tests/fixtures/minilm_reference.json, recorded once by
 //! scripts/embedding-reference.py), within 1e-4, plus the retrieval sanity of paraphrases.
 //!
@@ -30,9 +30,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-/// A 2-layer BERT with random weights and a word-level tokenizer, as a sentence-transformers
-/// folder with `pooling` (`cls` or `mean`) and normalization.
-fn write_tiny_bert(dir: &Path, pooling: &str) {
+/// A 2-layer BERT with random weights (its linears stored as `dtype`) and a word-level
+/// tokenizer, as a sentence-transformers folder with `pooling` (`cls` or `mean`) and
+/// normalization.
+fn write_tiny_bert(dir: &Path, pooling: &str, dtype: DType) {
     let config = serde_json::json!({
         "architectures": ["BertModel"], "model_type": "bert", "vocab_size": VOCAB, "hidden_size": HIDDEN,
         "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu",
@@ -66,7 +67,7 @@ fn write_tiny_bert(dir: &Path, pooling: &str) {
         ] {
             let w =
                 (Tensor::randn(0f32, 1f32, (out, inp), &Device::Cpu).unwrap() * (1.0 / (inp as f64).sqrt())).unwrap();
-            t.insert(format!("{p}.{name}.weight"), w);
+            t.insert(format!("{p}.{name}.weight"), w.to_dtype(dtype).unwrap());
             let b = (Tensor::randn(0f32, 1f32, out, &Device::Cpu).unwrap() * 0.1).unwrap();
             t.insert(format!("{p}.{name}.bias"), b);
         }
@@ -140,25 +141,25 @@ impl Oracle {
     }
 }
 
-/// Submits `seqs` as several concurrent requests (so the thread batches them together with
-/// padding) and returns the vectors in order.
+/// Submits `seqs` as several concurrent requests (so the thread batches them together) and
+/// returns the vectors in order.
 fn embed_concurrently(embedder: &Embedder, seqs: &[Vec<u32>], per_request: usize) -> Vec<Vec<f32>> {
     let receivers: Vec<_> = seqs.chunks(per_request).map(|c| embedder.submit(c.to_vec()).unwrap()).collect();
     receivers.into_iter().flat_map(|rx| rx.blocking_recv().unwrap().unwrap()).collect()
 }
 
 #[test]
-fn tiny_bert_batched_and_padded_matches_candle_alone() {
-    for pooling in ["mean", "cls"] {
+fn tiny_bert_batched_matches_candle_alone_and_itself_alone() {
+    for (pooling, dtype) in [("mean", DType::F32), ("cls", DType::F32), ("mean", DType::F16)] {
         let dir = tempfile::tempdir().unwrap();
-        write_tiny_bert(dir.path(), pooling);
+        write_tiny_bert(dir.path(), pooling, dtype);
         let model = EncoderModel::load(dir.path()).unwrap();
         let info = model.info().clone();
         assert_eq!((info.dim, info.max_len, info.normalize), (HIDDEN, 64, true));
         assert_eq!(info.pooling, if pooling == "cls" { Pooling::Cls } else { Pooling::Mean });
         assert_eq!(model.tokenize("w5 w6 nope").unwrap(), [2, 5, 6, 1, 3], "[CLS] ... [SEP], unknown words");
         let oracle = Oracle::load(dir.path());
-        // A small token budget forces several forwards; lengths 1..40 force padding.
+        // A small token budget forces several forwards of inputs of lengths 1..40.
         let embedder = Embedder::start(model, EmbedderConfig { max_batch_tokens: 96, max_waiting: 64 }).unwrap();
         let seqs: Vec<Vec<u32>> = (0..23u32)
             .map(|i| (0..1 + (i * 7) % 40).map(|j| 2 + (i * 13 + j * 5) % (VOCAB as u32 - 2)).collect())
@@ -168,7 +169,10 @@ fn tiny_bert_batched_and_padded_matches_candle_alone() {
         for (i, (s, v)) in seqs.iter().zip(&got).enumerate() {
             let want = oracle.embed(s, info.pooling);
             let c = cosine(v, &want);
-            assert!(1.0 - c < 1e-5, "{pooling} pooling, sequence {i} ({} tokens): cosine {c}", s.len());
+            assert!(1.0 - c < 1e-5, "{pooling} pooling, {dtype:?}, sequence {i} ({} tokens): cosine {c}", s.len());
+            let alone = embed_concurrently(&embedder, std::slice::from_ref(s), 1).remove(0);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(v), bits(&alone), "sequence {i}: batched != alone");
         }
         let stats = embedder.stats();
         assert!(stats.forwards_total >= 3, "the budget split the batch: {stats:?}");
@@ -182,7 +186,7 @@ fn tiny_bert_batched_and_padded_matches_candle_alone() {
 #[test]
 fn a_cancelled_request_does_not_stop_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    write_tiny_bert(dir.path(), "mean");
+    write_tiny_bert(dir.path(), "mean", DType::F32);
     let embedder = Embedder::start(EncoderModel::load(dir.path()).unwrap(), EmbedderConfig::default()).unwrap();
     let dropped = embedder.submit(vec![vec![4, 5, 6]; 50]).unwrap();
     drop(dropped);
