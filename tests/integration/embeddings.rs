@@ -396,3 +396,24 @@ fn decoder_embeddings_batched_equal_alone_bit_for_bit() {
         assert!(embedder.submit(vec![vec![49_152]]).is_err(), "an id outside the vocabulary is refused");
     }
 }
+
+/// A decoder embedding model's KV cache never outgrows the bound the memory budget counts:
+/// inputs needing more pages than that run as several forwards, with the same bits.
+#[test]
+fn decoder_embedding_cache_stays_within_its_bound() {
+    let path = crate::archs::fixtures_dir().join("qwen3-q8_0.gguf");
+    // 3 layers x (K and V) x 2 kv heads x 32 dims x 16 tokens per page, f32; inputs up to the
+    // file's 40960 positions take 2560 pages.
+    let bound = wick_engine::embed::kv_bytes_bound(&path, KvDtype::F32).unwrap();
+    assert_eq!(bound, 2560 * 3 * 2 * 2 * 32 * 16 * 4);
+    assert_eq!(wick_engine::embed::kv_bytes_bound(&path, KvDtype::F16).unwrap(), bound / 2);
+    let model = decoder(&path, Some(Pooling::LastToken));
+    // 2600 one-token inputs need 2600 pages: two forwards.
+    let seqs: Vec<Vec<u32>> = (0..2600u32).map(|i| vec![(i * 7919) % 49_152]).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let together = model.embed(&refs).unwrap();
+    assert_eq!(together.len(), seqs.len());
+    for i in [0, 1, 2559, 2560, 2599] {
+        assert_eq!(together[i], model.embed(&refs[i..i + 1]).unwrap()[0], "input {i}");
+    }
+}

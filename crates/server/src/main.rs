@@ -148,7 +148,15 @@ fn plan_models(settings: &Settings) -> Result<Vec<Planned>> {
 
 /// The registry entry of a planned model, with its loader.
 fn entry(p: Planned, settings: &Settings, rt: tokio::runtime::Handle) -> Result<ModelEntry> {
-    let kv_bytes = if p.kind == ModelKind::Chat { (settings.engine.kv_cache_mb as u64) << 20 } else { 0 };
+    let kv_dtype = settings.engine.to_engine_config()?.kv_cache_dtype;
+    let kv_bytes = match p.kind {
+        ModelKind::Chat => (settings.engine.kv_cache_mb as u64) << 20,
+        // A decoder embedding model's own cache, at its largest; an encoder needs none.
+        ModelKind::Embedding if wick_engine::embed::is_encoder_folder(&p.path) => 0,
+        ModelKind::Embedding => {
+            wick_engine::embed::kv_bytes_bound(&p.path, kv_dtype).with_context(|| format!("model {:?}", p.names[0]))?
+        }
+    };
     let bytes = weight_bytes(&p.path) + kv_bytes;
     let settings = settings.clone();
     let opts = if p.primary { load_options(&settings)? } else { LoadOptions::default() };
@@ -162,7 +170,7 @@ fn entry(p: Planned, settings: &Settings, rt: tokio::runtime::Handle) -> Result<
             .with_context(|| format!("model {:?}", names[0]))?,
         prompts: p.prompts.clone(),
         default_prompt_name: p.default_prompt_name.clone(),
-        kv_dtype: settings.engine.to_engine_config()?.kv_cache_dtype,
+        kv_dtype,
     };
     let load: LoadFn = match p.kind {
         ModelKind::Chat => Box::new(move || {

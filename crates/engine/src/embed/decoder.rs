@@ -17,13 +17,37 @@ use super::pooling::{Pooling, SentenceTransformersConfig};
 use super::{EmbedModel, EmbedOptions};
 use crate::batch::ForwardBatch;
 use crate::engine::new_kv_cache;
-use crate::kv_cache::{KvDtype, PagedKvCache};
+use crate::kv_cache::{KvDtype, KvLayout, PagedKvCache};
 use crate::model::{self, CausalLm, GgufFile, WeightOptions};
 use crate::text::TextProcessor;
 use crate::{EngineError, Result};
 
 /// Tokens per KV page of the embedding cache.
 const BLOCK_SIZE: usize = 16;
+/// Tokens whose pages one forward may hold (more inputs run as several forwards, which give
+/// the same bits); an input longer than this gets pages of its own length.
+const FORWARD_TOKENS: usize = 8192;
+
+/// Most pages (over all KV groups) the cache of a model with `groups` KV groups and inputs of
+/// at most `max_len` tokens ever holds.
+fn page_bound(groups: usize, max_len: usize) -> usize {
+    groups * (FORWARD_TOKENS / BLOCK_SIZE).max(max_len.div_ceil(BLOCK_SIZE))
+}
+
+/// Bytes of the KV cache a decoder embedding model at `path` may hold at most, from its
+/// header alone (before it is loaded): the memory budget counts it with the weights.
+pub fn kv_bytes_bound(path: &Path, dtype: KvDtype) -> Result<u64> {
+    let spec = if path.is_dir() {
+        model::hf_spec(path)?
+    } else {
+        let (gguf, mut file) = model::source::open_gguf(path)?;
+        model::gguf_spec(&gguf.content, &mut file)?
+    };
+    let kinds: Vec<_> = spec.layers.iter().map(|l| l.attention).collect();
+    let layout = KvLayout::new(&kinds, spec.num_kv_heads, spec.head_dim).with_dtype(dtype);
+    let pages = page_bound(layout.num_groups(), spec.max_position_embeddings);
+    Ok((pages * layout.bytes_per_block(BLOCK_SIZE)) as u64)
+}
 
 /// The network and the cache it runs over; the embedding thread is its only user.
 struct Runner {
@@ -117,12 +141,10 @@ impl EmbedModel for DecoderModel {
         Ok(ids)
     }
 
-    /// Embeds `seqs` in one ragged forward (each sequence in its own pages, positions from
-    /// 0): one pooled (and, as the model says, normalized) vector per sequence, in order.
+    /// Embeds `seqs` in ragged forwards (each sequence in its own pages, positions from 0)
+    /// whose pages stay within the model's bound: one pooled (and, as the model says,
+    /// normalized) vector per sequence, in order.
     fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        if seqs.is_empty() {
-            return Ok(Vec::new());
-        }
         if seqs.iter().any(|s| s.is_empty() || s.len() > self.info.max_len) {
             return Err(EngineError::InvalidRequest(format!(
                 "every sequence must hold 1 to {} tokens",
@@ -132,7 +154,26 @@ impl EmbedModel for DecoderModel {
         let mut guard = self.runner.lock().unwrap_or_else(|p| p.into_inner());
         let runner = &mut *guard;
         let groups = runner.lm.config().kv_layout.num_groups();
-        let pages: usize = seqs.iter().map(|s| s.len().div_ceil(BLOCK_SIZE)).sum::<usize>() * groups;
+        let bound = page_bound(groups, self.info.max_len);
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        while start < seqs.len() {
+            let (mut end, mut pages) = (start, 0);
+            while end < seqs.len() && pages + seqs[end].len().div_ceil(BLOCK_SIZE) * groups <= bound {
+                pages += seqs[end].len().div_ceil(BLOCK_SIZE) * groups;
+                end += 1;
+            }
+            out.extend(self.forward(runner, &seqs[start..end], pages)?);
+            start = end;
+        }
+        Ok(out)
+    }
+}
+
+impl DecoderModel {
+    /// One ragged forward of `seqs`, which take `pages` pages.
+    fn forward(&self, runner: &mut Runner, seqs: &[&[u32]], pages: usize) -> Result<Vec<Vec<f32>>> {
+        let groups = runner.lm.config().kv_layout.num_groups();
         let cache = match runner.cache.take() {
             Some(c) if c.num_blocks >= pages => c,
             _ => new_kv_cache(runner.lm.config(), self.kv_dtype, pages, BLOCK_SIZE)?,

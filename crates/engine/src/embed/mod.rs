@@ -15,7 +15,7 @@ mod encoder;
 mod pooling;
 mod worker;
 
-pub use decoder::DecoderModel;
+pub use decoder::{kv_bytes_bound, DecoderModel};
 pub use encoder::{EmbedInfo, EncoderModel};
 pub use pooling::{Pooling, SentenceTransformersConfig};
 pub use worker::{EmbedReceiver, EmbedStats, Embedder, EmbedderConfig};
