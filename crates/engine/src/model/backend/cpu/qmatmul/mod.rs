@@ -213,7 +213,8 @@ fn nearest_int(f: f32) -> i32 {
 /// Quantizes each 256-value super-block of `x` as ggml's `quantize_row_q8_K` does: the value
 /// of largest magnitude `max` gives `iscale = -127 / max`, values `min(127, nearest(iscale·x))`
 /// and scale `1 / iscale`. Each of the super-block's eight 32-value blocks gets that scale in
-/// `d`, and `s` and `sx` both receive `d · Σ values` of the block in f32.
+/// `d`, `sx` receives `d · Σ values` of the block in f32 and `s` the integer `Σ values` itself
+/// (exact in f32: at most 32 · 127).
 pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
     const QK_K: usize = 256;
     let sub = QK_K / QK;
@@ -243,7 +244,7 @@ pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32],
             let sum: i32 = qb[j * QK..(j + 1) * QK].iter().map(|&q| q as i32).sum();
             d[b] = scale;
             sx[b] = scale * sum as f32;
-            s[b] = sx[b];
+            s[b] = sum as f32;
         }
     }
 }

@@ -165,7 +165,11 @@ fn offsets<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q5Matrix, r: u
     let sums = w.sums(a);
     let mut msum = [[0f32; C]; R];
     for b in 0..kb {
-        let mw: [f32; C] = std::array::from_fn(|j| w.offset((c + j) * kb + b));
+        // Written out: `array::from_fn` is not inlined into the kernels.
+        let mut mw = [0f32; C];
+        for j in 0..C {
+            mw[j] = w.offset((c + j) * kb + b);
+        }
         for i in 0..R {
             let t = sums[(r + i) * kb + b];
             for j in 0..C {

@@ -183,7 +183,11 @@ fn offsets<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q5KMatrix, r: 
     let kb = a.k / QK;
     let mut msum = [[0f32; C]; R];
     for b in 0..kb {
-        let mw: [f32; C] = std::array::from_fn(|j| w.sub(c + j, b).1);
+        // Written out: `array::from_fn` is not inlined into the kernels.
+        let mut mw = [0f32; C];
+        for j in 0..C {
+            mw[j] = w.sub(c + j, b).1;
+        }
         for i in 0..R {
             let sx = a.sx[(r + i) * kb + b];
             for j in 0..C {

@@ -6,9 +6,9 @@
 //! 256 values, `ActBlocks::Q8K`). Per (row, column) an 8-lane accumulator takes, block of 32 after block, in order,
 //! `fma(s, i32→f32(lane), acc)` where lane `j` is the exact integer `Σ (q − 32)·x` over values
 //! `4j..4j+4`, and `s` is `d·sc_g·d_x` for the lane's group of 16 (lanes 0..4 the first group,
-//! 4..8 the second); one fixed horizontal sum ends it. Scalar, AVX2 and AVX-512 VNNI (two
-//! blocks per `vpdpbusd`, their halves added in block order) give the same bits; rows are
-//! bit-identical whatever shares the call.
+//! 4..8 the second); one fixed horizontal sum ends it. Scalar and AVX2 give the same bits;
+//! rows are bit-identical whatever shares the call. The AVX-512 level runs the AVX2 tile: a
+//! 512-bit `vpdpbusd` form measured slower on Zen 4 (whose AVX-512 runs as two 256-bit halves).
 
 use std::ops::Range;
 
@@ -116,7 +116,8 @@ impl TileKernel for Q6KMatrix {
             #[cfg(target_arch = "x86_64")]
             KernelLevel::Avx2 => unsafe { avx2::block(acts, self, rows, cols, out) },
             #[cfg(target_arch = "x86_64")]
-            KernelLevel::Avx512 => unsafe { avx512::block(acts, self, rows, cols, out) },
+            // The AVX2 tile at the AVX-512 level too (see the module header).
+            KernelLevel::Avx512 => unsafe { avx2::block(acts, self, rows, cols, out) },
             #[cfg(not(target_arch = "x86_64"))]
             _ => unsafe { scalar_block(acts, self, rows, cols, out) },
         }
@@ -214,89 +215,6 @@ mod avx2 {
                     acc[i][j] = _mm256_fmadd_ps(scale, lanes, acc[i][j]);
                 }
             }
-        }
-        for i in 0..R {
-            for j in 0..C {
-                // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, hsum(acc[i][j])) };
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
-mod avx512 {
-    use std::arch::x86_64::*;
-    use std::ops::Range;
-
-    use super::super::simd::hsum;
-    use super::{OutPtr, Q6KMatrix, QuantizedActs, BODY, QK, QK_K};
-
-    super::super::tile_walk!(Q6KMatrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [4, 4, 4, 4]);
-
-    /// `R` rows from `r` times `C` columns from `c`: blocks in pairs (`t`, `t + 1` of a half),
-    /// one `vpdpbusd` on |w| and x with w's sign for both, the halves added in block order.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q6KMatrix, r: usize, c: usize, out: OutPtr) {
-        let (k, kb) = (a.k, a.k / QK);
-        let col_bytes = k / QK_K * BODY;
-        let aq = a.qs[r * k..(r + R) * k].as_ptr();
-        let ad = a.d[r * kb..(r + R) * kb].as_ptr();
-        let zero = _mm512_setzero_si512();
-        let low = _mm512_set1_epi8(0x0F);
-        let three = _mm512_set1_epi8(3);
-        let bias = _mm512_set1_epi8(32);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut b = 0;
-        while b < kb {
-            let (sb, jb) = (b / 8, b % 8);
-            let (half, t) = (jb / 4, jb % 4);
-            // Shifts of the high bits for blocks t and t + 1, per 16-bit lane.
-            let shifts = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_set1_epi16(2 * t as i16)),
-                _mm256_set1_epi16(2 * t as i16 + 2),
-                1,
-            );
-            for j in 0..C {
-                let (body, d) = w.superblock(c + j, sb);
-                let p = body.as_ptr();
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * col_bytes + 64 * (jb / 2)) as *const i8);
-                // SAFETY: `body` is a whole super-block.
-                let (l, h) = unsafe {
-                    let h = _mm256_loadu_si256(p.add(128 + 32 * half) as *const __m256i);
-                    (
-                        _mm512_loadu_si512(p.add(64 * half) as *const _),
-                        _mm512_inserti64x4(_mm512_castsi256_si512(h), h, 1),
-                    )
-                };
-                // Blocks t, t + 1 are the low nibbles of the half's 64 bytes (t = 0) or the high.
-                let l = if t == 0 { _mm512_and_si512(l, low) } else { _mm512_and_si512(_mm512_srli_epi16(l, 4), low) };
-                let h = _mm512_and_si512(_mm512_srlv_epi16(h, shifts), three);
-                let wv = _mm512_sub_epi8(_mm512_or_si512(l, _mm512_slli_epi16(h, 4)), bias);
-                let wabs = _mm512_abs_epi8(wv);
-                let neg = _mm512_movepi8_mask(wv);
-                let g: [f32; 4] = std::array::from_fn(|q| d * super::group_scale(body, 2 * jb + q) as f32);
-                for i in 0..R {
-                    // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
-                    let (av, da0, da1) = unsafe {
-                        (
-                            _mm512_loadu_si512(aq.add(i * k + b * QK) as *const _),
-                            *ad.add(i * kb + b),
-                            *ad.add(i * kb + b + 1),
-                        )
-                    };
-                    let signed = _mm512_mask_sub_epi8(av, neg, zero, av);
-                    let lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wabs, signed));
-                    let l0 = _mm512_castps512_ps256(lanes);
-                    let l1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lanes), 1));
-                    let s0 = _mm256_set_m128(_mm_set1_ps(g[1] * da0), _mm_set1_ps(g[0] * da0));
-                    let s1 = _mm256_set_m128(_mm_set1_ps(g[3] * da1), _mm_set1_ps(g[2] * da1));
-                    let x = _mm256_fmadd_ps(s0, l0, acc[i][j]);
-                    acc[i][j] = _mm256_fmadd_ps(s1, l1, x);
-                }
-            }
-            b += 2;
         }
         for i in 0..R {
             for j in 0..C {

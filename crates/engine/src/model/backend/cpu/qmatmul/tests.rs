@@ -516,6 +516,7 @@ fn q8_k_activation_quantization_matches_candle() {
             assert_eq!(acts.d[b].to_bits(), d.to_bits(), "super-block {sb}");
             let sum: i32 = qs[j * QK..(j + 1) * QK].iter().map(|&q| q as i32).sum();
             assert_eq!(acts.sx[b].to_bits(), (d * sum as f32).to_bits());
+            assert_eq!(acts.s[b], sum as f32, "the integer block sum");
         }
     }
     // Serial and parallel quantization agree.
