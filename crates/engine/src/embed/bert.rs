@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
 use crate::model::backend::cpu::qmatmul::{FloatMatrix, FloatType, TileKernel};
@@ -195,18 +195,7 @@ impl Bert {
         if heads == 0 || h % heads != 0 {
             return Err(EngineError::Load(format!("hidden_size {h} is not a multiple of {heads} heads")));
         }
-        let mut files: Vec<_> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(EngineError::Load("no *.safetensors weights (pytorch_model.bin is not read)".into()));
-        }
-        let mut map = HashMap::new();
-        for f in &files {
-            map.extend(candle_core::safetensors::load(f, &Device::Cpu)?);
-        }
+        let map = crate::model::source::read_safetensors(dir)?;
         let word_name = "embeddings.word_embeddings.weight";
         let prefix = [String::new(), format!("{}.", config.model_type.as_deref().unwrap_or("bert")), "bert.".into()]
             .into_iter()

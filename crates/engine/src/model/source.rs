@@ -126,6 +126,25 @@ impl<'a> GgufMeta<'a> {
     }
 }
 
+/// Every tensor of the `*.safetensors` files of `dir`, read in file-name order.
+pub fn read_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(load_err(format!("no .safetensors files in {}", dir.display())));
+    }
+    let mut tensors = HashMap::new();
+    for f in &files {
+        let loaded =
+            candle_core::safetensors::load(f, &Device::Cpu).map_err(|e| load_err(format!("{}: {e}", f.display())))?;
+        tensors.extend(loaded);
+    }
+    Ok(tensors)
+}
+
 /// A Hugging Face model folder: `config.json` and its safetensors weights.
 pub struct HfSource {
     tensors: HashMap<String, Tensor>,
@@ -139,23 +158,10 @@ impl HfSource {
     /// head (`Qwen3Model`, as sentence-transformers' Qwen3-Embedding is: `embed_tokens.weight`,
     /// `layers.*`, `norm.weight`) gets the `model.` prefix the architectures name.
     pub fn open(dir: &Path) -> Result<Self> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        let mut tensors: HashMap<String, Tensor> = read_safetensors(dir)?
+            .into_iter()
+            .map(|(name, t)| (name.strip_prefix("language_model.").map(str::to_owned).unwrap_or(name), t))
             .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(load_err(format!("no .safetensors files in {}", dir.display())));
-        }
-        let mut tensors = HashMap::new();
-        for f in &files {
-            let loaded = candle_core::safetensors::load(f, &Device::Cpu)
-                .map_err(|e| load_err(format!("{}: {e}", f.display())))?;
-            for (name, t) in loaded {
-                let name = name.strip_prefix("language_model.").map(str::to_owned).unwrap_or(name);
-                tensors.insert(name, t);
-            }
-        }
         if tensors.contains_key("embed_tokens.weight") && !tensors.keys().any(|k| k.starts_with("model.")) {
             tensors = tensors.into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect();
         }
