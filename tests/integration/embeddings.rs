@@ -156,6 +156,7 @@ fn tiny_bert_batched_matches_candle_alone_and_itself_alone() {
         let model = EncoderModel::load(dir.path()).unwrap();
         let info = model.info().clone();
         assert_eq!((info.dim, info.max_len, info.normalize), (HIDDEN, 64, true));
+        assert_eq!(wick_engine::embed::kv_bytes_bound(dir.path(), KvDtype::F16).unwrap(), 0, "an encoder has no cache");
         assert_eq!(info.pooling, if pooling == "cls" { Pooling::Cls } else { Pooling::Mean });
         assert_eq!(model.tokenize("w5 w6 nope").unwrap(), [2, 5, 6, 1, 3], "[CLS] ... [SEP], unknown words");
         let oracle = Oracle::load(dir.path());

@@ -151,8 +151,6 @@ fn entry(p: Planned, settings: &Settings, rt: tokio::runtime::Handle) -> Result<
     let kv_dtype = settings.engine.to_engine_config()?.kv_cache_dtype;
     let kv_bytes = match p.kind {
         ModelKind::Chat => (settings.engine.kv_cache_mb as u64) << 20,
-        // A decoder embedding model's own cache, at its largest; an encoder needs none.
-        ModelKind::Embedding if wick_engine::embed::is_encoder_folder(&p.path) => 0,
         ModelKind::Embedding => {
             wick_engine::embed::kv_bytes_bound(&p.path, kv_dtype).with_context(|| format!("model {:?}", p.names[0]))?
         }

@@ -15,7 +15,9 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
-use crate::model::backend::cpu::qmatmul::{FloatMatrix, FloatType, TileKernel};
+use crate::model::backend::cpu::qmatmul::{FloatMatrix, TileKernel};
+use crate::model::backend::cpu::weights::half_matrix;
+use crate::model::backend::RawWeight;
 use crate::thread_pool::pool;
 use crate::{EngineError, Result};
 
@@ -140,7 +142,8 @@ impl Tensors {
     }
 
     /// The linears `names` (each `[n_i, k]`) stacked into one `[Σ n_i, k]` matrix, kept at
-    /// their stored width where they are 16-bit.
+    /// their stored width where they are all of one 16-bit type (as the decoders' linears are),
+    /// else as f32.
     fn linear(&self, names: &[&str], k: usize) -> Result<Linear> {
         let ws: Vec<&Tensor> = names.iter().map(|n| self.get(&format!("{n}.weight"))).collect::<Result<_>>()?;
         let mut b = Vec::new();
@@ -155,18 +158,9 @@ impl Tensors {
             b.extend(self.vec(&format!("{name}.bias"), rows)?);
             n += rows;
         }
-        let half = FloatType::of_dtype(ws[0].dtype()).filter(|_| ws.iter().all(|w| w.dtype() == ws[0].dtype()));
-        let w = match half {
-            Some(_) => {
-                let mut bits = Vec::with_capacity(n * k);
-                let mut ty = None;
-                for w in &ws {
-                    let (t, v) = FloatMatrix::bits_of_tensor(w)?.ok_or_else(|| EngineError::Load("16-bit".into()))?;
-                    ty = Some(t);
-                    bits.extend(v);
-                }
-                FloatMatrix::new(ty.unwrap_or(FloatType::F16), bits, n, k)?
-            }
+        let parts: Vec<RawWeight> = ws.iter().map(|w| RawWeight::Dense((*w).clone())).collect();
+        let w = match half_matrix(&parts)? {
+            Some(m) => m,
             None => {
                 let mut all = Vec::with_capacity(n * k);
                 for w in &ws {
@@ -229,20 +223,6 @@ impl Bert {
             embed_norm: t.norm("embeddings.LayerNorm", h)?,
             layers,
         })
-    }
-
-    /// Bytes of weights held.
-    pub fn weight_bytes(&self) -> u64 {
-        let linear = |l: &Linear| {
-            let (n, k) = l.w.dims();
-            (n * k * l.w.width() + 4 * l.b.len()) as u64
-        };
-        let layers: u64 = self
-            .layers
-            .iter()
-            .map(|l| linear(&l.qkv) + linear(&l.attn_out) + linear(&l.up) + linear(&l.down) + 16 * self.hidden as u64)
-            .sum();
-        layers + 4 * (self.word.len() + self.position.len() + self.token_type.len() + 2 * self.hidden) as u64
     }
 
     /// The last hidden states of `seqs`, their rows one after another (`Σ len × hidden`),

@@ -35,8 +35,8 @@ fn page_bound(groups: usize, max_len: usize) -> usize {
 }
 
 /// Bytes of the KV cache a decoder embedding model at `path` may hold at most, from its
-/// header alone (before it is loaded): the memory budget counts it with the weights.
-pub fn kv_bytes_bound(path: &Path, dtype: KvDtype) -> Result<u64> {
+/// header alone.
+pub(super) fn kv_bytes_bound(path: &Path, dtype: KvDtype) -> Result<u64> {
     let spec = if path.is_dir() {
         model::hf_spec(path)?
     } else {
@@ -70,21 +70,6 @@ pub(crate) fn gguf_pooling_type(gguf: &GgufFile) -> Option<u32> {
     v.to_u32().ok().or_else(|| v.to_i32().ok().and_then(|n| u32::try_from(n).ok()))
 }
 
-fn bytes_of(path: &Path) -> u64 {
-    if path.is_file() {
-        return std::fs::metadata(path).map_or(0, |m| m.len());
-    }
-    std::fs::read_dir(path)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 impl DecoderModel {
     /// Loads a GGUF file or a Hugging Face folder. Pooling: `opts.pooling`, else the file's
     /// (`pooling_type`, or the folder's `1_Pooling`), else last token. Normalization: the
@@ -116,7 +101,6 @@ impl DecoderModel {
             vocab_size: cfg.vocab_size,
             pooling: opts.pooling.unwrap_or(pooling),
             normalize,
-            weight_bytes: bytes_of(path),
             prompts: prompts.0,
             default_prompt_name: prompts.1,
         };
@@ -156,11 +140,12 @@ impl EmbedModel for DecoderModel {
         let groups = runner.lm.config().kv_layout.num_groups();
         let bound = page_bound(groups, self.info.max_len);
         let mut out = Vec::with_capacity(seqs.len());
+        let need = |s: &[u32]| s.len().div_ceil(BLOCK_SIZE) * groups;
         let mut start = 0;
         while start < seqs.len() {
             let (mut end, mut pages) = (start, 0);
-            while end < seqs.len() && pages + seqs[end].len().div_ceil(BLOCK_SIZE) * groups <= bound {
-                pages += seqs[end].len().div_ceil(BLOCK_SIZE) * groups;
+            while end < seqs.len() && pages + need(seqs[end]) <= bound {
+                pages += need(seqs[end]);
                 end += 1;
             }
             out.extend(self.forward(runner, &seqs[start..end], pages)?);

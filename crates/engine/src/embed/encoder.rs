@@ -22,8 +22,6 @@ pub struct EmbedInfo {
     pub vocab_size: usize,
     pub pooling: Pooling,
     pub normalize: bool,
-    /// Bytes of weights held in memory.
-    pub weight_bytes: u64,
     /// Named instruction prompts a request may put before its texts (`prompt_name`).
     pub prompts: BTreeMap<String, String>,
     /// The prompt used when a request names none (a key of `prompts`).
@@ -78,7 +76,6 @@ impl EncoderModel {
             vocab_size: config.vocab_size,
             pooling: st.pooling,
             normalize: st.normalize,
-            weight_bytes: bert.weight_bytes(),
             prompts: st.prompts,
             default_prompt_name: st.default_prompt_name,
         };

@@ -15,7 +15,7 @@ mod encoder;
 mod pooling;
 mod worker;
 
-pub use decoder::{kv_bytes_bound, DecoderModel};
+pub use decoder::DecoderModel;
 pub use encoder::{EmbedInfo, EncoderModel};
 pub use pooling::{Pooling, SentenceTransformersConfig};
 pub use worker::{EmbedReceiver, EmbedStats, Embedder, EmbedderConfig};
@@ -133,6 +133,16 @@ pub fn load(path: &Path, opts: &EmbedOptions) -> Result<Box<dyn EmbedModel>> {
     Ok(Box::new(m))
 }
 
+/// Bytes of the KV cache the embedding model at `path` may hold at most, from its files alone
+/// (before it is loaded): none for an encoder, a decoder's bound otherwise. The memory budget
+/// counts it with the weights.
+pub fn kv_bytes_bound(path: &Path, dtype: KvDtype) -> Result<u64> {
+    if is_encoder_folder(path) {
+        return Ok(0);
+    }
+    decoder::kv_bytes_bound(path, dtype)
+}
+
 /// Scales `v` to unit L2 norm (a zero vector stays zero).
 pub fn normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
@@ -198,7 +208,6 @@ mod tests {
             vocab_size: 10,
             pooling: Pooling::Mean,
             normalize: true,
-            weight_bytes: 0,
             prompts: [("query".to_owned(), "q: ".to_owned())].into(),
             default_prompt_name: None,
         };

@@ -102,7 +102,7 @@ fn half_type(w: &RawWeight) -> Option<FloatType> {
 
 /// `parts` (each `[out_i, in]`, all F16 or all BF16) stacked into one matrix for wick's
 /// 16-bit float kernel; `None` when they are not all of one 16-bit float type.
-fn half_matrix(parts: &[RawWeight]) -> Result<Option<FloatMatrix>> {
+pub(crate) fn half_matrix(parts: &[RawWeight]) -> Result<Option<FloatMatrix>> {
     let Some(ty) = parts.first().and_then(half_type) else { return Ok(None) };
     if parts.iter().any(|p| half_type(p) != Some(ty)) {
         return Ok(None);

@@ -107,7 +107,7 @@ impl FloatMatrix {
     }
 
     /// Bytes per weight.
-    pub fn width(&self) -> usize {
+    fn width(&self) -> usize {
         if self.ty == FloatType::F32 {
             4
         } else {
