@@ -1,14 +1,17 @@
-//! Per-row cost of `y = x · Wᵀ` on SmolLM2-sized shapes: wick's batch-invariant Q8_0 and Q4_1
-//! kernels against candle's Q8_0 `QMatMul` and the f32 gemm (`Tensor::matmul` with a transposed f32
-//! weight), for M = 1, 4, 16, 64, 512 rows. Best of several timings, in µs per row.
+//! Throughput of wick's batch-invariant quantized matmuls `y = x · Wᵀ` per weight format and
+//! kernel level, on the shapes of a Llama-3.2-1B layer (attention 2048→2048, MLP 2048→8192 and
+//! 8192→2048), for M = 1, 16 and 512 activation rows: best of several timings, in GMAC/s (one
+//! multiply-add per weight per row).
 //!
-//! `RAYON_NUM_THREADS=2 cargo run --release -p wick-engine --example qmatmul_bench [M...]`
+//! `RAYON_NUM_THREADS=2 cargo run --release -p wick-engine --example qmatmul_bench [FORMAT...] [M...]`
+//! with formats among q8_0, q4_1, q4_k, q5_k, q6_k (all by default).
 
 use std::time::Instant;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
-use wick_engine::model::qmatmul::{Q41Matrix, Q8Matrix, TileKernel};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use wick_engine::kernel_level::KernelLevel;
+use wick_engine::model::qmatmul::{Q41Matrix, Q4KMatrix, Q5KMatrix, Q6KMatrix, Q8Matrix, TileKernel};
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_add(0x9e3779b97f4a7c15);
@@ -35,37 +38,55 @@ fn best(mut f: impl FnMut(), budget: f64) -> f64 {
     best
 }
 
+fn kernel(format: &str, q: &QTensor, level: KernelLevel) -> Box<dyn TileKernel> {
+    match format {
+        "q8_0" => Box::new(Q8Matrix::from_qtensor(q).unwrap().with_level(level)),
+        "q4_1" => Box::new(Q41Matrix::from_qtensor(q).unwrap().with_level(level)),
+        "q4_k" => Box::new(Q4KMatrix::from_qtensor(q).unwrap().with_level(level)),
+        "q5_k" => Box::new(Q5KMatrix::from_qtensor(q).unwrap().with_level(level)),
+        "q6_k" => Box::new(Q6KMatrix::from_qtensor(q).unwrap().with_level(level)),
+        other => panic!("unknown format {other}"),
+    }
+}
+
 fn main() {
-    let ms: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let ms = if ms.is_empty() { vec![1, 4, 16, 64, 512] } else { ms };
-    let shapes = [("qkv", 576, 960), ("gate_up", 576, 3072), ("down", 1536, 576), ("lm_head", 576, 49152)];
-    println!(
-        "{:8} {:>4} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8}",
-        "shape", "M", "wick µs/r", "wq41 µs/r", "cq8 µs/r", "f32 µs/r", "cq8/wick", "f32/wick"
-    );
-    for (name, k, n) in shapes {
-        let w = Tensor::from_vec(values(n * k, 1), (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let ours = Q8Matrix::from_qtensor(&q).unwrap();
-        let theirs = QMatMul::from_qtensor(q).unwrap();
-        let q41 = Q41Matrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()).unwrap();
-        for &m in &ms {
-            let x = Tensor::from_vec(values(m * k, 2 + m as u64), (m, k), &Device::Cpu).unwrap();
-            let budget = 0.4;
-            let t_ours = best(|| drop(ours.forward(&x).unwrap()), budget);
-            let t_q41 = best(|| drop(q41.forward(&x).unwrap()), budget);
-            let t_cq8 = best(|| drop(theirs.forward(&x).unwrap()), budget);
-            let t_f32 = best(|| drop(x.matmul(&w.t().unwrap()).unwrap()), budget);
-            let per = |t: f64| t * 1e6 / m as f64;
-            println!(
-                "{name:8} {m:>4} {:>11.2} {:>11.2} {:>11.2} {:>11.2} {:>8.2} {:>8.2}",
-                per(t_ours),
-                per(t_q41),
-                per(t_cq8),
-                per(t_f32),
-                t_cq8 / t_ours,
-                t_f32 / t_ours
-            );
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let ms: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let ms = if ms.is_empty() { vec![1, 16, 512] } else { ms };
+    let mut formats: Vec<&str> = args.iter().filter(|a| a.parse::<usize>().is_err()).map(|a| a.as_str()).collect();
+    if formats.is_empty() {
+        formats = vec!["q8_0", "q4_1", "q4_k", "q5_k", "q6_k"];
+    }
+    let levels: Vec<KernelLevel> = KernelLevel::available().into_iter().filter(|l| *l != KernelLevel::Scalar).collect();
+    let shapes = [("attn", 2048, 2048), ("up", 2048, 8192), ("down", 8192, 2048)];
+    print!("{:6} {:6} {:>4}", "format", "shape", "M");
+    for l in &levels {
+        print!(" {:>12}", format!("{l} GMAC/s"));
+    }
+    println!();
+    for format in formats {
+        let dtype = match format {
+            "q8_0" => GgmlDType::Q8_0,
+            "q4_1" => GgmlDType::Q4_1,
+            "q4_k" => GgmlDType::Q4K,
+            "q5_k" => GgmlDType::Q5K,
+            "q6_k" => GgmlDType::Q6K,
+            other => panic!("unknown format {other}"),
+        };
+        for (name, k, n) in shapes {
+            let w = Tensor::from_vec(values(n * k, 1), (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let kernels: Vec<_> = levels.iter().map(|&l| kernel(format, &q, l)).collect();
+            for &m in &ms {
+                let x = values(m * k, 2 + m as u64);
+                let mut out = vec![0f32; m * n];
+                print!("{format:6} {name:6} {m:>4}");
+                for kern in &kernels {
+                    let t = best(|| kern.matmul(&x, &mut out), 0.5);
+                    print!(" {:>12.1}", (m * n * k) as f64 / t / 1e9);
+                }
+                println!();
+            }
         }
     }
 }

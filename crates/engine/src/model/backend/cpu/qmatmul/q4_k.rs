@@ -8,12 +8,17 @@
 //! super-block everything is integer. Per (row, column) and super-block, eight int32 lanes take
 //! `sc_j · Σ q·x` (lane `l` over values `4l..4l+4` of each sub-block `j`), exact, and the
 //! products `m_j · Σx_j` of the sub-blocks' mins, exact; then the float steps, in super-block
-//! order: an 8-lane f32 accumulator takes `fma(f32(lane), d·d_x, acc)` and another, lane `j`,
-//! `fma(m_j · Σx_j, −dmin·d_x, macc)`; the result is `hsum(acc) + hsum(macc)`. Integer sums do not
-//! depend on their order, so scalar and AVX2 (`vpmaddubsw`, then `vpmaddwd` by the scale)
-//! give the same bits; rows are bit-identical whatever shares the call. The AVX-512 level runs
-//! the AVX2 tile: the same on 64 values at a time measured slower on Zen 4, whose AVX-512 runs
-//! as two 256-bit halves.
+//! order: an 8-lane f32 accumulator takes `fma(f32(lane), d·d_x, acc)`, then, lane `j`,
+//! `fma(m_j · Σx_j, −dmin·d_x, acc)`; the result is `hsum(acc)`. Integer sums do not
+//! depend on their order, so scalar, AVX2 (`vpmaddubsw`, then `vpmaddwd` by the scale) and
+//! AVX-512 (`vpdpbusd` on two sub-blocks at once, then `vpdpwssd` by their scales) give the
+//! same bits; rows are bit-identical whatever shares the call.
+//!
+//! The nibbles are repacked at load so that one 64-byte load holds four sub-blocks whose low
+//! nibbles are two consecutive sub-blocks and whose high nibbles are the next two: per
+//! super-block half `h`, byte `i < 32` is `q[4h][i] | q[4h+2][i] << 4` and byte `32 + i` is
+//! `q[4h+1][i] | q[4h+3][i] << 4`. The activations of each nibble half are then 64
+//! consecutive bytes.
 
 use std::ops::Range;
 
@@ -31,9 +36,9 @@ const BLOCK_BYTES: usize = 4 + 12 + QK_K / 2;
 /// Sub-blocks (of 32 values) per super-block.
 const SUBS: usize = QK_K / QK;
 
-/// Q4_K weights `[n, k]`, per column: its nibbles as stored (per super-block 4 runs of 32
-/// bytes, low nibbles sub-block `2i`, high ones `2i + 1`), the unpacked scales and mins (one
-/// byte per sub-block), and per super-block `d` and `−dmin` as f32.
+/// Q4_K weights `[n, k]`, per column: its nibbles repacked (see the module header), the
+/// unpacked scales and mins (one byte per sub-block), and per super-block `d` and `−dmin` as
+/// f32.
 #[derive(Clone)]
 pub struct Q4KMatrix {
     n: usize,
@@ -59,6 +64,25 @@ pub(super) fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     } else {
         ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
+}
+
+/// ggml's 128 nibble bytes of a super-block (32-byte run `t`: sub-block `2t` low, `2t + 1`
+/// high) in wick's order (see the module header).
+fn repack(stored: &[u8]) -> [u8; QK_K / 2] {
+    let nibble = |b: usize, i: usize| (stored[32 * (b / 2) + i] >> (4 * (b % 2))) & 0x0F;
+    let mut out = [0u8; QK_K / 2];
+    for (at, byte) in out.iter_mut().enumerate() {
+        let (h, w, i) = (at / 64, at % 64 / 32, at % 32);
+        *byte = nibble(4 * h + w, i) | nibble(4 * h + w + 2, i) << 4;
+    }
+    out
+}
+
+/// The sub-block whose values are the low nibbles of the 32-byte run `t` (0..4) of a repacked
+/// super-block; the high nibbles are sub-block `low_sub(t) + 2`.
+#[inline(always)]
+fn low_sub(t: usize) -> usize {
+    4 * (t / 2) + t % 2
 }
 
 impl Q4KMatrix {
@@ -88,7 +112,7 @@ impl Q4KMatrix {
                 sc.push(s);
                 mn.push(m);
             }
-            qs.extend_from_slice(&b[16..]);
+            qs.extend_from_slice(&repack(&b[16..]));
         }
         Ok(Self { n, k, qs, sc, mn, d, ndmin, level: KernelLevel::current() })
     }
@@ -125,9 +149,7 @@ impl TileKernel for Q4KMatrix {
             #[cfg(target_arch = "x86_64")]
             KernelLevel::Avx2 => unsafe { avx2::block(acts, self, rows, cols, out) },
             #[cfg(target_arch = "x86_64")]
-            // The AVX2 tile at the AVX-512 level too (see the module header): pp512 60 vs 77
-            // tok/s and tg128 20 vs 25 on a 1B Q4_K_M model with the 512-bit form.
-            KernelLevel::Avx512 => unsafe { avx2::block(acts, self, rows, cols, out) },
+            KernelLevel::Avx512 => unsafe { avx512::block(acts, self, rows, cols, out) },
             #[cfg(not(target_arch = "x86_64"))]
             _ => unsafe { scalar_block(acts, self, rows, cols, out) },
         }
@@ -141,12 +163,12 @@ fn dot_scalar(a: &QuantizedActs, r: usize, w: &Q4KMatrix, c: usize) -> f32 {
     let xs = &a.s[r * kb..(r + 1) * kb];
     let col = &w.qs[c * a.k / 2..(c + 1) * a.k / 2];
     let mut acc = [0f32; 8];
-    let mut macc = [0f32; 8];
     for s in 0..a.k / QK_K {
         let mut sumi = [0i32; 8];
         for b in s * SUBS..(s + 1) * SUBS {
-            let run = &col[(b / 2) * QK..(b / 2 + 1) * QK];
-            let q = |i: usize| if b % 2 == 0 { run[i] & 0x0F } else { run[i] >> 4 } as i32;
+            let (h, u) = (b % SUBS / 4, b % 4);
+            let run = &col[s * QK_K / 2 + 64 * h + 32 * (u % 2)..][..QK];
+            let q = |i: usize| if u < 2 { run[i] & 0x0F } else { run[i] >> 4 } as i32;
             let x = &xq[b * QK..(b + 1) * QK];
             let sc = w.sc[c * kb + b] as i32;
             for (j, lane) in sumi.iter_mut().enumerate() {
@@ -158,12 +180,12 @@ fn dot_scalar(a: &QuantizedActs, r: usize, w: &Q4KMatrix, c: usize) -> f32 {
         for (lane, &v) in acc.iter_mut().zip(&sumi) {
             *lane = (v as f32).mul_add(dw * dx, *lane);
         }
-        for (b, lane) in macc.iter_mut().enumerate() {
+        for (b, lane) in acc.iter_mut().enumerate() {
             let m = w.mn[c * kb + s * SUBS + b] as f32 * xs[s * SUBS + b];
             *lane = m.mul_add(nm * dx, *lane);
         }
     }
-    hsum_lanes(&acc) + hsum_lanes(&macc)
+    hsum_lanes(&acc)
 }
 
 /// # Safety
@@ -183,34 +205,45 @@ pub(super) unsafe fn scalar_block(
 }
 
 /// The float steps of super-block `s` for a tile: `acc` takes `fma(f32(lane), d·d_x, acc)`
-/// per lane from the integer sums `sumi`, and `macc` lane `j` `fma(m_j · Σx_j, −dmin·d_x,
-/// macc)` (the product is an exact integer), as `dot_scalar`.
+/// per lane from the integer sums `sumi`, then lane `j` `fma(m_j · Σx_j, −dmin·d_x, acc)`
+/// (the product is an exact integer), as `dot_scalar`. The scale products are formed once per
+/// row and column as broadcast vectors (the same f32 product in every lane). Always inlined
+/// into the tiles (a call would cost more than the steps); it has no target features of its
+/// own, so it is only called from functions that enable AVX2 and FMA.
+///
+/// # Safety
+/// The caller enables AVX2 and FMA, and the ranges lie inside `a` and `w`.
 #[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn float_steps<const R: usize, const C: usize>(
+unsafe fn float_steps<const R: usize, const C: usize>(
     a: &QuantizedActs,
     w: &Q4KMatrix,
     (r, c, s): (usize, usize, usize),
     sumi: &[[std::arch::x86_64::__m256i; C]; R],
     acc: &mut [[std::arch::x86_64::__m256; C]; R],
-    macc: &mut [[std::arch::x86_64::__m256; C]; R],
 ) {
     use std::arch::x86_64::*;
     let kb = a.k / QK;
-    for j in 0..C {
-        let (dw, nm) = w.superblock(c + j, s);
-        let mn = &w.mn[(c + j) * kb + s * SUBS..][..SUBS];
-        // SAFETY: `mn` holds 8 bytes.
-        let mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(mn.as_ptr() as *const __m128i) }));
+    // SAFETY (every intrinsic below): the caller enables AVX2 and FMA; the loads read a row's
+    // 8 block sums of super-block `s` inside `a.s` and a column's 8 mins inside `w.mn`.
+    unsafe {
+        let mut dx = [_mm256_setzero_ps(); R];
+        let mut xs = [_mm256_setzero_ps(); R];
         for i in 0..R {
             let at = (r + i) * kb + s * SUBS;
-            let dx = a.d[at];
-            // SAFETY: the row's 8 block sums of super-block `s` lie inside `a.s`.
-            let xs = unsafe { _mm256_loadu_ps(a.s[at..at + SUBS].as_ptr()) };
-            acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[i][j]), _mm256_set1_ps(dw * dx), acc[i][j]);
-            macc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(mnf, xs), _mm256_set1_ps(nm * dx), macc[i][j]);
+            dx[i] = _mm256_set1_ps(a.d[at]);
+            xs[i] = _mm256_loadu_ps(a.s[at..at + SUBS].as_ptr());
+        }
+        for j in 0..C {
+            let (dw, nm) = w.superblock(c + j, s);
+            let (dw, nm) = (_mm256_set1_ps(dw), _mm256_set1_ps(nm));
+            let mn = &w.mn[(c + j) * kb + s * SUBS..][..SUBS];
+            let mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(mn.as_ptr() as *const __m128i)));
+            for i in 0..R {
+                let x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[i][j]), _mm256_mul_ps(dw, dx[i]), acc[i][j]);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(mnf, xs[i]), _mm256_mul_ps(nm, dx[i]), x);
+            }
         }
     }
 }
@@ -222,13 +255,14 @@ mod avx2 {
     use std::ops::Range;
 
     use super::super::simd::hsum;
-    use super::{OutPtr, Q4KMatrix, QuantizedActs, QK, SUBS};
+    use super::{low_sub, OutPtr, Q4KMatrix, QuantizedActs, QK, SUBS};
 
     super::super::tile_walk!(Q4KMatrix, "avx2,fma", [2, 2, 2, 4]);
 
     /// `R` rows from `r` times `C` columns from `c`: per super-block, each 32-byte nibble run
-    /// gives two sub-blocks (low nibbles, then high) whose pair sums `vpmaddwd` scales by the
-    /// sub-block's 6-bit scale into eight exact int32 lanes; then the float steps.
+    /// gives two sub-blocks (low nibbles, then high: `low_sub(t)` and two after it) whose pair
+    /// sums `vpmaddwd` scales by the sub-block's 6-bit scale into eight exact int32 lanes; then
+    /// the float steps.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q4KMatrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
@@ -237,26 +271,27 @@ mod avx2 {
         let wq = w.qs[c * col_bytes..(c + C) * col_bytes].as_ptr();
         let low = _mm256_set1_epi8(0x0F);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut macc = [[_mm256_setzero_ps(); C]; R];
         for s in 0..kb / SUBS {
             let mut sumi = [[_mm256_setzero_si256(); C]; R];
             for j in 0..C {
                 let sc = &w.sc[(c + j) * kb + s * SUBS..][..SUBS];
-                for pair in 0..SUBS / 2 {
-                    let b = s * SUBS + 2 * pair;
-                    let p = wq.wrapping_add(j * col_bytes + b * QK / 2);
+                for t in 0..SUBS / 2 {
+                    let (b0, b1) = (s * SUBS + low_sub(t), s * SUBS + low_sub(t) + 2);
+                    let p = wq.wrapping_add(j * col_bytes + s * QK * SUBS / 2 + QK * t);
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * col_bytes) as *const i8);
-                    // SAFETY: blocks `b`, `b + 1` of column `c + j` lie inside `w` (sliced above).
+                    // SAFETY: run `t` of super-block `s` of column `c + j` lies inside `w`
+                    // (sliced above).
                     let raw = unsafe { _mm256_loadu_si256(p as *const __m256i) };
                     let lo = _mm256_and_si256(raw, low);
                     let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                    let (s0, s1) = (_mm256_set1_epi16(sc[2 * pair] as i16), _mm256_set1_epi16(sc[2 * pair + 1] as i16));
+                    let (s0, s1) =
+                        (_mm256_set1_epi16(sc[low_sub(t)] as i16), _mm256_set1_epi16(sc[low_sub(t) + 2] as i16));
                     for i in 0..R {
-                        // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
+                        // SAFETY: blocks `b0`, `b1` of row `r + i` lie inside `a` (sliced above).
                         let (a0, a1) = unsafe {
                             (
-                                _mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i),
-                                _mm256_loadu_si256(aq.add(i * k + (b + 1) * QK) as *const __m256i),
+                                _mm256_loadu_si256(aq.add(i * k + b0 * QK) as *const __m256i),
+                                _mm256_loadu_si256(aq.add(i * k + b1 * QK) as *const __m256i),
                             )
                         };
                         let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), s0);
@@ -265,12 +300,110 @@ mod avx2 {
                     }
                 }
             }
-            super::float_steps::<R, C>(a, w, (r, c, s), &sumi, &mut acc, &mut macc);
+            unsafe { super::float_steps::<R, C>(a, w, (r, c, s), &sumi, &mut acc) };
         }
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, hsum(acc[i][j]) + hsum(macc[i][j])) };
+                unsafe { out.write(r + i, c + j, hsum(acc[i][j])) };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::super::simd::hsum;
+    use super::{OutPtr, Q4KMatrix, QuantizedActs, QK, SUBS};
+
+    super::super::tile_walk!(Q4KMatrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [1, 2, 2, 4]);
+
+    /// The `vpshufb` control that spreads byte `a` of each 128-bit lane into the low byte of
+    /// int32 lanes 0..8 and byte `b` into lanes 8..16, the other bytes zero: the int16 scales
+    /// `vpdpwssd` multiplies the low halves of `vpdpbusd`'s lanes by.
+    #[inline(always)]
+    fn spread(a: i32, b: i32) -> __m512i {
+        let (a, b) = (0x8080_8000u32 as i32 | a, 0x8080_8000u32 as i32 | b);
+        // SAFETY: `_mm512_set_epi32` only needs AVX-512F, which the callers enable.
+        unsafe { _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a) }
+    }
+
+    /// `vpdpwssd`: `acc` plus the int16 pair products of `a` and `b` per int32 lane. Written
+    /// out because LLVM otherwise splits it into `vpmaddwd` and `vpaddd`, two uops on the two
+    /// vector ports that bound this tile instead of one.
+    #[inline(always)]
+    fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: only called from functions that enable AVX-512 VNNI; the instruction reads
+        // and writes registers only.
+        unsafe {
+            std::arch::asm!("vpdpwssd {acc}, {a}, {b}", acc = inout(zmm_reg) acc, a = in(zmm_reg) a, b = in(zmm_reg) b,
+                options(pure, nomem, nostack));
+        }
+        acc
+    }
+
+    /// `R` rows from `r` times `C` columns from `c`: per super-block half, one 64-byte load
+    /// holds four sub-blocks; `vpdpbusd` sums the low nibbles (two sub-blocks) and the high
+    /// ones (the next two) against 64 consecutive activation bytes into int32 lanes of four
+    /// values (each under 2^13 in magnitude), and `vpdpwssd` adds them times their sub-block's
+    /// scale into sixteen exact lanes. The two 8-lane halves, added, are the AVX2 tile's lanes;
+    /// then the same float steps.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q4KMatrix, r: usize, c: usize, out: OutPtr) {
+        let (k, kb) = (a.k, a.k / QK);
+        let col_bytes = k / 2;
+        let aq = a.qs[r * k..(r + R) * k].as_ptr();
+        let wq = w.qs[c * col_bytes..(c + C) * col_bytes].as_ptr();
+        let low = _mm512_set1_epi8(0x0F);
+        let zero = _mm512_setzero_si512();
+        let spreads = [spread(0, 1), spread(2, 3), spread(4, 5), spread(6, 7)];
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for s in 0..kb / SUBS {
+            let mut sumi = [[zero; C]; R];
+            for j in 0..C {
+                // SAFETY: the column's 8 scale bytes of super-block `s` lie inside `w.sc`.
+                let sc = _mm512_set1_epi64(unsafe {
+                    std::ptr::read_unaligned(w.sc[(c + j) * kb + s * SUBS..][..SUBS].as_ptr() as *const i64)
+                });
+                for h in 0..2 {
+                    let p = wq.wrapping_add(j * col_bytes + s * QK * SUBS / 2 + 64 * h);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * col_bytes) as *const i8);
+                    // SAFETY: half `h` of super-block `s` of column `c + j` lies inside `w`
+                    // (sliced above).
+                    let raw = unsafe { _mm512_loadu_si512(p as *const _) };
+                    let lo = _mm512_and_si512(raw, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+                    let (slo, shi) =
+                        (_mm512_shuffle_epi8(sc, spreads[2 * h]), _mm512_shuffle_epi8(sc, spreads[2 * h + 1]));
+                    for i in 0..R {
+                        let at = aq.wrapping_add(i * k + (s * SUBS + 4 * h) * QK);
+                        // SAFETY: sub-blocks `4h..4h + 4` of super-block `s` of row `r + i` lie
+                        // inside `a` (sliced above).
+                        let (a0, a1) =
+                            unsafe { (_mm512_loadu_si512(at as *const _), _mm512_loadu_si512(at.add(64) as *const _)) };
+                        let p0 = _mm512_dpbusd_epi32(zero, lo, a0);
+                        let p1 = _mm512_dpbusd_epi32(zero, hi, a1);
+                        sumi[i][j] = dpwssd(dpwssd(sumi[i][j], p0, slo), p1, shi);
+                    }
+                }
+            }
+            let mut lanes = [[_mm256_setzero_si256(); C]; R];
+            for i in 0..R {
+                for j in 0..C {
+                    let v = sumi[i][j];
+                    lanes[i][j] = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+                }
+            }
+            unsafe { super::float_steps::<R, C>(a, w, (r, c, s), &lanes, &mut acc) };
+        }
+        for i in 0..R {
+            for j in 0..C {
+                // SAFETY: the caller owns these output elements.
+                unsafe { out.write(r + i, c + j, hsum(acc[i][j])) };
             }
         }
     }

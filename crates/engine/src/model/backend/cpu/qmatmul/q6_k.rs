@@ -2,13 +2,16 @@
 //! int8 scales, one per 16 values, and an f16 `d`; `w = d·sc_g·(q − 32)`) on wick's
 //! register-tiled kernel, kept as stored (6.56 bits per weight; `d` widened to f32).
 //!
-//! Activations are quantized as llama.cpp pairs them with K-quants (Q8_K, one f32 scale per
-//! 256 values, `ActBlocks::Q8K`). Per (row, column) an 8-lane accumulator takes, block of 32 after block, in order,
-//! `fma(s, i32→f32(lane), acc)` where lane `j` is the exact integer `Σ (q − 32)·x` over values
-//! `4j..4j+4`, and `s` is `d·sc_g·d_x` for the lane's group of 16 (lanes 0..4 the first group,
-//! 4..8 the second); one fixed horizontal sum ends it. Scalar and AVX2 give the same bits;
-//! rows are bit-identical whatever shares the call. The AVX-512 level runs the AVX2 tile: a
-//! 512-bit `vpdpbusd` form measured slower on Zen 4 (whose AVX-512 runs as two 256-bit halves).
+//! Activations are quantized as llama.cpp pairs them with K-quants (Q8_K, one f32 scale `d_x`
+//! per 256 values, `ActBlocks::Q8K`), and, as llama.cpp does, everything within a super-block
+//! is integer: per (row, column) and super-block eight int32 lanes take, exactly, the sum over
+//! its eight blocks of 32 of `sc_g · Σ (q − 32)·x`, lane `l` over values `4l..4l+4` of each
+//! block (lanes 0..4 the block's first group of 16, 4..8 its second). Then the float step, in
+//! super-block order: an 8-lane accumulator takes `fma(f32(lane), d·d_x, acc)`; one fixed
+//! horizontal sum ends it. Integer sums do not depend on their order, so scalar, AVX2
+//! (`vpmaddubsw` on `|q − 32|` and the sign-moved activations, `vpmaddwd` by the scales) and
+//! AVX-512 (`vpdpbusd` of `q` against the activations onto `−32·Σx`, `vpdpwssd` by the scales,
+//! two blocks at once) give the same bits; rows are bit-identical whatever shares the call.
 
 use std::ops::Range;
 
@@ -116,27 +119,31 @@ impl TileKernel for Q6KMatrix {
             #[cfg(target_arch = "x86_64")]
             KernelLevel::Avx2 => unsafe { avx2::block(acts, self, rows, cols, out) },
             #[cfg(target_arch = "x86_64")]
-            // The AVX2 tile at the AVX-512 level too (see the module header).
-            KernelLevel::Avx512 => unsafe { avx2::block(acts, self, rows, cols, out) },
+            KernelLevel::Avx512 => unsafe { avx512::block(acts, self, rows, cols, out) },
             #[cfg(not(target_arch = "x86_64"))]
             _ => unsafe { scalar_block(acts, self, rows, cols, out) },
         }
     }
 }
 
-/// One output element, the SIMD kernels' lanes emulated.
+/// One output element, the SIMD kernels' integer lanes and float steps emulated.
 fn dot_scalar(a: &QuantizedActs, r: usize, w: &Q6KMatrix, c: usize) -> f32 {
     let (xq, xd) = a.row(r);
     let mut acc = [0f32; 8];
-    for b in 0..a.k / QK {
-        let (body, d) = w.superblock(c, b / 8);
-        let j = b % 8;
-        let s0 = d * group_scale(body, 2 * j) as f32 * xd[b];
-        let s1 = d * group_scale(body, 2 * j + 1) as f32 * xd[b];
-        let x = &xq[b * QK..(b + 1) * QK];
-        for (l, lane) in acc.iter_mut().enumerate() {
-            let s: i32 = (4 * l..4 * l + 4).map(|i| value(body, j * QK + i) * x[i] as i32).sum();
-            *lane = (s as f32).mul_add(if l < 4 { s0 } else { s1 }, *lane);
+    for sb in 0..a.k / QK_K {
+        let (body, d) = w.superblock(c, sb);
+        let mut sumi = [0i32; 8];
+        for j in 0..QK_K / QK {
+            let x = &xq[(sb * 8 + j) * QK..][..QK];
+            for (l, lane) in sumi.iter_mut().enumerate() {
+                let sc = group_scale(body, 2 * j + l / 4) as i32;
+                let s: i32 = (4 * l..4 * l + 4).map(|i| value(body, j * QK + i) * x[i] as i32).sum();
+                *lane += sc * s;
+            }
+        }
+        let dx = xd[sb * 8];
+        for (lane, &v) in acc.iter_mut().zip(&sumi) {
+            *lane = (v as f32).mul_add(d * dx, *lane);
         }
     }
     hsum_lanes(&acc)
@@ -158,6 +165,40 @@ pub(super) unsafe fn scalar_block(
     }
 }
 
+/// The float step of super-block `sb` for a tile: `acc` takes `fma(f32(lane), d·d_x, acc)`
+/// per lane from the integer sums `sumi`, as `dot_scalar`; `d·d_x` is formed once per (row,
+/// column) as a broadcast vector. Always inlined into the tiles; it has no target features of
+/// its own, so it is only called from functions that enable AVX2 and FMA.
+///
+/// # Safety
+/// The caller enables AVX2 and FMA, and the ranges lie inside `a` and `w`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn float_steps<const R: usize, const C: usize>(
+    a: &QuantizedActs,
+    w: &Q6KMatrix,
+    (r, c, sb): (usize, usize, usize),
+    sumi: &[[std::arch::x86_64::__m256i; C]; R],
+    acc: &mut [[std::arch::x86_64::__m256; C]; R],
+) {
+    use std::arch::x86_64::*;
+    let kb = a.k / QK;
+    // SAFETY (every intrinsic below): the caller enables AVX2 and FMA.
+    unsafe {
+        let mut dx = [_mm256_setzero_ps(); R];
+        for i in 0..R {
+            dx[i] = _mm256_set1_ps(a.d[(r + i) * kb + sb * 8]);
+        }
+        for j in 0..C {
+            let d = _mm256_set1_ps(w.superblock(c + j, sb).1);
+            for i in 0..R {
+                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[i][j]), _mm256_mul_ps(d, dx[i]), acc[i][j]);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
 mod avx2 {
@@ -167,7 +208,7 @@ mod avx2 {
     use super::super::simd::hsum;
     use super::{OutPtr, Q6KMatrix, QuantizedActs, BODY, QK, QK_K};
 
-    super::super::tile_walk!(Q6KMatrix, "avx2,fma", [2, 2, 4, 4]);
+    super::super::tile_walk!(Q6KMatrix, "avx2,fma", [1, 2, 2, 4]);
 
     /// Block `t` (0..4) of the 128-value half at `ql` (64 bytes) / `qh` (32 bytes): 32 signed
     /// values `q − 32` in order.
@@ -184,37 +225,214 @@ mod avx2 {
         _mm256_sub_epi8(_mm256_or_si256(l, _mm256_slli_epi16(h, 4)), _mm256_set1_epi8(32))
     }
 
-    /// `R` rows from `r` times `C` columns from `c`.
+    /// `R` rows from `r` times `C` columns from `c`: per block of 32, `vpmaddubsw` of `|q − 32|`
+    /// and the activations with `q − 32`'s sign gives pair sums that `vpmaddwd` scales by the
+    /// two groups' scales into eight exact int32 lanes; per super-block, the float step.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q6KMatrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
         let col_bytes = k / QK_K * BODY;
         let aq = a.qs[r * k..(r + R) * k].as_ptr();
-        let ad = a.d[r * kb..(r + R) * kb].as_ptr();
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for b in 0..kb {
-            let (sb, jb) = (b / 8, b % 8);
+        for sb in 0..kb / 8 {
+            let mut sumi = [[_mm256_setzero_si256(); C]; R];
             for j in 0..C {
-                let (body, d) = w.superblock(c + j, sb);
+                let (body, _) = w.superblock(c + j, sb);
                 let p = body.as_ptr();
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * col_bytes + 64 * (jb % 4)) as *const i8);
-                let half = jb / 4;
-                // SAFETY: `body` is a whole super-block.
-                let wv = unsafe { values(p.add(64 * half), p.add(128 + 32 * half), jb % 4) };
-                let wabs = _mm256_sign_epi8(wv, wv);
-                let (g0, g1) =
-                    (d * super::group_scale(body, 2 * jb) as f32, d * super::group_scale(body, 2 * jb + 1) as f32);
-                for i in 0..R {
-                    // SAFETY: block `b` of row `r + i` lies inside `a` (sliced above).
-                    let (av, da) =
-                        unsafe { (_mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i), *ad.add(i * kb + b)) };
-                    let pairs = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(av, wv));
-                    let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
-                    let scale = _mm256_set_m128(_mm_set1_ps(g1 * da), _mm_set1_ps(g0 * da));
-                    acc[i][j] = _mm256_fmadd_ps(scale, lanes, acc[i][j]);
+                // SAFETY: the super-block's 16 scale bytes lie inside `body`.
+                let scales = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p.add(192) as *const __m128i) });
+                for jb in 0..8 {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * col_bytes + 32 * jb) as *const i8);
+                    let half = jb / 4;
+                    // SAFETY: `body` is a whole super-block.
+                    let wv = unsafe { values(p.add(64 * half), p.add(128 + 32 * half), jb % 4) };
+                    let wabs = _mm256_sign_epi8(wv, wv);
+                    let sc = group_pair(scales, jb);
+                    for i in 0..R {
+                        // SAFETY: block `sb·8 + jb` of row `r + i` lies inside `a` (sliced above).
+                        let av = unsafe { _mm256_loadu_si256(aq.add(i * k + (sb * 8 + jb) * QK) as *const __m256i) };
+                        let pairs = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(av, wv));
+                        sumi[i][j] = _mm256_add_epi32(sumi[i][j], _mm256_madd_epi16(pairs, sc));
+                    }
                 }
             }
+            // SAFETY: AVX2 and FMA are enabled here; the ranges lie inside `a` and `w`.
+            unsafe { super::float_steps::<R, C>(a, w, (r, c, sb), &sumi, &mut acc) };
+        }
+        for i in 0..R {
+            for j in 0..C {
+                // SAFETY: the caller owns these output elements.
+                unsafe { out.write(r + i, c + j, hsum(acc[i][j])) };
+            }
+        }
+    }
+
+    /// The int16 scales of block `jb`'s two groups of 16, eight lanes each, from the
+    /// super-block's 16 scales widened to int16.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn group_pair(scales: __m256i, jb: usize) -> __m256i {
+        // Both 128-bit lanes get the half of `scales` that holds groups `2jb`, `2jb + 1`; the
+        // shuffle then spreads the pair's two int16 values over lanes 0..8 and 8..16.
+        let half = if jb < 4 {
+            _mm256_permute2x128_si256(scales, scales, 0x00)
+        } else {
+            _mm256_permute2x128_si256(scales, scales, 0x11)
+        };
+        let g = 4 * (jb % 4) as i8;
+        let (lo, hi) = (
+            _mm_set_epi8(g + 1, g, g + 1, g, g + 1, g, g + 1, g, g + 1, g, g + 1, g, g + 1, g, g + 1, g),
+            _mm_set_epi8(
+                g + 3,
+                g + 2,
+                g + 3,
+                g + 2,
+                g + 3,
+                g + 2,
+                g + 3,
+                g + 2,
+                g + 3,
+                g + 2,
+                g + 3,
+                g + 2,
+                g + 3,
+                g + 2,
+                g + 3,
+                g + 2,
+            ),
+        );
+        _mm256_shuffle_epi8(half, _mm256_set_m128i(hi, lo))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::super::simd::hsum;
+    use super::{OutPtr, Q6KMatrix, QuantizedActs, BODY, QK, QK_K};
+
+    super::super::tile_walk!(Q6KMatrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [1, 2, 2, 4]);
+
+    /// `vpdpwssd`: `acc` plus the int16 pair products of `a` and `b` per int32 lane, written out
+    /// so that LLVM does not split it into `vpmaddwd` and `vpaddd`.
+    #[inline(always)]
+    fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: only called from functions that enable AVX-512 VNNI; the instruction reads
+        // and writes registers only.
+        unsafe {
+            std::arch::asm!("vpdpwssd {acc}, {a}, {b}", acc = inout(zmm_reg) acc, a = in(zmm_reg) a, b = in(zmm_reg) b,
+                options(pure, nomem, nostack));
+        }
+        acc
+    }
+
+    /// `R` rows from `r` times `C` columns from `c`. Per half super-block (128 values: 64 bytes
+    /// of low bits, 32 of high bits) two 512-bit vectors hold blocks 0–1 and 2–3 as unsigned
+    /// `q`; `vpdpbusd` adds `q·x` onto the row's `−32·Σx` per lane (so the lane is
+    /// `Σ (q − 32)·x`, under 2^14 in magnitude), and `vpdpwssd` adds it times its group's scale
+    /// into sixteen exact int32 lanes. The two 8-lane halves, added, are the AVX2 tile's lanes;
+    /// then the same float step.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q6KMatrix, r: usize, c: usize, out: OutPtr) {
+        let (k, kb) = (a.k, a.k / QK);
+        let col_bytes = k / QK_K * BODY;
+        let aq = a.qs[r * k..(r + R) * k].as_ptr();
+        let low = _mm512_set1_epi8(0x0F);
+        let three = _mm512_set1_epi8(3);
+        let m32 = _mm512_set1_epi8(32);
+        let zero = _mm512_setzero_si512();
+        // Per 128-bit lane: blocks 0..2 of a half take the low nibbles and high-bit pairs 0, 1;
+        // blocks 2..4 the high nibbles and pairs 2, 3.
+        let (shift01, shift23) = (_mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0), _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4));
+        let spread = |g: i32| {
+            let d = |x: i32| (0x8080_0100u32 as i32).wrapping_add(x * 0x0202);
+            _mm512_set_epi32(
+                d(g + 3),
+                d(g + 3),
+                d(g + 3),
+                d(g + 3),
+                d(g + 2),
+                d(g + 2),
+                d(g + 2),
+                d(g + 2),
+                d(g + 1),
+                d(g + 1),
+                d(g + 1),
+                d(g + 1),
+                d(g),
+                d(g),
+                d(g),
+                d(g),
+            )
+        };
+        let (spread01, spread23) = (spread(0), spread(4));
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for sb in 0..kb / 8 {
+            let mut sumi = [[zero; C]; R];
+            for h in 0..2 {
+                // Each row's `−32·Σx` per lane for the half's two vectors (weights do not enter).
+                let mut neg = [[zero; 2]; R];
+                for i in 0..R {
+                    for v in 0..2 {
+                        // SAFETY: blocks `sb·8 + 4h + 2v ..+2` of row `r + i` lie inside `a`.
+                        let x =
+                            unsafe { _mm512_loadu_si512(aq.add(i * k + (sb * 8 + 4 * h + 2 * v) * QK) as *const _) };
+                        neg[i][v] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, m32, x));
+                    }
+                }
+                for j in 0..C {
+                    let (body, _) = w.superblock(c + j, sb);
+                    let p = body.as_ptr();
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * col_bytes + 96 * h) as *const i8);
+                    // SAFETY: `body` is a whole super-block: 128 bytes of low bits, 64 of high
+                    // bits, 16 scales.
+                    let (ql, qh, scales) = unsafe {
+                        (
+                            _mm512_loadu_si512(p.add(64 * h) as *const _),
+                            _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i)),
+                            {
+                                let all = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+                                let half = if h == 0 {
+                                    _mm256_castsi256_si128(all)
+                                } else {
+                                    _mm256_extracti128_si256::<1>(all)
+                                };
+                                _mm512_broadcast_i32x4(half)
+                            },
+                        )
+                    };
+                    let q01 = _mm512_or_si512(
+                        _mm512_and_si512(ql, low),
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(qh, shift01), three), 4),
+                    );
+                    let q23 = _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16(ql, 4), low),
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(qh, shift23), three), 4),
+                    );
+                    let (s01, s23) = (_mm512_shuffle_epi8(scales, spread01), _mm512_shuffle_epi8(scales, spread23));
+                    for i in 0..R {
+                        let at = aq.wrapping_add(i * k + (sb * 8 + 4 * h) * QK);
+                        // SAFETY: blocks `sb·8 + 4h ..+4` of row `r + i` lie inside `a`.
+                        let (x01, x23) =
+                            unsafe { (_mm512_loadu_si512(at as *const _), _mm512_loadu_si512(at.add(64) as *const _)) };
+                        let p01 = _mm512_dpbusd_epi32(neg[i][0], q01, x01);
+                        let p23 = _mm512_dpbusd_epi32(neg[i][1], q23, x23);
+                        sumi[i][j] = dpwssd(dpwssd(sumi[i][j], p01, s01), p23, s23);
+                    }
+                }
+            }
+            let mut lanes = [[_mm256_setzero_si256(); C]; R];
+            for i in 0..R {
+                for j in 0..C {
+                    let v = sumi[i][j];
+                    lanes[i][j] = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+                }
+            }
+            // SAFETY: AVX2 and FMA are enabled here; the ranges lie inside `a` and `w`.
+            unsafe { super::float_steps::<R, C>(a, w, (r, c, sb), &lanes, &mut acc) };
         }
         for i in 0..R {
             for j in 0..C {
