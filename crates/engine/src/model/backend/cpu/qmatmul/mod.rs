@@ -372,6 +372,40 @@ fn hsum_lanes(acc: &[f32; 8]) -> f32 {
     (h[0] + h[2]) + (h[1] + h[3])
 }
 
+/// Sixteen f32 lanes as the paired-block formats keep them (Q8_0, Q4_1): lanes `0..8` take
+/// the even 32-value blocks and `8..16` the odd ones, so AVX-512 forms a pair of blocks with one
+/// 16-lane fma and AVX2 with two 8-lane ones. `finish` adds the halves lane by lane and takes
+/// `hsum_float_8`. The scalar paths use it; the SIMD ones keep the same lanes in registers.
+pub(super) struct PairLanes([f32; 16]);
+
+impl PairLanes {
+    pub(super) fn zero() -> Self {
+        Self([0.0; 16])
+    }
+
+    /// Lanes started from the per-block offsets: lane `b mod 16` takes `fma(m[b], s[b], lane)`
+    /// for each block `b`, in block order.
+    pub(super) fn offsets(m: &[f32], s: &[f32]) -> Self {
+        let mut lanes = Self::zero();
+        for (b, (&m, &s)) in m.iter().zip(s).enumerate() {
+            lanes.0[b % 16] = m.mul_add(s, lanes.0[b % 16]);
+        }
+        lanes
+    }
+
+    /// Lane `l` (0..8) of block `b` takes `fma(v, scale, lane)`.
+    #[inline]
+    pub(super) fn fma(&mut self, b: usize, l: usize, v: f32, scale: f32) {
+        let i = 8 * (b % 2) + l;
+        self.0[i] = v.mul_add(scale, self.0[i]);
+    }
+
+    pub(super) fn finish(&self) -> f32 {
+        let halves: [f32; 8] = std::array::from_fn(|l| self.0[l] + self.0[l + 8]);
+        hsum_lanes(&halves)
+    }
+}
+
 /// The walk over a work item that every format's SIMD kernels share: `block` covers
 /// `rows × cols` with register tiles of `R` rows (4 while 4 rows remain, then 3, 2, 1) by the
 /// given column counts, and single columns for what is left of `cols`, calling the format's
@@ -475,6 +509,58 @@ mod simd {
             *sb = (f16::from_f32(sum as f32) * d16).to_f32();
             *sxb = *db * sum as f32;
         }
+    }
+
+    /// `n` (0..=8) values of `v` from `at` as eight lanes, zeros after them.
+    ///
+    /// # Safety
+    /// `at + n <= v.len()` where `n > 0`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn load8(v: &[f32], at: usize, n: usize) -> __m256 {
+        if n == 0 {
+            return _mm256_setzero_ps();
+        }
+        debug_assert!(at + n <= v.len());
+        let p = v.as_ptr().wrapping_add(at);
+        if n == 8 {
+            // SAFETY: eight values from `at` lie inside `v`.
+            return unsafe { _mm256_loadu_ps(p) };
+        }
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        // SAFETY: the mask reads only the `n` lanes that lie inside `v`.
+        unsafe { _mm256_maskload_ps(p, mask) }
+    }
+
+    /// `[p[0] ×8, p[1] ×8]`: two consecutive blocks' scales for a 16-lane pair.
+    ///
+    /// # Safety
+    /// Two values from `p` are readable.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn pair_scales(p: *const f32) -> __m512 {
+        // SAFETY: the caller's contract.
+        let two = unsafe { _mm_castsi128_ps(_mm_loadl_epi64(p as *const __m128i)) };
+        _mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+            _mm512_castps128_ps512(two),
+        )
+    }
+
+    /// `acc` with its even-block half (lanes 0..8) taking `fma(lanes, scale, half)`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn fma_even(acc: __m512, lanes: __m256, scale: f32) -> __m512 {
+        let lo = _mm256_fmadd_ps(lanes, _mm256_set1_ps(scale), _mm512_castps512_ps256(acc));
+        _mm512_castpd_ps(_mm512_insertf64x4::<0>(_mm512_castps_pd(acc), _mm256_castps_pd(lo)))
+    }
+
+    /// The halves of sixteen paired lanes added lane by lane, then `hsum` (`PairLanes::finish`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn hsum_pair(acc: __m512) -> f32 {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+        hsum(_mm256_add_ps(_mm512_castps512_ps256(acc), hi))
     }
 
     /// candle's / ggml's `hsum_float_8`.

@@ -2,21 +2,23 @@
 //! values, `w = d·q + m`) on wick's register-tiled kernel, kept as stored: half the bytes of
 //! Q8_0, which is what single-sequence decode (memory-bound) pays for.
 //!
-//! Per (row, column): `Σ_b d_w·d_x·Σ q·x  +  Σ_b m_w·s_x` with `s_x = d_x·Σ x` (ggml's
-//! `vec_dot_q4_1_q8_1`). The first sum is an 8-lane accumulator taking, block after block,
-//! `fma(d_w·d_x, i32→f32(lane), acc)` where lane `j` is the exact integer `Σ q·x` over values
-//! `4j..4j+4`; the second is a scalar fma chain over the blocks in order; the result is
-//! `hsum(acc) + msum`. The same operations run whatever tile the element falls in, so rows
-//! are bit-identical whatever else shares the call. Scalar, AVX2 and AVX-512 VNNI (two blocks
-//! per `vpdpbusd`, their halves added in block order) give the same bits; the process's
-//! `KernelLevel` picks one.
+//! Per (row, column): `Σ_b m_w·s_x + Σ_b d_w·d_x·Σ q·x` with `s_x = d_x·Σ x` (ggml's
+//! `vec_dot_q4_1_q8_1`), on sixteen f32 lanes (`super::PairLanes`): lane `l` of the first eight
+//! takes the even blocks and of the second eight the odd ones. First the offsets: lane
+//! `b mod 16` takes `fma(m_w, s_x, lane)` for block `b`, in block order. Then, block after
+//! block, `fma(i32→f32(Σ q·x over values 4l..4l+4), d_w·d_x, lane)` into lane `l` of the
+//! block's eight (the integer sums are exact). The result adds the halves lane by lane and
+//! takes one fixed horizontal sum. The same operations run whatever tile the element falls
+//! in, so rows are bit-identical whatever else shares the call. Scalar, AVX2 (two 8-lane
+//! accumulators) and AVX-512 VNNI (one 16-lane accumulator: one `vpdpbusd`, one multiply and
+//! one fma per pair of blocks) give the same bits; the process's `KernelLevel` picks one.
 
 use std::ops::Range;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::{hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use super::{OutPtr, PairLanes, QuantizedActs, TileKernel, QK};
 use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
@@ -100,23 +102,21 @@ impl TileKernel for Q41Matrix {
     }
 }
 
-/// One output element, emulating the AVX2 kernel lane for lane; the offsets are one fma chain
-/// in block order, as in the SIMD path.
+/// One output element, the SIMD kernels' lanes emulated.
 fn dot_scalar(acts: &QuantizedActs, r: usize, (nibbles, wd, wm): (&[u8], &[f32], &[f32])) -> f32 {
     let (xq, xd) = acts.row(r);
     let kb = acts.k / QK;
-    let mut acc = [0f32; 8];
+    let mut acc = PairLanes::offsets(wm, &acts.s[r * kb..(r + 1) * kb]);
     for (b, nib) in nibbles.chunks_exact(QK / 2).enumerate() {
         let scale = wd[b] * xd[b];
         let q = |i: usize| if i < QK / 2 { nib[i] & 0x0F } else { nib[i - QK / 2] >> 4 } as i32;
         let x = &xq[b * QK..(b + 1) * QK];
-        for (j, lane) in acc.iter_mut().enumerate() {
-            let s: i32 = (4 * j..4 * j + 4).map(|i| q(i) * x[i] as i32).sum();
-            *lane = (s as f32).mul_add(scale, *lane);
+        for l in 0..8 {
+            let s: i32 = (4 * l..4 * l + 4).map(|i| q(i) * x[i] as i32).sum();
+            acc.fma(b, l, s as f32, scale);
         }
     }
-    let msum = wm.iter().zip(&acts.s[r * kb..(r + 1) * kb]).fold(0f32, |acc, (&m, &sx)| m.mul_add(sx, acc));
-    hsum_lanes(&acc) + msum
+    acc.finish()
 }
 
 /// # Safety
@@ -135,35 +135,6 @@ pub(super) unsafe fn scalar_block(
     }
 }
 
-/// `Σ_b m_w·s_x` for a tile: one fma chain per element in block order, the chains
-/// interleaved (the SIMD kernels share it; `dot_scalar` runs the same chain).
-///
-/// # Safety
-/// Rows `r..r + R` lie inside `a` and columns `c..c + C` inside `w`.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-unsafe fn offsets<const R: usize, const C: usize>(
-    a: &QuantizedActs,
-    w: &Q41Matrix,
-    r: usize,
-    c: usize,
-) -> [[f32; C]; R] {
-    let kb = a.k / QK;
-    let sp = a.s[r * kb..(r + R) * kb].as_ptr();
-    let wm = w.m[c * kb..(c + C) * kb].as_ptr();
-    let mut msum = [[0f32; C]; R];
-    for b in 0..kb {
-        for i in 0..R {
-            // SAFETY: block `b` of row `r + i` / column `c + j` lies inside the slices above.
-            let sx = unsafe { *sp.add(i * kb + b) };
-            for j in 0..C {
-                msum[i][j] = unsafe { *wm.add(j * kb + b) }.mul_add(sx, msum[i][j]);
-            }
-        }
-    }
-    msum
-}
-
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
 mod avx2 {
@@ -173,9 +144,10 @@ mod avx2 {
     use super::super::simd::hsum;
     use super::{OutPtr, Q41Matrix, QuantizedActs, QK};
 
-    super::super::tile_walk!(Q41Matrix, "avx2,fma", [2, 2, 4, 4]);
+    super::super::tile_walk!(Q41Matrix, "avx2,fma", [1, 1, 2, 4]);
 
-    /// `R` rows from `r` times `C` columns from `c`, one 8-lane accumulator per pair.
+    /// `R` rows from `r` times `C` columns from `c`, two 8-lane accumulators (even and odd
+    /// blocks) per pair, started from the offsets.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q41Matrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
@@ -188,7 +160,13 @@ mod avx2 {
         let low = _mm256_set1_epi8(0x0F);
         // Lanes 0..4 keep the low nibbles (values 0..16), lanes 4..8 take the high ones.
         let shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
+        for i in 0..R {
+            for j in 0..C {
+                // SAFETY: the row's and the column's `kb` values lie inside `a.s` and `w.m`.
+                acc[i][j] = unsafe { offsets(&w.m[(c + j) * kb..][..kb], &a.s[(r + i) * kb..][..kb]) };
+            }
+        }
         for b in 0..kb {
             for j in 0..C {
                 let nib = wq.wrapping_add(j * col_bytes + b * QK / 2);
@@ -211,17 +189,36 @@ mod avx2 {
                     let pairs = _mm256_maddubs_epi16(wv, av);
                     let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
-                    acc[i][j] = _mm256_fmadd_ps(scale, lanes, acc[i][j]);
+                    acc[i][j][b % 2] = _mm256_fmadd_ps(lanes, scale, acc[i][j][b % 2]);
                 }
             }
         }
-        let msum = unsafe { super::offsets::<R, C>(a, w, r, c) };
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, hsum(acc[i][j]) + msum[i][j]) };
+                unsafe { out.write(r + i, c + j, hsum(_mm256_add_ps(acc[i][j][0], acc[i][j][1]))) };
             }
         }
+    }
+
+    /// The offsets' sixteen lanes as two 8-lane halves: lane `b mod 16` takes
+    /// `fma(m_w, s_x, lane)` for block `b`, as `PairLanes::offsets`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn offsets(wm: &[f32], sx: &[f32]) -> [__m256; 2] {
+        let mut lanes = [_mm256_setzero_ps(); 2];
+        let mut b = 0;
+        while b < wm.len() {
+            for (h, lane) in lanes.iter_mut().enumerate() {
+                let at = b + 8 * h;
+                let n = wm.len().saturating_sub(at).min(8);
+                // SAFETY: `load8` reads `n` values from `at`, inside both slices.
+                let (m, s) = unsafe { (super::super::simd::load8(wm, at, n), super::super::simd::load8(sx, at, n)) };
+                *lane = _mm256_fmadd_ps(m, s, *lane);
+            }
+            b += 16;
+        }
+        lanes
     }
 }
 
@@ -231,15 +228,15 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::simd::hsum;
     use super::{OutPtr, Q41Matrix, QuantizedActs, QK};
 
     super::super::tile_walk!(Q41Matrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [4, 4, 4, 4]);
 
-    /// `R` rows from `r` times `C` columns from `c`. Blocks go in pairs: their 32 nibble bytes
-    /// become `[lo(b), hi(b), lo(b+1), hi(b+1)]` (values in order), one `vpdpbusd` forms both
-    /// blocks' 8 lane sums, and the halves are added to the 8-lane accumulator in block order;
-    /// an odd last block takes a 256-bit step.
+    /// `R` rows from `r` times `C` columns from `c`, one 16-lane accumulator per pair, started
+    /// from the offsets. Blocks go in pairs: their 32 nibble bytes become `[lo(b), hi(b),
+    /// lo(b+1), hi(b+1)]` (values in order), one `vpdpbusd` forms both blocks' lanes, and one
+    /// fma adds them times `[d_w·d_x of b ×8, of b+1 ×8]`; an odd last block takes a 256-bit
+    /// step into the even half.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q41Matrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
@@ -251,31 +248,34 @@ mod avx512 {
         let zero = _mm512_setzero_si512();
         let low = _mm512_set1_epi8(0x0F);
         let spread = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for i in 0..R {
+            for j in 0..C {
+                // SAFETY: the row's and the column's `kb` values lie inside `a.s` and `w.m`.
+                acc[i][j] = unsafe { offsets(&w.m[(c + j) * kb..][..kb], &a.s[(r + i) * kb..][..kb]) };
+            }
+        }
         let mut b = 0;
         while b + 2 <= kb {
+            let mut dx = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
+                dx[i] = unsafe { super::super::simd::pair_scales(ad.add(i * kb + b)) };
+            }
             for j in 0..C {
                 let p = wq.wrapping_add(j * col_bytes + b * QK / 2);
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * col_bytes) as *const i8);
                 // SAFETY: blocks `b`, `b + 1` of column `c + j` lie inside `w` (sliced above).
-                let (raw, dw0, dw1) =
-                    unsafe { (_mm256_loadu_si256(p as *const __m256i), *wd.add(j * kb + b), *wd.add(j * kb + b + 1)) };
+                let (raw, dw) = unsafe {
+                    (_mm256_loadu_si256(p as *const __m256i), super::super::simd::pair_scales(wd.add(j * kb + b)))
+                };
                 let both = _mm512_permutexvar_epi64(spread, _mm512_castsi256_si512(raw));
                 let wv = _mm512_and_si512(_mm512_mask_blend_epi64(0xCC, both, _mm512_srli_epi16(both, 4)), low);
                 for i in 0..R {
                     // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
-                    let (av, da0, da1) = unsafe {
-                        (
-                            _mm512_loadu_si512(aq.add(i * k + b * QK) as *const _),
-                            *ad.add(i * kb + b),
-                            *ad.add(i * kb + b + 1),
-                        )
-                    };
+                    let av = unsafe { _mm512_loadu_si512(aq.add(i * k + b * QK) as *const _) };
                     let lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv, av));
-                    let lo = _mm512_castps512_ps256(lanes);
-                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lanes), 1));
-                    let x = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * da0), lo, acc[i][j]);
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * da1), hi, x);
+                    acc[i][j] = _mm512_fmadd_ps(lanes, _mm512_mul_ps(dw, dx[i]), acc[i][j]);
                 }
             }
             b += 2;
@@ -295,16 +295,35 @@ mod avx512 {
                     let (av, da) =
                         unsafe { (_mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i), *ad.add(i * kb + b)) };
                     let lanes = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(zero, wv, av));
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), lanes, acc[i][j]);
+                    acc[i][j] = super::super::simd::fma_even(acc[i][j], lanes, dw * da);
                 }
             }
         }
-        let msum = unsafe { super::offsets::<R, C>(a, w, r, c) };
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, hsum(acc[i][j]) + msum[i][j]) };
+                unsafe { out.write(r + i, c + j, super::super::simd::hsum_pair(acc[i][j])) };
             }
         }
+    }
+
+    /// The offsets' sixteen lanes: lane `b mod 16` takes `fma(m_w, s_x, lane)` for block `b`,
+    /// as `PairLanes::offsets`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn offsets(wm: &[f32], sx: &[f32]) -> __m512 {
+        let mut lanes = _mm512_setzero_ps();
+        let mut b = 0;
+        while b < wm.len() {
+            let n = (wm.len() - b).min(16);
+            let mask = (u32::MAX >> (32 - n)) as __mmask16;
+            // SAFETY: the masked loads read `n` values from `b`, inside both slices.
+            let (m, s) = unsafe {
+                (_mm512_maskz_loadu_ps(mask, wm.as_ptr().add(b)), _mm512_maskz_loadu_ps(mask, sx.as_ptr().add(b)))
+            };
+            lanes = _mm512_fmadd_ps(m, s, lanes);
+            b += 16;
+        }
+        lanes
     }
 }

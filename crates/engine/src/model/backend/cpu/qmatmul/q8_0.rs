@@ -1,16 +1,17 @@
 //! Q8_0 weights (one f16 scale and 32 int8 values per block) on wick's register-tiled kernel.
-//! Per (row, column, block) this is candle's AVX2 `vec_dot_q8_0_q8_0` step for step, so
-//! results are bit-identical to candle's Q8_0 `QMatMul` on AVX2 machines. Three
-//! implementations give the same bits: scalar (the lanes emulated), AVX2, and AVX-512 VNNI
-//! (two blocks per `vpdpbusd`, their 8-lane halves added to the accumulator one block after
-//! the other, in order), chosen by the process's `KernelLevel`.
+//! Per (row, column) sixteen f32 lanes (`super::PairLanes`): block `b`'s lane `l` is the exact
+//! integer `Σ x·w` over values `4l..4l+4`, and lane `l` of the even blocks' eight (or the odd
+//! blocks') takes `fma(lane, d_w·d_x, acc)`; the halves are added lane by lane and one fixed
+//! horizontal sum ends it. Three implementations give the same bits: scalar (the lanes
+//! emulated), AVX2 (two 8-lane accumulators) and AVX-512 VNNI (one `vpdpbusd`, one multiply
+//! and one 16-lane fma per pair of blocks), chosen by the process's `KernelLevel`.
 
 use std::ops::Range;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::{hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use super::{OutPtr, PairLanes, QuantizedActs, TileKernel, QK};
 use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
@@ -91,20 +92,18 @@ impl TileKernel for Q8Matrix {
     }
 }
 
-/// One output element, emulating the AVX2 kernel lane for lane: lane `j` of block `b` holds
-/// the exact integer `Σ x·w` over values `4j..4j+4`, accumulated as `fma(d_w·d_x, lane, acc)`,
-/// then the same horizontal sum as `hsum_float_8`.
+/// One output element, the SIMD kernels' lanes emulated.
 fn dot_scalar(a: (&[i8], &[f32]), w: (&[i8], &[f32])) -> f32 {
-    let mut acc = [0f32; 8];
+    let mut acc = PairLanes::zero();
     for (b, (&da, &dw)) in a.1.iter().zip(w.1).enumerate() {
         let scale = dw * da;
         let (xa, xw) = (&a.0[b * QK..(b + 1) * QK], &w.0[b * QK..(b + 1) * QK]);
-        for (j, lane) in acc.iter_mut().enumerate() {
-            let s: i32 = (4 * j..4 * j + 4).map(|i| xa[i] as i32 * xw[i] as i32).sum();
-            *lane = (s as f32).mul_add(scale, *lane);
+        for l in 0..8 {
+            let s: i32 = (4 * l..4 * l + 4).map(|i| xa[i] as i32 * xw[i] as i32).sum();
+            acc.fma(b, l, s as f32, scale);
         }
     }
-    hsum_lanes(&acc)
+    acc.finish()
 }
 
 /// # Safety
@@ -132,9 +131,10 @@ mod avx2 {
     use super::super::simd::hsum;
     use super::{OutPtr, Q8Matrix, QuantizedActs, QK};
 
-    super::super::tile_walk!(Q8Matrix, "avx2,fma", [2, 2, 4, 4]);
+    super::super::tile_walk!(Q8Matrix, "avx2,fma", [1, 1, 2, 4]);
 
-    /// `R` rows from `r` times `C` columns from `c`, one 8-lane accumulator per pair.
+    /// `R` rows from `r` times `C` columns from `c`, two 8-lane accumulators (even and odd
+    /// blocks) per pair.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q8Matrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
@@ -143,7 +143,7 @@ mod avx2 {
         let wq = w.qs[c * k..(c + C) * k].as_ptr();
         let wd = w.d[c * kb..(c + C) * kb].as_ptr();
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
         for b in 0..kb {
             for j in 0..C {
                 // SAFETY: block `b` of column `c + j` lies inside `w` (sliced above).
@@ -162,14 +162,14 @@ mod avx2 {
                     let pairs = _mm256_maddubs_epi16(wabs, signed);
                     let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
-                    acc[i][j] = _mm256_fmadd_ps(scale, lanes, acc[i][j]);
+                    acc[i][j][b % 2] = _mm256_fmadd_ps(lanes, scale, acc[i][j][b % 2]);
                 }
             }
         }
         for (i, row) in acc.iter().enumerate() {
-            for (j, &v) in row.iter().enumerate() {
+            for (j, &[even, odd]) in row.iter().enumerate() {
                 // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, hsum(v)) };
+                unsafe { out.write(r + i, c + j, hsum(_mm256_add_ps(even, odd))) };
             }
         }
     }
@@ -181,15 +181,15 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::simd::hsum;
+    use super::super::simd::{fma_even, hsum_pair, pair_scales};
     use super::{OutPtr, Q8Matrix, QuantizedActs, QK};
 
     super::super::tile_walk!(Q8Matrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [4, 4, 4, 4]);
 
-    /// `R` rows from `r` times `C` columns from `c`. Blocks go in pairs: one `vpdpbusd` forms
-    /// both blocks' 8 lane sums (|w| times x with w's sign, as AVX2's `sign`/`maddubs`/`madd`
-    /// do), then the two halves are added to the 8-lane accumulator in block order; an odd
-    /// last block takes a 256-bit step.
+    /// `R` rows from `r` times `C` columns from `c`, one 16-lane accumulator per pair. Blocks
+    /// go in pairs: one `vpdpbusd` forms both blocks' lanes (|w| times x with w's sign, as
+    /// AVX2's `sign`/`maddubs`/`madd` do), and one fma adds them times `[d_w·d_x of b ×8, of
+    /// b+1 ×8]`; an odd last block takes a 256-bit step into the even half.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q8Matrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
@@ -198,33 +198,28 @@ mod avx512 {
         let wq = w.qs[c * k..(c + C) * k].as_ptr();
         let wd = w.d[c * kb..(c + C) * kb].as_ptr();
         let zero = _mm512_setzero_si512();
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
         let mut b = 0;
         while b + 2 <= kb {
+            let mut dx = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
+                dx[i] = unsafe { pair_scales(ad.add(i * kb + b)) };
+            }
             for j in 0..C {
                 let p = wq.wrapping_add(j * k + b * QK);
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * k));
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * k + 63));
                 // SAFETY: blocks `b`, `b + 1` of column `c + j` lie inside `w` (sliced above).
-                let (wv, dw0, dw1) =
-                    unsafe { (_mm512_loadu_si512(p as *const _), *wd.add(j * kb + b), *wd.add(j * kb + b + 1)) };
+                let (wv, dw) = unsafe { (_mm512_loadu_si512(p as *const _), pair_scales(wd.add(j * kb + b))) };
                 let wabs = _mm512_abs_epi8(wv);
                 let neg = _mm512_movepi8_mask(wv);
                 for i in 0..R {
                     // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
-                    let (av, da0, da1) = unsafe {
-                        (
-                            _mm512_loadu_si512(aq.add(i * k + b * QK) as *const _),
-                            *ad.add(i * kb + b),
-                            *ad.add(i * kb + b + 1),
-                        )
-                    };
+                    let av = unsafe { _mm512_loadu_si512(aq.add(i * k + b * QK) as *const _) };
                     let signed = _mm512_mask_sub_epi8(av, neg, zero, av);
                     let lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wabs, signed));
-                    let lo = _mm512_castps512_ps256(lanes);
-                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lanes), 1));
-                    let x = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * da0), lo, acc[i][j]);
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * da1), hi, x);
+                    acc[i][j] = _mm512_fmadd_ps(lanes, _mm512_mul_ps(dw, dx[i]), acc[i][j]);
                 }
             }
             b += 2;
@@ -241,14 +236,14 @@ mod avx512 {
                     let (av, da) =
                         unsafe { (_mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i), *ad.add(i * kb + b)) };
                     let lanes = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(zero, wabs, _mm256_sign_epi8(av, wv)));
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), lanes, acc[i][j]);
+                    acc[i][j] = fma_even(acc[i][j], lanes, dw * da);
                 }
             }
         }
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, hsum(acc[i][j])) };
+                unsafe { out.write(r + i, c + j, hsum_pair(acc[i][j])) };
             }
         }
     }

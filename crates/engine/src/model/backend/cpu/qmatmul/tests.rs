@@ -300,40 +300,11 @@ fn the_exact_product_of_the_quantized_operands_within_f32_rounding() {
 }
 
 #[test]
-fn same_bits_as_candles_q8_0_matmul_on_avx2() {
-    // candle runs one AVX2 `vec_dot_q8_0_q8_0` per (row, column) for Q8_0 when k is not a
-    // multiple of 256 (otherwise AVX-512 VNNI machines take its repacked path).
-    // Every level gives the AVX2 bits, so every level matches candle here.
-    if !KernelLevel::Avx2.supported() {
-        eprintln!("SKIP: no AVX2 on this CPU, so candle's Q8_0 matmul is not its AVX2 kernel");
-        return;
-    }
-    let (m, k, n) = (5, 96, 12);
-    let q = qtensor(n, k, 6, GgmlDType::Q8_0);
-    let x = values(m * k, 10, 1.0);
-    let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
-    let want: Vec<f32> = QMatMul::from_qtensor(qtensor(n, k, 6, GgmlDType::Q8_0))
-        .unwrap()
-        .forward(&xt)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    for level in KernelLevel::available() {
-        let w = Q8Matrix::from_qtensor(&q).unwrap().with_level(level);
-        assert_eq!(bits(&run_with(&w, &x)), bits(&want), "{level}");
-        let through_tensor: Vec<f32> = w.forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(bits(&through_tensor), bits(&want), "{level}");
-    }
-}
-
-#[test]
-fn q4_1_and_q5_k_agree_with_candles_matmuls() {
-    // Same quantized operands as candle's `vec_dot_q4_1_q8_1` (Q8_1 activations with the f16
-    // `s`) and `vec_dot_q5k_q8k` (Q8_K activations); only the order of the float additions
-    // differs.
-    for (dtype, k) in [(GgmlDType::Q4_1, 576), (GgmlDType::Q5K, 768)] {
+fn q8_0_q4_1_and_q5_k_agree_with_candles_matmuls() {
+    // Same quantized operands as candle's `vec_dot_q8_0_q8_0`, `vec_dot_q4_1_q8_1` (Q8_1
+    // activations with the f16 `s`) and `vec_dot_q5k_q8k` (Q8_K activations); only the order
+    // of the float additions differs.
+    for (dtype, k) in [(GgmlDType::Q8_0, 576), (GgmlDType::Q4_1, 576), (GgmlDType::Q5K, 768)] {
         let (m, n) = (6, 40);
         let q = qtensor(n, k, 12, dtype);
         let w = kernel(&q, KernelLevel::current());
