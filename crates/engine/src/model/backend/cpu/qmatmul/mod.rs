@@ -383,12 +383,13 @@ impl PairLanes {
         Self([0.0; 16])
     }
 
-    /// Lanes started from the per-block offsets: lane `b mod 16` takes `fma(m[b], s[b], lane)`
-    /// for each block `b`, in block order.
-    pub(super) fn offsets(m: &[f32], s: &[f32]) -> Self {
+    /// Lanes started from the per-block offsets `m[b]·mul` (`mul` is 1 or a power of two, so
+    /// the product is exact): lane `b mod 16` takes `fma(m[b]·mul, s[b], lane)` for each block
+    /// `b`, in block order (`simd::offsets8x2` and `simd::offsets16` do the same).
+    pub(super) fn offsets(m: &[f32], mul: f32, s: &[f32]) -> Self {
         let mut lanes = Self::zero();
         for (b, (&m, &s)) in m.iter().zip(s).enumerate() {
-            lanes.0[b % 16] = m.mul_add(s, lanes.0[b % 16]);
+            lanes.0[b % 16] = (m * mul).mul_add(s, lanes.0[b % 16]);
         }
         lanes
     }
@@ -530,6 +531,52 @@ mod simd {
         let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         // SAFETY: the mask reads only the `n` lanes that lie inside `v`.
         unsafe { _mm256_maskload_ps(p, mask) }
+    }
+
+    /// `PairLanes::offsets` as two 8-lane halves (AVX2).
+    ///
+    /// # Safety
+    /// `sx` holds at least `m.len()` values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn offsets8x2(m: &[f32], mul: f32, sx: &[f32]) -> [__m256; 2] {
+        let mut lanes = [_mm256_setzero_ps(); 2];
+        let mul = _mm256_set1_ps(mul);
+        let mut b = 0;
+        while b < m.len() {
+            for (h, lane) in lanes.iter_mut().enumerate() {
+                let at = b + 8 * h;
+                let n = m.len().saturating_sub(at).min(8);
+                // SAFETY: `load8` reads `n` values from `at`, inside both slices.
+                let (mv, sv) = unsafe { (load8(m, at, n), load8(sx, at, n)) };
+                *lane = _mm256_fmadd_ps(_mm256_mul_ps(mv, mul), sv, *lane);
+            }
+            b += 16;
+        }
+        lanes
+    }
+
+    /// `PairLanes::offsets` in one 16-lane register (AVX-512).
+    ///
+    /// # Safety
+    /// `sx` holds at least `m.len()` values.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn offsets16(m: &[f32], mul: f32, sx: &[f32]) -> __m512 {
+        let mut lanes = _mm512_setzero_ps();
+        let mul = _mm512_set1_ps(mul);
+        let mut b = 0;
+        while b < m.len() {
+            let n = (m.len() - b).min(16);
+            let mask = (u32::MAX >> (32 - n)) as __mmask16;
+            // SAFETY: the masked loads read `n` values from `b`, inside both slices.
+            let (mv, sv) = unsafe {
+                (_mm512_maskz_loadu_ps(mask, m.as_ptr().add(b)), _mm512_maskz_loadu_ps(mask, sx.as_ptr().add(b)))
+            };
+            lanes = _mm512_fmadd_ps(_mm512_mul_ps(mv, mul), sv, lanes);
+            b += 16;
+        }
+        lanes
     }
 
     /// `[p[0] ×8, p[1] ×8]`: two consecutive blocks' scales for a 16-lane pair.

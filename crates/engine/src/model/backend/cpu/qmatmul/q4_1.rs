@@ -106,7 +106,7 @@ impl TileKernel for Q41Matrix {
 fn dot_scalar(acts: &QuantizedActs, r: usize, (nibbles, wd, wm): (&[u8], &[f32], &[f32])) -> f32 {
     let (xq, xd) = acts.row(r);
     let kb = acts.k / QK;
-    let mut acc = PairLanes::offsets(wm, &acts.s[r * kb..(r + 1) * kb]);
+    let mut acc = PairLanes::offsets(wm, 1.0, &acts.s[r * kb..(r + 1) * kb]);
     for (b, nib) in nibbles.chunks_exact(QK / 2).enumerate() {
         let scale = wd[b] * xd[b];
         let q = |i: usize| if i < QK / 2 { nib[i] & 0x0F } else { nib[i - QK / 2] >> 4 } as i32;
@@ -141,7 +141,7 @@ mod avx2 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::simd::hsum;
+    use super::super::simd::{hsum, offsets8x2};
     use super::{OutPtr, Q41Matrix, QuantizedActs, QK};
 
     super::super::tile_walk!(Q41Matrix, "avx2,fma", [1, 1, 2, 4]);
@@ -164,7 +164,7 @@ mod avx2 {
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the row's and the column's `kb` values lie inside `a.s` and `w.m`.
-                acc[i][j] = unsafe { offsets(&w.m[(c + j) * kb..][..kb], &a.s[(r + i) * kb..][..kb]) };
+                acc[i][j] = unsafe { offsets8x2(&w.m[(c + j) * kb..][..kb], 1.0, &a.s[(r + i) * kb..][..kb]) };
             }
         }
         for b in 0..kb {
@@ -200,26 +200,6 @@ mod avx2 {
             }
         }
     }
-
-    /// The offsets' sixteen lanes as two 8-lane halves: lane `b mod 16` takes
-    /// `fma(m_w, s_x, lane)` for block `b`, as `PairLanes::offsets`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn offsets(wm: &[f32], sx: &[f32]) -> [__m256; 2] {
-        let mut lanes = [_mm256_setzero_ps(); 2];
-        let mut b = 0;
-        while b < wm.len() {
-            for (h, lane) in lanes.iter_mut().enumerate() {
-                let at = b + 8 * h;
-                let n = wm.len().saturating_sub(at).min(8);
-                // SAFETY: `load8` reads `n` values from `at`, inside both slices.
-                let (m, s) = unsafe { (super::super::simd::load8(wm, at, n), super::super::simd::load8(sx, at, n)) };
-                *lane = _mm256_fmadd_ps(m, s, *lane);
-            }
-            b += 16;
-        }
-        lanes
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -228,6 +208,7 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
+    use super::super::simd::{fma_even, hsum_pair, offsets16, pair_scales};
     use super::{OutPtr, Q41Matrix, QuantizedActs, QK};
 
     super::super::tile_walk!(Q41Matrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [4, 4, 4, 4]);
@@ -252,7 +233,7 @@ mod avx512 {
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the row's and the column's `kb` values lie inside `a.s` and `w.m`.
-                acc[i][j] = unsafe { offsets(&w.m[(c + j) * kb..][..kb], &a.s[(r + i) * kb..][..kb]) };
+                acc[i][j] = unsafe { offsets16(&w.m[(c + j) * kb..][..kb], 1.0, &a.s[(r + i) * kb..][..kb]) };
             }
         }
         let mut b = 0;
@@ -260,15 +241,13 @@ mod avx512 {
             let mut dx = [_mm512_setzero_ps(); R];
             for i in 0..R {
                 // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
-                dx[i] = unsafe { super::super::simd::pair_scales(ad.add(i * kb + b)) };
+                dx[i] = unsafe { pair_scales(ad.add(i * kb + b)) };
             }
             for j in 0..C {
                 let p = wq.wrapping_add(j * col_bytes + b * QK / 2);
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * C * col_bytes) as *const i8);
                 // SAFETY: blocks `b`, `b + 1` of column `c + j` lie inside `w` (sliced above).
-                let (raw, dw) = unsafe {
-                    (_mm256_loadu_si256(p as *const __m256i), super::super::simd::pair_scales(wd.add(j * kb + b)))
-                };
+                let (raw, dw) = unsafe { (_mm256_loadu_si256(p as *const __m256i), pair_scales(wd.add(j * kb + b))) };
                 let both = _mm512_permutexvar_epi64(spread, _mm512_castsi256_si512(raw));
                 let wv = _mm512_and_si512(_mm512_mask_blend_epi64(0xCC, both, _mm512_srli_epi16(both, 4)), low);
                 for i in 0..R {
@@ -295,35 +274,15 @@ mod avx512 {
                     let (av, da) =
                         unsafe { (_mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i), *ad.add(i * kb + b)) };
                     let lanes = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(zero, wv, av));
-                    acc[i][j] = super::super::simd::fma_even(acc[i][j], lanes, dw * da);
+                    acc[i][j] = fma_even(acc[i][j], lanes, dw * da);
                 }
             }
         }
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, super::super::simd::hsum_pair(acc[i][j])) };
+                unsafe { out.write(r + i, c + j, hsum_pair(acc[i][j])) };
             }
         }
-    }
-
-    /// The offsets' sixteen lanes: lane `b mod 16` takes `fma(m_w, s_x, lane)` for block `b`,
-    /// as `PairLanes::offsets`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn offsets(wm: &[f32], sx: &[f32]) -> __m512 {
-        let mut lanes = _mm512_setzero_ps();
-        let mut b = 0;
-        while b < wm.len() {
-            let n = (wm.len() - b).min(16);
-            let mask = (u32::MAX >> (32 - n)) as __mmask16;
-            // SAFETY: the masked loads read `n` values from `b`, inside both slices.
-            let (m, s) = unsafe {
-                (_mm512_maskz_loadu_ps(mask, wm.as_ptr().add(b)), _mm512_maskz_loadu_ps(mask, sx.as_ptr().add(b)))
-            };
-            lanes = _mm512_fmadd_ps(m, s, lanes);
-            b += 16;
-        }
-        lanes
     }
 }

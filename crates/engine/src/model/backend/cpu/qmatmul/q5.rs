@@ -3,19 +3,20 @@
 //! value `i` low, value `i + 16` high), a 32-bit word of fifth bits (bit `i`: value `i`), and
 //! the f16 scale (and Q5_1's offset) widened to f32.
 //!
-//! Both take Q4_1's arithmetic with unsigned 5-bit `q`: per (row, column) an 8-lane accumulator
-//! takes, block after block, `fma(d·d_x, i32→f32(lane), acc)` with lane `j` the exact integer
-//! `Σ q·x` over values `4j..4j+4`, and a scalar chain `fma(m, t_x, msum)` in block order, with
-//! `m = −16·d` (exact) and `t_x = d_x·Σx` exact for Q5_0, and Q5_1's `m` with candle's
-//! f16-rounded `s` (ggml's Q8_1 pairing) for Q5_1; the result is `hsum(acc) + msum`. Scalar,
-//! AVX2 and AVX-512 VNNI give the same bits; rows are bit-identical whatever shares the call.
+//! Both take Q4_1's arithmetic with unsigned 5-bit `q` (sixteen paired lanes, `PairLanes`):
+//! the lanes start from the offsets, lane `b mod 16` taking `fma(m, t_x, lane)` in block order,
+//! with `m = −16·d` (exact) and `t_x = d_x·Σx` exact for Q5_0, and Q5_1's `m` with candle's
+//! f16-rounded `s` (ggml's Q8_1 pairing) for Q5_1; then block after block `fma(i32→f32(Σ q·x
+//! over values 4l..4l+4), d·d_x, lane)` into lane `l` of the block's eight (even or odd);
+//! the halves are added and one fixed horizontal sum ends it. Scalar, AVX2 and AVX-512 VNNI
+//! give the same bits; rows are bit-identical whatever shares the call.
 
 use std::ops::Range;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::{hsum_lanes, OutPtr, QuantizedActs, TileKernel, QK};
+use super::{OutPtr, PairLanes, QuantizedActs, TileKernel, QK};
 use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
@@ -75,12 +76,13 @@ impl Q5Matrix {
         self
     }
 
-    /// The offset of stored block `i`.
+    /// Column `c`'s offsets as `(values, factor)`: `m` itself for Q5_1, `d` times −16 for Q5_0.
     #[inline(always)]
-    fn offset(&self, i: usize) -> f32 {
+    fn offsets(&self, c: usize) -> (&[f32], f32) {
+        let kb = self.k / QK;
         match &self.m {
-            Some(m) => m[i],
-            None => -16.0 * self.d[i],
+            Some(m) => (&m[c * kb..(c + 1) * kb], 1.0),
+            None => (&self.d[c * kb..(c + 1) * kb], -16.0),
         }
     }
 
@@ -119,9 +121,8 @@ impl TileKernel for Q5Matrix {
 fn dot_scalar(a: &QuantizedActs, r: usize, w: &Q5Matrix, c: usize) -> f32 {
     let (xq, xd) = a.row(r);
     let kb = a.k / QK;
-    let sums = &w.sums(a)[r * kb..(r + 1) * kb];
-    let mut acc = [0f32; 8];
-    let mut msum = 0f32;
+    let (m, mul) = w.offsets(c);
+    let mut acc = PairLanes::offsets(m, mul, &w.sums(a)[r * kb..(r + 1) * kb]);
     for b in 0..kb {
         let i = c * kb + b;
         let nib = &w.nibbles[i * QK / 2..(i + 1) * QK / 2];
@@ -132,13 +133,12 @@ fn dot_scalar(a: &QuantizedActs, r: usize, w: &Q5Matrix, c: usize) -> f32 {
         };
         let x = &xq[b * QK..(b + 1) * QK];
         let scale = w.d[i] * xd[b];
-        for (j, lane) in acc.iter_mut().enumerate() {
-            let s: i32 = (4 * j..4 * j + 4).map(|v| q(v) * x[v] as i32).sum();
-            *lane = (s as f32).mul_add(scale, *lane);
+        for l in 0..8 {
+            let s: i32 = (4 * l..4 * l + 4).map(|v| q(v) * x[v] as i32).sum();
+            acc.fma(b, l, s as f32, scale);
         }
-        msum = w.offset(i).mul_add(sums[b], msum);
     }
-    hsum_lanes(&acc) + msum
+    acc.finish()
 }
 
 /// # Safety
@@ -157,39 +157,16 @@ pub(super) unsafe fn scalar_block(
     }
 }
 
-/// `Σ_b m·t_x` for a tile: one fma chain per element in block order, as `dot_scalar`.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-fn offsets<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q5Matrix, r: usize, c: usize) -> [[f32; C]; R] {
-    let kb = a.k / QK;
-    let sums = w.sums(a);
-    let mut msum = [[0f32; C]; R];
-    for b in 0..kb {
-        // Written out: `array::from_fn` is not inlined into the kernels.
-        let mut mw = [0f32; C];
-        for j in 0..C {
-            mw[j] = w.offset((c + j) * kb + b);
-        }
-        for i in 0..R {
-            let t = sums[(r + i) * kb + b];
-            for j in 0..C {
-                msum[i][j] = mw[j].mul_add(t, msum[i][j]);
-            }
-        }
-    }
-    msum
-}
-
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
 mod avx2 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::simd::hsum;
+    use super::super::simd::{hsum, offsets8x2};
     use super::{OutPtr, Q5Matrix, QuantizedActs, QK};
 
-    super::super::tile_walk!(Q5Matrix, "avx2,fma", [2, 2, 4, 4]);
+    super::super::tile_walk!(Q5Matrix, "avx2,fma", [1, 1, 2, 4]);
 
     /// Stored block `i`'s 32 values `q` (0..32) in order.
     #[inline]
@@ -212,14 +189,22 @@ mod avx2 {
         _mm256_or_si256(lo, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
     }
 
-    /// `R` rows from `r` times `C` columns from `c`, one 8-lane accumulator per pair.
+    /// `R` rows from `r` times `C` columns from `c`, two 8-lane accumulators (even and odd
+    /// blocks) per pair, started from the offsets.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q5Matrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
         let aq = a.qs[r * k..(r + R) * k].as_ptr();
         let ad = a.d[r * kb..(r + R) * kb].as_ptr();
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
+        for i in 0..R {
+            for j in 0..C {
+                let (m, mul) = w.offsets(c + j);
+                // SAFETY: the row's `kb` sums lie inside `w.sums(a)`.
+                acc[i][j] = unsafe { offsets8x2(m, mul, &w.sums(a)[(r + i) * kb..][..kb]) };
+            }
+        }
         for b in 0..kb {
             for j in 0..C {
                 let blk = (c + j) * kb + b;
@@ -232,15 +217,14 @@ mod avx2 {
                     let (av, da) =
                         unsafe { (_mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i), *ad.add(i * kb + b)) };
                     let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(wv, av)));
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), lanes, acc[i][j]);
+                    acc[i][j][b % 2] = _mm256_fmadd_ps(lanes, _mm256_set1_ps(dw * da), acc[i][j][b % 2]);
                 }
             }
         }
-        let msum = super::offsets::<R, C>(a, w, r, c);
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, hsum(acc[i][j]) + msum[i][j]) };
+                unsafe { out.write(r + i, c + j, hsum(_mm256_add_ps(acc[i][j][0], acc[i][j][1]))) };
             }
         }
     }
@@ -252,14 +236,15 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::simd::hsum;
+    use super::super::simd::{fma_even, hsum_pair, offsets16, pair_scales};
     use super::{OutPtr, Q5Matrix, QuantizedActs, QK};
 
     super::super::tile_walk!(Q5Matrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [4, 4, 4, 4]);
 
-    /// `R` rows from `r` times `C` columns from `c`: blocks in pairs, one `vpdpbusd` for both
-    /// (the fifth bits set through a byte mask), the halves added in block order; an odd last
-    /// block takes a 256-bit step.
+    /// `R` rows from `r` times `C` columns from `c`, one 16-lane accumulator per pair started
+    /// from the offsets: blocks in pairs, one `vpdpbusd` for both (the fifth bits set through a
+    /// byte mask), one multiply and one fma; an odd last block takes a 256-bit step into the
+    /// even half.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q5Matrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
@@ -269,9 +254,21 @@ mod avx512 {
         let low = _mm512_set1_epi8(0x0F);
         let fifth = _mm512_set1_epi8(0x10);
         let spread = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for i in 0..R {
+            for j in 0..C {
+                let (m, mul) = w.offsets(c + j);
+                // SAFETY: the row's `kb` sums lie inside `w.sums(a)`.
+                acc[i][j] = unsafe { offsets16(m, mul, &w.sums(a)[(r + i) * kb..][..kb]) };
+            }
+        }
         let mut b = 0;
         while b + 2 <= kb {
+            let mut dx = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
+                dx[i] = unsafe { pair_scales(ad.add(i * kb + b)) };
+            }
             for j in 0..C {
                 let blk = (c + j) * kb + b;
                 let p = w.nibbles.as_ptr().wrapping_add(blk * QK / 2);
@@ -282,21 +279,13 @@ mod avx512 {
                 let lo = _mm512_and_si512(_mm512_mask_blend_epi64(0xCC, both, _mm512_srli_epi16(both, 4)), low);
                 let mask = w.high[blk] as u64 | (w.high[blk + 1] as u64) << 32;
                 let wv = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(mask, fifth));
-                let (dw0, dw1) = (w.d[blk], w.d[blk + 1]);
+                // SAFETY: blocks `b`, `b + 1` of column `c + j` lie inside `w.d`.
+                let dw = unsafe { pair_scales(w.d.as_ptr().add(blk)) };
                 for i in 0..R {
                     // SAFETY: blocks `b`, `b + 1` of row `r + i` lie inside `a` (sliced above).
-                    let (av, da0, da1) = unsafe {
-                        (
-                            _mm512_loadu_si512(aq.add(i * k + b * QK) as *const _),
-                            *ad.add(i * kb + b),
-                            *ad.add(i * kb + b + 1),
-                        )
-                    };
+                    let av = unsafe { _mm512_loadu_si512(aq.add(i * k + b * QK) as *const _) };
                     let lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv, av));
-                    let l0 = _mm512_castps512_ps256(lanes);
-                    let l1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lanes), 1));
-                    let x = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * da0), l0, acc[i][j]);
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * da1), l1, x);
+                    acc[i][j] = _mm512_fmadd_ps(lanes, _mm512_mul_ps(dw, dx[i]), acc[i][j]);
                 }
             }
             b += 2;
@@ -313,15 +302,14 @@ mod avx512 {
                     let (av, da) =
                         unsafe { (_mm256_loadu_si256(aq.add(i * k + b * QK) as *const __m256i), *ad.add(i * kb + b)) };
                     let lanes = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(zero, wv, av));
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), lanes, acc[i][j]);
+                    acc[i][j] = fma_even(acc[i][j], lanes, dw * da);
                 }
             }
         }
-        let msum = super::offsets::<R, C>(a, w, r, c);
         for i in 0..R {
             for j in 0..C {
                 // SAFETY: the caller owns these output elements.
-                unsafe { out.write(r + i, c + j, hsum(acc[i][j]) + msum[i][j]) };
+                unsafe { out.write(r + i, c + j, hsum_pair(acc[i][j])) };
             }
         }
     }
