@@ -579,6 +579,20 @@ mod simd {
         lanes
     }
 
+    /// `vpdpwssd`: `acc` plus the int16 pair products of `a` and `b` per int32 lane. Written
+    /// out because LLVM otherwise splits it into `vpmaddwd` and `vpaddd`: two uops on the two
+    /// vector ports that bound the K-quant tiles instead of one.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: the instruction reads and writes registers only; AVX-512 VNNI is enabled.
+        unsafe {
+            std::arch::asm!("vpdpwssd {acc}, {a}, {b}", acc = inout(zmm_reg) acc, a = in(zmm_reg) a, b = in(zmm_reg) b,
+                options(pure, nomem, nostack));
+        }
+        acc
+    }
+
     /// `[p[0] ×8, p[1] ×8]`: two consecutive blocks' scales for a 16-lane pair.
     ///
     /// # Safety

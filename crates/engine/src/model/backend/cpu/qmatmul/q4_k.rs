@@ -317,7 +317,7 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::simd::hsum;
+    use super::super::simd::{dpwssd, hsum};
     use super::{OutPtr, Q4KMatrix, QuantizedActs, QK, SUBS};
 
     super::super::tile_walk!(Q4KMatrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [1, 2, 2, 4]);
@@ -325,25 +325,11 @@ mod avx512 {
     /// The `vpshufb` control that spreads byte `a` of each 128-bit lane into the low byte of
     /// int32 lanes 0..8 and byte `b` into lanes 8..16, the other bytes zero: the int16 scales
     /// `vpdpwssd` multiplies the low halves of `vpdpbusd`'s lanes by.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
     fn spread(a: i32, b: i32) -> __m512i {
         let (a, b) = (0x8080_8000u32 as i32 | a, 0x8080_8000u32 as i32 | b);
-        // SAFETY: `_mm512_set_epi32` only needs AVX-512F, which the callers enable.
-        unsafe { _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a) }
-    }
-
-    /// `vpdpwssd`: `acc` plus the int16 pair products of `a` and `b` per int32 lane. Written
-    /// out because LLVM otherwise splits it into `vpmaddwd` and `vpaddd`, two uops on the two
-    /// vector ports that bound this tile instead of one.
-    #[inline(always)]
-    fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-        // SAFETY: only called from functions that enable AVX-512 VNNI; the instruction reads
-        // and writes registers only.
-        unsafe {
-            std::arch::asm!("vpdpwssd {acc}, {a}, {b}", acc = inout(zmm_reg) acc, a = in(zmm_reg) a, b = in(zmm_reg) b,
-                options(pure, nomem, nostack));
-        }
-        acc
+        _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a)
     }
 
     /// `R` rows from `r` times `C` columns from `c`: per super-block half, one 64-byte load

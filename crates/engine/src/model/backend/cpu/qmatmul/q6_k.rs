@@ -311,23 +311,10 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::simd::hsum;
+    use super::super::simd::{dpwssd, hsum};
     use super::{OutPtr, Q6KMatrix, QuantizedActs, BODY, QK, QK_K};
 
     super::super::tile_walk!(Q6KMatrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [1, 2, 2, 4]);
-
-    /// `vpdpwssd`: `acc` plus the int16 pair products of `a` and `b` per int32 lane, written out
-    /// so that LLVM does not split it into `vpmaddwd` and `vpaddd`.
-    #[inline(always)]
-    fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-        // SAFETY: only called from functions that enable AVX-512 VNNI; the instruction reads
-        // and writes registers only.
-        unsafe {
-            std::arch::asm!("vpdpwssd {acc}, {a}, {b}", acc = inout(zmm_reg) acc, a = in(zmm_reg) a, b = in(zmm_reg) b,
-                options(pure, nomem, nostack));
-        }
-        acc
-    }
 
     /// `R` rows from `r` times `C` columns from `c`. Per half super-block (128 values: 64 bytes
     /// of low bits, 32 of high bits) two 512-bit vectors hold blocks 0–1 and 2–3 as unsigned
