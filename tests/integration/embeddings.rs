@@ -329,12 +329,14 @@ fn check_against_llama_cpp(
 // distance by far more than 1e-2). For Q8_0 llama.cpp quantizes activations to Q8_0 per block
 // of 32 before each matmul and wick's Q8_0 kernel does the same: measured 8.9e-8 per element;
 // but one rounding landing on the other side of a boundary moves later activations (fixture
-// README: Q8_0 logits within 2e-2 to 5e-2 over 49152-wide rows), so its bound is 1e-3 per
-// element and 1e-5 in cosine distance.
+// README: Q8_0 logits within 2e-2 to 5e-2 over 49152-wide rows). Since wick's Q8_0 kernel sums
+// even and odd blocks in separate lanes (llama.cpp: one chain), one Q8_0 vector here has
+// such a flip: 1.75e-3 per element, 1 - cosine 5.7e-6 (the others stay under 1.2e-7). So the
+// bound is 3e-3 per element and 1e-5 in cosine distance.
 const F32_COS: f64 = 1e-9;
 const F32_DIFF: f32 = 1e-5;
 const Q8_COS: f64 = 1e-5;
-const Q8_DIFF: f32 = 1e-3;
+const Q8_DIFF: f32 = 3e-3;
 
 #[test]
 fn decoder_embeddings_match_llama_cpp() {

@@ -303,8 +303,10 @@ mod tests {
         let qa = QTensor::quantize(&a, GgmlDType::Q8_0).unwrap();
         let qb = QTensor::quantize(&b, GgmlDType::Q8_0).unwrap();
         let x = rand(3, 64, 11);
-        let ya = QMatMul::from_qtensor(QTensor::quantize(&a, GgmlDType::Q8_0).unwrap()).unwrap().forward(&x).unwrap();
-        let yb = QMatMul::from_qtensor(QTensor::quantize(&b, GgmlDType::Q8_0).unwrap()).unwrap().forward(&x).unwrap();
+        // Each part alone on wick's Q8_0 kernel (what an unfused layer runs).
+        let alone =
+            |w: &QTensor| super::super::qmatmul::TileKernel::forward(&Q8Matrix::from_qtensor(w).unwrap(), &x).unwrap();
+        let (ya, yb) = (alone(&qa), alone(&qb));
         let want = Tensor::cat(&[ya, yb], 1).unwrap();
         let lin = LinearBuilder::new(&WeightOptions::as_stored(), 0)
             .build(vec![RawWeight::Quant(qa), RawWeight::Quant(qb)], None)
