@@ -317,7 +317,7 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::simd::{dpwssd, hsum};
+    use super::super::simd::{dpwssd, fold_halves, hsum};
     use super::{OutPtr, Q4KMatrix, QuantizedActs, QK, SUBS};
 
     super::super::tile_walk!(Q4KMatrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [1, 2, 2, 4]);
@@ -377,13 +377,7 @@ mod avx512 {
                     }
                 }
             }
-            let mut lanes = [[_mm256_setzero_si256(); C]; R];
-            for i in 0..R {
-                for j in 0..C {
-                    let v = sumi[i][j];
-                    lanes[i][j] = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
-                }
-            }
+            let lanes = fold_halves(&sumi);
             unsafe { super::float_steps::<R, C>(a, w, (r, c, s), &lanes, &mut acc) };
         }
         for i in 0..R {

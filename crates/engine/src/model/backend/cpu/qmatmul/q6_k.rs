@@ -279,28 +279,10 @@ mod avx2 {
         } else {
             _mm256_permute2x128_si256(scales, scales, 0x11)
         };
-        let g = 4 * (jb % 4) as i8;
-        let (lo, hi) = (
-            _mm_set_epi8(g + 1, g, g + 1, g, g + 1, g, g + 1, g, g + 1, g, g + 1, g, g + 1, g, g + 1, g),
-            _mm_set_epi8(
-                g + 3,
-                g + 2,
-                g + 3,
-                g + 2,
-                g + 3,
-                g + 2,
-                g + 3,
-                g + 2,
-                g + 3,
-                g + 2,
-                g + 3,
-                g + 2,
-                g + 3,
-                g + 2,
-                g + 3,
-                g + 2,
-            ),
-        );
+        let g = 4 * (jb % 4) as u8;
+        // Each int16 lane takes bytes `g, g + 1` (the first group's scale) or `g + 2, g + 3`.
+        let (lo, hi) =
+            (_mm_set1_epi16(i16::from_le_bytes([g, g + 1])), _mm_set1_epi16(i16::from_le_bytes([g + 2, g + 3])));
         _mm256_shuffle_epi8(half, _mm256_set_m128i(hi, lo))
     }
 }
@@ -311,7 +293,7 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::simd::{dpwssd, hsum};
+    use super::super::simd::{dpwssd, fold_halves, hsum};
     use super::{OutPtr, Q6KMatrix, QuantizedActs, BODY, QK, QK_K};
 
     super::super::tile_walk!(Q6KMatrix, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", [1, 2, 2, 4]);
@@ -411,13 +393,7 @@ mod avx512 {
                     }
                 }
             }
-            let mut lanes = [[_mm256_setzero_si256(); C]; R];
-            for i in 0..R {
-                for j in 0..C {
-                    let v = sumi[i][j];
-                    lanes[i][j] = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
-                }
-            }
+            let lanes = fold_halves(&sumi);
             // SAFETY: AVX2 and FMA are enabled here; the ranges lie inside `a` and `w`.
             unsafe { super::float_steps::<R, C>(a, w, (r, c, sb), &lanes, &mut acc) };
         }
