@@ -290,7 +290,6 @@ fn concat_rows(parts: &[&QTensor]) -> Result<QTensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Module;
 
     fn rand(n: usize, k: usize, seed: u64) -> Tensor {
         let v: Vec<f32> = (0..n * k).map(|i| (((i as u64 + seed) * 2654435761 % 1000) as f32 / 500.0) - 1.0).collect();
