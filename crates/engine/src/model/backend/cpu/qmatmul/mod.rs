@@ -5,7 +5,7 @@
 //! This module owns what every weight format shares: quantizing the activations
 //! (`QuantizedActs`), spreading (row chunk, column chunk) items over wick's compute pool
 //! (`crate::thread_pool`, which parks instead of spinning on a shared CPU), and the `TileKernel`
-//! trait each format implements (`q8_0`, `q4_1`, `q5`, `q4_k`, `q5_k`, `q6_k`, `mxfp4`).
+//! trait each format implements (`q8_0`, `q4_1`, `q5`, `q4_k` with Q5_K, `q6_k`, `mxfp4`).
 //!
 //! F16 and BF16 weights (`float`) take the same driver with unquantized f32 activations.
 //!
@@ -31,16 +31,14 @@ pub mod mxfp4;
 mod q4_1;
 mod q4_k;
 mod q5;
-mod q5_k;
 mod q6_k;
 mod q8_0;
 
 pub use float::{FloatMatrix, FloatType};
 pub use mxfp4::Mxfp4Matrix;
 pub use q4_1::Q41Matrix;
-pub use q4_k::Q4KMatrix;
+pub use q4_k::{Q4KMatrix, Q5KMatrix};
 pub use q5::Q5Matrix;
-pub use q5_k::Q5KMatrix;
 pub use q6_k::Q6KMatrix;
 pub use q8_0::Q8Matrix;
 

@@ -1,7 +1,9 @@
-//! Q4_K weights (ggml's `block_q4_K`: per 256 values an f16 `d` and `dmin`, eight 6-bit
-//! scales and mins, and 4-bit values; `w = d·sc_j·q − dmin·m_j` in sub-block `j` of 32) on
-//! wick's register-tiled kernel, at 4.75 bits per weight (the stored 4.5 plus the two f16
-//! scales widened to f32 and the 6-bit scales unpacked to bytes).
+//! Q4_K and Q5_K weights (ggml's `block_q4_K` / `block_q5_K`: per 256 values an f16 `d` and
+//! `dmin`, eight 6-bit scales and mins, and 4-bit values, plus for Q5_K a fifth bit per value;
+//! `w = d·sc_j·q − dmin·m_j` in sub-block `j` of 32) on wick's register-tiled kernel, at 4.75
+//! (5.75) bits per weight: the stored 4.5 (5.5) plus the two f16 scales widened to f32 and the
+//! 6-bit scales unpacked to bytes. The two formats differ only in `q`'s range (0..16, 0..32),
+//! so they share one kernel: Q5_K's fifth bits are set on top of the nibbles.
 //!
 //! Activations are quantized as llama.cpp pairs them with K-quants (Q8_K: one f32 scale `d_x`
 //! per 256 values, `ActBlocks::Q8K`), and the arithmetic follows llama.cpp's: within a
@@ -36,14 +38,16 @@ const BLOCK_BYTES: usize = 4 + 12 + QK_K / 2;
 /// Sub-blocks (of 32 values) per super-block.
 const SUBS: usize = QK_K / QK;
 
-/// Q4_K weights `[n, k]`, per column: its nibbles repacked (see the module header), the
-/// unpacked scales and mins (one byte per sub-block), and per super-block `d` and `−dmin` as
-/// f32.
+/// Q4_K or Q5_K weights `[n, k]`, per column: its nibbles repacked (see the module header),
+/// Q5_K's fifth bits as stored (32 bytes per super-block, bit `j` of byte `l`: value `l` of
+/// sub-block `j`; empty for Q4_K), the unpacked scales and mins (one byte per sub-block), and
+/// per super-block `d` and `−dmin` as f32.
 #[derive(Clone)]
 pub struct Q4KMatrix {
     n: usize,
     k: usize,
     qs: Vec<u8>,
+    qh: Vec<u8>,
     sc: Vec<u8>,
     mn: Vec<u8>,
     d: Vec<f32>,
@@ -51,9 +55,13 @@ pub struct Q4KMatrix {
     level: KernelLevel,
 }
 
+/// Q5_K weights: the Q4_K kernel with fifth bits.
+pub type Q5KMatrix = Q4KMatrix;
+
 impl std::fmt::Debug for Q4KMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Q4KMatrix[{}, {}]", self.n, self.k)
+        let t = if self.qh.is_empty() { "Q4_K" } else { "Q5_K" };
+        write!(f, "Q4KMatrix[{t}, {}, {}]", self.n, self.k)
     }
 }
 
@@ -86,25 +94,30 @@ fn low_sub(t: usize) -> usize {
 }
 
 impl Q4KMatrix {
-    /// Takes a Q4_K `QTensor` of shape `[n, k]`.
+    /// Takes a Q4_K or Q5_K `QTensor` of shape `[n, k]`.
     pub fn from_qtensor(q: &QTensor) -> Result<Self> {
-        if q.dtype() != GgmlDType::Q4K {
-            return Err(EngineError::Load(format!("Q4KMatrix needs Q4_K weights, got {:?}", q.dtype())));
-        }
+        let five = match q.dtype() {
+            GgmlDType::Q4K => false,
+            GgmlDType::Q5K => true,
+            t => return Err(EngineError::Load(format!("Q4KMatrix needs Q4_K or Q5_K weights, got {t:?}"))),
+        };
         let (n, k) = q.shape().dims2()?;
-        Self::from_ggml_bytes(&q.data()?, n, k)
+        Self::from_ggml_bytes(&q.data()?, n, k, five)
     }
 
-    /// Reads `n · k / 256` stored ggml Q4_K blocks.
-    pub fn from_ggml_bytes(bytes: &[u8], n: usize, k: usize) -> Result<Self> {
-        if !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * BLOCK_BYTES {
-            return Err(EngineError::Load(format!("bad Q4_K data: {} bytes for [{n}, {k}]", bytes.len())));
+    /// Reads `n · k / 256` stored ggml Q4_K blocks (Q5_K blocks where `five`).
+    pub fn from_ggml_bytes(bytes: &[u8], n: usize, k: usize, five: bool) -> Result<Self> {
+        let (qh_bytes, name) = if five { (QK_K / 8, "Q5_K") } else { (0, "Q4_K") };
+        let block_bytes = BLOCK_BYTES + qh_bytes;
+        if !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * block_bytes {
+            return Err(EngineError::Load(format!("bad {name} data: {} bytes for [{n}, {k}]", bytes.len())));
         }
         let blocks = n * k / QK_K;
         let mut qs = Vec::with_capacity(blocks * QK_K / 2);
+        let mut qh = Vec::with_capacity(blocks * qh_bytes);
         let (mut sc, mut mn) = (Vec::with_capacity(blocks * SUBS), Vec::with_capacity(blocks * SUBS));
         let (mut d, mut ndmin) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
-        for b in bytes.chunks_exact(BLOCK_BYTES) {
+        for b in bytes.chunks_exact(block_bytes) {
             d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
             ndmin.push(-f16::from_le_bytes([b[2], b[3]]).to_f32());
             for j in 0..SUBS {
@@ -112,9 +125,10 @@ impl Q4KMatrix {
                 sc.push(s);
                 mn.push(m);
             }
-            qs.extend_from_slice(&repack(&b[16..]));
+            qh.extend_from_slice(&b[16..16 + qh_bytes]);
+            qs.extend_from_slice(&repack(&b[16 + qh_bytes..]));
         }
-        Ok(Self { n, k, qs, sc, mn, d, ndmin, level: KernelLevel::current() })
+        Ok(Self { n, k, qs, qh, sc, mn, d, ndmin, level: KernelLevel::current() })
     }
 
     /// The same weights run by the kernels of `level` (tests compare the levels).
@@ -122,6 +136,14 @@ impl Q4KMatrix {
         assert!(level.supported(), "this CPU cannot run the {level} kernels");
         self.level = level;
         self
+    }
+
+    /// Super-block `s` (of the column's `k / 256`) of column `c`: its 32 bytes of fifth bits
+    /// (Q5_K only).
+    #[inline(always)]
+    fn fifth_bits(&self, c: usize, s: usize) -> &[u8] {
+        let sb = c * self.k / QK_K + s;
+        &self.qh[sb * QK..(sb + 1) * QK]
     }
 
     /// Super-block `s` (of the column's `k / 256`) of column `c`: its `d` and `−dmin`.
@@ -168,7 +190,8 @@ fn dot_scalar(a: &QuantizedActs, r: usize, w: &Q4KMatrix, c: usize) -> f32 {
         for b in s * SUBS..(s + 1) * SUBS {
             let (h, u) = (b % SUBS / 4, b % 4);
             let run = &col[s * QK_K / 2 + 64 * h + 32 * (u % 2)..][..QK];
-            let q = |i: usize| if u < 2 { run[i] & 0x0F } else { run[i] >> 4 } as i32;
+            let fifth = |i: usize| if w.qh.is_empty() { 0 } else { (w.fifth_bits(c, s)[i] >> (b % SUBS)) & 1 };
+            let q = |i: usize| (if u < 2 { run[i] & 0x0F } else { run[i] >> 4 } | fifth(i) << 4) as i32;
             let x = &xq[b * QK..(b + 1) * QK];
             let sc = w.sc[c * kb + b] as i32;
             for (j, lane) in sumi.iter_mut().enumerate() {
@@ -282,8 +305,18 @@ mod avx2 {
                     // SAFETY: run `t` of super-block `s` of column `c + j` lies inside `w`
                     // (sliced above).
                     let raw = unsafe { _mm256_loadu_si256(p as *const __m256i) };
-                    let lo = _mm256_and_si256(raw, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    let mut lo = _mm256_and_si256(raw, low);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    if !w.qh.is_empty() {
+                        // SAFETY: the super-block's 32 bytes of fifth bits lie inside `w.qh`.
+                        let qh = unsafe { _mm256_loadu_si256(w.fifth_bits(c + j, s).as_ptr() as *const __m256i) };
+                        let set = |b: usize| {
+                            let bit = _mm256_set1_epi8(1 << b);
+                            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), _mm256_set1_epi8(0x10))
+                        };
+                        lo = _mm256_or_si256(lo, set(low_sub(t)));
+                        hi = _mm256_or_si256(hi, set(low_sub(t) + 2));
+                    }
                     let (s0, s1) =
                         (_mm256_set1_epi16(sc[low_sub(t)] as i16), _mm256_set1_epi16(sc[low_sub(t) + 2] as i16));
                     for i in 0..R {
@@ -347,6 +380,11 @@ mod avx512 {
         let low = _mm512_set1_epi8(0x0F);
         let zero = _mm512_setzero_si512();
         let spreads = [spread(0, 1), spread(2, 3), spread(4, 5), spread(6, 7)];
+        // Q5_K: the fifth bit of sub-block `a` in the first 32 bytes, `a + 1` in the next 32.
+        let pair_bits = |a: i32| {
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_set1_epi8(1 << a)), _mm256_set1_epi8(1 << (a + 1)))
+        };
+        let bits = [pair_bits(0), pair_bits(2), pair_bits(4), pair_bits(6)];
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         for s in 0..kb / SUBS {
             let mut sumi = [[zero; C]; R];
@@ -361,8 +399,20 @@ mod avx512 {
                     // SAFETY: half `h` of super-block `s` of column `c + j` lies inside `w`
                     // (sliced above).
                     let raw = unsafe { _mm512_loadu_si512(p as *const _) };
-                    let lo = _mm512_and_si512(raw, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+                    let mut lo = _mm512_and_si512(raw, low);
+                    let mut hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+                    if !w.qh.is_empty() {
+                        // SAFETY: the super-block's 32 bytes of fifth bits lie inside `w.qh`.
+                        let qh = _mm512_broadcast_i64x4(unsafe {
+                            _mm256_loadu_si256(w.fifth_bits(c + j, s).as_ptr() as *const __m256i)
+                        });
+                        let fifth = _mm512_set1_epi8(0x10);
+                        lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(qh, bits[2 * h]), fifth));
+                        hi = _mm512_or_si512(
+                            hi,
+                            _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(qh, bits[2 * h + 1]), fifth),
+                        );
+                    }
                     let (slo, shi) =
                         (_mm512_shuffle_epi8(sc, spreads[2 * h]), _mm512_shuffle_epi8(sc, spreads[2 * h + 1]));
                     for i in 0..R {
