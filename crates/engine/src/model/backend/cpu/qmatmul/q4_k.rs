@@ -66,7 +66,7 @@ impl std::fmt::Debug for Q4KMatrix {
 }
 
 /// ggml's `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min from the 12 packed bytes.
-pub(super) fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -333,6 +333,7 @@ mod avx2 {
                     }
                 }
             }
+            // SAFETY: AVX2 and FMA are enabled here; the ranges lie inside `a` and `w`.
             unsafe { super::float_steps::<R, C>(a, w, (r, c, s), &sumi, &mut acc) };
         }
         for i in 0..R {
@@ -368,9 +369,9 @@ mod avx512 {
     /// `R` rows from `r` times `C` columns from `c`: per super-block half, one 64-byte load
     /// holds four sub-blocks; `vpdpbusd` sums the low nibbles (two sub-blocks) and the high
     /// ones (the next two) against 64 consecutive activation bytes into int32 lanes of four
-    /// values (each under 2^13 in magnitude), and `vpdpwssd` adds them times their sub-block's
-    /// scale into sixteen exact lanes. The two 8-lane halves, added, are the AVX2 tile's lanes;
-    /// then the same float steps.
+    /// values (each under 2^14 in magnitude, Q5_K's 5-bit `q` included), and `vpdpwssd` adds
+    /// them times their sub-block's scale into sixteen exact lanes. The two 8-lane halves,
+    /// added, are the AVX2 tile's lanes; then the same float steps.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     unsafe fn tile<const R: usize, const C: usize>(a: &QuantizedActs, w: &Q4KMatrix, r: usize, c: usize, out: OutPtr) {
         let (k, kb) = (a.k, a.k / QK);
@@ -428,6 +429,7 @@ mod avx512 {
                 }
             }
             let lanes = fold_halves(&sumi);
+            // SAFETY: AVX2 and FMA are enabled here; the ranges lie inside `a` and `w`.
             unsafe { super::float_steps::<R, C>(a, w, (r, c, s), &lanes, &mut acc) };
         }
         for i in 0..R {

@@ -311,31 +311,16 @@ mod avx512 {
         let aq = a.qs[r * k..(r + R) * k].as_ptr();
         let low = _mm512_set1_epi8(0x0F);
         let three = _mm512_set1_epi8(3);
-        let m32 = _mm512_set1_epi8(32);
+        let thirty_two = _mm512_set1_epi8(32);
         let zero = _mm512_setzero_si512();
         // Per 128-bit lane: blocks 0..2 of a half take the low nibbles and high-bit pairs 0, 1;
         // blocks 2..4 the high nibbles and pairs 2, 3.
         let (shift01, shift23) = (_mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0), _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4));
-        let spread = |g: i32| {
-            let d = |x: i32| (0x8080_0100u32 as i32).wrapping_add(x * 0x0202);
-            _mm512_set_epi32(
-                d(g + 3),
-                d(g + 3),
-                d(g + 3),
-                d(g + 3),
-                d(g + 2),
-                d(g + 2),
-                d(g + 2),
-                d(g + 2),
-                d(g + 1),
-                d(g + 1),
-                d(g + 1),
-                d(g + 1),
-                d(g),
-                d(g),
-                d(g),
-                d(g),
-            )
+        // 128-bit lane `L` spreads the int16 scale of group `g + L` over its four int32 lanes
+        // (low halves; the high halves zero).
+        let spread = |g: u64| {
+            let q = |x: u64| ((0x8080_0100 + x * 0x0202) * 0x1_0000_0001) as i64;
+            _mm512_set_epi64(q(g + 3), q(g + 3), q(g + 2), q(g + 2), q(g + 1), q(g + 1), q(g), q(g))
         };
         let (spread01, spread23) = (spread(0), spread(4));
         let mut acc = [[_mm256_setzero_ps(); C]; R];
@@ -349,7 +334,7 @@ mod avx512 {
                         // SAFETY: blocks `sb·8 + 4h + 2v ..+2` of row `r + i` lie inside `a`.
                         let x =
                             unsafe { _mm512_loadu_si512(aq.add(i * k + (sb * 8 + 4 * h + 2 * v) * QK) as *const _) };
-                        neg[i][v] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, m32, x));
+                        neg[i][v] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, thirty_two, x));
                     }
                 }
                 for j in 0..C {
