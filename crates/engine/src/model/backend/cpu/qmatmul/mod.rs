@@ -2,10 +2,11 @@
 //! quantized weights and activations quantized per row to 8 bits (32 values and one scale per
 //! block, exactly as ggml's and candle's `quantize_row_q8_0` / `q8_1`).
 //!
-//! This module owns what every weight format shares: quantizing the activations
-//! (`QuantizedActs`), spreading (row chunk, column chunk) items over wick's compute pool
-//! (`crate::thread_pool`, which parks instead of spinning on a shared CPU), and the `TileKernel`
-//! trait each format implements (`q8_0`, `q4_1`, `q5`, `q4_k` with Q5_K, `q6_k`, `mxfp4`).
+//! This module owns what every weight format shares: the driver that spreads (row chunk,
+//! column chunk) items over wick's compute pool (`crate::thread_pool`, which parks instead of
+//! spinning on a shared CPU), the `TileKernel` trait each format implements (`q8_0`, `q4_1`,
+//! `q5`, `q4_k` with Q5_K, `q6_k`, `mxfp4`), the tile walk and the accumulator lanes and SIMD
+//! steps the formats share. The activations they take are `acts`'s `QuantizedActs`.
 //!
 //! F16 and BF16 weights (`float`) take the same driver with unquantized f32 activations.
 //!
@@ -21,11 +22,10 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use candle_core::{DType, Device, Storage, Tensor};
-use half::f16;
 
-use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
 
+mod acts;
 mod float;
 pub mod mxfp4;
 mod q4_1;
@@ -34,6 +34,9 @@ mod q5;
 mod q6_k;
 mod q8_0;
 
+#[cfg(test)]
+use acts::nearest_int;
+pub use acts::{quantize_rows, quantize_rows_q8k, ActBlocks, QuantizedActs};
 pub use float::{FloatMatrix, FloatType};
 pub use mxfp4::Mxfp4Matrix;
 pub use q4_1::Q41Matrix;
@@ -49,203 +52,6 @@ pub const QK: usize = 32;
 const ROW_CHUNK: usize = 64;
 /// Weight columns per thread work item.
 const COL_CHUNK: usize = 16;
-/// Rows per work item when quantizing activations in parallel (below this, one thread).
-const QUANT_ROWS: usize = 16;
-
-/// Activations `[m, k]` as a weight format takes them. Quantized to 8 bits per value: int8
-/// values, the f16-rounded block scale widened to f32, and (for formats with a per-block
-/// offset) `s = d · Σ values` rounded as candle's `BlockQ8_1` does (Q4_1) and `sx = d · Σ values`
-/// in f32 (the K-quants' mins; exact for 32-value blocks, an 11-bit scale times a sum of at most
-/// 12 bits; rounded once for Q8_K). Or, for float weights (`ActBlocks::F32`), the f32 rows
-/// themselves in `f`, the other buffers empty.
-#[derive(Default)]
-pub struct QuantizedActs {
-    pub qs: Vec<i8>,
-    pub d: Vec<f32>,
-    pub s: Vec<f32>,
-    pub sx: Vec<f32>,
-    pub f: Vec<f32>,
-    pub k: usize,
-    m: usize,
-}
-
-impl QuantizedActs {
-    /// Row `r`'s values and scales.
-    #[inline]
-    pub fn row(&self, r: usize) -> (&[i8], &[f32]) {
-        let kb = self.k / QK;
-        (&self.qs[r * self.k..(r + 1) * self.k], &self.d[r * kb..(r + 1) * kb])
-    }
-
-    /// Rows of the matrix.
-    pub fn rows(&self) -> usize {
-        self.m
-    }
-
-    /// `into` becomes the rows `rows` of `self`, in that order (a row's values and scales are
-    /// copied as they are, so a kernel gives it the same result).
-    pub fn gather(&self, rows: &[usize], into: &mut QuantizedActs) {
-        fn copy<T: Copy>(from: &[T], m: usize, rows: &[usize], into: &mut Vec<T>) {
-            into.clear();
-            let per = from.len() / m.max(1);
-            for &r in rows {
-                into.extend_from_slice(&from[r * per..(r + 1) * per]);
-            }
-        }
-        into.k = self.k;
-        into.m = rows.len();
-        copy(&self.qs, self.m, rows, &mut into.qs);
-        copy(&self.d, self.m, rows, &mut into.d);
-        copy(&self.s, self.m, rows, &mut into.s);
-        copy(&self.sx, self.m, rows, &mut into.sx);
-        copy(&self.f, self.m, rows, &mut into.f);
-    }
-
-    /// Quantizes `x` (`m` rows of `k`) into 32-value blocks, reusing the buffers; rows are
-    /// split over the pool.
-    pub fn quantize(&mut self, x: &[f32], k: usize) {
-        self.quantize_as(x, k, ActBlocks::Q8_0)
-    }
-
-    /// Quantizes `x` (`m` rows of `k`) as `blocks` says, reusing the buffers.
-    pub fn quantize_as(&mut self, x: &[f32], k: usize, blocks: ActBlocks) {
-        let m = x.len() / k;
-        self.k = k;
-        self.m = m;
-        if blocks == ActBlocks::F32 {
-            self.f.clear();
-            self.f.extend_from_slice(x);
-            for v in [&mut self.d, &mut self.s, &mut self.sx] {
-                v.clear();
-            }
-            self.qs.clear();
-            return;
-        }
-        self.f.clear();
-        self.qs.resize(m * k, 0);
-        self.d.resize(m * k / QK, 0.0);
-        self.s.resize(m * k / QK, 0.0);
-        self.sx.resize(m * k / QK, 0.0);
-        let quantize_rows = if blocks == ActBlocks::Q8K { quantize_rows_q8k } else { quantize_rows };
-        if m < 2 * QUANT_ROWS {
-            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.sx);
-            return;
-        }
-        let kb = k / QK;
-        let (qs, d, s) = (SendPtr(self.qs.as_mut_ptr()), SendPtr(self.d.as_mut_ptr()), SendPtr(self.s.as_mut_ptr()));
-        let sx = SendPtr(self.sx.as_mut_ptr());
-        crate::thread_pool::pool().for_each_chunk(m.div_ceil(QUANT_ROWS), |items| {
-            let (qs, d, s, sx) = (&qs, &d, &s, &sx);
-            for item in items {
-                let rows = item * QUANT_ROWS..m.min((item + 1) * QUANT_ROWS);
-                // SAFETY: each item owns rows `rows` of the three buffers, sized above for
-                // `m` rows; the buffers outlive the parallel region.
-                let (qs, d, s, sx) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(qs.0.add(rows.start * k), rows.len() * k),
-                        std::slice::from_raw_parts_mut(d.0.add(rows.start * kb), rows.len() * kb),
-                        std::slice::from_raw_parts_mut(s.0.add(rows.start * kb), rows.len() * kb),
-                        std::slice::from_raw_parts_mut(sx.0.add(rows.start * kb), rows.len() * kb),
-                    )
-                };
-                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, sx);
-            }
-        });
-    }
-}
-
-/// How activations are quantized for a weight format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActBlocks {
-    /// ggml's Q8_0 / Q8_1: an f16 scale per 32 values (Q8_0, Q4_1, MXFP4 weights).
-    Q8_0,
-    /// ggml's Q8_K: one f32 scale per 256 values (the K-quants, as llama.cpp pairs them),
-    /// stored as eight equal 32-value block scales so the kernels read it like Q8_0.
-    Q8K,
-    /// Not quantized: the f32 values as they are (F16 and BF16 weights).
-    F32,
-}
-
-/// A raw pointer handed to pool workers that write disjoint ranges through it.
-struct SendPtr<T>(*mut T);
-// SAFETY: only used for disjoint writes inside one parallel region (see the call sites).
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
-
-/// Quantizes each 32-value block of `x` as ggml's `quantize_row_q8_0` does (candle's
-/// `BlockQ8_0::from_float`): scale `amax / 127` rounded to f16, values `round(x / scale)`
-/// computed with the unrounded scale. `d` receives the f16 scales widened to f32; `s` receives
-/// `f16(Σ values) · d` in f16 arithmetic, as candle's `BlockQ8_1::from_float` stores it, and
-/// `sx` receives `d · Σ values` in f32 (exact).
-pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: AVX2 was detected.
-        unsafe { simd::quantize_rows(x, qs, d, s, sx) };
-        return;
-    }
-    let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
-    for ((xb, qb), ((db, sb), sxb)) in blocks {
-        let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-        let d16 = f16::from_f32(scale);
-        *db = d16.to_f32();
-        let mut sum = 0i32;
-        for (q, &v) in qb.iter_mut().zip(xb) {
-            *q = (v * inv).round() as i8;
-            sum += *q as i32;
-        }
-        *sb = (f16::from_f32(sum as f32) * d16).to_f32();
-        *sxb = *db * sum as f32;
-    }
-}
-
-/// ggml's `nearest_int`: round half to even through the float's mantissa.
-#[inline(always)]
-fn nearest_int(f: f32) -> i32 {
-    let v = f + 12_582_912.0;
-    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
-}
-
-/// Quantizes each 256-value super-block of `x` as ggml's `quantize_row_q8_K` does: the value
-/// of largest magnitude `max` gives `iscale = -127 / max`, values `min(127, nearest(iscale·x))`
-/// and scale `1 / iscale`. Each of the super-block's eight 32-value blocks gets that scale in
-/// `d`, `sx` receives `d · Σ values` of the block in f32 and `s` the integer `Σ values` itself
-/// (exact in f32: at most 32 · 127).
-pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
-    const QK_K: usize = 256;
-    let sub = QK_K / QK;
-    let blocks = x.chunks_exact(QK_K).zip(qs.chunks_exact_mut(QK_K));
-    for (i, (xb, qb)) in blocks.enumerate() {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in xb {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        let range = i * sub..(i + 1) * sub;
-        if amax == 0.0 {
-            qb.fill(0);
-            d[range.clone()].fill(0.0);
-            s[range.clone()].fill(0.0);
-            sx[range].fill(0.0);
-            continue;
-        }
-        let iscale = -127.0 / max;
-        for (q, &v) in qb.iter_mut().zip(xb) {
-            *q = nearest_int(iscale * v).min(127) as i8;
-        }
-        let scale = 1.0 / iscale;
-        for (j, b) in range.enumerate() {
-            let sum: i32 = qb[j * QK..(j + 1) * QK].iter().map(|&q| q as i32).sum();
-            d[b] = scale;
-            sx[b] = scale * sum as f32;
-            s[b] = sum as f32;
-        }
-    }
-}
 
 /// The output matrix, shared by the workers (each writes disjoint elements).
 #[derive(Clone, Copy)]
@@ -359,11 +165,6 @@ pub fn forward<W: TileKernel + ?Sized>(w: &W, x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, dims, &Device::Cpu)?)
 }
 
-/// Whether this process's kernel level has AVX2 (the activation quantization's SIMD path).
-fn has_avx2_fma() -> bool {
-    KernelLevel::current() >= KernelLevel::Avx2
-}
-
 /// candle's / ggml's `hsum_float_8`, emulated on 8 lanes (the scalar paths use it).
 fn hsum_lanes(acc: &[f32; 8]) -> f32 {
     let h: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
@@ -463,52 +264,6 @@ use tile_walk;
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
-
-    use half::f16;
-
-    use super::QK;
-
-    /// `super::quantize_rows` with AVX2, giving the same bits: the same scale, the same
-    /// `x · inv` products, and `f32::round` (half away from zero) rebuilt from truncation.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
-        let sign = _mm256_set1_ps(-0.0);
-        let half = _mm256_set1_ps(0.5);
-        let one = _mm256_set1_ps(1.0);
-        let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
-        for ((xb, qb), ((db, sb), sxb)) in blocks {
-            // SAFETY: `xb` holds 32 floats.
-            let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
-            let abs = v.map(|v| _mm256_andnot_ps(sign, v));
-            let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
-            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-            let scale = amax / 127.0;
-            let inv = _mm256_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
-            let d16 = f16::from_f32(scale);
-            *db = d16.to_f32();
-            let q = v.map(|v| {
-                let y = _mm256_mul_ps(v, inv);
-                let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-                // |y - t| is exact; a fraction of at least one half rounds away from zero.
-                let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
-                let up =
-                    _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), _mm256_or_ps(_mm256_and_ps(y, sign), one));
-                _mm256_cvtps_epi32(_mm256_add_ps(t, up))
-            });
-            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-            let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-            let sum = _mm_add_epi32(sum, _mm_unpackhi_epi64(sum, sum));
-            let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 1)));
-            let p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-            let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            // SAFETY: `qb` holds 32 bytes.
-            unsafe { _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, p) };
-            *sb = (f16::from_f32(sum as f32) * d16).to_f32();
-            *sxb = *db * sum as f32;
-        }
-    }
 
     /// `n` (0..=8) values of `v` from `at` as eight lanes, zeros after them.
     ///
