@@ -25,6 +25,7 @@
 use std::ops::Range;
 
 use crate::batch::ForwardBatch;
+use crate::kv_cache::dtype::KvElem;
 use crate::kv_cache::{attention_scalar as scalar, PagedKvCache};
 
 /// How scores are formed.
@@ -67,11 +68,11 @@ impl Kernels {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn scores<const N: usize>(
+    fn scores<E: KvElem, const N: usize>(
         self,
         q: &[f32],
         qrow: [usize; N],
-        ks: &[f32],
+        ks: &[E],
         offs: &[usize],
         hd: usize,
         scale: f32,
@@ -96,11 +97,11 @@ impl Kernels {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn accumulate<const N: usize>(
+    fn accumulate<E: KvElem, const N: usize>(
         self,
         w: &[f32],
         at: [usize; N],
-        vs: &[f32],
+        vs: &[E],
         offs: &[usize],
         hd: usize,
         acc: &mut [f32],
@@ -132,11 +133,18 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
 
+/// A layer's K and V rows, read in place by the kernels (f32, or f16 converted as loaded).
+#[derive(Clone, Copy)]
+enum Direct<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [u16], &'a [u16]),
+}
+
 /// What every item reads.
 struct Step<'a> {
-    /// The layer's K/V rows in place when the cache stores f32; otherwise each item gathers
-    /// the rows it reads into its scratch as f32.
-    direct: Option<(&'a [f32], &'a [f32])>,
+    /// The layer's K/V rows in place when the cache stores f32 or f16; otherwise (8-bit) each
+    /// item gathers the rows it reads into its scratch as f32.
+    direct: Option<Direct<'a>>,
     layer: usize,
     cache: &'a PagedKvCache,
     batch: &'a ForwardBatch,
@@ -243,7 +251,11 @@ fn attention_with_sinks(
             }
         }
     }
-    let direct = cache.layer_f32(layer);
+    let direct = match (cache.layer_f32(layer), cache.layer_f16(layer)) {
+        (Some((k, v)), _) => Some(Direct::F32(k, v)),
+        (_, Some((k, v))) => Some(Direct::F16(k, v)),
+        _ => None,
+    };
     let params = AttnParams { window: layer_window(cache, layer, params.window), ..params };
     let kv_group = cache.layout().layer_group[layer];
     let step = Step { direct, layer, cache, batch, q, num_heads, group, hd, params, kv_group, kern, sinks };
@@ -303,35 +315,53 @@ fn run_item(step: &Step, item: &Item, scratch: &mut Scratch, dst: &OutPtr) {
     scratch.scores.resize(TILE * stride, 0.0);
     scratch.acc.resize(TILE * step.hd, 0.0);
     let Scratch { offs, k, v, rows, scores, acc } = scratch;
-    let kv = match step.direct {
-        Some((ks, vs)) => Kv { ks, vs, offs },
+    let mut bufs = Bufs { scores, acc };
+    let at = Queries { item, heads, first, base, stride };
+    match step.direct {
+        Some(Direct::F32(ks, vs)) => run_queries(step, &at, &Kv { ks, vs, offs }, &mut bufs, dst),
+        Some(Direct::F16(ks, vs)) => run_queries(step, &at, &Kv { ks, vs, offs }, &mut bufs, dst),
         None => {
             step.cache.gather(step.layer, offs, k, v);
             rows.clear();
             rows.extend((0..offs.len()).map(|i| i * step.hd));
-            Kv { ks: k, vs: v, offs: rows }
+            run_queries(step, &at, &Kv { ks: k, vs: v, offs: rows }, &mut bufs, dst)
         }
-    };
-    let mut bufs = Bufs { scores, acc };
+    }
+}
+
+/// Where an item's queries are: its heads, its sequence's first position, the first key
+/// position it reads (`base`) and the score rows' stride.
+struct Queries<'a> {
+    item: &'a Item,
+    heads: Range<usize>,
+    first: usize,
+    base: usize,
+    stride: usize,
+}
+
+/// An item's queries, in tiles of up to `TILE`, over its K/V rows.
+fn run_queries<E: KvElem>(step: &Step, at: &Queries, kv: &Kv<E>, bufs: &mut Bufs, dst: &OutPtr) {
+    let s = &step.batch.seqs[at.item.seq];
+    let (base, stride) = (at.base, at.stride);
     // Queries as (token index in the batch, head, position), token-major.
-    let queries = (item.start..item.end)
-        .flat_map(|j| heads.clone().map(move |h| (s.token_start + j, h, first + j)))
+    let queries = (at.item.start..at.item.end)
+        .flat_map(|j| at.heads.clone().map(move |h| (s.token_start + j, h, at.first + j)))
         .collect::<Vec<_>>();
     for tile in queries.chunks(TILE) {
         match *tile {
-            [a] => run_tile(step, [a], base, stride, &kv, &mut bufs, dst),
-            [a, b] => run_tile(step, [a, b], base, stride, &kv, &mut bufs, dst),
-            [a, b, c] => run_tile(step, [a, b, c], base, stride, &kv, &mut bufs, dst),
-            [a, b, c, d] => run_tile(step, [a, b, c, d], base, stride, &kv, &mut bufs, dst),
+            [a] => run_tile(step, [a], base, stride, kv, bufs, dst),
+            [a, b] => run_tile(step, [a, b], base, stride, kv, bufs, dst),
+            [a, b, c] => run_tile(step, [a, b, c], base, stride, kv, bufs, dst),
+            [a, b, c, d] => run_tile(step, [a, b, c, d], base, stride, kv, bufs, dst),
             _ => {}
         }
     }
 }
 
-/// The K/V rows an item reads, as f32, and each key position's row offset (from `base`).
-struct Kv<'a> {
-    ks: &'a [f32],
-    vs: &'a [f32],
+/// The K/V rows an item reads, and each key position's row offset (from `base`).
+struct Kv<'a, E> {
+    ks: &'a [E],
+    vs: &'a [E],
     offs: &'a [usize],
 }
 
@@ -356,12 +386,12 @@ fn with_sink(sum: f32, sink: Option<(f32, f32)>) -> f32 {
 /// One tile of queries `(token, head, position)`: scores, softmax, weighted values, output.
 // The per-query loops index several per-query arrays in step.
 #[allow(clippy::needless_range_loop)]
-fn run_tile<const N: usize>(
+fn run_tile<E: KvElem, const N: usize>(
     step: &Step,
     tile: [(usize, usize, usize); N],
     base: usize,
     stride: usize,
-    kv: &Kv,
+    kv: &Kv<E>,
     bufs: &mut Bufs,
     dst: &OutPtr,
 ) {

@@ -6,17 +6,21 @@
 //! reduction of `hsum4`, the scalar FMA tail, then `* scale`), and every output lane is one
 //! FMA per key in key order. Tiles only share loads of K and V rows between queries.
 //!
-//! Callers must check `avx2` and `fma` at run time before calling anything here.
+//! K and V rows are read in place as f32 or f16 (`KvElem`, converted exactly as loaded).
+//!
+//! Callers must check `avx2`, `fma` and `f16c` at run time before calling anything here.
 
 // Tile loops index several fixed-size arrays in step; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
+use super::dtype::KvElem;
+
 /// Lane sums of four vectors (lane `i` of the result for the `i`-th), each in the one order
 /// `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`, whichever slot a vector is passed in.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> [f32; 4] {
     let ab = _mm256_hadd_ps(a, b);
     let cd = _mm256_hadd_ps(c, d);
@@ -29,10 +33,10 @@ unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> [f32; 4] {
 
 /// Raw dot products of `NQ` query rows with `NK` key rows of length `hd`, as 8-lane sums.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots<const NQ: usize, const NK: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dots<E: KvElem, const NQ: usize, const NK: usize>(
     q: &[*const f32; NQ],
-    k: &[*const f32; NK],
+    k: &[*const E; NK],
     hd: usize,
 ) -> [[f32; NK]; NQ] {
     const { assert!(NQ * NK <= 32) };
@@ -42,7 +46,7 @@ unsafe fn dots<const NQ: usize, const NK: usize>(
     while c < n8 {
         let mut kv = [_mm256_setzero_ps(); NK];
         for b in 0..NK {
-            kv[b] = _mm256_loadu_ps(k[b].add(c));
+            kv[b] = E::load8(k[b].add(c));
         }
         for a in 0..NQ {
             let qv = _mm256_loadu_ps(q[a].add(c));
@@ -75,7 +79,7 @@ unsafe fn dots<const NQ: usize, const NK: usize>(
             for b in 0..NK {
                 let mut s = out[a][b];
                 for i in n8..hd {
-                    s = (*q[a].add(i)).mul_add(*k[b].add(i), s);
+                    s = (*q[a].add(i)).mul_add((*k[b].add(i)).to_f32(), s);
                 }
                 out[a][b] = s;
             }
@@ -86,12 +90,12 @@ unsafe fn dots<const NQ: usize, const NK: usize>(
 
 /// `out[at[a] + i] = (q[qrow[a]..] · ks[offs[i]..]) * scale`, `NK` keys at a time.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn scores_nk<const NQ: usize, const NK: usize>(
+unsafe fn scores_nk<E: KvElem, const NQ: usize, const NK: usize>(
     q: &[f32],
     qrow: [usize; NQ],
-    ks: &[f32],
+    ks: &[E],
     offs: &[usize],
     hd: usize,
     scale: f32,
@@ -106,7 +110,7 @@ unsafe fn scores_nk<const NQ: usize, const NK: usize>(
         for (b, p) in kp.iter_mut().enumerate() {
             *p = kb.add(offs[i + b]);
         }
-        let r = dots::<NQ, NK>(&qp, &kp, hd);
+        let r = dots::<E, NQ, NK>(&qp, &kp, hd);
         for a in 0..NQ {
             for b in 0..NK {
                 *out.get_unchecked_mut(at[a] + i + b) = r[a][b] * scale;
@@ -115,7 +119,7 @@ unsafe fn scores_nk<const NQ: usize, const NK: usize>(
         i += NK;
     }
     while i < offs.len() {
-        let r = dots::<NQ, 1>(&qp, &[kb.add(offs[i])], hd);
+        let r = dots::<E, NQ, 1>(&qp, &[kb.add(offs[i])], hd);
         for a in 0..NQ {
             *out.get_unchecked_mut(at[a] + i) = r[a][0] * scale;
         }
@@ -129,11 +133,11 @@ unsafe fn scores_nk<const NQ: usize, const NK: usize>(
 /// # Safety
 /// AVX2 and FMA must be available; the bounds are checked here.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn scores<const NQ: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn scores<E: KvElem, const NQ: usize>(
     q: &[f32],
     qrow: [usize; NQ],
-    ks: &[f32],
+    ks: &[E],
     offs: &[usize],
     hd: usize,
     scale: f32,
@@ -144,16 +148,16 @@ pub(super) unsafe fn scores<const NQ: usize>(
     assert!(at.iter().all(|&a| a + offs.len() <= out.len()));
     assert!(offs.iter().all(|&o| o + hd <= ks.len()));
     match NQ {
-        1 => scores_nk::<NQ, 8>(q, qrow, ks, offs, hd, scale, out, at),
-        2 => scores_nk::<NQ, 4>(q, qrow, ks, offs, hd, scale, out, at),
-        _ => scores_nk::<NQ, 2>(q, qrow, ks, offs, hd, scale, out, at),
+        1 => scores_nk::<E, NQ, 8>(q, qrow, ks, offs, hd, scale, out, at),
+        2 => scores_nk::<E, NQ, 4>(q, qrow, ks, offs, hd, scale, out, at),
+        _ => scores_nk::<E, NQ, 2>(q, qrow, ks, offs, hd, scale, out, at),
     }
 }
 
 /// `exp(x)` lane-wise for `x <= 0` (Cephes' polynomial, about 1 ulp); below about -87.3
 /// (where `exp` leaves the normal range) the result is 0.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn exp8(x: __m256) -> __m256 {
     let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.3));
     let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.376_26)), _mm256_set1_ps(-88.376_26));
@@ -175,7 +179,7 @@ unsafe fn exp8(x: __m256) -> __m256 {
 ///
 /// # Safety
 /// AVX2 and FMA must be available.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn softmax_exp(s: &mut [f32]) -> f32 {
     let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let m = _mm256_set1_ps(max);
@@ -202,10 +206,10 @@ pub(super) unsafe fn softmax_exp(s: &mut [f32]) -> f32 {
 /// One column block (`W` vectors from column `col`) of `accumulate`.
 #[inline]
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn accumulate_block<const NQ: usize, const W: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_block<E: KvElem, const NQ: usize, const W: usize>(
     wp: &[*const f32; NQ],
-    vb: *const f32,
+    vb: *const E,
     offs: &[usize],
     ap: &[*mut f32; NQ],
     col: usize,
@@ -220,7 +224,7 @@ unsafe fn accumulate_block<const NQ: usize, const W: usize>(
         let vp = vb.add(o + col);
         let mut vv = [_mm256_setzero_ps(); W];
         for u in 0..W {
-            vv[u] = _mm256_loadu_ps(vp.add(8 * u));
+            vv[u] = E::load8(vp.add(8 * u));
         }
         for a in 0..NQ {
             let w = _mm256_broadcast_ss(&*wp[a].add(i));
@@ -242,11 +246,11 @@ unsafe fn accumulate_block<const NQ: usize, const W: usize>(
 /// # Safety
 /// AVX2 and FMA must be available; the bounds are checked here.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn accumulate<const NQ: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn accumulate<E: KvElem, const NQ: usize>(
     w: &[f32],
     at: [usize; NQ],
-    vs: &[f32],
+    vs: &[E],
     offs: &[usize],
     hd: usize,
     acc: &mut [f32],
@@ -266,21 +270,21 @@ pub(super) unsafe fn accumulate<const NQ: usize>(
     let mut col = 0;
     while col + step <= n8 {
         match NQ {
-            1 => accumulate_block::<NQ, 8>(&wp, vb, offs, &ap, col),
-            2 => accumulate_block::<NQ, 4>(&wp, vb, offs, &ap, col),
-            _ => accumulate_block::<NQ, 2>(&wp, vb, offs, &ap, col),
+            1 => accumulate_block::<E, NQ, 8>(&wp, vb, offs, &ap, col),
+            2 => accumulate_block::<E, NQ, 4>(&wp, vb, offs, &ap, col),
+            _ => accumulate_block::<E, NQ, 2>(&wp, vb, offs, &ap, col),
         }
         col += step;
     }
     while col < n8 {
-        accumulate_block::<NQ, 1>(&wp, vb, offs, &ap, col);
+        accumulate_block::<E, NQ, 1>(&wp, vb, offs, &ap, col);
         col += 8;
     }
     for c in n8..hd {
         for a in 0..NQ {
             let mut s = *ap[a].add(c);
             for (i, &o) in offs.iter().enumerate() {
-                s = (*wp[a].add(i)).mul_add(*vb.add(o + c), s);
+                s = (*wp[a].add(i)).mul_add((*vb.add(o + c)).to_f32(), s);
             }
             *ap[a].add(c) = s;
         }

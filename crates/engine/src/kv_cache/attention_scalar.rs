@@ -4,6 +4,8 @@
 //! separate multiplies and adds, so results agree closely with the AVX2 path, not bit for bit.
 //! Each query is computed alone, which makes this path batch-invariant by construction.
 
+use super::dtype::KvElem;
+
 /// `ln 2` split in two for the exp range reduction (Cephes).
 pub(super) const EXP_C1: f32 = 0.693_359_4;
 pub(super) const EXP_C2: f32 = -2.121_944_4e-4;
@@ -18,29 +20,29 @@ fn hsum(l: &[f32; 8]) -> f32 {
 
 /// One query row against one key row.
 #[inline]
-fn dot(q: &[f32], k: &[f32]) -> f32 {
+fn dot<E: KvElem>(q: &[f32], k: &[E]) -> f32 {
     let mut acc = [0f32; 8];
     let qc = q.chunks_exact(8);
     let kc = k.chunks_exact(8);
     let (qt, kt) = (qc.remainder(), kc.remainder());
     for (x, y) in qc.zip(kc) {
         for ((a, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *a += x * y;
+            *a += x * y.to_f32();
         }
     }
     let mut s = hsum(&acc);
     for (x, y) in qt.iter().zip(kt) {
-        s += x * y;
+        s += x * y.to_f32();
     }
     s
 }
 
 /// See `attention_avx2::scores`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn scores<const NQ: usize>(
+pub(super) fn scores<E: KvElem, const NQ: usize>(
     q: &[f32],
     qrow: [usize; NQ],
-    ks: &[f32],
+    ks: &[E],
     offs: &[usize],
     hd: usize,
     scale: f32,
@@ -83,10 +85,10 @@ pub(super) fn softmax_exp(s: &mut [f32]) -> f32 {
 }
 
 /// See `attention_avx2::accumulate`.
-pub(super) fn accumulate<const NQ: usize>(
+pub(super) fn accumulate<E: KvElem, const NQ: usize>(
     w: &[f32],
     at: [usize; NQ],
-    vs: &[f32],
+    vs: &[E],
     offs: &[usize],
     hd: usize,
     acc: &mut [f32],
@@ -96,7 +98,7 @@ pub(super) fn accumulate<const NQ: usize>(
         let a = &mut acc[a0..a0 + hd];
         for (&wi, &off) in w[w0..w0 + offs.len()].iter().zip(offs) {
             for (x, v) in a.iter_mut().zip(&vs[off..off + hd]) {
-                *x += wi * v;
+                *x += wi * v.to_f32();
             }
         }
     }

@@ -21,6 +21,9 @@ pub enum KvDtype {
 }
 
 impl KvDtype {
+    /// Every format.
+    pub const ALL: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Q8];
+
     /// Parses `f32`, `f16` or `q8` (also `fp16`, `float`, `int8`, `q8_0`).
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
@@ -55,6 +58,48 @@ impl std::fmt::Display for KvDtype {
     }
 }
 
+/// An element attention reads in place: f32, or f16 kept as its bits (`u16`). Both convert to
+/// f32 exactly, so a score is the same bits whichever storage it was read from.
+pub(crate) trait KvElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+
+    /// Eight consecutive elements from `p`, as f32.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `p..p + 8` must be readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl KvElem for u16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f16::from_bits(self).to_f32()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+}
+
 /// One slot array of K or V rows (`head_dim` values each, addressed by element offset).
 ///
 /// Every variant is allocated zeroed (`vec![0; n]` of a primitive is `calloc`), so the OS maps
@@ -81,6 +126,14 @@ impl RowStore {
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
             Self::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The rows as f16 bits in place, when stored as f16 (attention converts as it reads).
+    pub fn as_f16_bits(&self) -> Option<&[u16]> {
+        match self {
+            Self::F16(v) => Some(v),
             _ => None,
         }
     }

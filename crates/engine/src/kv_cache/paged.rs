@@ -150,6 +150,12 @@ impl PagedKvCache {
         Some((self.k[slot].as_f32()?, self.v[slot].as_f32()?))
     }
 
+    /// The key and value rows of `layer` as f16 bits in place, when the cache stores f16.
+    pub(crate) fn layer_f16(&self, layer: usize) -> Option<(&[u16], &[u16])> {
+        let slot = self.layout.layer_slot[layer];
+        Some((self.k[slot].as_f16_bits()?, self.v[slot].as_f16_bits()?))
+    }
+
     /// The key and value rows of `layer` at element offsets `offs`, as f32, into `k` and `v`
     /// (`head_dim` values per row, in order).
     pub(crate) fn gather(&self, layer: usize, offs: &[usize], k: &mut Vec<f32>, v: &mut Vec<f32>) {

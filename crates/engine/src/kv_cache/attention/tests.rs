@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::kv_cache::{AttentionKind, KvLayout, NO_BLOCK};
+use crate::kv_cache::{AttentionKind, KvDtype, KvLayout, NO_BLOCK};
 
 /// Plain reference: softmax over all visible positions of a contiguous K/V.
 fn reference(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], scale: f32) -> Vec<f32> {
@@ -67,7 +67,8 @@ fn matches_reference_across_blocks_with_gqa_and_window() {
 fn exp_polynomial_is_accurate() {
     let mut xs: Vec<f32> = (0..=87_000).map(|i| -(i as f32) / 1000.0).collect();
     xs.extend([-1e-7, -0.5, -3.25]);
-    let mut got = xs.clone();
+    // Without AVX2 (or under WICK_KERNELS=scalar) the kernel's exp is the scalar one.
+    let mut got: Vec<f32> = xs.iter().map(|&x| scalar::exp(x)).collect();
     #[cfg(target_arch = "x86_64")]
     if Kernels::detect() != Kernels::Scalar {
         // exp(x - max) with max = 0: the AVX2 kernel's exp of every x.
@@ -96,8 +97,16 @@ struct Shape {
     hd: usize,
 }
 
+/// How `run_steps` stores K/V: in `dtype`, or (`F32RoundedToF16`) as f32 holding the
+/// f16-rounded values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Store {
+    Dtype(KvDtype),
+    F32RoundedToF16,
+}
+
 /// Runs a sequence of steps, each a list of `(seq, first position, tokens)`, on a fresh
-/// cache, and returns every query row's output by (seq, position).
+/// f32 cache, and returns every query row's output by (seq, position).
 fn run_steps(
     sh: &Shape,
     steps: &[Vec<(usize, usize, usize)>],
@@ -105,8 +114,28 @@ fn run_steps(
     kern: Kernels,
     parallel: bool,
 ) -> HashMap<(usize, usize), Vec<f32>> {
+    run_steps_stored(sh, steps, params, kern, parallel, Store::Dtype(KvDtype::F32))
+}
+
+/// `run_steps` with K/V stored as `store`.
+fn run_steps_stored(
+    sh: &Shape,
+    steps: &[Vec<(usize, usize, usize)>],
+    params: AttnParams,
+    kern: Kernels,
+    parallel: bool,
+    store: Store,
+) -> HashMap<(usize, usize), Vec<f32>> {
     let (bs, nb) = (4, 16);
-    let mut cache = PagedKvCache::new(&KvLayout::uniform(1, sh.kvh, sh.hd), 4 * nb, bs);
+    let dtype = match store {
+        Store::Dtype(d) => d,
+        Store::F32RoundedToF16 => KvDtype::F32,
+    };
+    let round = |x: Vec<f32>| match store {
+        Store::F32RoundedToF16 => x.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect(),
+        Store::Dtype(_) => x,
+    };
+    let mut cache = PagedKvCache::new(&KvLayout::uniform(1, sh.kvh, sh.hd).with_dtype(dtype), 4 * nb, bs);
     let table = |seq: usize| (0..nb).map(|i| (seq * nb + (i * 7) % nb) as u32).collect::<Vec<_>>();
     let mut got = HashMap::new();
     for parts in steps {
@@ -116,8 +145,8 @@ fn run_steps(
             batch.push_seq(&vec![0; n], start + n, vec![table(seq)], false);
             for p in start..start + n {
                 q.extend(row(0, seq, p, sh.heads * sh.hd));
-                k.extend(row(1, seq, p, sh.kvh * sh.hd));
-                v.extend(row(2, seq, p, sh.kvh * sh.hd));
+                k.extend(round(row(1, seq, p, sh.kvh * sh.hd)));
+                v.extend(round(row(2, seq, p, sh.kvh * sh.hd)));
             }
         }
         cache.validate(&batch).unwrap();
@@ -166,21 +195,40 @@ fn a_query_gives_the_same_bits_however_its_step_is_composed() {
     {
         for window in [None, Some(2), Some(5)] {
             let params = AttnParams { scale: 0.37, window };
-            for kern in all_kernels() {
-                let want = run_steps(&sh, &scenarios[0], params, kern, false);
+            for (kern, dtype) in all_kernels().into_iter().flat_map(|k| KvDtype::ALL.map(|d| (k, d))) {
+                let store = Store::Dtype(dtype);
+                let want = run_steps_stored(&sh, &scenarios[0], params, kern, false, store);
                 for (i, steps) in scenarios.iter().enumerate() {
                     for parallel in [false, true] {
-                        let got = run_steps(&sh, steps, params, kern, parallel);
+                        let got = run_steps_stored(&sh, steps, params, kern, parallel, store);
                         for p in 0..23 {
                             let (x, y) = (&got[&(a, p)], &want[&(a, p)]);
                             assert!(
                                 x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits()),
-                                "hd {} {kern:?} window {window:?} scenario {i} parallel {parallel}: position {p} differs",
+                                "hd {} {kern:?} {dtype} window {window:?} scenario {i} parallel {parallel}: position {p} differs",
                                 sh.hd
                             );
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_rows_read_in_place_give_the_bits_of_their_f32_values() {
+    // The f16 cache is read by the kernels directly, converting as they load; the result must
+    // be exactly that of an f32 cache holding the same (rounded) values.
+    let steps = vec![vec![(0, 0, 9), (1, 0, 5)], vec![(1, 5, 1), (0, 9, 1), (2, 0, 11)], vec![(0, 10, 13)]];
+    for sh in [Shape { heads: 9, kvh: 3, hd: 64 }, Shape { heads: 4, kvh: 2, hd: 20 }] {
+        for kern in all_kernels() {
+            let params = AttnParams { scale: 0.37, window: None };
+            let got = run_steps_stored(&sh, &steps, params, kern, true, Store::Dtype(KvDtype::F16));
+            let want = run_steps_stored(&sh, &steps, params, kern, true, Store::F32RoundedToF16);
+            for (key, x) in &got {
+                let y = &want[key];
+                assert!(x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits()), "{kern:?} hd {}: {key:?}", sh.hd);
             }
         }
     }
