@@ -106,19 +106,8 @@ enum Store {
 }
 
 /// Runs a sequence of steps, each a list of `(seq, first position, tokens)`, on a fresh
-/// f32 cache, and returns every query row's output by (seq, position).
+/// cache storing K/V as `store`, and returns every query row's output by (seq, position).
 fn run_steps(
-    sh: &Shape,
-    steps: &[Vec<(usize, usize, usize)>],
-    params: AttnParams,
-    kern: Kernels,
-    parallel: bool,
-) -> HashMap<(usize, usize), Vec<f32>> {
-    run_steps_stored(sh, steps, params, kern, parallel, Store::Dtype(KvDtype::F32))
-}
-
-/// `run_steps` with K/V stored as `store`.
-fn run_steps_stored(
     sh: &Shape,
     steps: &[Vec<(usize, usize, usize)>],
     params: AttnParams,
@@ -197,10 +186,10 @@ fn a_query_gives_the_same_bits_however_its_step_is_composed() {
             let params = AttnParams { scale: 0.37, window };
             for (kern, dtype) in all_kernels().into_iter().flat_map(|k| KvDtype::ALL.map(|d| (k, d))) {
                 let store = Store::Dtype(dtype);
-                let want = run_steps_stored(&sh, &scenarios[0], params, kern, false, store);
+                let want = run_steps(&sh, &scenarios[0], params, kern, false, store);
                 for (i, steps) in scenarios.iter().enumerate() {
                     for parallel in [false, true] {
-                        let got = run_steps_stored(&sh, steps, params, kern, parallel, store);
+                        let got = run_steps(&sh, steps, params, kern, parallel, store);
                         for p in 0..23 {
                             let (x, y) = (&got[&(a, p)], &want[&(a, p)]);
                             assert!(
@@ -224,8 +213,8 @@ fn f16_rows_read_in_place_give_the_bits_of_their_f32_values() {
     for sh in [Shape { heads: 9, kvh: 3, hd: 64 }, Shape { heads: 4, kvh: 2, hd: 20 }] {
         for kern in all_kernels() {
             let params = AttnParams { scale: 0.37, window: None };
-            let got = run_steps_stored(&sh, &steps, params, kern, true, Store::Dtype(KvDtype::F16));
-            let want = run_steps_stored(&sh, &steps, params, kern, true, Store::F32RoundedToF16);
+            let got = run_steps(&sh, &steps, params, kern, true, Store::Dtype(KvDtype::F16));
+            let want = run_steps(&sh, &steps, params, kern, true, Store::F32RoundedToF16);
             for (key, x) in &got {
                 let y = &want[key];
                 assert!(x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits()), "{kern:?} hd {}: {key:?}", sh.hd);
