@@ -6,8 +6,9 @@
 //! Grouped-query attention maps query head `h` to kv head `h / (heads / kv_heads)`; K/V are
 //! never copied.
 //!
-//! This module owns the work split and the tiling; the arithmetic is in `attention_avx2`
-//! (AVX2+FMA, chosen by the process's `KernelLevel`) and `attention_scalar` (portable). Work is split over
+//! This module owns the work split and the tiling; the arithmetic is in `attention_avx512`
+//! (16 lanes), `attention_avx2` (AVX2+FMA) and `attention_scalar` (portable), chosen by the
+//! process's `KernelLevel`. K/V rows stored as f32 or f16 are read in place. Work is split over
 //! (sequence, kv head, query chunk) on wick's compute pool (`crate::thread_pool`), the threads the
 //! matmuls use. Inside an item, the queries of one kv head (its group's heads, for
 //! consecutive tokens) go through in tiles of up to four that share every K and V row load.
@@ -54,17 +55,27 @@ enum Kernels {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// Scores and weighted sums on 16 lanes; the softmax's exp on the AVX2 kernel.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernels {
-    /// The kernels of the process's `KernelLevel` (attention has no AVX-512 kernels yet:
-    /// that level runs the AVX2 ones).
+    /// The kernels of the process's `KernelLevel`.
     fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if crate::kernel_level::KernelLevel::current() >= crate::kernel_level::KernelLevel::Avx2 {
-            return Kernels::Avx2;
+        Self::of_level(crate::kernel_level::KernelLevel::current())
+    }
+
+    /// The kernels of `level` (which the host must support).
+    fn of_level(level: crate::kernel_level::KernelLevel) -> Self {
+        use crate::kernel_level::KernelLevel;
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            KernelLevel::Avx512 => Kernels::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            KernelLevel::Avx2 => Kernels::Avx2,
+            _ => Kernels::Scalar,
         }
-        Kernels::Scalar
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -84,6 +95,9 @@ impl Kernels {
             // SAFETY: `Avx2` is only chosen when the host has AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx2 => unsafe { super::attention_avx2::scores(q, qrow, ks, offs, hd, scale, out, at) },
+            // SAFETY: `Avx512` is only chosen when the host has AVX-512 F/BW/VL (and AVX2, FMA, F16C).
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { super::attention_avx512::scores(q, qrow, ks, offs, hd, scale, out, at) },
         }
     }
 
@@ -92,7 +106,7 @@ impl Kernels {
             Kernels::Scalar => scalar::softmax_exp(s),
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 => unsafe { super::attention_avx2::softmax_exp(s) },
+            Kernels::Avx2 | Kernels::Avx512 => unsafe { super::attention_avx2::softmax_exp(s) },
         }
     }
 
@@ -112,6 +126,9 @@ impl Kernels {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx2 => unsafe { super::attention_avx2::accumulate(w, at, vs, offs, hd, acc, acc_at) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { super::attention_avx512::accumulate(w, at, vs, offs, hd, acc, acc_at) },
         }
     }
 }

@@ -69,6 +69,13 @@ pub(crate) trait KvElem: Copy + Send + Sync + 'static {
     /// AVX2, FMA and F16C must be available; `p..p + 8` must be readable.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// The elements of `p..p + 16` that `mask` selects, as f32 (the others 0).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL and F16C must be available; the selected elements must be readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512;
 }
 
 impl KvElem for f32 {
@@ -82,6 +89,13 @@ impl KvElem for f32 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn load16(p: *const Self, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_maskz_loadu_ps(mask, p)
     }
 }
 
@@ -97,6 +111,14 @@ impl KvElem for u16 {
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn load16(p: *const Self, mask: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast()))
     }
 }
 

@@ -6,6 +6,8 @@
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
 mod attention_scalar;
 pub mod block_pool;
 pub mod dtype;

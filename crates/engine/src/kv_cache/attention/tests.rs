@@ -19,12 +19,9 @@ fn val(i: usize) -> f32 {
     ((i * 7919 % 101) as f32 / 50.0) - 1.0
 }
 
+/// The kernels of every level this host supports.
 fn all_kernels() -> Vec<Kernels> {
-    let mut k = vec![Kernels::Scalar];
-    if Kernels::detect() != Kernels::Scalar {
-        k.push(Kernels::detect());
-    }
-    k
+    crate::kernel_level::KernelLevel::available().into_iter().map(Kernels::of_level).collect()
 }
 
 #[test]
