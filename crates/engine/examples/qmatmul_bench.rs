@@ -58,7 +58,11 @@ fn main() {
         formats = vec!["q8_0", "q4_1", "q4_k", "q5_k", "q6_k"];
     }
     let levels: Vec<KernelLevel> = KernelLevel::available().into_iter().filter(|l| *l != KernelLevel::Scalar).collect();
-    let shapes = [("attn", 2048, 2048), ("up", 2048, 8192), ("down", 8192, 2048)];
+    // `WICK_BENCH_SHAPES=smollm2`: SmolLM2-135M's layer (576 wide, MLP 1536) instead.
+    let shapes = match std::env::var("WICK_BENCH_SHAPES").as_deref() {
+        Ok("smollm2") => [("qkv", 576, 960), ("up", 576, 3072), ("down", 1536, 576)],
+        _ => [("attn", 2048, 2048), ("up", 2048, 8192), ("down", 8192, 2048)],
+    };
     print!("{:6} {:6} {:>4}", "format", "shape", "M");
     for l in &levels {
         print!(" {:>12}", format!("{l} GMAC/s"));

@@ -391,25 +391,11 @@ fn activate(x: &mut [f32], act: Activation) {
     });
 }
 
-/// GELU in loops the compiler vectorizes (AVX2 where the CPU has it): `exp` by range reduction
-/// and a degree-6 polynomial (relative error under 2e-7), `erf` by Abramowitz and Stegun's
-/// 7.1.26 (absolute error under 1.5e-7).
+/// GELU in loops the compiler vectorizes (AVX2 where the CPU has it): `exp` by the gated
+/// activations' polynomial (`gated::exp`), `erf` by Abramowitz and Stegun's 7.1.26 (absolute
+/// error under 1.5e-7).
 mod gelu {
-    #[inline(always)]
-    fn exp(x: f32) -> f32 {
-        let x = x.clamp(-87.0, 88.0);
-        let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-        let r = n.mul_add(-0.693_145_75, x);
-        let r = n.mul_add(-1.428_606_8e-6, r);
-        let p: f32 = 1.0 / 720.0;
-        let p = p.mul_add(r, 1.0 / 120.0);
-        let p = p.mul_add(r, 1.0 / 24.0);
-        let p = p.mul_add(r, 1.0 / 6.0);
-        let p = p.mul_add(r, 0.5);
-        let p = p.mul_add(r, 1.0);
-        let p = p.mul_add(r, 1.0);
-        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-    }
+    use crate::model::backend::cpu::gated::exp;
 
     #[inline(always)]
     fn erf(x: f32) -> f32 {

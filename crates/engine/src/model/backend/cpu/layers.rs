@@ -1,5 +1,5 @@
 //! The CPU backend's layers: `Linear` (quantized or dense weights; Q8_0, Q4_1, Q5_0, Q5_1, Q4_K,
-//! Q5_K, Q6_K, MXFP4, F16 and BF16 on wick's batch-invariant kernels), `RmsNorm` on host rows, and the gated activations.
+//! Q5_K, Q6_K, MXFP4, F16 and BF16 on wick's batch-invariant kernels) and `RmsNorm` on host rows.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
@@ -143,89 +143,6 @@ impl RmsNorm {
             for ((d, s), w) in dst.iter_mut().zip(src).zip(&self.weight) {
                 *d = *s / m * *w;
             }
-        }
-    }
-}
-
-/// `silu(gate) * up` for rows laid out `[gate (n) | up (n)]`, into `out` (`[rows, n]`).
-pub fn swiglu_rows(gate_up: &[f32], n: usize, out: &mut Vec<f32>) {
-    out.clear();
-    for row in gate_up.chunks_exact(2 * n) {
-        let (g, u) = row.split_at(n);
-        out.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
-    }
-}
-
-/// gpt-oss's clamped SwiGLU for rows laid out `[gate (n) | up (n)]`, into `out` (`[rows, n]`):
-/// `g = min(gate, limit)`, `u = clamp(up, -limit, limit)`, `g · sigmoid(alpha · g) · (u + 1)`
-/// (transformers' `GptOssExperts`, llama.cpp's `swiglu_oai`).
-pub fn clamped_swiglu_rows(gate_up: &[f32], n: usize, alpha: f32, limit: f32, out: &mut Vec<f32>) {
-    out.clear();
-    for row in gate_up.chunks_exact(2 * n) {
-        let (g, u) = row.split_at(n);
-        out.extend(g.iter().zip(u).map(|(&g, &u)| {
-            let (g, u) = (g.min(limit), u.clamp(-limit, limit));
-            g / (1.0 + (-alpha * g).exp()) * (u + 1.0)
-        }));
-    }
-}
-
-/// `gelu_tanh(gate) * up` for rows laid out `[gate (n) | up (n)]`, into `out` (`[rows, n]`).
-pub fn geglu_rows(gate_up: &[f32], n: usize, out: &mut Vec<f32>) {
-    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-    out.clear();
-    for row in gate_up.chunks_exact(2 * n) {
-        let (g, u) = row.split_at(n);
-        out.extend(g.iter().zip(u).map(|(&g, &u)| 0.5 * g * (1.0 + (C * (g + 0.044715 * g * g * g)).tanh()) * u));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Tensor};
-
-    #[test]
-    fn swiglu_is_silu_gate_times_up() {
-        let mut out = Vec::new();
-        swiglu_rows(&[0.0, 2.0, 3.0, -1.0], 2, &mut out);
-        assert_eq!(out[0], 0.0);
-        assert!((out[1] + 2.0 / (1.0 + (-2f32).exp())).abs() < 1e-6);
-    }
-
-    #[test]
-    fn clamped_swiglu_matches_hand_computed_gpt_oss_values() {
-        // transformers' GptOssExperts: gate.clamp(max=7), up.clamp(-7, 7),
-        // gate * sigmoid(1.702 * gate) * (up + 1). Values computed by hand (f64):
-        //   gate 1, up 0:     1 * sigmoid(1.702) * 1        = 0.845796
-        //   gate 10, up 8:    7 * sigmoid(11.914) * 8       = 55.999625 (both clamped)
-        //   gate -2, up -9:  -2 * sigmoid(-3.404) * (-6)    = 0.386048 (up clamped to -7)
-        //   gate 0, up 5:     0
-        //   gate 3, up -1:    3 * sigmoid(5.106) * 0        = 0
-        //   gate -20, up 2: -20 * sigmoid(-34.04) * 3       = -9.88e-14 (no lower clamp on gate)
-        let gate = [1.0, 10.0, -2.0, 0.0, 3.0, -20.0];
-        let up = [0.0, 8.0, -9.0, 5.0, -1.0, 2.0];
-        let want = [0.845_796, 55.999_625, 0.386_048, 0.0, 0.0, -9.88e-14];
-        let mut gu = gate.to_vec();
-        gu.extend(up);
-        let mut out = Vec::new();
-        clamped_swiglu_rows(&gu, 6, 1.702, 7.0, &mut out);
-        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-            assert!((a - b).abs() <= 2e-6 * (1.0 + b.abs()), "value {i}: {a} vs {b}");
-        }
-        assert!(out[5] < 0.0 && out[5] > -1e-12);
-    }
-
-    #[test]
-    fn geglu_matches_candle_gelu_tanh() {
-        let g: Vec<f32> = (0..16).map(|i| i as f32 * 0.7 - 5.0).collect();
-        let mut gu = g.clone();
-        gu.extend(std::iter::repeat_n(2.0f32, 16));
-        let mut out = Vec::new();
-        geglu_rows(&gu, 16, &mut out);
-        let want: Vec<f32> = Tensor::new(&g[..], &Device::Cpu).unwrap().gelu().unwrap().to_vec1().unwrap();
-        for (a, b) in out.iter().zip(&want) {
-            assert!((a - 2.0 * b).abs() < 1e-5, "{a} vs {}", 2.0 * b);
         }
     }
 }

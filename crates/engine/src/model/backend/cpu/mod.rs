@@ -16,11 +16,13 @@ use crate::model::rope::RopeRows;
 use crate::model::spec::{Activation, MoeSpec};
 use crate::{EngineError, Result};
 
+pub mod gated;
 pub mod layers;
 pub mod qmatmul;
 pub mod weights;
 
-use layers::{clamped_swiglu_rows, geglu_rows, swiglu_rows, Linear, RmsNorm};
+use gated::{clamped_swiglu_rows, geglu_rows, swiglu_rows};
+use layers::{Linear, RmsNorm};
 use weights::{LinearBuilder, WeightOptions};
 
 /// The host backend, with the weight options it loads under.
