@@ -172,12 +172,16 @@ impl<B: Backend> Decoder<B> {
         let offset = spec.norm_weight_offset;
         let mut r = Reader { src, spec: &spec };
         let embed_raw = r.need(&names.global(names.embed), &[spec.vocab_size, hidden])?;
-        let embed = backend.embedding(&embed_raw)?;
-        // Kept through the layers only when it doubles as the output projection (tied): a
-        // separate `output` tensor would otherwise leave a second copy of the embedding
-        // resident while the layers load (0.6 GB for gpt-oss-20b).
+        // A tied embedding (no `output` tensor) becomes the LM head right away, sharing its
+        // storage where the backend can; a separate `output` tensor is read after the layers.
         let output = names.global(names.output);
-        let tied_embed = (!r.has(&output)).then_some(embed_raw);
+        let (embed, tied_head) = match r.has(&output) {
+            true => (backend.embedding(&embed_raw)?, None),
+            false => {
+                let (embed, head) = backend.tied_embedding(embed_raw)?;
+                (embed, Some(head))
+            }
+        };
         let mut layers = Vec::with_capacity(spec.num_layers());
         for i in 0..spec.num_layers() {
             let norm = |r: &mut Reader<S>, role: &str, n: usize| -> Result<B::Norm> {
@@ -242,8 +246,8 @@ impl<B: Backend> Decoder<B> {
             });
         }
         let norm = backend.norm(r.need(&names.global(names.output_norm), &[hidden])?, eps, offset)?;
-        let lm_head = match tied_embed {
-            Some(embed_raw) => backend.linear(vec![embed_raw], vec![None])?,
+        let lm_head = match tied_head {
+            Some(head) => head,
             None => backend.linear(vec![r.need(&output, &[spec.vocab_size, hidden])?], vec![None])?,
         };
         let layer_kinds: Vec<AttentionKind> = spec.layers.iter().map(|l| l.attention).collect();

@@ -103,6 +103,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn norm(&self, w: RawWeight, eps: f32, offset: f32) -> Result<Self::Norm>;
     /// Token embeddings `[vocab, hidden]`.
     fn embedding(&self, w: &RawWeight) -> Result<Self::Embedding>;
+    /// Token embeddings that double as the output projection (tied): the embedding and the
+    /// LM head from one weight. A backend that can read embedding rows from the LM head's
+    /// matrix keeps one copy of the table instead of two.
+    fn tied_embedding(&self, w: RawWeight) -> Result<(Self::Embedding, Self::Linear)> {
+        Ok((self.embedding(&w)?, self.linear(vec![w], vec![None])?))
+    }
     fn kv_cache(&self, layout: &KvLayout, num_blocks: usize, block_size: usize) -> Result<Self::Kv>;
     /// Attention sinks `[heads]`.
     fn sinks(&self, w: RawWeight) -> Result<Self::Sinks>;

@@ -22,7 +22,8 @@ pub mod qmatmul;
 pub mod weights;
 
 use gated::{clamped_swiglu_rows, geglu_rows, swiglu_rows};
-use layers::{Linear, RmsNorm};
+use layers::{Linear, QuantWeight, RmsNorm};
+use qmatmul::Q8Matrix;
 use weights::{LinearBuilder, WeightOptions};
 
 /// The host backend, with the weight options it loads under.
@@ -103,9 +104,11 @@ pub struct CpuLinear {
 }
 
 /// Token embeddings: rows dequantized on demand (a 262k-token vocabulary stays at its stored
-/// size), or a float tensor.
+/// size), read from the tied LM head's Q8_0 matrix (one copy of the table for both), or a
+/// float tensor.
 pub enum CpuEmbedding {
     Quant { dtype: GgmlDType, bytes: Vec<u8>, row_bytes: usize, hidden: usize },
+    Tied(Q8Matrix),
     Dense(Tensor),
 }
 
@@ -202,6 +205,20 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn tied_embedding(&self, w: RawWeight) -> Result<(CpuEmbedding, CpuLinear)> {
+        let embed = match &w {
+            RawWeight::Quant(q) if q.dtype() == GgmlDType::Q8_0 => None,
+            _ => Some(self.embedding(&w)?),
+        };
+        let head = self.linear(vec![w], vec![None])?;
+        let embed = match (embed, &head.parts[..]) {
+            (Some(e), _) => e,
+            (None, [(Linear::Quant { q: QuantWeight::Q8(m), .. }, _)]) => CpuEmbedding::Tied(m.clone()),
+            (None, _) => return Err(EngineError::Load("a Q8_0 LM head loaded as another kind".into())),
+        };
+        Ok((embed, head))
+    }
+
     fn sinks(&self, w: RawWeight) -> Result<Vec<f32>> {
         flat_f32(&w.to_f32()?)
     }
@@ -225,6 +242,13 @@ impl Backend for CpuBackend {
                     })?;
                     let q = qtensor_from_ggml(*dtype, row, vec![1, *hidden], &Device::Cpu)?;
                     out.extend(flat_f32(&q.dequantize(&Device::Cpu)?)?);
+                }
+            }
+            CpuEmbedding::Tied(m) => {
+                for &id in ids {
+                    m.append_row(id as usize, out).ok_or_else(|| {
+                        EngineError::InvalidRequest(format!("token id {id} is outside the vocabulary"))
+                    })?;
                 }
             }
             CpuEmbedding::Dense(t) => {
@@ -403,5 +427,32 @@ impl Backend for CpuBackend {
 
     fn to_tensor(&self, x: &Vec<f32>, rows: usize, width: usize) -> Result<Tensor> {
         Ok(Tensor::from_slice(&x[..rows * width], (rows, width), &Device::Cpu)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+
+    #[test]
+    fn a_tied_q8_0_embedding_shares_the_lm_heads_matrix_and_reads_candles_rows() {
+        let (vocab, hidden) = (40, 64);
+        let v: Vec<f32> = (0..vocab * hidden).map(|i| ((i * 7919 % 1001) as f32 / 500.0) - 1.0).collect();
+        let w = Tensor::from_vec(v, (vocab, hidden), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let want = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let b = CpuBackend::new(&WeightOptions::as_stored(), 0);
+        let (embed, head) = b.tied_embedding(RawWeight::Quant(q)).unwrap();
+        let CpuEmbedding::Tied(m) = &embed else { panic!("a Q8_0 tied embedding keeps its own copy") };
+        let [(Linear::Quant { q: QuantWeight::Q8(h), .. }, _)] = &head.parts[..] else { panic!("LM head not Q8_0") };
+        assert!(std::sync::Arc::ptr_eq(&m.qs, &h.qs) && std::sync::Arc::ptr_eq(&m.d, &h.d), "one copy of the table");
+        let mut out = Vec::new();
+        b.embed(&embed, &[3, 0, 39], Some(2.0), &mut out).unwrap();
+        for (i, id) in [3, 0, 39].into_iter().enumerate() {
+            let row: Vec<f32> = want[id].iter().map(|x| x * 2.0).collect();
+            assert_eq!(&out[i * hidden..(i + 1) * hidden], &row[..], "token {id}");
+        }
+        assert!(b.embed(&embed, &[40], None, &mut out).is_err(), "a token outside the vocabulary is an error");
     }
 }

@@ -7,6 +7,7 @@
 //! and one 16-lane fma per pair of blocks), chosen by the process's `KernelLevel`.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
@@ -24,8 +25,9 @@ const BLOCK_BYTES: usize = 2 + QK;
 pub struct Q8Matrix {
     n: usize,
     k: usize,
-    pub(super) qs: Vec<i8>,
-    pub(super) d: Vec<f32>,
+    /// Shared by clones: a tied embedding reads its rows from the LM head's matrix.
+    pub(crate) qs: Arc<[i8]>,
+    pub(crate) d: Arc<[f32]>,
     level: KernelLevel,
 }
 
@@ -56,7 +58,7 @@ impl Q8Matrix {
             d.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
             qs.extend(block[2..].iter().map(|&b| b as i8));
         }
-        Ok(Self { n, k, qs, d, level: KernelLevel::current() })
+        Ok(Self { n, k, qs: qs.into(), d: d.into(), level: KernelLevel::current() })
     }
 
     /// The same weights run by the kernels of `level` (tests compare the levels).
@@ -64,6 +66,17 @@ impl Q8Matrix {
         assert!(level.supported(), "this CPU cannot run the {level} kernels");
         self.level = level;
         self
+    }
+
+    /// Appends weight row `r` (output column `r`), dequantized as candle does (`q · d`);
+    /// `None` if there is no such row.
+    pub fn append_row(&self, r: usize, out: &mut Vec<f32>) -> Option<()> {
+        if r >= self.n {
+            return None;
+        }
+        let (qs, d) = self.col(r);
+        out.extend(qs.chunks_exact(QK).zip(d).flat_map(|(b, &d)| b.iter().map(move |&q| q as f32 * d)));
+        Some(())
     }
 
     fn col(&self, c: usize) -> (&[i8], &[f32]) {

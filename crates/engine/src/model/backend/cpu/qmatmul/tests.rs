@@ -202,7 +202,7 @@ fn activation_quantization_matches_candle_q8_0() {
     acts.quantize(&x, k); // 40 rows: the parallel path
     let q = QTensor::quantize(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
     let theirs = Q8Matrix::from_qtensor(&q).unwrap();
-    assert_eq!(acts.qs, theirs.qs);
+    assert_eq!(acts.qs[..], theirs.qs[..]);
     assert_eq!(bits(&acts.d), bits(&theirs.d));
     let (mut qs, mut d, mut s) = (vec![0i8; m * k], vec![0f32; m * k / QK], vec![0f32; m * k / QK]);
     let mut sx = vec![0f32; m * k / QK];
