@@ -16,10 +16,15 @@ import time
 import urllib.request
 
 
+IGNORE_EOS = False
+
+
 def stream_chat(base, model, messages, max_tokens):
     """Streams one chat completion; returns (ttft_s, wall_s, text)."""
-    body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-                       "stream": True}).encode()
+    req = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    if IGNORE_EOS:
+        req["ignore_eos"] = True
+    body = json.dumps(req).encode()
     req = urllib.request.Request(base + "/chat/completions", body, {"Content-Type": "application/json"})
     t0 = time.perf_counter()
     ttft, text = None, []
@@ -76,7 +81,12 @@ def main():
     p.add_argument("--streams", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--pattern", choices=["same-prompt", "conversation", "both"], default="both")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="every answer runs to --max-tokens (vLLM's and wick's ignore_eos), so the conversation's "
+                        "length does not depend on what the model happens to say")
     args = p.parse_args()
+    global IGNORE_EOS
+    IGNORE_EOS = args.ignore_eos
     if args.pattern in ("same-prompt", "both"):
         same_prompt(args)
     if args.pattern in ("conversation", "both"):
