@@ -328,6 +328,9 @@ impl Registry {
             }
             Err(e) => return Err(ApiError::internal(format!("Loading the model `{name}` panicked: {e}"))),
         };
+        // Loading allocates and frees the file's tensors and their repacked copies; give the
+        // freed heap back so the resident size is the model's, not the load's peak.
+        crate::cpu::trim_heap();
         tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
         let mut st = slot.lock();
         st.context_length = Some(loaded.context_length());
