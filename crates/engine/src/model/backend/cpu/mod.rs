@@ -207,7 +207,7 @@ impl Backend for CpuBackend {
 
     fn tied_embedding(&self, w: RawWeight) -> Result<(CpuEmbedding, CpuLinear)> {
         let embed = match &w {
-            RawWeight::Quant(q) if q.dtype() == GgmlDType::Q8_0 => None,
+            RawWeight::Quant(q) if q.dtype() == GgmlDType::Q8_0 && self.builder.keeps_q8_0() => None,
             _ => Some(self.embedding(&w)?),
         };
         let head = self.linear(vec![w], vec![None])?;
@@ -453,6 +453,16 @@ mod tests {
             let row: Vec<f32> = want[id].iter().map(|x| x * 2.0).collect();
             assert_eq!(&out[i * hidden..(i + 1) * hidden], &row[..], "token {id}");
         }
+        let rows = out.clone();
         assert!(b.embed(&embed, &[40], None, &mut out).is_err(), "a token outside the vocabulary is an error");
+        // With every weight dequantized (the oracle setting) the head is f32 and the embedding
+        // keeps its own rows, the same values.
+        let b = CpuBackend::new(&WeightOptions::dequantized(), 0);
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let (embed, head) = b.tied_embedding(RawWeight::Quant(q)).unwrap();
+        assert!(matches!(head.parts[..], [(Linear::Dense(_), _)]), "dequantized head");
+        let mut dq = Vec::new();
+        b.embed(&embed, &[3, 0, 39], Some(2.0), &mut dq).unwrap();
+        assert_eq!(dq, rows);
     }
 }

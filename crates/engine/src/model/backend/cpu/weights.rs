@@ -175,6 +175,11 @@ impl LinearBuilder {
         self.fast_kernels && !self.dequantize && self.quantize_floats.is_none()
     }
 
+    /// Whether a lone Q8_0 weight becomes a `Q8Matrix` as stored (not dequantized to f32).
+    pub fn keeps_q8_0(&self) -> bool {
+        !self.dequantize
+    }
+
     /// One linear layer whose output is the concatenation of `parts`' outputs (each `[out_i, in]`).
     /// `shared_dense` is an f32 copy of the (single) weight already in memory, reused as is.
     pub fn build(&self, parts: Vec<RawWeight>, shared_dense: Option<Tensor>) -> Result<Linear> {

@@ -25,9 +25,10 @@ const BLOCK_BYTES: usize = 2 + QK;
 pub struct Q8Matrix {
     n: usize,
     k: usize,
-    /// Shared by clones: a tied embedding reads its rows from the LM head's matrix.
-    pub(crate) qs: Arc<[i8]>,
-    pub(crate) d: Arc<[f32]>,
+    /// Shared by clones: a tied embedding reads its rows from the LM head's matrix. (`Arc` of
+    /// a `Vec`, not of a slice: wrapping the built vector then costs no copy of the table.)
+    pub(crate) qs: Arc<Vec<i8>>,
+    pub(crate) d: Arc<Vec<f32>>,
     level: KernelLevel,
 }
 
@@ -58,7 +59,7 @@ impl Q8Matrix {
             d.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
             qs.extend(block[2..].iter().map(|&b| b as i8));
         }
-        Ok(Self { n, k, qs: qs.into(), d: d.into(), level: KernelLevel::current() })
+        Ok(Self { n, k, qs: Arc::new(qs), d: Arc::new(d), level: KernelLevel::current() })
     }
 
     /// The same weights run by the kernels of `level` (tests compare the levels).
