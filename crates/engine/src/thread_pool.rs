@@ -30,6 +30,29 @@ use std::time::{Duration, Instant};
 /// between steps.
 const SPIN: Duration = Duration::from_micros(60);
 
+/// Polling for `SPIN` before parking, reading the clock only every 64th poll (reading it on
+/// every poll cost 1-2% of a step).
+struct Spin {
+    start: Instant,
+    polls: u32,
+}
+
+impl Spin {
+    fn new() -> Self {
+        Self { start: Instant::now(), polls: 0 }
+    }
+
+    /// Whether to keep polling (after a `spin_loop` hint) rather than park.
+    fn poll(&mut self) -> bool {
+        self.polls = self.polls.wrapping_add(1);
+        if !self.polls.is_multiple_of(64) || self.start.elapsed() < SPIN {
+            std::hint::spin_loop();
+            return true;
+        }
+        false
+    }
+}
+
 /// Chunks per thread a region's items are cut into: fast threads absorb a slow one's share.
 const CHUNKS_PER_THREAD: usize = 8;
 
@@ -131,6 +154,27 @@ impl ThreadPool {
         self.workers.len() + 1
     }
 
+    /// Calls `f(i, chunk)` on each `chunk_len`-long chunk `i` of `data` (the last may be
+    /// shorter), spread over the pool like [`ThreadPool::for_each_chunk`]: the safe form of
+    /// "each item writes its own rows".
+    pub fn for_each_chunk_mut<T: Send, F: Fn(usize, &mut [T]) + Sync>(&self, data: &mut [T], chunk_len: usize, f: F) {
+        /// `data`'s pointer, shared by the region's threads; each chunk is handed out once.
+        struct Base<T>(*mut T);
+        // SAFETY: only dereferenced at disjoint chunks inside the region below, which returns
+        // before `data`'s borrow ends; `T: Send` lets a chunk be written from another thread.
+        unsafe impl<T: Send> Sync for Base<T> {}
+        let (len, chunk_len) = (data.len(), chunk_len.max(1));
+        let base = Base(data.as_mut_ptr());
+        self.for_each_chunk(len.div_ceil(chunk_len), |items| {
+            let base = &base;
+            for i in items {
+                let r = i * chunk_len..len.min((i + 1) * chunk_len);
+                // SAFETY: item `i` alone covers `r`, which lies inside `data`.
+                f(i, unsafe { std::slice::from_raw_parts_mut(base.0.add(r.start), r.len()) });
+            }
+        });
+    }
+
     /// Calls `f` on chunks of `0..items` that together cover each item exactly once, on the
     /// pool's threads and the caller's; returns when all are done. A panic in `f` is re-raised
     /// here once every chunk has finished.
@@ -175,14 +219,9 @@ impl ThreadPool {
         IN_REGION.with(|r| r.set(false));
         // Wait for the chunks other threads claimed: poll briefly, then park until the thread
         // that finishes the last one unparks this one.
-        let start = Instant::now();
-        let mut polls = 0u32;
+        let mut spin = Spin::new();
         while !job.finished() {
-            polls = polls.wrapping_add(1);
-            // The clock is read every 64th poll: reading it each time cost 1-2% of a step.
-            if !polls.is_multiple_of(64) || start.elapsed() < SPIN {
-                std::hint::spin_loop();
-            } else {
+            if !spin.poll() {
                 std::thread::park_timeout(Duration::from_millis(10));
             }
         }
@@ -212,12 +251,9 @@ fn worker(shared: &Shared) {
     IN_REGION.with(|r| r.set(true));
     let mut seen = 0u64;
     loop {
-        let start = Instant::now();
-        let mut polls = 0u32;
+        let mut spin = Spin::new();
         while shared.generation.load(Ordering::Acquire) == seen && !shared.stop.load(Ordering::Acquire) {
-            polls = polls.wrapping_add(1);
-            if !polls.is_multiple_of(64) || start.elapsed() < SPIN {
-                std::hint::spin_loop();
+            if spin.poll() {
                 continue;
             }
             let mut cur = shared.current.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,6 +287,19 @@ pub fn pool() -> &'static ThreadPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_mutable_chunk_is_handed_out_once_with_its_index() {
+        let pool = ThreadPool::new(3);
+        for (len, chunk) in [(0, 4), (1, 4), (10, 3), (1000, 7), (64, 64)] {
+            let mut data = vec![0usize; len];
+            pool.for_each_chunk_mut(&mut data, chunk, |i, c| {
+                assert!(c.len() == chunk || (i + 1) * chunk >= len, "only the last chunk is short");
+                c.iter_mut().enumerate().for_each(|(j, v)| *v += i * chunk + j + 1);
+            });
+            assert!(data.iter().enumerate().all(|(j, &v)| v == j + 1), "len {len} chunk {chunk}");
+        }
+    }
 
     #[test]
     fn every_item_runs_exactly_once() {

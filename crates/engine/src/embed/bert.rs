@@ -323,7 +323,8 @@ impl Bert {
     }
 }
 
-/// A raw pointer to rows that pool items write disjointly.
+/// A raw pointer to rows that pool items write disjointly (attention's strided head slices;
+/// contiguous chunks go through `ThreadPool::for_each_chunk_mut`).
 struct RowsPtr(*mut f32);
 // SAFETY: only used for disjoint writes inside one parallel region.
 unsafe impl Sync for RowsPtr {}
@@ -355,18 +356,10 @@ fn layer_norm(row: &mut [f32], n: &Norm, eps: f32) {
 /// `x = LayerNorm(x + y)`, row by row, rows spread over the pool.
 fn add_and_norm(x: &mut [f32], y: &[f32], n: &Norm, eps: f32, h: usize) {
     const ROWS: usize = 32;
-    let rows = x.len() / h;
-    let ptr = RowsPtr(x.as_mut_ptr());
-    pool().for_each_chunk(rows.div_ceil(ROWS), |items| {
-        let ptr = &ptr;
-        for item in items {
-            let r = item * ROWS..rows.min((item + 1) * ROWS);
-            // SAFETY: item `item` alone owns rows `r` of `x`.
-            let xs = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r.start * h), r.len() * h) };
-            for (row, add) in xs.chunks_exact_mut(h).zip(y[r.start * h..].chunks_exact(h)) {
-                row.iter_mut().zip(add).for_each(|(v, a)| *v += a);
-                layer_norm(row, n, eps);
-            }
+    pool().for_each_chunk_mut(x, ROWS * h, |i, xs| {
+        for (row, add) in xs.chunks_exact_mut(h).zip(y[i * ROWS * h..].chunks_exact(h)) {
+            row.iter_mut().zip(add).for_each(|(v, a)| *v += a);
+            layer_norm(row, n, eps);
         }
     });
 }
@@ -374,20 +367,10 @@ fn add_and_norm(x: &mut [f32], y: &[f32], n: &Norm, eps: f32, h: usize) {
 /// The activation applied in place, spread over the pool.
 fn activate(x: &mut [f32], act: Activation) {
     const CHUNK: usize = 16 * 1024;
-    let len = x.len();
-    let ptr = RowsPtr(x.as_mut_ptr());
-    pool().for_each_chunk(len.div_ceil(CHUNK), |items| {
-        let ptr = &ptr;
-        for item in items {
-            let r = item * CHUNK..len.min((item + 1) * CHUNK);
-            // SAFETY: item `item` alone owns values `r` of `x`.
-            let v = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r.start), r.len()) };
-            match act {
-                Activation::Gelu => gelu::erf_form(v),
-                Activation::GeluTanh => gelu::tanh_form(v),
-                Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
-            }
-        }
+    pool().for_each_chunk_mut(x, CHUNK, |_, v| match act {
+        Activation::Gelu => gelu::erf_form(v),
+        Activation::GeluTanh => gelu::tanh_form(v),
+        Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
     });
 }
 

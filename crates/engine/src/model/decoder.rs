@@ -175,12 +175,11 @@ impl<B: Backend> Decoder<B> {
         // A tied embedding (no `output` tensor) becomes the LM head right away, sharing its
         // storage where the backend can; a separate `output` tensor is read after the layers.
         let output = names.global(names.output);
-        let (embed, tied_head) = match r.has(&output) {
-            true => (backend.embedding(&embed_raw)?, None),
-            false => {
-                let (embed, head) = backend.tied_embedding(embed_raw)?;
-                (embed, Some(head))
-            }
+        let (embed, tied_head) = if r.has(&output) {
+            (backend.embedding(&embed_raw)?, None)
+        } else {
+            let (embed, head) = backend.tied_embedding(embed_raw)?;
+            (embed, Some(head))
         };
         let mut layers = Vec::with_capacity(spec.num_layers());
         for i in 0..spec.num_layers() {

@@ -55,12 +55,6 @@ pub fn geglu_rows(gate_up: &[f32], n: usize, out: &mut Vec<f32>) {
     });
 }
 
-/// Output pointer shared by the pool's items; each writes its own rows.
-struct OutPtr(*mut f32);
-// SAFETY: only dereferenced at rows one item owns, inside one parallel region that returns
-// before `gated_rows` does.
-unsafe impl Sync for OutPtr {}
-
 /// `out[r][i] = f(gate[r][i], up[r][i])` for every row.
 fn gated_rows<F: Fn(f32, f32) -> f32 + Sync + Copy>(gate_up: &[f32], n: usize, out: &mut Vec<f32>, f: F) {
     let rows = gate_up.len() / (2 * n).max(1);
@@ -78,16 +72,7 @@ fn gated_rows<F: Fn(f32, f32) -> f32 + Sync + Copy>(gate_up: &[f32], n: usize, o
         return;
     }
     let per_item = (CHUNK / n).max(1);
-    let ptr = OutPtr(out.as_mut_ptr());
-    pool().for_each_chunk(rows.div_ceil(per_item), |items| {
-        let ptr = &ptr;
-        for item in items {
-            let r = item * per_item..rows.min((item + 1) * per_item);
-            // SAFETY: item `item` alone owns rows `r` of `out`, sized above.
-            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r.start * n), r.len() * n) };
-            run(r.start, dst);
-        }
-    });
+    pool().for_each_chunk_mut(out, per_item * n, |i, dst| run(i * per_item, dst));
 }
 
 /// One row: `o[i] = f(g[i], u[i])`, compiled for the kernel level's vector width.
