@@ -22,6 +22,8 @@ pub struct QuantizedActs {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     pub sx: Vec<f32>,
+    /// `Σ values` per block, the integer itself.
+    pub isum: Vec<i32>,
     pub f: Vec<f32>,
     pub k: usize,
     m: usize,
@@ -56,6 +58,7 @@ impl QuantizedActs {
         copy(&self.d, self.m, rows, &mut into.d);
         copy(&self.s, self.m, rows, &mut into.s);
         copy(&self.sx, self.m, rows, &mut into.sx);
+        copy(&self.isum, self.m, rows, &mut into.isum);
         copy(&self.f, self.m, rows, &mut into.f);
     }
 
@@ -77,6 +80,7 @@ impl QuantizedActs {
                 v.clear();
             }
             self.qs.clear();
+            self.isum.clear();
             return;
         }
         self.f.clear();
@@ -84,29 +88,31 @@ impl QuantizedActs {
         self.d.resize(m * k / QK, 0.0);
         self.s.resize(m * k / QK, 0.0);
         self.sx.resize(m * k / QK, 0.0);
+        self.isum.resize(m * k / QK, 0);
         let quantize_rows = if blocks == ActBlocks::Q8K { quantize_rows_q8k } else { quantize_rows };
         if m < 2 * QUANT_ROWS {
-            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.sx);
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.sx, &mut self.isum);
             return;
         }
         let kb = k / QK;
         let (qs, d, s) = (SendPtr(self.qs.as_mut_ptr()), SendPtr(self.d.as_mut_ptr()), SendPtr(self.s.as_mut_ptr()));
-        let sx = SendPtr(self.sx.as_mut_ptr());
+        let (sx, isum) = (SendPtr(self.sx.as_mut_ptr()), SendPtr(self.isum.as_mut_ptr()));
         crate::thread_pool::pool().for_each_chunk(m.div_ceil(QUANT_ROWS), |items| {
-            let (qs, d, s, sx) = (&qs, &d, &s, &sx);
+            let (qs, d, s, sx, isum) = (&qs, &d, &s, &sx, &isum);
             for item in items {
                 let rows = item * QUANT_ROWS..m.min((item + 1) * QUANT_ROWS);
-                // SAFETY: each item owns rows `rows` of the three buffers, sized above for
+                // SAFETY: each item owns rows `rows` of the buffers, sized above for
                 // `m` rows; the buffers outlive the parallel region.
-                let (qs, d, s, sx) = unsafe {
+                let (qs, d, s, sx, isum) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qs.0.add(rows.start * k), rows.len() * k),
                         std::slice::from_raw_parts_mut(d.0.add(rows.start * kb), rows.len() * kb),
                         std::slice::from_raw_parts_mut(s.0.add(rows.start * kb), rows.len() * kb),
                         std::slice::from_raw_parts_mut(sx.0.add(rows.start * kb), rows.len() * kb),
+                        std::slice::from_raw_parts_mut(isum.0.add(rows.start * kb), rows.len() * kb),
                     )
                 };
-                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, sx);
+                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, sx, isum);
             }
         });
     }
@@ -134,16 +140,16 @@ unsafe impl<T> Send for SendPtr<T> {}
 /// `BlockQ8_0::from_float`): scale `amax / 127` rounded to f16, values `round(x / scale)`
 /// computed with the unrounded scale. `d` receives the f16 scales widened to f32; `s` receives
 /// `f16(Σ values) · d` in f16 arithmetic, as candle's `BlockQ8_1::from_float` stores it, and
-/// `sx` receives `d · Σ values` in f32 (exact).
-pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
+/// `sx` receives `d · Σ values` in f32 (exact) and `isum` the integer `Σ values`.
+pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32], isum: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 was detected.
-        unsafe { simd::quantize_rows(x, qs, d, s, sx) };
+        unsafe { simd::quantize_rows(x, qs, d, s, sx, isum) };
         return;
     }
     let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
-    for ((xb, qb), ((db, sb), sxb)) in blocks {
+    for (((xb, qb), ((db, sb), sxb)), ib) in blocks.zip(isum) {
         let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let scale = amax / 127.0;
         let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
@@ -156,6 +162,7 @@ pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx:
         }
         *sb = (f16::from_f32(sum as f32) * d16).to_f32();
         *sxb = *db * sum as f32;
+        *ib = sum;
     }
 }
 
@@ -170,8 +177,8 @@ pub(super) fn nearest_int(f: f32) -> i32 {
 /// of largest magnitude `max` gives `iscale = -127 / max`, values `min(127, nearest(iscale·x))`
 /// and scale `1 / iscale`. Each of the super-block's eight 32-value blocks gets that scale in
 /// `d`, `sx` receives `d · Σ values` of the block in f32 and `s` the integer `Σ values` itself
-/// (exact in f32: at most 32 · 127).
-pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
+/// (exact in f32: at most 32 · 127), as does `isum`.
+pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32], isum: &mut [i32]) {
     const QK_K: usize = 256;
     let sub = QK_K / QK;
     let blocks = x.chunks_exact(QK_K).zip(qs.chunks_exact_mut(QK_K));
@@ -188,7 +195,8 @@ pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32],
             qb.fill(0);
             d[range.clone()].fill(0.0);
             s[range.clone()].fill(0.0);
-            sx[range].fill(0.0);
+            sx[range.clone()].fill(0.0);
+            isum[range].fill(0);
             continue;
         }
         let iscale = -127.0 / max;
@@ -201,6 +209,7 @@ pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32],
             d[b] = scale;
             sx[b] = scale * sum as f32;
             s[b] = sum as f32;
+            isum[b] = sum;
         }
     }
 }
@@ -221,12 +230,19 @@ mod simd {
     /// `super::quantize_rows` with AVX2, giving the same bits: the same scale, the same
     /// `x · inv` products, and `f32::round` (half away from zero) rebuilt from truncation.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32]) {
+    pub(super) fn quantize_rows(
+        x: &[f32],
+        qs: &mut [i8],
+        d: &mut [f32],
+        s: &mut [f32],
+        sx: &mut [f32],
+        isum: &mut [i32],
+    ) {
         let sign = _mm256_set1_ps(-0.0);
         let half = _mm256_set1_ps(0.5);
         let one = _mm256_set1_ps(1.0);
         let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
-        for ((xb, qb), ((db, sb), sxb)) in blocks {
+        for (((xb, qb), ((db, sb), sxb)), ib) in blocks.zip(isum) {
             // SAFETY: `xb` holds 32 floats.
             let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
             let abs = v.map(|v| _mm256_andnot_ps(sign, v));
@@ -257,6 +273,7 @@ mod simd {
             unsafe { _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, p) };
             *sb = (f16::from_f32(sum as f32) * d16).to_f32();
             *sxb = *db * sum as f32;
+            *ib = sum;
         }
     }
 }

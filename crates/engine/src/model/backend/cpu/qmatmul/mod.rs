@@ -28,6 +28,7 @@ use crate::{EngineError, Result};
 mod acts;
 mod float;
 pub mod mxfp4;
+mod panel;
 mod q4_1;
 mod q4_k;
 mod q5;
@@ -50,7 +51,7 @@ pub const QK: usize = 32;
 /// Activation rows per thread work item (their quantized blocks stay in L2 while the item's
 /// weight columns stream past).
 const ROW_CHUNK: usize = 64;
-/// Weight columns per thread work item.
+/// Weight columns per thread work item (unless the format says otherwise).
 const COL_CHUNK: usize = 16;
 
 /// The output matrix, shared by the workers (each writes disjoint elements).
@@ -84,6 +85,11 @@ pub trait TileKernel: Sync {
     /// `rows` lie inside `acts`, `cols` inside the weight, both inside `out`, and no other
     /// thread writes those output elements concurrently.
     unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr);
+
+    /// Weight columns per thread work item.
+    fn col_chunk(&self) -> usize {
+        COL_CHUNK
+    }
 
     /// How this format wants its activations quantized.
     fn act_blocks(&self) -> ActBlocks {
@@ -125,7 +131,8 @@ pub fn matmul_quantized<W: TileKernel + ?Sized>(w: &W, acts: &QuantizedActs, out
     let m = acts.rows();
     assert_eq!(out.len(), m * n, "output has the wrong size");
     let row_chunks = m.div_ceil(ROW_CHUNK);
-    let col_chunks = n.div_ceil(COL_CHUNK);
+    let col_chunk = w.col_chunk();
+    let col_chunks = n.div_ceil(col_chunk);
     let out = OutPtr::new(out, n);
     // Items are (row chunk, column chunk), row-chunk major; each output element belongs to
     // exactly one item, so workers never write the same element.
@@ -133,7 +140,7 @@ pub fn matmul_quantized<W: TileKernel + ?Sized>(w: &W, acts: &QuantizedActs, out
         for item in items {
             let (rc, cc) = (item / col_chunks, item % col_chunks);
             let rows = rc * ROW_CHUNK..m.min((rc + 1) * ROW_CHUNK);
-            let cols = cc * COL_CHUNK..n.min((cc + 1) * COL_CHUNK);
+            let cols = cc * col_chunk..n.min((cc + 1) * col_chunk);
             // SAFETY: `rows` and `cols` lie inside the operands and `out`, and this item
             // alone writes its output elements.
             unsafe { w.block(acts, rows, cols, out) };

@@ -201,18 +201,22 @@ fn activation_quantization_matches_candle_q8_0() {
     let mut acts = QuantizedActs::default();
     acts.quantize(&x, k); // 40 rows: the parallel path
     let q = QTensor::quantize(&Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
-    let theirs = Q8Matrix::from_qtensor(&q).unwrap();
-    assert_eq!(acts.qs[..], theirs.qs[..]);
-    assert_eq!(bits(&acts.d), bits(&theirs.d));
+    for (b, block) in q.data().unwrap().chunks_exact(2 + QK).enumerate() {
+        let theirs: Vec<i8> = block[2..].iter().map(|&v| v as i8).collect();
+        assert_eq!(acts.qs[b * QK..(b + 1) * QK], theirs[..], "block {b}");
+        assert_eq!(acts.d[b], half::f16::from_le_bytes([block[0], block[1]]).to_f32(), "block {b}");
+    }
     let (mut qs, mut d, mut s) = (vec![0i8; m * k], vec![0f32; m * k / QK], vec![0f32; m * k / QK]);
-    let mut sx = vec![0f32; m * k / QK];
-    quantize_rows(&x, &mut qs, &mut d, &mut s, &mut sx);
+    let (mut sx, mut isum) = (vec![0f32; m * k / QK], vec![0i32; m * k / QK]);
+    quantize_rows(&x, &mut qs, &mut d, &mut s, &mut sx, &mut isum);
     assert_eq!(bits(&acts.s), bits(&s), "parallel and serial quantization differ");
     assert_eq!(bits(&acts.sx), bits(&sx), "parallel and serial quantization differ");
-    // `sx` is d · Σ values, exactly.
+    assert_eq!(acts.isum, isum, "parallel and serial quantization differ");
+    // `sx` is d · Σ values, exactly, and `isum` the sum.
     for (b, &v) in acts.sx.iter().enumerate() {
         let sum: i32 = acts.qs[b * QK..(b + 1) * QK].iter().map(|&q| q as i32).sum();
         assert_eq!(v as f64, acts.d[b] as f64 * sum as f64, "block {b}");
+        assert_eq!(acts.isum[b], sum, "block {b}");
     }
     assert_eq!(&acts.qs[..10], &[127, 1, 2, -3, 3, -1, 0, -127, 3, 0]);
     // The scalar definition gives the same bits as the SIMD one.
@@ -488,6 +492,7 @@ fn q8_k_activation_quantization_matches_candle() {
             let sum: i32 = qs[j * QK..(j + 1) * QK].iter().map(|&q| q as i32).sum();
             assert_eq!(acts.sx[b].to_bits(), (d * sum as f32).to_bits());
             assert_eq!(acts.s[b], sum as f32, "the integer block sum");
+            assert_eq!(acts.isum[b], sum);
         }
     }
     // Serial and parallel quantization agree.
