@@ -24,6 +24,8 @@ pub struct QuantizedActs {
     pub sx: Vec<f32>,
     /// `Σ values` per block, the integer itself.
     pub isum: Vec<i32>,
+    /// `Σ values` over the first 16 of each block (Q6_K's sub-blocks).
+    pub isum16: Vec<i32>,
     pub f: Vec<f32>,
     pub k: usize,
     m: usize,
@@ -59,6 +61,7 @@ impl QuantizedActs {
         copy(&self.s, self.m, rows, &mut into.s);
         copy(&self.sx, self.m, rows, &mut into.sx);
         copy(&self.isum, self.m, rows, &mut into.isum);
+        copy(&self.isum16, self.m, rows, &mut into.isum16);
         copy(&self.f, self.m, rows, &mut into.f);
     }
 
@@ -81,6 +84,7 @@ impl QuantizedActs {
             }
             self.qs.clear();
             self.isum.clear();
+            self.isum16.clear();
             return;
         }
         self.f.clear();
@@ -89,34 +93,42 @@ impl QuantizedActs {
         self.s.resize(m * k / QK, 0.0);
         self.sx.resize(m * k / QK, 0.0);
         self.isum.resize(m * k / QK, 0);
+        self.isum16.resize(m * k / QK, 0);
         let quantize_rows = if blocks == ActBlocks::Q8K { quantize_rows_q8k } else { quantize_rows };
         if m < 2 * QUANT_ROWS {
-            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.sx, &mut self.isum);
+            let sums = (&mut self.isum[..], &mut self.isum16[..]);
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.sx, sums);
             return;
         }
         let kb = k / QK;
         let (qs, d, s) = (SendPtr(self.qs.as_mut_ptr()), SendPtr(self.d.as_mut_ptr()), SendPtr(self.s.as_mut_ptr()));
         let (sx, isum) = (SendPtr(self.sx.as_mut_ptr()), SendPtr(self.isum.as_mut_ptr()));
+        let isum16 = SendPtr(self.isum16.as_mut_ptr());
         crate::thread_pool::pool().for_each_chunk(m.div_ceil(QUANT_ROWS), |items| {
-            let (qs, d, s, sx, isum) = (&qs, &d, &s, &sx, &isum);
+            let (qs, d, s, sx, isum, isum16) = (&qs, &d, &s, &sx, &isum, &isum16);
             for item in items {
                 let rows = item * QUANT_ROWS..m.min((item + 1) * QUANT_ROWS);
                 // SAFETY: each item owns rows `rows` of the buffers, sized above for
                 // `m` rows; the buffers outlive the parallel region.
-                let (qs, d, s, sx, isum) = unsafe {
+                let (qs, d, s, sx, isum, isum16) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qs.0.add(rows.start * k), rows.len() * k),
                         std::slice::from_raw_parts_mut(d.0.add(rows.start * kb), rows.len() * kb),
                         std::slice::from_raw_parts_mut(s.0.add(rows.start * kb), rows.len() * kb),
                         std::slice::from_raw_parts_mut(sx.0.add(rows.start * kb), rows.len() * kb),
                         std::slice::from_raw_parts_mut(isum.0.add(rows.start * kb), rows.len() * kb),
+                        std::slice::from_raw_parts_mut(isum16.0.add(rows.start * kb), rows.len() * kb),
                     )
                 };
-                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, sx, isum);
+                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, sx, (isum, isum16));
             }
         });
     }
 }
+
+/// Where `quantize_rows` puts the integer sums of each block: of all its values, and of its
+/// first 16.
+pub type Sums<'a> = (&'a mut [i32], &'a mut [i32]);
 
 /// How activations are quantized for a weight format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,16 +152,18 @@ unsafe impl<T> Send for SendPtr<T> {}
 /// `BlockQ8_0::from_float`): scale `amax / 127` rounded to f16, values `round(x / scale)`
 /// computed with the unrounded scale. `d` receives the f16 scales widened to f32; `s` receives
 /// `f16(Σ values) · d` in f16 arithmetic, as candle's `BlockQ8_1::from_float` stores it, and
-/// `sx` receives `d · Σ values` in f32 (exact) and `isum` the integer `Σ values`.
-pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32], isum: &mut [i32]) {
+/// `sx` receives `d · Σ values` in f32 (exact) and `sums` the integer `Σ values` of each block
+/// and of its first 16.
+pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32], sums: Sums) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 was detected.
-        unsafe { simd::quantize_rows(x, qs, d, s, sx, isum) };
+        unsafe { simd::quantize_rows(x, qs, d, s, sx, sums) };
         return;
     }
+    let (isum, isum16) = sums;
     let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
-    for (((xb, qb), ((db, sb), sxb)), ib) in blocks.zip(isum) {
+    for (((xb, qb), ((db, sb), sxb)), (ib, ib16)) in blocks.zip(isum.iter_mut().zip(isum16)) {
         let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let scale = amax / 127.0;
         let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
@@ -163,6 +177,7 @@ pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx:
         *sb = (f16::from_f32(sum as f32) * d16).to_f32();
         *sxb = *db * sum as f32;
         *ib = sum;
+        *ib16 = qb[..QK / 2].iter().map(|&q| q as i32).sum();
     }
 }
 
@@ -177,8 +192,9 @@ pub(super) fn nearest_int(f: f32) -> i32 {
 /// of largest magnitude `max` gives `iscale = -127 / max`, values `min(127, nearest(iscale·x))`
 /// and scale `1 / iscale`. Each of the super-block's eight 32-value blocks gets that scale in
 /// `d`, `sx` receives `d · Σ values` of the block in f32 and `s` the integer `Σ values` itself
-/// (exact in f32: at most 32 · 127), as does `isum`.
-pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32], isum: &mut [i32]) {
+/// (exact in f32: at most 32 · 127), as do `sums` (with the sum of each block's first 16).
+pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32], sums: Sums) {
+    let (isum, isum16) = sums;
     const QK_K: usize = 256;
     let sub = QK_K / QK;
     let blocks = x.chunks_exact(QK_K).zip(qs.chunks_exact_mut(QK_K));
@@ -196,7 +212,8 @@ pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32],
             d[range.clone()].fill(0.0);
             s[range.clone()].fill(0.0);
             sx[range.clone()].fill(0.0);
-            isum[range].fill(0);
+            isum[range.clone()].fill(0);
+            isum16[range].fill(0);
             continue;
         }
         let iscale = -127.0 / max;
@@ -210,6 +227,7 @@ pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32],
             sx[b] = scale * sum as f32;
             s[b] = sum as f32;
             isum[b] = sum;
+            isum16[b] = qb[j * QK..j * QK + QK / 2].iter().map(|&q| q as i32).sum();
         }
     }
 }
@@ -236,13 +254,13 @@ mod simd {
         d: &mut [f32],
         s: &mut [f32],
         sx: &mut [f32],
-        isum: &mut [i32],
+        (isum, isum16): super::Sums,
     ) {
         let sign = _mm256_set1_ps(-0.0);
         let half = _mm256_set1_ps(0.5);
         let one = _mm256_set1_ps(1.0);
         let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
-        for (((xb, qb), ((db, sb), sxb)), ib) in blocks.zip(isum) {
+        for (((xb, qb), ((db, sb), sxb)), (ib, ib16)) in blocks.zip(isum.iter_mut().zip(isum16)) {
             // SAFETY: `xb` holds 32 floats.
             let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
             let abs = v.map(|v| _mm256_andnot_ps(sign, v));
@@ -263,10 +281,8 @@ mod simd {
                     _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), _mm256_or_ps(_mm256_and_ps(y, sign), one));
                 _mm256_cvtps_epi32(_mm256_add_ps(t, up))
             });
-            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-            let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-            let sum = _mm_add_epi32(sum, _mm_unpackhi_epi64(sum, sum));
-            let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 1)));
+            let first = _mm256_add_epi32(q[0], q[1]);
+            let (first, sum) = (hsum_i32(first), hsum_i32(_mm256_add_epi32(first, _mm256_add_epi32(q[2], q[3]))));
             let p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
             let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             // SAFETY: `qb` holds 32 bytes.
@@ -274,6 +290,16 @@ mod simd {
             *sb = (f16::from_f32(sum as f32) * d16).to_f32();
             *sxb = *db * sum as f32;
             *ib = sum;
+            *ib16 = first;
         }
+    }
+
+    /// The sum of eight int32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum_i32(v: __m256i) -> i32 {
+        let sum = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let sum = _mm_add_epi32(sum, _mm_unpackhi_epi64(sum, sum));
+        _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 1)))
     }
 }

@@ -37,7 +37,7 @@ mod q8_0;
 
 #[cfg(test)]
 use acts::nearest_int;
-pub use acts::{quantize_rows, quantize_rows_q8k, ActBlocks, QuantizedActs};
+pub use acts::{quantize_rows, quantize_rows_q8k, ActBlocks, QuantizedActs, Sums};
 pub use float::{FloatMatrix, FloatType};
 pub use mxfp4::Mxfp4Matrix;
 pub use q4_1::Q41Matrix;
@@ -351,22 +351,6 @@ mod simd {
                 options(pure, nomem, nostack));
         }
         acc
-    }
-
-    /// A tile's sixteen-lane integer sums folded to the eight lanes of the AVX2 tiles: lane `l`
-    /// plus lane `l + 8` (exact).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::needless_range_loop)]
-    pub(super) fn fold_halves<const R: usize, const C: usize>(sumi: &[[__m512i; C]; R]) -> [[__m256i; C]; R] {
-        let mut lanes = [[_mm256_setzero_si256(); C]; R];
-        for i in 0..R {
-            for j in 0..C {
-                let v = sumi[i][j];
-                lanes[i][j] = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
-            }
-        }
-        lanes
     }
 
     /// `[p[0] ×8, p[1] ×8]`: two consecutive blocks' scales for a 16-lane pair.

@@ -1,18 +1,27 @@
-//! Column-interleaved weight panels and their kernels, for the formats whose 32-value blocks
-//! carry one scale (Q8_0) or a scale and an offset (Q4_1).
+//! Column-interleaved weight panels and their kernels: the layout and arithmetic that Q8_0,
+//! Q4_1, Q4_K, Q5_K and Q6_K share.
 //!
-//! Sixteen weight columns form a group. Per (group, block) each column's 32 values are eight
-//! 4-value quads, and one 64-byte vector holds one quad (or, for nibbles, two) of all sixteen
-//! columns, column `c` in bytes `4c..4c+4`; the sixteen f16 scales (then, with offsets, the
-//! sixteen f16 offsets) follow in a buffer of their own. One `vpdpbusd` with four activation
-//! values broadcast then forms a quad's products for sixteen columns at once: the columns
-//! live in lanes, so no tile ever sums horizontally, and the scales stay f16 as stored.
+//! Sixteen weight columns form a group. Per (group, 32-value block) each column's values are
+//! eight 4-value quads, and one 64-byte vector holds two quads of all sixteen columns (column
+//! `c` in bytes `4c..4c+4`: one quad in the low nibbles and one in the high ones, or for Q8_0
+//! a byte per value and a vector per quad). Fifth and sixth bits lie in bit planes beside the
+//! nibbles, one mask bit per byte of a vector (AVX-512 adds them under a mask register); the
+//! scales follow in a buffer of their own as stored (f16, 6-bit or int8). One `vpdpbusd` with
+//! four activation values broadcast forms a quad's products for sixteen columns at once: the
+//! columns live in lanes, so no tile ever sums horizontally, and each weight vector is
+//! unpacked once for up to eight activation rows.
 //!
-//! The arithmetic per (row, column), at every level and in every tile: `acc = 0`, then for
-//! each block in order `i = Σ q·x` over its 32 values (an exact integer), `acc = fma(f32(i),
-//! d_w·d_x, acc)`, and with offsets `acc = fma(m_w, s_x, acc)`. Integer sums are exact however
-//! they are grouped, so only those float steps are pinned, and a row gives the same bits
-//! whatever else shares the call: scalar, AVX2 and AVX-512 VNNI alike.
+//! The arithmetic per (row, column), the same at every level and in every tile:
+//! - a sub-block's integer sum `i = Σ (q − o)·x` (exact, however it is grouped), `o` the
+//!   format's offset;
+//! - legacy formats, block after block: `acc = fma(f32(i), d_w·d_x, acc)`, then with offsets
+//!   `acc = fma(m_w, s_x, acc)`;
+//! - K-quants, super-block after super-block: `I = Σ sc_j·i_j` (exact), `acc = fma(f32(I),
+//!   d·d_x, acc)`, then with mins `M = Σ m_j·Σx_j` (exact) and `acc = fma(−f32(M),
+//!   dmin·d_x, acc)`.
+//!
+//! Only those float steps are pinned, so a row gives the same bits whatever else shares the
+//! call: scalar, AVX2 and AVX-512 VNNI alike.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -26,6 +35,8 @@ use crate::kernel_level::KernelLevel;
 pub(super) const GROUP: usize = 16;
 /// Bytes of one quad vector: four bytes for each of the group's columns.
 const VEC: usize = 64;
+/// Blocks of 32 per K-quant super-block.
+pub(super) const SUPER_BLOCKS: usize = 8;
 
 /// One cache line, so a panel's vectors are aligned loads.
 #[derive(Clone, Copy)]
@@ -51,60 +62,126 @@ impl Lines {
     }
 }
 
-/// What a format adds to the shared panel kernels.
+/// What a format is to the panel kernels.
 pub(super) trait PanelFormat {
-    /// Whether a block's values are nibbles (two quads per vector: values `4u..4u+4` in the
-    /// low nibbles and `16+4u..` in the high ones, ggml's byte order) or a byte each.
+    /// Whether values are nibbles (plus `HIGH_BITS` bit planes) or a byte each.
     const NIBBLES: bool;
-    /// Whether sixteen f16 offsets follow the sixteen f16 scales of each (group, block).
-    const HAS_MIN: bool;
-    /// What the stored unsigned value exceeds the multiplied one by (Q8_0 keeps `q + 128`).
+    /// Bit planes above the nibbles: 0, 1 (Q5_K) or 2 (Q6_K).
+    const HIGH_BITS: usize;
+    /// What a stored (unsigned) value exceeds the multiplied one by.
     const OFFSET: i32;
-    /// Bytes of one (group, block)'s quads.
+    /// K-quant super-blocks (integer sub-block scales, one f16 `d` per 256 values), or one
+    /// f16 scale per block of 32.
+    const SUPER: bool;
+    /// Sub-blocks per block of 32 (Q6_K's scales cover 16 values).
+    const SUBS: usize;
+    /// Whether the sub-block scales are signed (Q6_K).
+    const SIGNED: bool;
+    /// An offset per block (Q4_1's `m`) or a 6-bit min per sub-block (Q4_K, Q5_K).
+    const HAS_MIN: bool;
+    /// The activation quads each vector's two halves (low, high nibbles; Q8_0: the vector
+    /// pair) multiply, as byte offsets in the block: unit `u`'s are `XOFF[u]`.
+    const XOFF: [[usize; 2]; 4];
+
+    /// Bytes of a (group, block)'s quads.
     const QUAD_BYTES: usize = if Self::NIBBLES { QK / 2 * GROUP } else { QK * GROUP };
+    /// Bytes of a (group, block)'s bit planes.
+    const BIT_BYTES: usize = Self::HIGH_BITS * QK * GROUP / 8;
+    /// Bytes of the sub-block scales of a (group, super-block).
+    const SC_BYTES: usize = if Self::SUPER { SUPER_BLOCKS * Self::SUBS * GROUP } else { 0 };
+    /// Bytes of the mins of a (group, super-block), in pairs: `[t][lane][m_2t, m_2t+1]`.
+    const MIN_BYTES: usize = if Self::SUPER && Self::HAS_MIN { SUPER_BLOCKS * GROUP } else { 0 };
+    /// Bytes of a scale record: per (group, block) or (group, super-block), the sub-block
+    /// scales, the mins, sixteen f16 `d` and (with offsets or mins) sixteen f16 `m`/`dmin`.
+    const SCALE_BYTES: usize = Self::SC_BYTES + Self::MIN_BYTES + if Self::HAS_MIN { 4 * GROUP } else { 2 * GROUP };
+    /// Blocks of 32 per scale record.
+    const PER_RECORD: usize = if Self::SUPER { SUPER_BLOCKS } else { 1 };
 }
-/// A weight matrix `[n, k]` as panels: the quads and the f16 scales (and offsets), shared by
-/// clones (a tied embedding reads its rows from the LM head's matrix).
+
+/// One column's scales for a scale record (a block, or a K-quant super-block).
+#[derive(Default, Clone, Copy)]
+pub(super) struct ColumnScales {
+    pub d: f16,
+    /// Q4_1's offset, or a K-quant's `dmin`.
+    pub m: f16,
+    /// Sub-block scales (K-quants; as bytes, int8 where `SIGNED`).
+    pub sc: [u8; 16],
+    /// Sub-block mins (Q4_K, Q5_K).
+    pub mins: [u8; 8],
+}
+
+/// A weight matrix `[n, k]` as panels, shared by clones (a tied embedding reads its rows from
+/// the LM head's matrix).
 #[derive(Clone)]
 pub(super) struct Panel {
     pub(super) n: usize,
     pub(super) k: usize,
-    pub(super) quads: Arc<Lines>,
-    pub(super) scales: Arc<Lines>,
+    quads: Arc<Lines>,
+    bits: Arc<Lines>,
+    scales: Arc<Lines>,
     pub(super) level: KernelLevel,
 }
 
 impl Panel {
-    /// Builds the panels of format `F` from `block(c, b)`: column `c`'s block `b` as its
-    /// stored value bytes (16 nibble bytes or 32 bytes, ggml's order, in the form the format
-    /// keeps), its f16 scale and, with offsets, its f16 offset.
+    /// Builds the panels of format `F` from `values(c, b)`, column `c`'s block `b` as stored
+    /// values (multiplied value plus `OFFSET`), and `scales(c, r)`, column `c`'s scale record
+    /// `r` (block, or super-block).
     pub(super) fn build<F: PanelFormat>(
         n: usize,
         k: usize,
-        mut block: impl FnMut(usize, usize) -> ([u8; QK], f16, f16),
+        mut values: impl FnMut(usize, usize) -> [u8; QK],
+        mut scales: impl FnMut(usize, usize) -> ColumnScales,
     ) -> Self {
         let (kb, groups) = (k / QK, n.div_ceil(GROUP));
-        let scale_bytes = Self::scale_bytes::<F>();
+        let records = kb / F::PER_RECORD;
         let mut quads = Lines::zeroed(groups * kb * F::QUAD_BYTES);
-        let mut scales = Lines::zeroed(groups * kb * scale_bytes);
-        let (qb, sb) = (quads.bytes_mut(), scales.bytes_mut());
-        let vecs = F::QUAD_BYTES / VEC;
+        let mut bits = Lines::zeroed(groups * kb * F::BIT_BYTES);
+        let mut scale_buf = Lines::zeroed(groups * records * F::SCALE_BYTES);
+        let (qb, hb, sb) = (quads.bytes_mut(), bits.bytes_mut(), scale_buf.bytes_mut());
         for c in 0..n {
             let (g, lane) = (c / GROUP, c % GROUP);
             for b in 0..kb {
-                let (values, d, m) = block(c, b);
+                let v = values(c, b);
                 let at = (g * kb + b) * F::QUAD_BYTES + 4 * lane;
-                for v in 0..vecs {
-                    qb[at + v * VEC..at + v * VEC + 4].copy_from_slice(&values[4 * v..4 * v + 4]);
+                let bit_at = (g * kb + b) * F::BIT_BYTES;
+                for (u, xoff) in F::XOFF.iter().enumerate() {
+                    for (half, &x) in xoff.iter().enumerate() {
+                        for i in 0..4 {
+                            let value = v[x + i];
+                            if !F::NIBBLES {
+                                qb[at + (2 * u + half) * VEC + i] = value;
+                                continue;
+                            }
+                            qb[at + u * VEC + i] |= (value & 0x0F) << (4 * half);
+                            // Plane `p`, unit `u`, half: a 64-bit mask, bit `4·lane + i`.
+                            for p in 0..F::HIGH_BITS {
+                                if value >> (4 + p) & 1 == 1 {
+                                    let bit = 4 * lane + i;
+                                    hb[bit_at + ((p * 4 + u) * 2 + half) * 8 + bit / 8] |= 1 << (bit % 8);
+                                }
+                            }
+                        }
+                    }
                 }
-                let at = (g * kb + b) * scale_bytes + 2 * lane;
-                sb[at..at + 2].copy_from_slice(&d.to_le_bytes());
+            }
+            for r in 0..records {
+                let s = scales(c, r);
+                let at = (g * records + r) * F::SCALE_BYTES;
+                for (j, &sc) in s.sc.iter().enumerate().take(F::SC_BYTES / GROUP) {
+                    sb[at + j * GROUP + lane] = sc;
+                }
+                for (j, &m) in s.mins.iter().enumerate().take(F::MIN_BYTES / GROUP) {
+                    sb[at + F::SC_BYTES + (j / 2) * 2 * GROUP + 2 * lane + j % 2] = m;
+                }
+                let at = at + F::SC_BYTES + F::MIN_BYTES + 2 * lane;
+                sb[at..at + 2].copy_from_slice(&s.d.to_le_bytes());
                 if F::HAS_MIN {
-                    sb[at + 2 * GROUP..at + 2 * GROUP + 2].copy_from_slice(&m.to_le_bytes());
+                    sb[at + 2 * GROUP..at + 2 * GROUP + 2].copy_from_slice(&s.m.to_le_bytes());
                 }
             }
         }
-        Self { n, k, quads: Arc::new(quads), scales: Arc::new(scales), level: KernelLevel::current() }
+        let (quads, bits, scales) = (Arc::new(quads), Arc::new(bits), Arc::new(scale_buf));
+        Self { n, k, quads, bits, scales, level: KernelLevel::current() }
     }
 
     /// Whether `other` reads the same stored panels (not a copy).
@@ -112,41 +189,55 @@ impl Panel {
         Arc::ptr_eq(&self.quads, &other.quads) && Arc::ptr_eq(&self.scales, &other.scales)
     }
 
-    fn scale_bytes<F: PanelFormat>() -> usize {
-        if F::HAS_MIN {
-            4 * GROUP
-        } else {
-            2 * GROUP
+    /// Column `c`'s block `b` as the values multiplied (stored minus `OFFSET`).
+    pub(super) fn values<F: PanelFormat>(&self, c: usize, b: usize) -> [i32; QK] {
+        let (g, lane, kb) = (c / GROUP, c % GROUP, self.k / QK);
+        let q = &self.quads.bytes()[(g * kb + b) * F::QUAD_BYTES..][..F::QUAD_BYTES];
+        let h = &self.bits.bytes()[(g * kb + b) * F::BIT_BYTES..][..F::BIT_BYTES];
+        let mut out = [0; QK];
+        for (u, xoff) in F::XOFF.iter().enumerate() {
+            for (half, &x) in xoff.iter().enumerate() {
+                for i in 0..4 {
+                    let value = if F::NIBBLES {
+                        let bit = 4 * lane + i;
+                        let high = (0..F::HIGH_BITS)
+                            .map(|p| (h[((p * 4 + u) * 2 + half) * 8 + bit / 8] >> (bit % 8) & 1) << (4 + p))
+                            .sum::<u8>();
+                        (q[u * VEC + 4 * lane + i] >> (4 * half) & 0x0F) | high
+                    } else {
+                        q[(2 * u + half) * VEC + 4 * lane + i]
+                    };
+                    out[x + i] = value as i32 - F::OFFSET;
+                }
+            }
         }
+        out
     }
 
-    /// Column `c`'s block `b`: its 32 values as multiplied, its scale and its offset (0
-    /// without offsets).
-    pub(super) fn column_block<F: PanelFormat>(&self, c: usize, b: usize) -> ([i32; QK], f32, f32) {
-        let (g, lane, kb) = (c / GROUP, c % GROUP, self.k / QK);
-        let at = (g * kb + b) * F::QUAD_BYTES;
-        let quads = &self.quads.bytes()[at..at + F::QUAD_BYTES];
-        let values = std::array::from_fn(|i| {
-            let byte = |v: usize| quads[v * VEC + 4 * lane + i % 4] as i32;
-            let q = match (F::NIBBLES, i < QK / 2) {
-                (true, true) => byte(i / 4) & 0x0F,
-                (true, false) => byte((i - QK / 2) / 4) >> 4,
-                (false, _) => byte(i / 4),
-            };
-            q - F::OFFSET
-        });
-        let sb = Self::scale_bytes::<F>();
-        let s = &self.scales.bytes()[(g * kb + b) * sb..];
-        let half = |o: usize| f16::from_le_bytes([s[o], s[o + 1]]).to_f32();
-        let m = if F::HAS_MIN { half(32 + 2 * lane) } else { 0.0 };
-        (values, half(2 * lane), m)
+    /// Column `c`'s scale record `r`.
+    pub(super) fn scales<F: PanelFormat>(&self, c: usize, r: usize) -> ColumnScales {
+        let (g, lane, records) = (c / GROUP, c % GROUP, self.k / QK / F::PER_RECORD);
+        let s = &self.scales.bytes()[(g * records + r) * F::SCALE_BYTES..][..F::SCALE_BYTES];
+        let mut out = ColumnScales::default();
+        for j in 0..F::SC_BYTES / GROUP {
+            out.sc[j] = s[j * GROUP + lane];
+        }
+        for j in 0..F::MIN_BYTES / GROUP {
+            out.mins[j] = s[F::SC_BYTES + (j / 2) * 2 * GROUP + 2 * lane + j % 2];
+        }
+        let at = F::SC_BYTES + F::MIN_BYTES + 2 * lane;
+        out.d = f16::from_le_bytes([s[at], s[at + 1]]);
+        if F::HAS_MIN {
+            out.m = f16::from_le_bytes([s[at + 2 * GROUP], s[at + 2 * GROUP + 1]]);
+        }
+        out
     }
 
     /// `out[rows, cols]` on the process's kernels (`cols` starts at a group boundary).
     ///
     /// # Safety
     /// See `TileKernel::block`.
-    pub(super) unsafe fn block<F: PanelFormat + Simd>(
+    pub(super) unsafe fn block<F: PanelFormat>(
         &self,
         acts: &QuantizedActs,
         rows: Range<usize>,
@@ -166,49 +257,73 @@ impl Panel {
             _ => unsafe { scalar_block::<F>(self, acts, rows, cols, out) },
         }
     }
+
+    /// Pointers to group `g`'s quads, bit planes and scale records.
+    #[inline(always)]
+    fn group<F: PanelFormat>(&self, g: usize, groups: usize) -> (*const u8, *const u8, *const u8) {
+        let kb = self.k / QK;
+        let records = kb / F::PER_RECORD;
+        (
+            self.quads.bytes()[g * kb * F::QUAD_BYTES..(g + groups) * kb * F::QUAD_BYTES].as_ptr(),
+            self.bits.bytes()[g * kb * F::BIT_BYTES..(g + groups) * kb * F::BIT_BYTES].as_ptr(),
+            self.scales.bytes()[g * records * F::SCALE_BYTES..(g + groups) * records * F::SCALE_BYTES].as_ptr(),
+        )
+    }
 }
 
-/// The SIMD halves of a format (x86-64); a unit is two quads of a (group, block).
-#[cfg(target_arch = "x86_64")]
-pub(super) trait Simd {
-    /// The byte offsets in a block's activations of each unit's two quads.
-    const XOFF: [[usize; 2]; 4];
-    /// Unit `u`'s two quad vectors, unsigned (AVX-512).
-    ///
-    /// # Safety
-    /// `p` is a (group, block)'s aligned quads; AVX-512 BW is available.
-    unsafe fn unit512(p: *const u8, u: usize) -> [std::arch::x86_64::__m512i; 2];
-    /// Unit `u`'s quads for the eight columns of half `h`, prepared for `dot256`.
-    ///
-    /// # Safety
-    /// As `unit512`; AVX2 is available.
-    unsafe fn unit256(p: *const u8, u: usize, h: usize) -> [std::arch::x86_64::__m256i; 4];
-    /// The exact int32 products of a prepared unit with the two broadcast activation quads.
-    ///
-    /// # Safety
-    /// AVX2 is available.
-    unsafe fn dot256(
-        w: [std::arch::x86_64::__m256i; 4],
-        x0: std::arch::x86_64::__m256i,
-        x1: std::arch::x86_64::__m256i,
-    ) -> std::arch::x86_64::__m256i;
+/// The sum of `x` over sub-block `j` (of `F::SUBS`) of block `b` of row `r`: what an offset
+/// or a min multiplies.
+#[inline(always)]
+fn sub_sum<F: PanelFormat>(a: &QuantizedActs, at: usize, j: usize) -> i32 {
+    match (F::SUBS, j) {
+        (1, _) => a.isum[at],
+        (_, 0) => a.isum16[at],
+        _ => a.isum[at] - a.isum16[at],
+    }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) trait Simd {}
+/// The two sums of x over sub-blocks `2t` and `2t + 1` of a super-block, as the int16 pair of
+/// one 32-bit lane (each fits: at most 32 · 127).
+#[inline(always)]
+fn sum_pair(a: &QuantizedActs, at: usize, t: usize) -> i32 {
+    (a.isum[at + 2 * t] as u16 as u32 | (a.isum[at + 2 * t + 1] as u32) << 16) as i32
+}
 
 /// One output element.
 fn dot_scalar<F: PanelFormat>(w: &Panel, a: &QuantizedActs, r: usize, c: usize) -> f32 {
     let (xq, xd) = a.row(r);
     let kb = w.k / QK;
+    let at = r * kb;
     let mut acc = 0f32;
-    for b in 0..kb {
-        let (q, dw, mw) = w.column_block::<F>(c, b);
-        let x = &xq[b * QK..(b + 1) * QK];
-        let i: i32 = q.iter().zip(x).map(|(&q, &x)| q * x as i32).sum();
-        acc = (i as f32).mul_add(dw * xd[b], acc);
-        if F::HAS_MIN {
-            acc = mw.mul_add(a.s[r * kb + b], acc);
+    for rec in 0..kb / F::PER_RECORD {
+        let s = w.scales::<F>(c, rec);
+        let (d, m) = (s.d.to_f32(), s.m.to_f32());
+        let mut big = 0i32;
+        for b in rec * F::PER_RECORD..(rec + 1) * F::PER_RECORD {
+            let q = w.values::<F>(c, b);
+            let x = &xq[b * QK..(b + 1) * QK];
+            let len = QK / F::SUBS;
+            for j in 0..F::SUBS {
+                let i: i32 = (j * len..(j + 1) * len).map(|v| q[v] * x[v] as i32).sum();
+                if F::SUPER {
+                    let sc = s.sc[(b % SUPER_BLOCKS) * F::SUBS + j];
+                    big += if F::SIGNED { sc as i8 as i32 } else { sc as i32 } * i;
+                } else {
+                    acc = (i as f32).mul_add(d * xd[b], acc);
+                    if F::HAS_MIN {
+                        acc = m.mul_add(a.s[at + b], acc);
+                    }
+                }
+            }
+        }
+        if F::SUPER {
+            let dx = xd[rec * SUPER_BLOCKS];
+            acc = (big as f32).mul_add(d * dx, acc);
+            if F::HAS_MIN {
+                let first = at + rec * SUPER_BLOCKS;
+                let mins: i32 = (0..SUPER_BLOCKS).map(|j| s.mins[j] as i32 * a.isum[first + j]).sum();
+                acc = (-(mins as f32)).mul_add(m * dx, acc);
+            }
         }
     }
     acc
@@ -242,247 +357,7 @@ unsafe fn write_lanes(out: OutPtr, n: usize, r: usize, c: usize, lanes: &[f32; G
 }
 
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
-mod avx512 {
-    use std::arch::x86_64::*;
-    use std::ops::Range;
-
-    use super::{write_lanes, OutPtr, Panel, PanelFormat, QuantizedActs, Simd, GROUP, QK};
-
-    /// Rows in a tile: each weight vector serves this many `vpdpbusd`s.
-    const ROWS: usize = 8;
-
-    /// # Safety
-    /// AVX-512 VNNI is available; see `TileKernel::block`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn block<F: PanelFormat + Simd>(
-        w: &Panel,
-        a: &QuantizedActs,
-        rows: Range<usize>,
-        cols: Range<usize>,
-        out: OutPtr,
-    ) {
-        let groups = cols.start / GROUP..cols.end.div_ceil(GROUP);
-        let mut r = rows.start;
-        while r < rows.end {
-            let step = (rows.end - r).min(ROWS);
-            // SAFETY: the tiles stay inside `rows` and the groups of `cols`.
-            unsafe {
-                match step {
-                    8 => groups_with::<F, 8, 1>(w, a, r, groups.clone(), out),
-                    7 => groups_with::<F, 7, 1>(w, a, r, groups.clone(), out),
-                    6 => groups_with::<F, 6, 1>(w, a, r, groups.clone(), out),
-                    5 => groups_with::<F, 5, 1>(w, a, r, groups.clone(), out),
-                    4 => groups_with::<F, 4, 2>(w, a, r, groups.clone(), out),
-                    3 => groups_with::<F, 3, 2>(w, a, r, groups.clone(), out),
-                    2 => groups_with::<F, 2, 2>(w, a, r, groups.clone(), out),
-                    _ => groups_with::<F, 1, 2>(w, a, r, groups.clone(), out),
-                }
-            }
-            r += step;
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn groups_with<F: PanelFormat + Simd, const R: usize, const C: usize>(
-        w: &Panel,
-        a: &QuantizedActs,
-        r: usize,
-        groups: Range<usize>,
-        out: OutPtr,
-    ) {
-        let mut g = groups.start;
-        while g + C <= groups.end {
-            unsafe { tile::<F, R, C>(w, a, r, g, out) };
-            g += C;
-        }
-        while g < groups.end {
-            unsafe { tile::<F, R, 1>(w, a, r, g, out) };
-            g += 1;
-        }
-    }
-
-    /// `R` rows from `r` times the `C` groups from `g`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn tile<F: PanelFormat + Simd, const R: usize, const C: usize>(
-        w: &Panel,
-        a: &QuantizedActs,
-        r: usize,
-        g: usize,
-        out: OutPtr,
-    ) {
-        let (k, kb) = (a.k, a.k / QK);
-        let scale_bytes = Panel::scale_bytes::<F>();
-        let aq = a.qs[r * k..(r + R) * k].as_ptr();
-        let (ad, asum) = (a.d[r * kb..(r + R) * kb].as_ptr(), a.isum[r * kb..(r + R) * kb].as_ptr());
-        let am = if F::HAS_MIN { a.s[r * kb..(r + R) * kb].as_ptr() } else { ad };
-        let wq = w.quads.bytes()[g * kb * F::QUAD_BYTES..(g + C) * kb * F::QUAD_BYTES].as_ptr();
-        let ws = w.scales.bytes()[g * kb * scale_bytes..(g + C) * kb * scale_bytes].as_ptr();
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        for b in 0..kb {
-            let mut sum = [[_mm512_setzero_si512(); C]; R];
-            if F::OFFSET != 0 {
-                for i in 0..R {
-                    // SAFETY: block `b` of row `r + i` lies inside `a` (sliced above).
-                    // `vpdpbusd` multiplies the stored unsigned values: start from `-OFFSET · Σ x`.
-                    let init = _mm512_set1_epi32(-F::OFFSET * unsafe { *asum.add(i * kb + b) });
-                    sum[i] = [init; C];
-                }
-            }
-            for u in 0..4 {
-                let mut wv = [[_mm512_setzero_si512(); 2]; C];
-                for j in 0..C {
-                    // SAFETY: block `b` of group `g + j` lies inside the panel (sliced above).
-                    wv[j] = unsafe { F::unit512(wq.add((j * kb + b) * F::QUAD_BYTES), u) };
-                }
-                for i in 0..R {
-                    let x = aq.wrapping_add(i * k + b * QK);
-                    // SAFETY: the unit's activation quads lie inside block `b` of row `r + i`.
-                    let (x0, x1) = unsafe {
-                        (
-                            _mm512_set1_epi32((x.add(F::XOFF[u][0]) as *const i32).read_unaligned()),
-                            _mm512_set1_epi32((x.add(F::XOFF[u][1]) as *const i32).read_unaligned()),
-                        )
-                    };
-                    for j in 0..C {
-                        sum[i][j] = _mm512_dpbusd_epi32(sum[i][j], wv[j][0], x0);
-                        sum[i][j] = _mm512_dpbusd_epi32(sum[i][j], wv[j][1], x1);
-                    }
-                }
-            }
-            for j in 0..C {
-                let s = ws.wrapping_add((j * kb + b) * scale_bytes);
-                // SAFETY: the (group, block)'s scales (and offsets) lie inside the panel.
-                let dw = unsafe { _mm512_cvtph_ps(_mm256_load_si256(s as *const __m256i)) };
-                let mw = if F::HAS_MIN {
-                    unsafe { _mm512_cvtph_ps(_mm256_load_si256(s.add(32) as *const __m256i)) }
-                } else {
-                    dw
-                };
-                for i in 0..R {
-                    // SAFETY: block `b` of row `r + i` lies inside `a`.
-                    let (dx, sx) = unsafe { (*ad.add(i * kb + b), *am.add(i * kb + b)) };
-                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(dx));
-                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i][j]), scale, acc[i][j]);
-                    if F::HAS_MIN {
-                        acc[i][j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), acc[i][j]);
-                    }
-                }
-            }
-        }
-        for i in 0..R {
-            for j in 0..C {
-                let mut lanes = [0f32; GROUP];
-                // SAFETY: sixteen floats fit `lanes`.
-                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[i][j]) };
-                // SAFETY: the caller owns these output elements.
-                unsafe { write_lanes(out, w.n, r + i, (g + j) * GROUP, &lanes) };
-            }
-        }
-    }
-}
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::needless_range_loop)] // tile loops index several arrays by the same (i, j)
-mod avx2 {
-    use std::arch::x86_64::*;
-    use std::ops::Range;
-
-    use super::{write_lanes, OutPtr, Panel, PanelFormat, QuantizedActs, Simd, GROUP, QK};
-
-    /// Rows in a tile (sixteen registers hold their eight-column sums and accumulators).
-    const ROWS: usize = 4;
-
-    /// # Safety
-    /// AVX2, FMA and F16C are available; see `TileKernel::block`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn block<F: PanelFormat + Simd>(
-        w: &Panel,
-        a: &QuantizedActs,
-        rows: Range<usize>,
-        cols: Range<usize>,
-        out: OutPtr,
-    ) {
-        let mut r = rows.start;
-        while r < rows.end {
-            let step = (rows.end - r).min(ROWS);
-            for g in cols.start / GROUP..cols.end.div_ceil(GROUP) {
-                // SAFETY: the tiles stay inside `rows` and the groups of `cols`.
-                unsafe {
-                    match step {
-                        4 => tile::<F, 4>(w, a, r, g, out),
-                        3 => tile::<F, 3>(w, a, r, g, out),
-                        2 => tile::<F, 2>(w, a, r, g, out),
-                        _ => tile::<F, 1>(w, a, r, g, out),
-                    }
-                }
-            }
-            r += step;
-        }
-    }
-
-    /// `R` rows from `r` times group `g`, one eight-column half after the other.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<F: PanelFormat + Simd, const R: usize>(
-        w: &Panel,
-        a: &QuantizedActs,
-        r: usize,
-        g: usize,
-        out: OutPtr,
-    ) {
-        let (k, kb) = (a.k, a.k / QK);
-        let scale_bytes = Panel::scale_bytes::<F>();
-        let aq = a.qs[r * k..(r + R) * k].as_ptr();
-        let ad = a.d[r * kb..(r + R) * kb].as_ptr();
-        let am = if F::HAS_MIN { a.s[r * kb..(r + R) * kb].as_ptr() } else { ad };
-        let wq = w.quads.bytes()[g * kb * F::QUAD_BYTES..(g + 1) * kb * F::QUAD_BYTES].as_ptr();
-        let ws = w.scales.bytes()[g * kb * scale_bytes..(g + 1) * kb * scale_bytes].as_ptr();
-        let mut lanes = [[0f32; GROUP]; R];
-        for h in 0..2 {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for b in 0..kb {
-                let mut sum = [_mm256_setzero_si256(); R];
-                for u in 0..4 {
-                    // SAFETY: block `b` of group `g` lies inside the panel (sliced above).
-                    let wv = unsafe { F::unit256(wq.add(b * F::QUAD_BYTES), u, h) };
-                    for i in 0..R {
-                        let x = aq.wrapping_add(i * k + b * QK);
-                        // SAFETY: the unit's activation quads lie inside block `b` of row `r + i`.
-                        let (x0, x1) = unsafe {
-                            (
-                                _mm256_set1_epi32((x.add(F::XOFF[u][0]) as *const i32).read_unaligned()),
-                                _mm256_set1_epi32((x.add(F::XOFF[u][1]) as *const i32).read_unaligned()),
-                            )
-                        };
-                        sum[i] = _mm256_add_epi32(sum[i], unsafe { F::dot256(wv, x0, x1) });
-                    }
-                }
-                let s = ws.wrapping_add(b * scale_bytes + 16 * h);
-                // SAFETY: the half's scales (and offsets) lie inside the panel.
-                let dw = unsafe { _mm256_cvtph_ps(_mm_load_si128(s as *const __m128i)) };
-                let mw = if F::HAS_MIN {
-                    unsafe { _mm256_cvtph_ps(_mm_load_si128(s.add(32) as *const __m128i)) }
-                } else {
-                    dw
-                };
-                for i in 0..R {
-                    // SAFETY: block `b` of row `r + i` lies inside `a`.
-                    let (dx, sx) = unsafe { (*ad.add(i * kb + b), *am.add(i * kb + b)) };
-                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(dx));
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[i]), scale, acc[i]);
-                    if F::HAS_MIN {
-                        acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx), acc[i]);
-                    }
-                }
-            }
-            for i in 0..R {
-                // SAFETY: eight floats fit the half.
-                unsafe { _mm256_storeu_ps(lanes[i].as_mut_ptr().add(8 * h), acc[i]) };
-            }
-        }
-        for i in 0..R {
-            // SAFETY: the caller owns these output elements.
-            unsafe { write_lanes(out, w.n, r + i, g * GROUP, &lanes[i]) };
-        }
-    }
-}
+mod avx2;

@@ -10,7 +10,7 @@ use std::ops::Range;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::panel::{Panel, PanelFormat, Simd, GROUP};
+use super::panel::{ColumnScales, Panel, PanelFormat, GROUP};
 use super::{OutPtr, QuantizedActs, TileKernel, QK};
 use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
@@ -41,13 +41,17 @@ impl Q41Matrix {
             return Err(EngineError::Load(format!("bad Q4_1 data: {} bytes for [{n}, {k}]", bytes.len())));
         }
         let kb = k / QK;
-        Ok(Self(Panel::build::<Q41>(n, k, |c, b| {
-            let block = &bytes[(c * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
-            let mut values = [0u8; QK];
-            values[..QK / 2].copy_from_slice(&block[4..]);
-            let half = |i: usize| f16::from_le_bytes([block[i], block[i + 1]]);
-            (values, half(0), half(2))
-        })))
+        let block = |c: usize, b: usize| &bytes[(c * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+        let values = |c, b| {
+            let nibbles = &block(c, b)[4..];
+            std::array::from_fn(|i| if i < QK / 2 { nibbles[i] & 0x0F } else { nibbles[i - QK / 2] >> 4 })
+        };
+        let scales = |c, b| {
+            let s = block(c, b);
+            let half = |i: usize| f16::from_le_bytes([s[i], s[i + 1]]);
+            ColumnScales { d: half(0), m: half(2), ..Default::default() }
+        };
+        Ok(Self(Panel::build::<Q41>(n, k, values, scales)))
     }
 
     /// The same weights run by the kernels of `level` (tests compare the levels).
@@ -78,45 +82,11 @@ struct Q41;
 
 impl PanelFormat for Q41 {
     const NIBBLES: bool = true;
-    const HAS_MIN: bool = true;
+    const HIGH_BITS: usize = 0;
     const OFFSET: i32 = 0;
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Simd for Q41 {
+    const SUPER: bool = false;
+    const SUBS: usize = 1;
+    const SIGNED: bool = false;
+    const HAS_MIN: bool = true;
     const XOFF: [[usize; 2]; 4] = [[0, 16], [4, 20], [8, 24], [12, 28]];
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn unit512(p: *const u8, u: usize) -> [std::arch::x86_64::__m512i; 2] {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller's contract.
-        let raw = unsafe { _mm512_load_si512(p.add(64 * u) as *const _) };
-        let low = _mm512_set1_epi8(0x0F);
-        [_mm512_and_si512(raw, low), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low)]
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn unit256(p: *const u8, u: usize, h: usize) -> [std::arch::x86_64::__m256i; 4] {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller's contract.
-        let raw = unsafe { _mm256_load_si256(p.add(64 * u + 32 * h) as *const __m256i) };
-        let low = _mm256_set1_epi8(0x0F);
-        let zero = _mm256_setzero_si256();
-        [_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low), zero, zero]
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn dot256(
-        w: [std::arch::x86_64::__m256i; 4],
-        x0: std::arch::x86_64::__m256i,
-        x1: std::arch::x86_64::__m256i,
-    ) -> std::arch::x86_64::__m256i {
-        use std::arch::x86_64::*;
-        // Products of at most 15 · 127, four to a 16-bit lane: no saturation.
-        let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], x0), _mm256_maddubs_epi16(w[1], x1));
-        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
-    }
 }

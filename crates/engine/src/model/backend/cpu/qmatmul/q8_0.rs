@@ -8,7 +8,7 @@ use std::ops::Range;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::panel::{Panel, PanelFormat, Simd, GROUP};
+use super::panel::{ColumnScales, Panel, PanelFormat, GROUP};
 use super::{OutPtr, QuantizedActs, TileKernel, QK};
 use crate::kernel_level::KernelLevel;
 use crate::{EngineError, Result};
@@ -43,11 +43,16 @@ impl Q8Matrix {
             return Err(EngineError::Load(format!("bad Q8_0 data: {} bytes for [{n}, {k}]", bytes.len())));
         }
         let kb = k / QK;
-        Ok(Self(Panel::build::<Q8>(n, k, |c, b| {
-            let block = &bytes[(c * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
-            let values = std::array::from_fn(|i| block[2 + i] ^ 0x80);
-            (values, f16::from_le_bytes([block[0], block[1]]), f16::ZERO)
-        })))
+        let block = |c: usize, b: usize| &bytes[(c * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+        let values = |c, b| {
+            let s = block(c, b);
+            std::array::from_fn(|i| s[2 + i] ^ 0x80)
+        };
+        let scales = |c, b| {
+            let s = block(c, b);
+            ColumnScales { d: f16::from_le_bytes([s[0], s[1]]), ..Default::default() }
+        };
+        Ok(Self(Panel::build::<Q8>(n, k, values, scales)))
     }
 
     /// The same weights run by the kernels of `level` (tests compare the levels).
@@ -64,8 +69,8 @@ impl Q8Matrix {
             return None;
         }
         for b in 0..self.0.k / QK {
-            let (q, d, _) = self.0.column_block::<Q8>(r, b);
-            out.extend(q.iter().map(|&q| q as f32 * d));
+            let d = self.0.scales::<Q8>(r, b).d.to_f32();
+            out.extend(self.0.values::<Q8>(r, b).iter().map(|&q| q as f32 * d));
         }
         Some(())
     }
@@ -96,49 +101,11 @@ struct Q8;
 
 impl PanelFormat for Q8 {
     const NIBBLES: bool = false;
-    const HAS_MIN: bool = false;
+    const HIGH_BITS: usize = 0;
     const OFFSET: i32 = 128;
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Simd for Q8 {
+    const SUPER: bool = false;
+    const SUBS: usize = 1;
+    const SIGNED: bool = false;
+    const HAS_MIN: bool = false;
     const XOFF: [[usize; 2]; 4] = [[0, 4], [8, 12], [16, 20], [24, 28]];
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn unit512(p: *const u8, u: usize) -> [std::arch::x86_64::__m512i; 2] {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller's contract.
-        unsafe { [_mm512_load_si512(p.add(128 * u) as *const _), _mm512_load_si512(p.add(128 * u + 64) as *const _)] }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn unit256(p: *const u8, u: usize, h: usize) -> [std::arch::x86_64::__m256i; 4] {
-        use std::arch::x86_64::*;
-        let flip = _mm256_set1_epi8(-128);
-        // SAFETY: the caller's contract.
-        let (w0, w1) = unsafe {
-            (
-                _mm256_xor_si256(_mm256_load_si256(p.add(128 * u + 32 * h) as *const __m256i), flip),
-                _mm256_xor_si256(_mm256_load_si256(p.add(128 * u + 64 + 32 * h) as *const __m256i), flip),
-            )
-        };
-        [_mm256_sign_epi8(w0, w0), w0, _mm256_sign_epi8(w1, w1), w1]
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn dot256(
-        w: [std::arch::x86_64::__m256i; 4],
-        x0: std::arch::x86_64::__m256i,
-        x1: std::arch::x86_64::__m256i,
-    ) -> std::arch::x86_64::__m256i {
-        use std::arch::x86_64::*;
-        // |w| times x with w's sign (ggml's trick): pairs of at most 128 · 127, no saturation.
-        let ones = _mm256_set1_epi16(1);
-        let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w[0], _mm256_sign_epi8(x0, w[1])), ones);
-        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w[2], _mm256_sign_epi8(x1, w[3])), ones);
-        _mm256_add_epi32(p0, p1)
-    }
 }
