@@ -4,19 +4,17 @@
 //!
 //! This module owns what every weight format shares: the driver that spreads (row chunk,
 //! column chunk) items over wick's compute pool (`crate::thread_pool`, which parks instead of
-//! spinning on a shared CPU), the `TileKernel` trait each format implements (`q8_0`, `q4_1`,
-//! `q5`, `q4_k` with Q5_K, `q6_k`, `mxfp4`), the tile walk and the accumulator lanes and SIMD
-//! steps the formats share. The activations they take are `acts`'s `QuantizedActs`.
-//!
-//! F16 and BF16 weights (`float`) take the same driver with unquantized f32 activations.
+//! spinning on a shared CPU) and the `TileKernel` trait each format implements. The integer
+//! formats (`q8_0`, `q4_1`, `q5` with Q5_0 and Q5_1, `q4_k` with Q5_K, `q6_k`) share the
+//! column-interleaved `panel` layout and kernels; `mxfp4` and the floats (`float`, F16 and BF16
+//! weights with unquantized f32 activations) keep per-column tiles (`tile_walk`). The
+//! activations they take are `acts`'s `QuantizedActs`.
 //!
 //! Batch invariance is by construction: every output `y[m, n]` is computed by the same
 //! sequence of floating-point operations whatever `M` is, whichever rows share the call and
-//! however the work is split across threads. Per (row, column) an 8-lane f32 accumulator takes,
-//! block after block in order, `fma(d_w · d_x, i32→f32(Σ int8 products per lane), acc)` and is
-//! reduced by one fixed horizontal sum; the int8 dot products are exact integers, so only the
-//! float steps are pinned. Speed comes from register blocking: a tile of up to 4 activation
-//! rows × 2–4 weight columns loads each weight block once for several rows.
+//! however the work is split across threads. Integer dot products are exact, so only each
+//! format's float steps are pinned (see `panel`); speed comes from register blocking, a tile
+//! of several activation rows loading each weight vector once.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -178,41 +176,6 @@ fn hsum_lanes(acc: &[f32; 8]) -> f32 {
     (h[0] + h[2]) + (h[1] + h[3])
 }
 
-/// Sixteen f32 lanes as the paired-block formats keep them (Q8_0, Q4_1): lanes `0..8` take
-/// the even 32-value blocks and `8..16` the odd ones, so AVX-512 forms a pair of blocks with one
-/// 16-lane fma and AVX2 with two 8-lane ones. `finish` adds the halves lane by lane and takes
-/// `hsum_float_8`. The scalar paths use it; the SIMD ones keep the same lanes in registers.
-pub(super) struct PairLanes([f32; 16]);
-
-impl PairLanes {
-    pub(super) fn zero() -> Self {
-        Self([0.0; 16])
-    }
-
-    /// Lanes started from the per-block offsets `m[b]·mul` (`mul` is 1 or a power of two, so
-    /// the product is exact): lane `b mod 16` takes `fma(m[b]·mul, s[b], lane)` for each block
-    /// `b`, in block order (`simd::offsets8x2` and `simd::offsets16` do the same).
-    pub(super) fn offsets(m: &[f32], mul: f32, s: &[f32]) -> Self {
-        let mut lanes = Self::zero();
-        for (b, (&m, &s)) in m.iter().zip(s).enumerate() {
-            lanes.0[b % 16] = (m * mul).mul_add(s, lanes.0[b % 16]);
-        }
-        lanes
-    }
-
-    /// Lane `l` (0..8) of block `b` takes `fma(v, scale, lane)`.
-    #[inline]
-    pub(super) fn fma(&mut self, b: usize, l: usize, v: f32, scale: f32) {
-        let i = 8 * (b % 2) + l;
-        self.0[i] = v.mul_add(scale, self.0[i]);
-    }
-
-    pub(super) fn finish(&self) -> f32 {
-        let halves: [f32; 8] = std::array::from_fn(|l| self.0[l] + self.0[l + 8]);
-        hsum_lanes(&halves)
-    }
-}
-
 /// The walk over a work item that every format's SIMD kernels share: `block` covers
 /// `rows × cols` with register tiles of `R` rows (4 while 4 rows remain, then 3, 2, 1) by the
 /// given column counts, and single columns for what is left of `cols`, calling the format's
@@ -272,73 +235,6 @@ use tile_walk;
 mod simd {
     use std::arch::x86_64::*;
 
-    /// `n` (0..=8) values of `v` from `at` as eight lanes, zeros after them.
-    ///
-    /// # Safety
-    /// `at + n <= v.len()` where `n > 0`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn load8(v: &[f32], at: usize, n: usize) -> __m256 {
-        if n == 0 {
-            return _mm256_setzero_ps();
-        }
-        debug_assert!(at + n <= v.len());
-        let p = v.as_ptr().wrapping_add(at);
-        if n == 8 {
-            // SAFETY: eight values from `at` lie inside `v`.
-            return unsafe { _mm256_loadu_ps(p) };
-        }
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        // SAFETY: the mask reads only the `n` lanes that lie inside `v`.
-        unsafe { _mm256_maskload_ps(p, mask) }
-    }
-
-    /// `PairLanes::offsets` as two 8-lane halves (AVX2).
-    ///
-    /// # Safety
-    /// `sx` holds at least `m.len()` values.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn offsets8x2(m: &[f32], mul: f32, sx: &[f32]) -> [__m256; 2] {
-        let mut lanes = [_mm256_setzero_ps(); 2];
-        let mul = _mm256_set1_ps(mul);
-        let mut b = 0;
-        while b < m.len() {
-            for (h, lane) in lanes.iter_mut().enumerate() {
-                let at = b + 8 * h;
-                let n = m.len().saturating_sub(at).min(8);
-                // SAFETY: `load8` reads `n` values from `at`, inside both slices.
-                let (mv, sv) = unsafe { (load8(m, at, n), load8(sx, at, n)) };
-                *lane = _mm256_fmadd_ps(_mm256_mul_ps(mv, mul), sv, *lane);
-            }
-            b += 16;
-        }
-        lanes
-    }
-
-    /// `PairLanes::offsets` in one 16-lane register (AVX-512).
-    ///
-    /// # Safety
-    /// `sx` holds at least `m.len()` values.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn offsets16(m: &[f32], mul: f32, sx: &[f32]) -> __m512 {
-        let mut lanes = _mm512_setzero_ps();
-        let mul = _mm512_set1_ps(mul);
-        let mut b = 0;
-        while b < m.len() {
-            let n = (m.len() - b).min(16);
-            let mask = (u32::MAX >> (32 - n)) as __mmask16;
-            // SAFETY: the masked loads read `n` values from `b`, inside both slices.
-            let (mv, sv) = unsafe {
-                (_mm512_maskz_loadu_ps(mask, m.as_ptr().add(b)), _mm512_maskz_loadu_ps(mask, sx.as_ptr().add(b)))
-            };
-            lanes = _mm512_fmadd_ps(_mm512_mul_ps(mv, mul), sv, lanes);
-            b += 16;
-        }
-        lanes
-    }
-
     /// `vpdpwssd`: `acc` plus the int16 pair products of `a` and `b` per int32 lane. Written
     /// out because LLVM otherwise splits it into `vpmaddwd` and `vpaddd`: two uops on the two
     /// vector ports that bound the K-quant tiles instead of one.
@@ -351,37 +247,6 @@ mod simd {
                 options(pure, nomem, nostack));
         }
         acc
-    }
-
-    /// `[p[0] ×8, p[1] ×8]`: two consecutive blocks' scales for a 16-lane pair.
-    ///
-    /// # Safety
-    /// Two values from `p` are readable.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn pair_scales(p: *const f32) -> __m512 {
-        // SAFETY: the caller's contract.
-        let two = unsafe { _mm_castsi128_ps(_mm_loadl_epi64(p as *const __m128i)) };
-        _mm512_permutexvar_ps(
-            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-            _mm512_castps128_ps512(two),
-        )
-    }
-
-    /// `acc` with its even-block half (lanes 0..8) taking `fma(lanes, scale, half)`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn fma_even(acc: __m512, lanes: __m256, scale: f32) -> __m512 {
-        let lo = _mm256_fmadd_ps(lanes, _mm256_set1_ps(scale), _mm512_castps512_ps256(acc));
-        _mm512_castpd_ps(_mm512_insertf64x4::<0>(_mm512_castps_pd(acc), _mm256_castps_pd(lo)))
-    }
-
-    /// The halves of sixteen paired lanes added lane by lane, then `hsum` (`PairLanes::finish`).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn hsum_pair(acc: __m512) -> f32 {
-        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
-        hsum(_mm256_add_ps(_mm512_castps512_ps256(acc), hi))
     }
 
     /// candle's / ggml's `hsum_float_8`.

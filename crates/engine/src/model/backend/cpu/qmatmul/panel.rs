@@ -125,45 +125,58 @@ pub(super) struct Panel {
 impl Panel {
     /// Builds the panels of format `F` from `values(c, b)`, column `c`'s block `b` as stored
     /// values (multiplied value plus `OFFSET`), and `scales(c, r)`, column `c`'s scale record
-    /// `r` (block, or super-block).
+    /// `r` (block, or super-block). Groups are spread over the compute pool.
     pub(super) fn build<F: PanelFormat>(
         n: usize,
         k: usize,
-        mut values: impl FnMut(usize, usize) -> [u8; QK],
-        mut scales: impl FnMut(usize, usize) -> ColumnScales,
+        values: impl Fn(usize, usize) -> [u8; QK] + Sync,
+        scales: impl Fn(usize, usize) -> ColumnScales,
     ) -> Self {
         let (kb, groups) = (k / QK, n.div_ceil(GROUP));
         let records = kb / F::PER_RECORD;
+        let pool = crate::thread_pool::pool();
+        // A group's sixteen columns of block `b` (padding columns stay zero).
+        let block = |g: usize, b: usize| -> [[u8; QK]; GROUP] {
+            std::array::from_fn(|lane| if g * GROUP + lane < n { values(g * GROUP + lane, b) } else { [0; QK] })
+        };
         let mut quads = Lines::zeroed(groups * kb * F::QUAD_BYTES);
-        let mut bits = Lines::zeroed(groups * kb * F::BIT_BYTES);
-        let mut scale_buf = Lines::zeroed(groups * records * F::SCALE_BYTES);
-        let (qb, hb, sb) = (quads.bytes_mut(), bits.bytes_mut(), scale_buf.bytes_mut());
-        for c in 0..n {
-            let (g, lane) = (c / GROUP, c % GROUP);
-            for b in 0..kb {
-                let v = values(c, b);
-                let at = (g * kb + b) * F::QUAD_BYTES + 4 * lane;
-                let bit_at = (g * kb + b) * F::BIT_BYTES;
-                for (u, xoff) in F::XOFF.iter().enumerate() {
-                    for (half, &x) in xoff.iter().enumerate() {
+        pool.for_each_chunk_mut(quads.bytes_mut(), kb * F::QUAD_BYTES, |g, out| {
+            for (b, out) in out.chunks_exact_mut(F::QUAD_BYTES).enumerate() {
+                for (lane, v) in block(g, b).iter().enumerate() {
+                    for (u, &[x0, x1]) in F::XOFF.iter().enumerate() {
                         for i in 0..4 {
-                            let value = v[x + i];
-                            if !F::NIBBLES {
-                                qb[at + (2 * u + half) * VEC + i] = value;
-                                continue;
-                            }
-                            qb[at + u * VEC + i] |= (value & 0x0F) << (4 * half);
-                            // Plane `p`, unit `u`, half: a 64-bit mask, bit `4·lane + i`.
-                            for p in 0..F::HIGH_BITS {
-                                if value >> (4 + p) & 1 == 1 {
-                                    let bit = 4 * lane + i;
-                                    hb[bit_at + ((p * 4 + u) * 2 + half) * 8 + bit / 8] |= 1 << (bit % 8);
-                                }
+                            if F::NIBBLES {
+                                out[u * VEC + 4 * lane + i] = (v[x0 + i] & 0x0F) | (v[x1 + i] & 0x0F) << 4;
+                            } else {
+                                out[2 * u * VEC + 4 * lane + i] = v[x0 + i];
+                                out[(2 * u + 1) * VEC + 4 * lane + i] = v[x1 + i];
                             }
                         }
                     }
                 }
             }
+        });
+        // Plane `p`, unit `u`, half: a 64-bit mask whose bit `4·lane + i` is bit `4 + p` of
+        // the half's value `i`.
+        let mut bits = Lines::zeroed(groups * kb * F::BIT_BYTES);
+        if F::BIT_BYTES > 0 {
+            pool.for_each_chunk_mut(bits.bytes_mut(), kb * F::BIT_BYTES, |g, out| {
+                for (b, out) in out.chunks_exact_mut(F::BIT_BYTES).enumerate() {
+                    let v = block(g, b);
+                    for (mask, out) in out.chunks_exact_mut(8).enumerate() {
+                        let (p, u, half) = (mask / 8, mask % 8 / 2, mask % 2);
+                        let x = F::XOFF[u][half];
+                        let m = (0..4 * GROUP)
+                            .fold(0u64, |m, bit| m | ((v[bit / 4][x + bit % 4] >> (4 + p) & 1) as u64) << bit);
+                        out.copy_from_slice(&m.to_le_bytes());
+                    }
+                }
+            });
+        }
+        let mut scale_buf = Lines::zeroed(groups * records * F::SCALE_BYTES);
+        let sb = scale_buf.bytes_mut();
+        for c in 0..n {
+            let (g, lane) = (c / GROUP, c % GROUP);
             for r in 0..records {
                 let s = scales(c, r);
                 let at = (g * records + r) * F::SCALE_BYTES;
