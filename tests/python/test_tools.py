@@ -55,7 +55,9 @@ def test_tool_choice_non_streamed(client, choice):
             assert m.tool_calls and m.content is None
             check_calls(m.tool_calls, named(choice))
         else:
-            assert r.choices[0].finish_reason == "stop"
+            # Plain text: it ends or runs into max_tokens (a temperature-1 sample of a 135M
+            # model may ramble), and it is never a tool envelope left unparsed.
+            assert r.choices[0].finish_reason in ("stop", "length")
             assert m.content and "tool_calls" not in m.content and not m.content.lstrip().startswith("{")
 
 
