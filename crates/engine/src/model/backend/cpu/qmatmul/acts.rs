@@ -199,13 +199,16 @@ pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32],
     let sub = QK_K / QK;
     let blocks = x.chunks_exact(QK_K).zip(qs.chunks_exact_mut(QK_K));
     for (i, (xb, qb)) in blocks.enumerate() {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in xb {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
+        // The first value of the largest magnitude (NaNs skipped), found in two passes the
+        // compiler vectorizes.
+        let lanes = xb.chunks_exact(8).fold([0f32; 8], |mut m, c| {
+            for (m, &v) in m.iter_mut().zip(c) {
+                *m = m.max(v.abs());
             }
-        }
+            m
+        });
+        let amax = lanes.into_iter().fold(0f32, f32::max);
+        let max = xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
         let range = i * sub..(i + 1) * sub;
         if amax == 0.0 {
             qb.fill(0);

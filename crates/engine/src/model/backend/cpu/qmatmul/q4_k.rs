@@ -5,9 +5,9 @@
 //! 6-bit scales and mins a byte each and `d`, `dmin` as f16.
 //!
 //! Activations are quantized as llama.cpp pairs them with K-quants (Q8_K: one f32 scale `d_x`
-//! per 256 values, `ActBlocks::Q8K`). Per (row, column) and super-block, everything is
-//! integer until two float steps: `fma(f32(Σ sc_j·Σ q·x), d·d_x, acc)`, then
-//! `fma(−f32(Σ m_j·Σx_j), dmin·d_x, acc)`.
+//! per 256 values, `ActBlocks::Q8K`). Per (row, column) and super-block: the exact integer
+//! sums `Σ q·x` of its sub-blocks, scaled in order into `S` (`fma(f32(Σ q·x), f32(sc_j), S)`),
+//! then `fma(S, d·d_x, acc)` and `fma(−f32(Σ m_j·Σx_j), dmin·d_x, acc)`.
 
 use std::ops::Range;
 

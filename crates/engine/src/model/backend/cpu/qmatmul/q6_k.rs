@@ -4,8 +4,9 @@
 //! as stored.
 //!
 //! Activations are quantized as llama.cpp pairs them with K-quants (Q8_K, `ActBlocks::Q8K`).
-//! Per (row, column) and super-block: `fma(f32(Σ sc_g·Σ (q − 32)·x), d·d_x, acc)`, the sum
-//! exact (`vpdpbusd` of the stored `q` onto `−32·Σx` of each 16 values).
+//! Per (row, column) and super-block: each 16-value sub-block's exact `Σ (q − 32)·x`
+//! (`vpdpbusd` of the stored `q` onto `−32·Σx`), scaled in order into `S` (`fma(f32(Σ),
+//! f32(sc_g), S)`), then `fma(S, d·d_x, acc)`.
 
 use std::ops::Range;
 

@@ -118,7 +118,7 @@ unsafe fn tile<F: PanelFormat, const R: usize>(w: &Panel, a: &QuantizedActs, r: 
         let mut acc = [_mm256_setzero_ps(); R];
         for rec in 0..records {
             let s = ws.wrapping_add(rec * F::SCALE_BYTES);
-            let mut big = [zero; R];
+            let mut big = [_mm256_setzero_ps(); R];
             for bb in 0..F::PER_RECORD {
                 let b = rec * F::PER_RECORD + bb;
                 for sub in 0..F::SUBS {
@@ -147,9 +147,9 @@ unsafe fn tile<F: PanelFormat, const R: usize>(w: &Panel, a: &QuantizedActs, r: 
                         // SAFETY: the sub-block's scales for this half lie inside the record.
                         let raw =
                             unsafe { _mm_loadl_epi64(s.add((bb * F::SUBS + sub) * GROUP + 8 * h) as *const __m128i) };
-                        let sc = if F::SIGNED { _mm256_cvtepi8_epi32(raw) } else { _mm256_cvtepu8_epi32(raw) };
+                        let sc = _mm256_cvtepi32_ps(if F::SIGNED { _mm256_cvtepi8_epi32(raw) } else { _mm256_cvtepu8_epi32(raw) });
                         for i in 0..R {
-                            big[i] = _mm256_add_epi32(big[i], _mm256_mullo_epi32(sum[i], sc));
+                            big[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[i]), sc, big[i]);
                         }
                         continue;
                     }
@@ -184,7 +184,7 @@ unsafe fn tile<F: PanelFormat, const R: usize>(w: &Panel, a: &QuantizedActs, r: 
             for i in 0..R {
                 let at = (r + i) * kb + rec * SUPER_BLOCKS;
                 let dx = _mm256_set1_ps(a.d[at]);
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(big[i]), _mm256_mul_ps(dw, dx), acc[i]);
+                acc[i] = _mm256_fmadd_ps(big[i], _mm256_mul_ps(dw, dx), acc[i]);
                 if F::HAS_MIN {
                     let mut m = zero;
                     for t in 0..4 {

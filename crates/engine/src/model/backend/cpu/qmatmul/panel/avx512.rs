@@ -107,7 +107,7 @@ unsafe fn tile<F: PanelFormat, const R: usize, const C: usize>(
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     for rec in 0..records {
-        let mut big = [[zero; C]; R];
+        let mut big = [[_mm512_setzero_ps(); C]; R];
         for bb in 0..F::PER_RECORD {
             let b = rec * F::PER_RECORD + bb;
             for sub in 0..F::SUBS {
@@ -145,9 +145,9 @@ unsafe fn tile<F: PanelFormat, const R: usize, const C: usize>(
                     if F::SUPER {
                         // SAFETY: the sub-block's sixteen scales lie inside the record.
                         let raw = unsafe { _mm_loadu_si128(s.add((bb * F::SUBS + sub) * GROUP) as *const __m128i) };
-                        let sc = if F::SIGNED { _mm512_cvtepi8_epi32(raw) } else { _mm512_cvtepu8_epi32(raw) };
+                        let sc = _mm512_cvtepi32_ps(if F::SIGNED { _mm512_cvtepi8_epi32(raw) } else { _mm512_cvtepu8_epi32(raw) });
                         for i in 0..R {
-                            big[i][j] = _mm512_add_epi32(big[i][j], _mm512_mullo_epi32(sum[i][j], sc));
+                            big[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i][j]), sc, big[i][j]);
                         }
                         continue;
                     }
@@ -192,7 +192,7 @@ unsafe fn tile<F: PanelFormat, const R: usize, const C: usize>(
             for i in 0..R {
                 let at = (r + i) * kb + rec * SUPER_BLOCKS;
                 let dx = _mm512_set1_ps(a.d[at]);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(big[i][j]), _mm512_mul_ps(dw, dx), acc[i][j]);
+                acc[i][j] = _mm512_fmadd_ps(big[i][j], _mm512_mul_ps(dw, dx), acc[i][j]);
                 if F::HAS_MIN {
                     let mut m = zero;
                     for (t, &mins) in mins.iter().enumerate() {
