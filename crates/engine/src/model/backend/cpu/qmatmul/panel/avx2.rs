@@ -147,7 +147,11 @@ unsafe fn tile<F: PanelFormat, const R: usize>(w: &Panel, a: &QuantizedActs, r: 
                         // SAFETY: the sub-block's scales for this half lie inside the record.
                         let raw =
                             unsafe { _mm_loadl_epi64(s.add((bb * F::SUBS + sub) * GROUP + 8 * h) as *const __m128i) };
-                        let sc = _mm256_cvtepi32_ps(if F::SIGNED { _mm256_cvtepi8_epi32(raw) } else { _mm256_cvtepu8_epi32(raw) });
+                        let sc = _mm256_cvtepi32_ps(if F::SIGNED {
+                            _mm256_cvtepi8_epi32(raw)
+                        } else {
+                            _mm256_cvtepu8_epi32(raw)
+                        });
                         for i in 0..R {
                             big[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[i]), sc, big[i]);
                         }

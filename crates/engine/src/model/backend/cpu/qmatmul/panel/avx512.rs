@@ -145,7 +145,11 @@ unsafe fn tile<F: PanelFormat, const R: usize, const C: usize>(
                     if F::SUPER {
                         // SAFETY: the sub-block's sixteen scales lie inside the record.
                         let raw = unsafe { _mm_loadu_si128(s.add((bb * F::SUBS + sub) * GROUP) as *const __m128i) };
-                        let sc = _mm512_cvtepi32_ps(if F::SIGNED { _mm512_cvtepi8_epi32(raw) } else { _mm512_cvtepu8_epi32(raw) });
+                        let sc = _mm512_cvtepi32_ps(if F::SIGNED {
+                            _mm512_cvtepi8_epi32(raw)
+                        } else {
+                            _mm512_cvtepu8_epi32(raw)
+                        });
                         for i in 0..R {
                             big[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i][j]), sc, big[i][j]);
                         }
