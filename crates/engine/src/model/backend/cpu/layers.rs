@@ -5,7 +5,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::qmatmul::{
-    FloatMatrix, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix, TileKernel,
+    FloatMatrix, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q50Matrix, Q51Matrix, Q5KMatrix, Q6KMatrix, Q8Matrix, TileKernel,
 };
 use crate::Result;
 
@@ -34,8 +34,10 @@ pub enum QuantWeight {
     Q41(Q41Matrix),
     /// MXFP4 (gpt-oss's experts) on wick's register-blocked kernel, kept as stored.
     Mxfp4(Mxfp4Matrix),
-    /// Q5_0 / Q5_1 on wick's register-blocked kernel, kept at 5 bits.
-    Q5(Q5Matrix),
+    /// Q5_0 on wick's panel kernels, kept at 5 bits.
+    Q50(Q50Matrix),
+    /// Q5_1 on wick's panel kernels, kept at 5 bits.
+    Q51(Q51Matrix),
     /// Q4_K on wick's register-blocked kernel, kept at its stored size.
     Q4K(Q4KMatrix),
     /// Q5_K on wick's register-blocked kernel, kept at its stored size.
@@ -61,7 +63,8 @@ impl Linear {
             Linear::Quant { q: QuantWeight::Q8(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q41(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Mxfp4(w), .. } => w.forward(x)?,
-            Linear::Quant { q: QuantWeight::Q5(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q50(w), .. } => w.forward(x)?,
+            Linear::Quant { q: QuantWeight::Q51(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q4K(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q5K(w), .. } => w.forward(x)?,
             Linear::Quant { q: QuantWeight::Q6K(w), .. } => w.forward(x)?,
@@ -100,7 +103,8 @@ impl QuantWeight {
             QuantWeight::Q8(w) => Some(w),
             QuantWeight::Q41(w) => Some(w),
             QuantWeight::Mxfp4(w) => Some(w),
-            QuantWeight::Q5(w) => Some(w),
+            QuantWeight::Q50(w) => Some(w),
+            QuantWeight::Q51(w) => Some(w),
             QuantWeight::Q4K(w) => Some(w),
             QuantWeight::Q5K(w) => Some(w),
             QuantWeight::Q6K(w) => Some(w),

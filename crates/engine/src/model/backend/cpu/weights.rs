@@ -10,7 +10,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::layers::{Linear, QuantWeight};
 use super::qmatmul::{
-    mxfp4, FloatMatrix, FloatType, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q5KMatrix, Q5Matrix, Q6KMatrix, Q8Matrix,
+    mxfp4, FloatMatrix, FloatType, Mxfp4Matrix, Q41Matrix, Q4KMatrix, Q50Matrix, Q51Matrix, Q5KMatrix, Q6KMatrix,
+    Q8Matrix,
 };
 use crate::model::backend::RawWeight;
 use crate::{EngineError, Result};
@@ -264,7 +265,8 @@ impl LinearBuilder {
         let q = match qt.dtype() {
             GgmlDType::Q8_0 => QuantWeight::Q8(Q8Matrix::from_qtensor(&qt)?),
             GgmlDType::Q4_1 if self.fast_kernels => QuantWeight::Q41(Q41Matrix::from_qtensor(&qt)?),
-            GgmlDType::Q5_0 | GgmlDType::Q5_1 if self.fast_kernels => QuantWeight::Q5(Q5Matrix::from_qtensor(&qt)?),
+            GgmlDType::Q5_0 if self.fast_kernels => QuantWeight::Q50(Q50Matrix::from_qtensor(&qt)?),
+            GgmlDType::Q5_1 if self.fast_kernels => QuantWeight::Q51(Q51Matrix::from_qtensor(&qt)?),
             GgmlDType::Q4K if self.fast_kernels => QuantWeight::Q4K(Q4KMatrix::from_qtensor(&qt)?),
             GgmlDType::Q5K if self.fast_kernels => QuantWeight::Q5K(Q5KMatrix::from_qtensor(&qt)?),
             GgmlDType::Q6K if self.fast_kernels => QuantWeight::Q6K(Q6KMatrix::from_qtensor(&qt)?),
@@ -392,7 +394,8 @@ mod tests {
             let Linear::Quant { q, dense: None, .. } = &lin else { panic!("got {lin:?}") };
             match (dtype, q) {
                 (GgmlDType::Q4_1, QuantWeight::Q41(_))
-                | (GgmlDType::Q5_0 | GgmlDType::Q5_1, QuantWeight::Q5(_))
+                | (GgmlDType::Q5_0, QuantWeight::Q50(_))
+                | (GgmlDType::Q5_1, QuantWeight::Q51(_))
                 | (GgmlDType::Q8_1, QuantWeight::Q8(_))
                 | (GgmlDType::Q4K, QuantWeight::Q4K(_))
                 | (GgmlDType::Q5K, QuantWeight::Q5K(_))

@@ -40,7 +40,7 @@ pub use float::{FloatMatrix, FloatType};
 pub use mxfp4::Mxfp4Matrix;
 pub use q4_1::Q41Matrix;
 pub use q4_k::{Q4KMatrix, Q5KMatrix};
-pub use q5::Q5Matrix;
+pub use q5::{Q50Matrix, Q51Matrix};
 pub use q6_k::Q6KMatrix;
 pub use q8_0::Q8Matrix;
 

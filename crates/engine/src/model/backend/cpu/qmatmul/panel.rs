@@ -25,12 +25,13 @@
 //! Only those float steps are pinned, so a row gives the same bits whatever else shares the
 //! call: scalar, AVX2 and AVX-512 VNNI alike.
 
+use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
 use half::f16;
 
-use super::{OutPtr, QuantizedActs, QK};
+use super::{ActBlocks, OutPtr, QuantizedActs, TileKernel, QK};
 use crate::kernel_level::KernelLevel;
 
 /// Weight columns per group (the lanes of one 512-bit vector).
@@ -65,7 +66,9 @@ impl Lines {
 }
 
 /// What a format is to the panel kernels.
-pub(super) trait PanelFormat {
+pub trait PanelFormat {
+    /// The format's name (`Q4_K`).
+    const NAME: &'static str;
     /// Whether values are nibbles (plus `HIGH_BITS` bit planes) or a byte each.
     const NIBBLES: bool;
     /// Bit planes above the nibbles: 0, 1 (Q5_K) or 2 (Q6_K).
@@ -98,6 +101,66 @@ pub(super) trait PanelFormat {
     const SCALE_BYTES: usize = Self::SC_BYTES + Self::MIN_BYTES + if Self::HAS_MIN { 4 * GROUP } else { 2 * GROUP };
     /// Blocks of 32 per scale record.
     const PER_RECORD: usize = if Self::SUPER { SUPER_BLOCKS } else { 1 };
+}
+
+/// A weight matrix `[n, k]` of format `F` on the panel kernels (`Q8Matrix`, `Q41Matrix`, …).
+pub struct PanelMatrix<F> {
+    pub(super) panel: Panel,
+    format: PhantomData<F>,
+}
+
+impl<F> Clone for PanelMatrix<F> {
+    fn clone(&self) -> Self {
+        Self { panel: self.panel.clone(), format: PhantomData }
+    }
+}
+
+impl<F: PanelFormat> std::fmt::Debug for PanelMatrix<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}, {}]", F::NAME, self.panel.n, self.panel.k)
+    }
+}
+
+impl<F: PanelFormat> PanelMatrix<F> {
+    /// The panels of `values(c, b)` and `scales(c, r)` (see `Panel::build`).
+    pub(super) fn build(
+        n: usize,
+        k: usize,
+        values: impl Fn(usize, usize) -> [u8; QK] + Sync,
+        scales: impl Fn(usize, usize) -> ColumnScales,
+    ) -> Self {
+        Self { panel: Panel::build::<F>(n, k, values, scales), format: PhantomData }
+    }
+
+    /// The same weights run by the kernels of `level` (tests compare the levels).
+    pub fn with_level(mut self, level: KernelLevel) -> Self {
+        assert!(level.supported(), "this CPU cannot run the {level} kernels");
+        self.panel.level = level;
+        self
+    }
+}
+
+impl<F: PanelFormat + Sync + Send> TileKernel for PanelMatrix<F> {
+    fn dims(&self) -> (usize, usize) {
+        (self.panel.n, self.panel.k)
+    }
+
+    fn col_chunk(&self) -> usize {
+        2 * GROUP
+    }
+
+    fn act_blocks(&self) -> ActBlocks {
+        if F::SUPER {
+            ActBlocks::Q8K
+        } else {
+            ActBlocks::Q8_0
+        }
+    }
+
+    unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
+        // SAFETY: the caller's contract.
+        unsafe { self.panel.block::<F>(acts, rows, cols, out) }
+    }
 }
 
 /// One column's scales for a scale record (a block, or a K-quant super-block).

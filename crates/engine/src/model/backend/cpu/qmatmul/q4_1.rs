@@ -5,14 +5,11 @@
 //! Per (row, column), block after block: `fma(f32(Σ q·x), d_w·d_x, acc)`, then
 //! `fma(m_w, s_x, acc)` with candle's f16-rounded `s_x = d_x·Σ x` (ggml's Q8_1 pairing).
 
-use std::ops::Range;
-
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::panel::{ColumnScales, Panel, PanelFormat, GROUP};
-use super::{OutPtr, QuantizedActs, TileKernel, QK};
-use crate::kernel_level::KernelLevel;
+use super::panel::{ColumnScales, PanelFormat, PanelMatrix};
+use super::QK;
 use crate::{EngineError, Result};
 
 /// Bytes of one stored ggml Q4_1 block: f16 `d`, f16 `m`, then 16 bytes of nibbles (byte `i`
@@ -20,14 +17,7 @@ use crate::{EngineError, Result};
 const BLOCK_BYTES: usize = 4 + QK / 2;
 
 /// Q4_1 weights `[n, k]` as panels.
-#[derive(Clone)]
-pub struct Q41Matrix(Panel);
-
-impl std::fmt::Debug for Q41Matrix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Q41Matrix[{}, {}]", self.0.n, self.0.k)
-    }
-}
+pub type Q41Matrix = PanelMatrix<Q41>;
 
 impl Q41Matrix {
     /// Takes a Q4_1 `QTensor` of shape `[n, k]`.
@@ -51,36 +41,15 @@ impl Q41Matrix {
             let half = |i: usize| f16::from_le_bytes([s[i], s[i + 1]]);
             ColumnScales { d: half(0), m: half(2), ..Default::default() }
         };
-        Ok(Self(Panel::build::<Q41>(n, k, values, scales)))
-    }
-
-    /// The same weights run by the kernels of `level` (tests compare the levels).
-    pub fn with_level(mut self, level: KernelLevel) -> Self {
-        assert!(level.supported(), "this CPU cannot run the {level} kernels");
-        self.0.level = level;
-        self
+        Ok(Self::build(n, k, values, scales))
     }
 }
 
-impl TileKernel for Q41Matrix {
-    fn dims(&self) -> (usize, usize) {
-        (self.0.n, self.0.k)
-    }
-
-    fn col_chunk(&self) -> usize {
-        2 * GROUP
-    }
-
-    unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
-        // SAFETY: the caller's contract.
-        unsafe { self.0.block::<Q41>(acts, rows, cols, out) }
-    }
-}
-
-/// The format as the panel kernels take it.
-struct Q41;
+/// The Q4_1 format as the panel kernels take it.
+pub struct Q41;
 
 impl PanelFormat for Q41 {
+    const NAME: &'static str = "Q4_1";
     const NIBBLES: bool = true;
     const HIGH_BITS: usize = 0;
     const OFFSET: i32 = 0;

@@ -9,14 +9,10 @@
 //! sums `Σ q·x` of its sub-blocks, scaled in order into `S` (`fma(f32(Σ q·x), f32(sc_j), S)`),
 //! then `fma(S, d·d_x, acc)` and `fma(−f32(Σ m_j·Σx_j), dmin·d_x, acc)`.
 
-use std::ops::Range;
-
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::panel::{ColumnScales, Panel, PanelFormat, GROUP, SUPER_BLOCKS};
-use super::{ActBlocks, OutPtr, QuantizedActs, TileKernel};
-use crate::kernel_level::KernelLevel;
+use super::panel::{ColumnScales, PanelFormat, PanelMatrix, SUPER_BLOCKS};
 use crate::{EngineError, Result};
 
 /// Values per super-block.
@@ -24,22 +20,10 @@ pub const QK_K: usize = 256;
 /// Bytes of one stored block: `d`, `dmin`, 12 bytes of packed scales and mins, 128 of nibbles.
 const BLOCK_BYTES: usize = 4 + 12 + QK_K / 2;
 
-/// Q4_K or Q5_K weights `[n, k]` as panels.
-#[derive(Clone)]
-pub struct Q4KMatrix {
-    panel: Panel,
-    five: bool,
-}
-
-/// Q5_K weights: the Q4_K panels with a fifth bit plane.
-pub type Q5KMatrix = Q4KMatrix;
-
-impl std::fmt::Debug for Q4KMatrix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let t = if self.five { "Q5_K" } else { "Q4_K" };
-        write!(f, "Q4KMatrix[{t}, {}, {}]", self.panel.n, self.panel.k)
-    }
-}
+/// Q4_K weights `[n, k]` as panels.
+pub type Q4KMatrix = PanelMatrix<Q4K>;
+/// Q5_K weights `[n, k]` as panels: Q4_K's with a fifth bit plane.
+pub type Q5KMatrix = PanelMatrix<Q5K>;
 
 /// ggml's `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min from the 12 packed bytes.
 fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
@@ -51,90 +35,64 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 impl Q4KMatrix {
-    /// Takes a Q4_K or Q5_K `QTensor` of shape `[n, k]`.
+    /// Takes a Q4_K `QTensor` of shape `[n, k]`.
     pub fn from_qtensor(q: &QTensor) -> Result<Self> {
-        let five = match q.dtype() {
-            GgmlDType::Q4K => false,
-            GgmlDType::Q5K => true,
-            t => return Err(EngineError::Load(format!("Q4KMatrix needs Q4_K or Q5_K weights, got {t:?}"))),
-        };
-        let (n, k) = q.shape().dims2()?;
-        Self::from_ggml_bytes(&q.data()?, n, k, five)
-    }
-
-    /// Reads `n · k / 256` stored ggml Q4_K blocks (Q5_K blocks where `five`).
-    pub fn from_ggml_bytes(bytes: &[u8], n: usize, k: usize, five: bool) -> Result<Self> {
-        let (qh_bytes, name) = if five { (QK_K / 8, "Q5_K") } else { (0, "Q4_K") };
-        let block_bytes = BLOCK_BYTES + qh_bytes;
-        if !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * block_bytes {
-            return Err(EngineError::Load(format!("bad {name} data: {} bytes for [{n}, {k}]", bytes.len())));
-        }
-        let sbs = k / QK_K;
-        let block = |c: usize, s: usize| &bytes[(c * sbs + s) * block_bytes..][..block_bytes];
-        // Sub-block `j` of a super-block: the low (even `j`) or high nibbles of the 32-byte
-        // run `j / 2`, and bit `j` of each of the 32 fifth-bit bytes.
-        let values = |c, b: usize| {
-            let (blk, j) = (block(c, b / SUPER_BLOCKS), b % SUPER_BLOCKS);
-            let (qh, qs) = (&blk[16..16 + qh_bytes], &blk[16 + qh_bytes..]);
-            std::array::from_fn(|i| {
-                let fifth = if five { (qh[i] >> j & 1) << 4 } else { 0 };
-                (qs[32 * (j / 2) + i] >> (4 * (j % 2)) & 0x0F) | fifth
-            })
-        };
-        let scales = |c, s| {
-            let blk = block(c, s);
-            let mut out = ColumnScales {
-                d: f16::from_le_bytes([blk[0], blk[1]]),
-                m: f16::from_le_bytes([blk[2], blk[3]]),
-                ..Default::default()
-            };
-            for j in 0..SUPER_BLOCKS {
-                (out.sc[j], out.mins[j]) = scale_min(j, &blk[4..16]);
-            }
-            out
-        };
-        let panel =
-            if five { Panel::build::<Q5K>(n, k, values, scales) } else { Panel::build::<Q4K>(n, k, values, scales) };
-        Ok(Self { panel, five })
-    }
-
-    /// The same weights run by the kernels of `level` (tests compare the levels).
-    pub fn with_level(mut self, level: KernelLevel) -> Self {
-        assert!(level.supported(), "this CPU cannot run the {level} kernels");
-        self.panel.level = level;
-        self
+        from_qtensor(q, GgmlDType::Q4K)
     }
 }
 
-impl TileKernel for Q4KMatrix {
-    fn dims(&self) -> (usize, usize) {
-        (self.panel.n, self.panel.k)
-    }
-
-    fn col_chunk(&self) -> usize {
-        2 * GROUP
-    }
-
-    fn act_blocks(&self) -> ActBlocks {
-        ActBlocks::Q8K
-    }
-
-    unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
-        // SAFETY: the caller's contract.
-        unsafe {
-            if self.five {
-                self.panel.block::<Q5K>(acts, rows, cols, out)
-            } else {
-                self.panel.block::<Q4K>(acts, rows, cols, out)
-            }
-        }
+impl Q5KMatrix {
+    /// Takes a Q5_K `QTensor` of shape `[n, k]`.
+    pub fn from_qtensor(q: &QTensor) -> Result<Self> {
+        from_qtensor(q, GgmlDType::Q5K)
     }
 }
 
-/// Q4_K as the panel kernels take it.
-struct Q4K;
+/// Reads a Q4_K or Q5_K `QTensor` (`dtype`) of shape `[n, k]`.
+fn from_qtensor<F: PanelFormat>(q: &QTensor, dtype: GgmlDType) -> Result<PanelMatrix<F>> {
+    if q.dtype() != dtype {
+        return Err(EngineError::Load(format!("{} weights expected, got {:?}", F::NAME, q.dtype())));
+    }
+    let five = dtype == GgmlDType::Q5K;
+    let (n, k) = q.shape().dims2()?;
+    let bytes = q.data()?;
+    let qh_bytes = if five { QK_K / 8 } else { 0 };
+    let block_bytes = BLOCK_BYTES + qh_bytes;
+    if !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * block_bytes {
+        return Err(EngineError::Load(format!("bad {} data: {} bytes for [{n}, {k}]", F::NAME, bytes.len())));
+    }
+    let sbs = k / QK_K;
+    let block = |c: usize, s: usize| &bytes[(c * sbs + s) * block_bytes..][..block_bytes];
+    // Sub-block `j` of a super-block: the low (even `j`) or high nibbles of the 32-byte run
+    // `j / 2`, and bit `j` of each of the 32 fifth-bit bytes.
+    let values = |c, b: usize| {
+        let (blk, j) = (block(c, b / SUPER_BLOCKS), b % SUPER_BLOCKS);
+        let (qh, qs) = (&blk[16..16 + qh_bytes], &blk[16 + qh_bytes..]);
+        std::array::from_fn(|i| {
+            let fifth = if five { (qh[i] >> j & 1) << 4 } else { 0 };
+            (qs[32 * (j / 2) + i] >> (4 * (j % 2)) & 0x0F) | fifth
+        })
+    };
+    let scales = |c, s| {
+        let blk = block(c, s);
+        let mut out = ColumnScales {
+            d: f16::from_le_bytes([blk[0], blk[1]]),
+            m: f16::from_le_bytes([blk[2], blk[3]]),
+            ..Default::default()
+        };
+        for j in 0..SUPER_BLOCKS {
+            (out.sc[j], out.mins[j]) = scale_min(j, &blk[4..16]);
+        }
+        out
+    };
+    Ok(PanelMatrix::build(n, k, values, scales))
+}
+
+/// The Q4_K format as the panel kernels take it.
+pub struct Q4K;
 
 impl PanelFormat for Q4K {
+    const NAME: &'static str = "Q4_K";
     const NIBBLES: bool = true;
     const HIGH_BITS: usize = 0;
     const OFFSET: i32 = 0;
@@ -145,10 +103,11 @@ impl PanelFormat for Q4K {
     const XOFF: [[usize; 2]; 4] = [[0, 16], [4, 20], [8, 24], [12, 28]];
 }
 
-/// Q5_K: Q4_K with a fifth bit plane.
-struct Q5K;
+/// The Q5_K format: Q4_K with a fifth bit plane.
+pub struct Q5K;
 
 impl PanelFormat for Q5K {
+    const NAME: &'static str = "Q5_K";
     const NIBBLES: bool = true;
     const HIGH_BITS: usize = 1;
     const OFFSET: i32 = 0;

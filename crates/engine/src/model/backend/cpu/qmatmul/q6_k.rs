@@ -8,14 +8,11 @@
 //! (`vpdpbusd` of the stored `q` onto `−32·Σx`), scaled in order into `S` (`fma(f32(Σ),
 //! f32(sc_g), S)`), then `fma(S, d·d_x, acc)`.
 
-use std::ops::Range;
-
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::panel::{ColumnScales, Panel, PanelFormat, GROUP, SUPER_BLOCKS};
-use super::{ActBlocks, OutPtr, QuantizedActs, TileKernel, QK};
-use crate::kernel_level::KernelLevel;
+use super::panel::{ColumnScales, PanelFormat, PanelMatrix, SUPER_BLOCKS};
+use super::QK;
 use crate::{EngineError, Result};
 
 /// Values per super-block.
@@ -24,14 +21,7 @@ const QK_K: usize = 256;
 const BLOCK_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
 
 /// Q6_K weights `[n, k]` as panels.
-#[derive(Clone)]
-pub struct Q6KMatrix(Panel);
-
-impl std::fmt::Debug for Q6KMatrix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Q6KMatrix[{}, {}]", self.0.n, self.0.k)
-    }
-}
+pub type Q6KMatrix = PanelMatrix<Q6K>;
 
 /// Value `i` (0..256) of a stored block, unsigned (ggml's `dequantize_row_q6_K` before its
 /// `− 32`): in each half of 128, block `t` of 32 takes the low (`t < 2`) or high nibbles of
@@ -71,41 +61,16 @@ impl Q6KMatrix {
             out.sc.copy_from_slice(&blk[192..208]);
             out
         };
-        Ok(Self(Panel::build::<Q6K>(n, k, values, scales)))
-    }
-
-    /// The same weights run by the kernels of `level` (tests compare the levels).
-    pub fn with_level(mut self, level: KernelLevel) -> Self {
-        assert!(level.supported(), "this CPU cannot run the {level} kernels");
-        self.0.level = level;
-        self
+        Ok(Self::build(n, k, values, scales))
     }
 }
 
-impl TileKernel for Q6KMatrix {
-    fn dims(&self) -> (usize, usize) {
-        (self.0.n, self.0.k)
-    }
-
-    fn col_chunk(&self) -> usize {
-        2 * GROUP
-    }
-
-    fn act_blocks(&self) -> ActBlocks {
-        ActBlocks::Q8K
-    }
-
-    unsafe fn block(&self, acts: &QuantizedActs, rows: Range<usize>, cols: Range<usize>, out: OutPtr) {
-        // SAFETY: the caller's contract.
-        unsafe { self.0.block::<Q6K>(acts, rows, cols, out) }
-    }
-}
-
-/// Q6_K as the panel kernels take it: a block's two 16-value sub-blocks are units 0–1 and
-/// 2–3, each unit two consecutive quads.
-struct Q6K;
+/// The Q6_K format as the panel kernels take it: a block's two 16-value sub-blocks are units
+/// 0–1 and 2–3, each unit two consecutive quads.
+pub struct Q6K;
 
 impl PanelFormat for Q6K {
+    const NAME: &'static str = "Q6_K";
     const NIBBLES: bool = true;
     const HIGH_BITS: usize = 2;
     const OFFSET: i32 = 32;

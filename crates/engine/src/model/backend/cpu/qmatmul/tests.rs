@@ -34,7 +34,8 @@ fn qtensor(n: usize, k: usize, seed: u64, dtype: GgmlDType) -> QTensor {
 enum Kernel {
     Q8(Q8Matrix),
     Q41(Q41Matrix),
-    Q5(Q5Matrix),
+    Q50(Q50Matrix),
+    Q51(Q51Matrix),
     Q4K(Q4KMatrix),
     Q5K(Q5KMatrix),
     Q6K(Q6KMatrix),
@@ -58,7 +59,8 @@ fn kernel(q: &QTensor, level: KernelLevel) -> Kernel {
     match q.dtype() {
         GgmlDType::Q8_0 => Kernel::Q8(Q8Matrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q4_1 => Kernel::Q41(Q41Matrix::from_qtensor(q).unwrap().with_level(level)),
-        GgmlDType::Q5_0 | GgmlDType::Q5_1 => Kernel::Q5(Q5Matrix::from_qtensor(q).unwrap().with_level(level)),
+        GgmlDType::Q5_0 => Kernel::Q50(Q50Matrix::from_qtensor(q).unwrap().with_level(level)),
+        GgmlDType::Q5_1 => Kernel::Q51(Q51Matrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q4K => Kernel::Q4K(Q4KMatrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q5K => Kernel::Q5K(Q5KMatrix::from_qtensor(q).unwrap().with_level(level)),
         GgmlDType::Q6K => Kernel::Q6K(Q6KMatrix::from_qtensor(q).unwrap().with_level(level)),
@@ -108,7 +110,8 @@ fn run(w: &Kernel, x: &[f32]) -> Vec<f32> {
     match w {
         Kernel::Q8(w) => run_with(w, x),
         Kernel::Q41(w) => run_with(w, x),
-        Kernel::Q5(w) => run_with(w, x),
+        Kernel::Q50(w) => run_with(w, x),
+        Kernel::Q51(w) => run_with(w, x),
         Kernel::Q4K(w) => run_with(w, x),
         Kernel::Q5K(w) => run_with(w, x),
         Kernel::Q6K(w) => run_with(w, x),
