@@ -1,5 +1,5 @@
 //! Column-interleaved weight panels and their kernels: the layout and arithmetic that Q8_0,
-//! Q4_1, Q4_K, Q5_K and Q6_K share.
+//! Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K share (`PanelMatrix<F>`, one instance per format).
 //!
 //! Sixteen weight columns form a group. Per (group, 32-value block) each column's values are
 //! eight 4-value quads, and one 64-byte vector holds two quads of all sixteen columns (column
