@@ -250,9 +250,9 @@ fn activation_quantization_matches_candle_q8_0() {
 
 #[test]
 fn every_level_gives_the_scalar_bits() {
-    // k = 96 is 3 blocks (an odd tail for the paired AVX-512 steps); 2304 is 72 blocks;
-    // m = 9 and n = 37 take every tile shape and column tails; k = 100 and 1000 end the floats
-    // in a partial chunk of 16.
+    // k = 96 is 3 blocks; 2304 is 72 blocks (9 K-quant super-blocks); m = 9, 7, 5, 4 and 3
+    // take the panels' tiles of 8 and 1, 7, 5, 4 (two groups) and 3 rows; n = 11, 19 and 37 end
+    // in a partial group of 16 columns; k = 100 and 1000 end the floats in a partial chunk of 16.
     for (m, k, n) in [(7, 96, 11), (5, 2304, 6), (9, 64, 37), (4, 100, 19), (3, 1000, 9)] {
         for (dtype, level) in cases() {
             let k = k_for(dtype, k);
