@@ -4,8 +4,9 @@
 //! Sixteen weight columns form a group. Per (group, 32-value block) each column's values are
 //! eight 4-value quads, and one 64-byte vector holds two quads of all sixteen columns (column
 //! `c` in bytes `4c..4c+4`: one quad in the low nibbles and one in the high ones, or for Q8_0
-//! a byte per value and a vector per quad). Fifth and sixth bits lie in bit planes beside the
-//! nibbles, one mask bit per byte of a vector (AVX-512 adds them under a mask register); the
+//! a byte per value and a vector per quad). Fifth bits lie in bit planes beside the nibbles,
+//! one mask bit per byte of a vector (AVX-512 adds them under a mask register); Q6_K's two high
+//! bits in 2-bit fields, four per byte (`high_pair`); the
 //! scales follow in a buffer of their own as stored (f16, 6-bit or int8). One `vpdpbusd` with
 //! four activation values broadcast forms a quad's products for sixteen columns at once: the
 //! columns live in lanes, so no tile ever sums horizontally, and each weight vector is
@@ -69,9 +70,9 @@ impl Lines {
 pub trait PanelFormat {
     /// The format's name (`Q4_K`).
     const NAME: &'static str;
-    /// Whether values are nibbles (plus `HIGH_BITS` bit planes) or a byte each.
+    /// Whether values are nibbles (plus `HIGH_BITS` high bits) or a byte each.
     const NIBBLES: bool;
-    /// Bit planes above the nibbles: 0, 1 (Q5_K) or 2 (Q6_K).
+    /// Bits above the nibbles: 0, 1 (Q5_0, Q5_1, Q5_K: a mask plane) or 2 (Q6_K: 2-bit fields).
     const HIGH_BITS: usize;
     /// What a stored (unsigned) value exceeds the multiplied one by.
     const OFFSET: i32;
@@ -90,7 +91,7 @@ pub trait PanelFormat {
 
     /// Bytes of a (group, block)'s quads.
     const QUAD_BYTES: usize = if Self::NIBBLES { QK / 2 * GROUP } else { QK * GROUP };
-    /// Bytes of a (group, block)'s bit planes.
+    /// Bytes of a (group, block)'s high bits.
     const BIT_BYTES: usize = Self::HIGH_BITS * QK * GROUP / 8;
     /// Bytes of the sub-block scales of a (group, super-block).
     const SC_BYTES: usize = if Self::SUPER { SUPER_BLOCKS * Self::SUBS * GROUP } else { 0 };
@@ -221,10 +222,25 @@ impl Panel {
                 }
             }
         });
-        // Plane `p`, unit `u`, half: a 64-bit mask whose bit `4·lane + i` is bit `4 + p` of
-        // the half's value `i`.
+        // One bit plane (fifth bits): per unit and half a 64-bit mask whose bit `4·lane + i` is
+        // bit 4 of the half's value `i`. Two (Q6_K): see `high_pair`.
         let mut bits = Lines::zeroed(groups * kb * F::BIT_BYTES);
-        if F::BIT_BYTES > 0 {
+        if F::HIGH_BITS == 2 {
+            pool.for_each_chunk_mut(bits.bytes_mut(), kb * F::BIT_BYTES, |g, out| {
+                for (b, out) in out.chunks_exact_mut(F::BIT_BYTES).enumerate() {
+                    for (lane, v) in block(g, b).iter().enumerate() {
+                        for (u, xoff) in F::XOFF.iter().enumerate() {
+                            for (half, &x) in xoff.iter().enumerate() {
+                                for i in 0..4 {
+                                    let (at, shift) = high_pair(u, half, lane, i);
+                                    out[at] |= (v[x + i] >> 4 & 3) << shift;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        } else if F::BIT_BYTES > 0 {
             pool.for_each_chunk_mut(bits.bytes_mut(), kb * F::BIT_BYTES, |g, out| {
                 for (b, out) in out.chunks_exact_mut(F::BIT_BYTES).enumerate() {
                     let v = block(g, b);
@@ -278,9 +294,14 @@ impl Panel {
                 for i in 0..4 {
                     let value = if F::NIBBLES {
                         let bit = 4 * lane + i;
-                        let high = (0..F::HIGH_BITS)
-                            .map(|p| (h[((p * 4 + u) * 2 + half) * 8 + bit / 8] >> (bit % 8) & 1) << (4 + p))
-                            .sum::<u8>();
+                        let high = match F::HIGH_BITS {
+                            2 => {
+                                let (at, shift) = high_pair(u, half, lane, i);
+                                (h[at] >> shift & 3) << 4
+                            }
+                            1 => (h[(u * 2 + half) * 8 + bit / 8] >> (bit % 8) & 1) << 4,
+                            _ => 0,
+                        };
                         (q[u * VEC + 4 * lane + i] >> (4 * half) & 0x0F) | high
                     } else {
                         q[(2 * u + half) * VEC + 4 * lane + i]
@@ -347,6 +368,16 @@ impl Panel {
             self.scales.bytes()[g * records * F::SCALE_BYTES..(g + groups) * records * F::SCALE_BYTES].as_ptr(),
         )
     }
+}
+
+/// Where Q6_K's two high bits of value `i` of column `lane` in unit `u`'s `half` lie: a byte
+/// of the unit pair's 64-byte vector (`4·lane + i`, as the quads) and the shift of the 2-bit
+/// field in it. A byte holds `hi(u even, low) | hi(u odd, low) << 2 | hi(u even, high) << 4 |
+/// hi(u odd, high) << 6`, so one shift and one `vpternlogd` under the mask `0x30` put a field
+/// above its nibble.
+#[inline(always)]
+fn high_pair(u: usize, half: usize, lane: usize, i: usize) -> (usize, usize) {
+    ((u / 2) * VEC + 4 * lane + i, 2 * (u % 2) + 4 * half)
 }
 
 /// The sum of `x` over sub-block `j` (of `F::SUBS`) of block `b` of row `r`: what an offset

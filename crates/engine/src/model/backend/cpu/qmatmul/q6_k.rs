@@ -1,7 +1,7 @@
 //! Q6_K weights (ggml's `block_q6_K`: per 256 values 4 low bits and 2 high bits each, sixteen
 //! int8 scales, one per 16 values, and an f16 `d`; `w = d·sc_g·(q − 32)`) on wick's panel
-//! kernels (`super::panel`), at their stored size: nibbles, two bit planes, the scales and `d`
-//! as stored.
+//! kernels (`super::panel`), at their stored size: nibbles, the high bits in 2-bit fields,
+//! the scales and `d` as stored.
 //!
 //! Activations are quantized as llama.cpp pairs them with K-quants (Q8_K, `ActBlocks::Q8K`).
 //! Per (row, column) and super-block: each 16-value sub-block's exact `Σ (q − 32)·x`

@@ -38,13 +38,13 @@ pub(super) unsafe fn block<F: PanelFormat>(
     }
 }
 
-/// Bits `32h..32h+32` of the 64-bit plane mask at `p` as bytes: `add` where the bit is set.
+/// Bits `32h..32h+32` of the 64-bit plane mask at `p` as bytes: 16 where the bit is set.
 ///
 /// # Safety
 /// Eight bytes at `p` are readable.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn plane(p: *const u8, h: usize, add: i8) -> __m256i {
+unsafe fn plane(p: *const u8, h: usize) -> __m256i {
     // SAFETY: the caller's contract.
     let m = unsafe { (p.add(4 * h) as *const i32).read_unaligned() };
     let spread = _mm256_shuffle_epi8(
@@ -54,7 +54,7 @@ unsafe fn plane(p: *const u8, h: usize, add: i8) -> __m256i {
         ),
     );
     let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(add))
+    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16))
 }
 
 /// Unit `u`'s values for the eight columns of half `h`, as `dot` takes them: the stored
@@ -76,9 +76,22 @@ unsafe fn unit<F: PanelFormat>(q: *const u8, bits: *const u8, u: usize, h: usize
         let raw = _mm256_load_si256(q.add(u * VEC + 32 * h) as *const __m256i);
         let low = _mm256_set1_epi8(0x0F);
         let mut v = [_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low)];
-        for p in 0..F::HIGH_BITS {
+        if F::HIGH_BITS == 2 {
+            // `super::high_pair`: the unit's two fields moved to bits 4–5 and or-ed in.
+            let hv = _mm256_load_si256(bits.add((u / 2) * VEC + 32 * h) as *const __m256i);
+            let (lo, hi) = if u % 2 == 0 {
+                (_mm256_slli_epi16(hv, 4), hv)
+            } else {
+                (_mm256_slli_epi16(hv, 2), _mm256_srli_epi16(hv, 2))
+            };
+            let top = _mm256_set1_epi8(0x30);
+            v[0] = _mm256_or_si256(v[0], _mm256_and_si256(lo, top));
+            v[1] = _mm256_or_si256(v[1], _mm256_and_si256(hi, top));
+            return [v[0], v[1], v[0], v[1]];
+        }
+        if F::HIGH_BITS == 1 {
             for (half, v) in v.iter_mut().enumerate() {
-                *v = _mm256_add_epi8(*v, plane(bits.add(((p * 4 + u) * 2 + half) * 8), h, 16 << p));
+                *v = _mm256_add_epi8(*v, plane(bits.add((u * 2 + half) * 8), h));
             }
         }
         [v[0], v[1], v[0], v[1]]

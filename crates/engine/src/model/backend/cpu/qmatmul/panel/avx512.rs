@@ -79,10 +79,25 @@ unsafe fn unit<F: PanelFormat>(q: *const u8, h: *const u8, u: usize) -> [__m512i
         let raw = _mm512_load_si512(q.add(u * VEC) as *const _);
         let low = _mm512_set1_epi8(0x0F);
         let mut v = [_mm512_and_si512(raw, low), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low)];
-        for p in 0..F::HIGH_BITS {
+        if F::HIGH_BITS == 2 {
+            // `super::high_pair`: the unit's two fields moved to bits 4–5 and or-ed in under
+            // the mask 0x30 (`a | (b & c)`); the 16-bit shifts spill only outside the mask.
+            let hv = _mm512_load_si512(h.add((u / 2) * VEC) as *const _);
+            let (lo, hi) = if u % 2 == 0 {
+                (_mm512_slli_epi16(hv, 4), hv)
+            } else {
+                (_mm512_slli_epi16(hv, 2), _mm512_srli_epi16(hv, 2))
+            };
+            let top = _mm512_set1_epi8(0x30);
+            return [
+                _mm512_ternarylogic_epi32::<0xF8>(v[0], lo, top),
+                _mm512_ternarylogic_epi32::<0xF8>(v[1], hi, top),
+            ];
+        }
+        if F::HIGH_BITS == 1 {
             for (half, v) in v.iter_mut().enumerate() {
-                let k = (h.add(((p * 4 + u) * 2 + half) * 8) as *const u64).read_unaligned();
-                *v = _mm512_mask_add_epi8(*v, k, *v, _mm512_set1_epi8(16 << p));
+                let k = (h.add((u * 2 + half) * 8) as *const u64).read_unaligned();
+                *v = _mm512_mask_add_epi8(*v, k, *v, _mm512_set1_epi8(16));
             }
         }
         v
