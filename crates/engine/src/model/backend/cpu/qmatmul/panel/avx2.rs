@@ -79,7 +79,7 @@ unsafe fn unit<F: PanelFormat>(q: *const u8, bits: *const u8, u: usize, h: usize
         if F::HIGH_BITS == 2 {
             // `super::high_pair`: the unit's two fields moved to bits 4–5 and or-ed in.
             let hv = _mm256_load_si256(bits.add((u / 2) * VEC + 32 * h) as *const __m256i);
-            let (lo, hi) = if u % 2 == 0 {
+            let (lo, hi) = if u.is_multiple_of(2) {
                 (_mm256_slli_epi16(hv, 4), hv)
             } else {
                 (_mm256_slli_epi16(hv, 2), _mm256_srli_epi16(hv, 2))

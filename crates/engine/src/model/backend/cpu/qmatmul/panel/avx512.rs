@@ -83,7 +83,7 @@ unsafe fn unit<F: PanelFormat>(q: *const u8, h: *const u8, u: usize) -> [__m512i
             // `super::high_pair`: the unit's two fields moved to bits 4–5 and or-ed in under
             // the mask 0x30 (`a | (b & c)`); the 16-bit shifts spill only outside the mask.
             let hv = _mm512_load_si512(h.add((u / 2) * VEC) as *const _);
-            let (lo, hi) = if u % 2 == 0 {
+            let (lo, hi) = if u.is_multiple_of(2) {
                 (_mm512_slli_epi16(hv, 4), hv)
             } else {
                 (_mm512_slli_epi16(hv, 2), _mm512_srli_epi16(hv, 2))
