@@ -11,17 +11,15 @@ use crate::kernel_level::KernelLevel;
 const QUANT_ROWS: usize = 16;
 
 /// Activations `[m, k]` as a weight format takes them. Quantized to 8 bits per value: int8
-/// values, the f16-rounded block scale widened to f32, and (for formats with a per-block
-/// offset) `s = d · Σ values` rounded as candle's `BlockQ8_1` does (Q4_1) and `sx = d · Σ values`
-/// in f32 (the K-quants' mins; exact for 32-value blocks, an 11-bit scale times a sum of at most
-/// 12 bits; rounded once for Q8_K). Or, for float weights (`ActBlocks::F32`), the f32 rows
-/// themselves in `f`, the other buffers empty.
+/// values, the f16-rounded block scale widened to f32, `s = d · Σ values` rounded as candle's
+/// `BlockQ8_1` does (Q4_1's and Q5_1's offsets; for Q8_K the integer sum), and the integer
+/// sums. Or, for float weights (`ActBlocks::F32`), the f32 rows themselves in `f`, the other
+/// buffers empty.
 #[derive(Default)]
 pub struct QuantizedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
-    pub sx: Vec<f32>,
     /// `Σ values` per block, the integer itself.
     pub isum: Vec<i32>,
     /// `Σ values` over the first 16 of each block (Q6_K's sub-blocks).
@@ -59,7 +57,6 @@ impl QuantizedActs {
         copy(&self.qs, self.m, rows, &mut into.qs);
         copy(&self.d, self.m, rows, &mut into.d);
         copy(&self.s, self.m, rows, &mut into.s);
-        copy(&self.sx, self.m, rows, &mut into.sx);
         copy(&self.isum, self.m, rows, &mut into.isum);
         copy(&self.isum16, self.m, rows, &mut into.isum16);
         copy(&self.f, self.m, rows, &mut into.f);
@@ -79,7 +76,7 @@ impl QuantizedActs {
         if blocks == ActBlocks::F32 {
             self.f.clear();
             self.f.extend_from_slice(x);
-            for v in [&mut self.d, &mut self.s, &mut self.sx] {
+            for v in [&mut self.d, &mut self.s] {
                 v.clear();
             }
             self.qs.clear();
@@ -91,36 +88,33 @@ impl QuantizedActs {
         self.qs.resize(m * k, 0);
         self.d.resize(m * k / QK, 0.0);
         self.s.resize(m * k / QK, 0.0);
-        self.sx.resize(m * k / QK, 0.0);
         self.isum.resize(m * k / QK, 0);
         self.isum16.resize(m * k / QK, 0);
         let quantize_rows = if blocks == ActBlocks::Q8K { quantize_rows_q8k } else { quantize_rows };
         if m < 2 * QUANT_ROWS {
             let sums = (&mut self.isum[..], &mut self.isum16[..]);
-            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, &mut self.sx, sums);
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, sums);
             return;
         }
         let kb = k / QK;
         let (qs, d, s) = (SendPtr(self.qs.as_mut_ptr()), SendPtr(self.d.as_mut_ptr()), SendPtr(self.s.as_mut_ptr()));
-        let (sx, isum) = (SendPtr(self.sx.as_mut_ptr()), SendPtr(self.isum.as_mut_ptr()));
-        let isum16 = SendPtr(self.isum16.as_mut_ptr());
+        let (isum, isum16) = (SendPtr(self.isum.as_mut_ptr()), SendPtr(self.isum16.as_mut_ptr()));
         crate::thread_pool::pool().for_each_chunk(m.div_ceil(QUANT_ROWS), |items| {
-            let (qs, d, s, sx, isum, isum16) = (&qs, &d, &s, &sx, &isum, &isum16);
+            let (qs, d, s, isum, isum16) = (&qs, &d, &s, &isum, &isum16);
             for item in items {
                 let rows = item * QUANT_ROWS..m.min((item + 1) * QUANT_ROWS);
                 // SAFETY: each item owns rows `rows` of the buffers, sized above for
                 // `m` rows; the buffers outlive the parallel region.
-                let (qs, d, s, sx, isum, isum16) = unsafe {
+                let (qs, d, s, isum, isum16) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qs.0.add(rows.start * k), rows.len() * k),
                         std::slice::from_raw_parts_mut(d.0.add(rows.start * kb), rows.len() * kb),
                         std::slice::from_raw_parts_mut(s.0.add(rows.start * kb), rows.len() * kb),
-                        std::slice::from_raw_parts_mut(sx.0.add(rows.start * kb), rows.len() * kb),
                         std::slice::from_raw_parts_mut(isum.0.add(rows.start * kb), rows.len() * kb),
                         std::slice::from_raw_parts_mut(isum16.0.add(rows.start * kb), rows.len() * kb),
                     )
                 };
-                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, sx, (isum, isum16));
+                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, (isum, isum16));
             }
         });
     }
@@ -152,18 +146,17 @@ unsafe impl<T> Send for SendPtr<T> {}
 /// `BlockQ8_0::from_float`): scale `amax / 127` rounded to f16, values `round(x / scale)`
 /// computed with the unrounded scale. `d` receives the f16 scales widened to f32; `s` receives
 /// `f16(Σ values) · d` in f16 arithmetic, as candle's `BlockQ8_1::from_float` stores it, and
-/// `sx` receives `d · Σ values` in f32 (exact) and `sums` the integer `Σ values` of each block
-/// and of its first 16.
-pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32], sums: Sums) {
+/// `sums` the integer `Σ values` of each block and of its first 16.
+pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sums: Sums) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 was detected.
-        unsafe { simd::quantize_rows(x, qs, d, s, sx, sums) };
+        unsafe { simd::quantize_rows(x, qs, d, s, sums) };
         return;
     }
     let (isum, isum16) = sums;
-    let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
-    for (((xb, qb), ((db, sb), sxb)), (ib, ib16)) in blocks.zip(isum.iter_mut().zip(isum16)) {
+    let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()));
+    for (((xb, qb), (db, sb)), (ib, ib16)) in blocks.zip(isum.iter_mut().zip(isum16)) {
         let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let scale = amax / 127.0;
         let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
@@ -175,7 +168,6 @@ pub fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx:
             sum += *q as i32;
         }
         *sb = (f16::from_f32(sum as f32) * d16).to_f32();
-        *sxb = *db * sum as f32;
         *ib = sum;
         *ib16 = qb[..QK / 2].iter().map(|&q| q as i32).sum();
     }
@@ -191,9 +183,9 @@ pub(super) fn nearest_int(f: f32) -> i32 {
 /// Quantizes each 256-value super-block of `x` as ggml's `quantize_row_q8_K` does: the value
 /// of largest magnitude `max` gives `iscale = -127 / max`, values `min(127, nearest(iscale·x))`
 /// and scale `1 / iscale`. Each of the super-block's eight 32-value blocks gets that scale in
-/// `d`, `sx` receives `d · Σ values` of the block in f32 and `s` the integer `Σ values` itself
-/// (exact in f32: at most 32 · 127), as do `sums` (with the sum of each block's first 16).
-pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sx: &mut [f32], sums: Sums) {
+/// `d`, and `s` the integer `Σ values` of the block (exact in f32: at most 32 · 127), as do
+/// `sums` (with the sum of each block's first 16).
+pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sums: Sums) {
     let (isum, isum16) = sums;
     const QK_K: usize = 256;
     let sub = QK_K / QK;
@@ -214,7 +206,6 @@ pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32],
             qb.fill(0);
             d[range.clone()].fill(0.0);
             s[range.clone()].fill(0.0);
-            sx[range.clone()].fill(0.0);
             isum[range.clone()].fill(0);
             isum16[range].fill(0);
             continue;
@@ -227,7 +218,6 @@ pub fn quantize_rows_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32],
         for (j, b) in range.enumerate() {
             let sum: i32 = qb[j * QK..(j + 1) * QK].iter().map(|&q| q as i32).sum();
             d[b] = scale;
-            sx[b] = scale * sum as f32;
             s[b] = sum as f32;
             isum[b] = sum;
             isum16[b] = qb[j * QK..j * QK + QK / 2].iter().map(|&q| q as i32).sum();
@@ -251,19 +241,12 @@ mod simd {
     /// `super::quantize_rows` with AVX2, giving the same bits: the same scale, the same
     /// `x · inv` products, and `f32::round` (half away from zero) rebuilt from truncation.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn quantize_rows(
-        x: &[f32],
-        qs: &mut [i8],
-        d: &mut [f32],
-        s: &mut [f32],
-        sx: &mut [f32],
-        (isum, isum16): super::Sums,
-    ) {
+    pub(super) fn quantize_rows(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], (isum, isum16): super::Sums) {
         let sign = _mm256_set1_ps(-0.0);
         let half = _mm256_set1_ps(0.5);
         let one = _mm256_set1_ps(1.0);
-        let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(sx));
-        for (((xb, qb), ((db, sb), sxb)), (ib, ib16)) in blocks.zip(isum.iter_mut().zip(isum16)) {
+        let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()));
+        for (((xb, qb), (db, sb)), (ib, ib16)) in blocks.zip(isum.iter_mut().zip(isum16)) {
             // SAFETY: `xb` holds 32 floats.
             let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
             let abs = v.map(|v| _mm256_andnot_ps(sign, v));
@@ -291,7 +274,6 @@ mod simd {
             // SAFETY: `qb` holds 32 bytes.
             unsafe { _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, p) };
             *sb = (f16::from_f32(sum as f32) * d16).to_f32();
-            *sxb = *db * sum as f32;
             *ib = sum;
             *ib16 = first;
         }
