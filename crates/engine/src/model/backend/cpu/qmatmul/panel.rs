@@ -26,14 +26,17 @@
 //! Only those float steps are pinned, so a row gives the same bits whatever else shares the
 //! call: scalar, AVX2 and AVX-512 VNNI alike.
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
 use super::{ActBlocks, OutPtr, QuantizedActs, TileKernel, QK};
 use crate::kernel_level::KernelLevel;
+use crate::{EngineError, Result};
 
 /// Weight columns per group (the lanes of one 512-bit vector).
 pub(super) const GROUP: usize = 16;
@@ -66,28 +69,30 @@ impl Lines {
     }
 }
 
-/// What a format is to the panel kernels.
+/// What a format is to the panel kernels. A format states what sets it apart; the rest
+/// defaults to Q4_1's kind: nibbles paired as ggml stores them, one f16 scale per block.
 pub trait PanelFormat {
     /// The format's name (`Q4_K`).
     const NAME: &'static str;
     /// Whether values are nibbles (plus `HIGH_BITS` high bits) or a byte each.
     const NIBBLES: bool;
     /// Bits above the nibbles: 0, 1 (Q5_0, Q5_1, Q5_K: a mask plane) or 2 (Q6_K: 2-bit fields).
-    const HIGH_BITS: usize;
+    const HIGH_BITS: usize = 0;
     /// What a stored (unsigned) value exceeds the multiplied one by.
-    const OFFSET: i32;
+    const OFFSET: i32 = 0;
     /// K-quant super-blocks (integer sub-block scales, one f16 `d` per 256 values), or one
     /// f16 scale per block of 32.
-    const SUPER: bool;
+    const SUPER: bool = false;
     /// Sub-blocks per block of 32 (Q6_K's scales cover 16 values).
-    const SUBS: usize;
+    const SUBS: usize = 1;
     /// Whether the sub-block scales are signed (Q6_K).
-    const SIGNED: bool;
+    const SIGNED: bool = false;
     /// An offset per block (Q4_1's `m`) or a 6-bit min per sub-block (Q4_K, Q5_K).
-    const HAS_MIN: bool;
+    const HAS_MIN: bool = false;
     /// The activation quads each vector's two halves (low, high nibbles; Q8_0: the vector
-    /// pair) multiply, as byte offsets in the block: unit `u`'s are `XOFF[u]`.
-    const XOFF: [[usize; 2]; 4];
+    /// pair) multiply, as byte offsets in the block: unit `u`'s are `XOFF[u]`. By default
+    /// ggml's nibble bytes: values `4u..4u+4` low, `16+4u..` high.
+    const XOFF: [[usize; 2]; 4] = [[0, 16], [4, 20], [8, 24], [12, 28]];
 
     /// Bytes of a (group, block)'s quads.
     const QUAD_BYTES: usize = if Self::NIBBLES { QK / 2 * GROUP } else { QK * GROUP };
@@ -123,6 +128,25 @@ impl<F: PanelFormat> std::fmt::Debug for PanelMatrix<F> {
 }
 
 impl<F: PanelFormat> PanelMatrix<F> {
+    /// `q`'s shape `[n, k]` and stored bytes, checked to be `dtype` and to hold `n · k / values`
+    /// blocks of `block_bytes`.
+    pub(super) fn stored(
+        q: &QTensor,
+        dtype: GgmlDType,
+        values: usize,
+        block_bytes: usize,
+    ) -> Result<(usize, usize, Cow<'_, [u8]>)> {
+        if q.dtype() != dtype {
+            return Err(EngineError::Load(format!("{} weights expected, got {:?}", F::NAME, q.dtype())));
+        }
+        let (n, k) = q.shape().dims2()?;
+        let bytes = q.data()?;
+        if !k.is_multiple_of(values) || bytes.len() != n * k / values * block_bytes {
+            return Err(EngineError::Load(format!("bad {} data: {} bytes for [{n}, {k}]", F::NAME, bytes.len())));
+        }
+        Ok((n, k, bytes))
+    }
+
     /// The panels of `values(c, b)` and `scales(c, r)` (see `Panel::build`).
     pub(super) fn build(
         n: usize,
@@ -245,10 +269,9 @@ impl Panel {
                 for (b, out) in out.chunks_exact_mut(F::BIT_BYTES).enumerate() {
                     let v = block(g, b);
                     for (mask, out) in out.chunks_exact_mut(8).enumerate() {
-                        let (p, u, half) = (mask / 8, mask % 8 / 2, mask % 2);
-                        let x = F::XOFF[u][half];
-                        let m = (0..4 * GROUP)
-                            .fold(0u64, |m, bit| m | ((v[bit / 4][x + bit % 4] >> (4 + p) & 1) as u64) << bit);
+                        let x = F::XOFF[mask / 2][mask % 2];
+                        let m =
+                            (0..4 * GROUP).fold(0u64, |m, bit| m | ((v[bit / 4][x + bit % 4] >> 4 & 1) as u64) << bit);
                         out.copy_from_slice(&m.to_le_bytes());
                     }
                 }

@@ -10,7 +10,7 @@ use half::f16;
 
 use super::panel::{ColumnScales, PanelFormat, PanelMatrix};
 use super::QK;
-use crate::{EngineError, Result};
+use crate::Result;
 
 /// Bytes of one stored ggml Q4_1 block: f16 `d`, f16 `m`, then 16 bytes of nibbles (byte `i`
 /// holds value `i` in its low nibble and value `i + 16` in its high nibble).
@@ -22,14 +22,7 @@ pub type Q41Matrix = PanelMatrix<Q41>;
 impl Q41Matrix {
     /// Takes a Q4_1 `QTensor` of shape `[n, k]`.
     pub fn from_qtensor(q: &QTensor) -> Result<Self> {
-        if q.dtype() != GgmlDType::Q4_1 {
-            return Err(EngineError::Load(format!("Q41Matrix needs Q4_1 weights, got {:?}", q.dtype())));
-        }
-        let (n, k) = q.shape().dims2()?;
-        let bytes = q.data()?;
-        if !k.is_multiple_of(QK) || bytes.len() != n * k / QK * BLOCK_BYTES {
-            return Err(EngineError::Load(format!("bad Q4_1 data: {} bytes for [{n}, {k}]", bytes.len())));
-        }
+        let (n, k, bytes) = Self::stored(q, GgmlDType::Q4_1, QK, BLOCK_BYTES)?;
         let kb = k / QK;
         let block = |c: usize, b: usize| &bytes[(c * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
         let values = |c, b| {
@@ -51,11 +44,5 @@ pub struct Q41;
 impl PanelFormat for Q41 {
     const NAME: &'static str = "Q4_1";
     const NIBBLES: bool = true;
-    const HIGH_BITS: usize = 0;
-    const OFFSET: i32 = 0;
-    const SUPER: bool = false;
-    const SUBS: usize = 1;
-    const SIGNED: bool = false;
     const HAS_MIN: bool = true;
-    const XOFF: [[usize; 2]; 4] = [[0, 16], [4, 20], [8, 24], [12, 28]];
 }

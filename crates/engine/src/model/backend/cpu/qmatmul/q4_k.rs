@@ -13,7 +13,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
 use super::panel::{ColumnScales, PanelFormat, PanelMatrix, SUPER_BLOCKS};
-use crate::{EngineError, Result};
+use crate::Result;
 
 /// Values per super-block.
 pub const QK_K: usize = 256;
@@ -50,17 +50,10 @@ impl Q5KMatrix {
 
 /// Reads a Q4_K or Q5_K `QTensor` (`dtype`) of shape `[n, k]`.
 fn from_qtensor<F: PanelFormat>(q: &QTensor, dtype: GgmlDType) -> Result<PanelMatrix<F>> {
-    if q.dtype() != dtype {
-        return Err(EngineError::Load(format!("{} weights expected, got {:?}", F::NAME, q.dtype())));
-    }
     let five = dtype == GgmlDType::Q5K;
-    let (n, k) = q.shape().dims2()?;
-    let bytes = q.data()?;
     let qh_bytes = if five { QK_K / 8 } else { 0 };
     let block_bytes = BLOCK_BYTES + qh_bytes;
-    if !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * block_bytes {
-        return Err(EngineError::Load(format!("bad {} data: {} bytes for [{n}, {k}]", F::NAME, bytes.len())));
-    }
+    let (n, k, bytes) = PanelMatrix::<F>::stored(q, dtype, QK_K, block_bytes)?;
     let sbs = k / QK_K;
     let block = |c: usize, s: usize| &bytes[(c * sbs + s) * block_bytes..][..block_bytes];
     // Sub-block `j` of a super-block: the low (even `j`) or high nibbles of the 32-byte run
@@ -94,13 +87,8 @@ pub struct Q4K;
 impl PanelFormat for Q4K {
     const NAME: &'static str = "Q4_K";
     const NIBBLES: bool = true;
-    const HIGH_BITS: usize = 0;
-    const OFFSET: i32 = 0;
     const SUPER: bool = true;
-    const SUBS: usize = 1;
-    const SIGNED: bool = false;
     const HAS_MIN: bool = true;
-    const XOFF: [[usize; 2]; 4] = [[0, 16], [4, 20], [8, 24], [12, 28]];
 }
 
 /// The Q5_K format: Q4_K with a fifth bit plane.
@@ -110,10 +98,6 @@ impl PanelFormat for Q5K {
     const NAME: &'static str = "Q5_K";
     const NIBBLES: bool = true;
     const HIGH_BITS: usize = 1;
-    const OFFSET: i32 = 0;
     const SUPER: bool = true;
-    const SUBS: usize = 1;
-    const SIGNED: bool = false;
     const HAS_MIN: bool = true;
-    const XOFF: [[usize; 2]; 4] = Q4K::XOFF;
 }

@@ -11,7 +11,7 @@ use half::f16;
 
 use super::panel::{ColumnScales, PanelFormat, PanelMatrix};
 use super::QK;
-use crate::{EngineError, Result};
+use crate::Result;
 
 /// Q5_0 weights `[n, k]` as panels.
 pub type Q50Matrix = PanelMatrix<Q50>;
@@ -34,19 +34,12 @@ impl Q51Matrix {
 
 /// Reads a Q5_0 or Q5_1 `QTensor` (`dtype`) of shape `[n, k]`.
 fn from_qtensor<F: PanelFormat>(q: &QTensor, dtype: GgmlDType) -> Result<PanelMatrix<F>> {
-    if q.dtype() != dtype {
-        return Err(EngineError::Load(format!("{} weights expected, got {:?}", F::NAME, q.dtype())));
-    }
     let one = dtype == GgmlDType::Q5_1;
-    let (n, k) = q.shape().dims2()?;
-    let bytes = q.data()?;
     // Stored per block: f16 `d` (and Q5_1's f16 `m`), 32 fifth bits (bit `v`: value `v`), 16
     // nibble bytes (byte `i`: value `i` low, value `i + 16` high).
     let head = if one { 4 } else { 2 };
     let block_bytes = head + 4 + QK / 2;
-    if !k.is_multiple_of(QK) || bytes.len() != n * k / QK * block_bytes {
-        return Err(EngineError::Load(format!("bad {} data: {} bytes for [{n}, {k}]", F::NAME, bytes.len())));
-    }
+    let (n, k, bytes) = PanelMatrix::<F>::stored(q, dtype, QK, block_bytes)?;
     let kb = k / QK;
     let block = |c: usize, b: usize| &bytes[(c * kb + b) * block_bytes..][..block_bytes];
     let values = |c, b| {
@@ -74,11 +67,6 @@ impl PanelFormat for Q50 {
     const NIBBLES: bool = true;
     const HIGH_BITS: usize = 1;
     const OFFSET: i32 = 16;
-    const SUPER: bool = false;
-    const SUBS: usize = 1;
-    const SIGNED: bool = false;
-    const HAS_MIN: bool = false;
-    const XOFF: [[usize; 2]; 4] = [[0, 16], [4, 20], [8, 24], [12, 28]];
 }
 
 /// The Q5_1 format: Q4_1 with a fifth bit plane.
@@ -88,10 +76,5 @@ impl PanelFormat for Q51 {
     const NAME: &'static str = "Q5_1";
     const NIBBLES: bool = true;
     const HIGH_BITS: usize = 1;
-    const OFFSET: i32 = 0;
-    const SUPER: bool = false;
-    const SUBS: usize = 1;
-    const SIGNED: bool = false;
     const HAS_MIN: bool = true;
-    const XOFF: [[usize; 2]; 4] = Q50::XOFF;
 }

@@ -13,7 +13,7 @@ use half::f16;
 
 use super::panel::{ColumnScales, PanelFormat, PanelMatrix, SUPER_BLOCKS};
 use super::QK;
-use crate::{EngineError, Result};
+use crate::Result;
 
 /// Values per super-block.
 const QK_K: usize = 256;
@@ -37,18 +37,7 @@ fn value(body: &[u8], i: usize) -> u8 {
 impl Q6KMatrix {
     /// Takes a Q6_K `QTensor` of shape `[n, k]`.
     pub fn from_qtensor(q: &QTensor) -> Result<Self> {
-        if q.dtype() != GgmlDType::Q6K {
-            return Err(EngineError::Load(format!("Q6KMatrix needs Q6_K weights, got {:?}", q.dtype())));
-        }
-        let (n, k) = q.shape().dims2()?;
-        Self::from_ggml_bytes(&q.data()?, n, k)
-    }
-
-    /// Reads `n · k / 256` stored ggml Q6_K blocks.
-    pub fn from_ggml_bytes(bytes: &[u8], n: usize, k: usize) -> Result<Self> {
-        if !k.is_multiple_of(QK_K) || bytes.len() != n * k / QK_K * BLOCK_BYTES {
-            return Err(EngineError::Load(format!("bad Q6_K data: {} bytes for [{n}, {k}]", bytes.len())));
-        }
+        let (n, k, bytes) = Self::stored(q, GgmlDType::Q6K, QK_K, BLOCK_BYTES)?;
         let sbs = k / QK_K;
         let block = |c: usize, s: usize| &bytes[(c * sbs + s) * BLOCK_BYTES..][..BLOCK_BYTES];
         let values = |c, b: usize| {
@@ -77,6 +66,5 @@ impl PanelFormat for Q6K {
     const SUPER: bool = true;
     const SUBS: usize = 2;
     const SIGNED: bool = true;
-    const HAS_MIN: bool = false;
     const XOFF: [[usize; 2]; 4] = [[0, 4], [8, 12], [16, 20], [24, 28]];
 }

@@ -8,7 +8,7 @@ use half::f16;
 
 use super::panel::{ColumnScales, PanelFormat, PanelMatrix};
 use super::QK;
-use crate::{EngineError, Result};
+use crate::Result;
 
 /// Bytes of one stored ggml Q8_0 block: an f16 scale then 32 int8 values.
 const BLOCK_BYTES: usize = 2 + QK;
@@ -20,18 +20,7 @@ pub type Q8Matrix = PanelMatrix<Q80>;
 impl Q8Matrix {
     /// Takes a Q8_0 `QTensor` of shape `[n, k]`.
     pub fn from_qtensor(q: &QTensor) -> Result<Self> {
-        if q.dtype() != GgmlDType::Q8_0 {
-            return Err(EngineError::Load(format!("Q8Matrix needs Q8_0 weights, got {:?}", q.dtype())));
-        }
-        let (n, k) = q.shape().dims2()?;
-        Self::from_ggml_bytes(&q.data()?, n, k)
-    }
-
-    /// Reads `n · k / 32` ggml Q8_0 blocks (`{ d: f16, qs: [i8; 32] }`, packed).
-    pub fn from_ggml_bytes(bytes: &[u8], n: usize, k: usize) -> Result<Self> {
-        if !k.is_multiple_of(QK) || bytes.len() != n * k / QK * BLOCK_BYTES {
-            return Err(EngineError::Load(format!("bad Q8_0 data: {} bytes for [{n}, {k}]", bytes.len())));
-        }
+        let (n, k, bytes) = Self::stored(q, GgmlDType::Q8_0, QK, BLOCK_BYTES)?;
         let kb = k / QK;
         let block = |c: usize, b: usize| &bytes[(c * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
         let values = |c, b| {
@@ -70,11 +59,6 @@ pub struct Q80;
 impl PanelFormat for Q80 {
     const NAME: &'static str = "Q8_0";
     const NIBBLES: bool = false;
-    const HIGH_BITS: usize = 0;
     const OFFSET: i32 = 128;
-    const SUPER: bool = false;
-    const SUBS: usize = 1;
-    const SIGNED: bool = false;
-    const HAS_MIN: bool = false;
     const XOFF: [[usize; 2]; 4] = [[0, 4], [8, 12], [16, 20], [24, 28]];
 }
