@@ -129,8 +129,10 @@ impl CausalLm for FakeLm {
         let read = |table: &[u32], pos: usize| -> Option<u32> {
             let block = *table.get(pos / bs).filter(|&&b| b != crate::kv_cache::NO_BLOCK)?;
             let (mut k, mut v) = (Vec::new(), Vec::new());
-            cache.gather(0, &[cache.offset(block as usize, 0, pos % bs)], &mut k, &mut v);
-            (k[0] >= 1.0 && k[0] == v[0]).then(|| k[0] as u32 - 1)
+            let (tile, slot) = (cache.offset(block as usize, 0, 0), pos % bs);
+            cache.gather(0, &[tile], &[cache.offset(block as usize, 0, slot)], &mut k, &mut v);
+            // K is the page's dimension-major tile: the token's first value is column `slot`.
+            (k[slot] >= 1.0 && k[slot] == v[0]).then(|| k[slot] as u32 - 1)
         };
         let mut logits = vec![0f32; batch.logits_rows.len() * VOCAB];
         for (r, &row) in batch.logits_rows.iter().enumerate() {

@@ -8,14 +8,20 @@
 //!
 //! This module owns the work split and the tiling; the arithmetic is in `attention_avx512`
 //! (16 lanes), `attention_avx2` (AVX2+FMA) and `attention_scalar` (portable), chosen by the
-//! process's `KernelLevel`. K/V rows stored as f32 or f16 are read in place. Work is split over
+//! process's `KernelLevel`. K and V stored as f32 or f16 are read in place. Work is split over
 //! (sequence, kv head, query chunk) on wick's compute pool (`crate::thread_pool`), the threads the
 //! matmuls use. Inside an item, the queries of one kv head (its group's heads, for
-//! consecutive tokens) go through in tiles of up to four that share every K and V row load.
+//! consecutive tokens) go through in tiles of up to eight that share every K and V load.
+//!
+//! Keys are stored dimension-major per page and kv head (`PagedKvCache`: a K tile is
+//! `[head_dim][block_size]`), so scores come out a vector of keys at a time: lane `i` of a
+//! [`Chunk`] accumulates `q[d] * k_i[d]` over `d` with one FMA per dimension, the query value
+//! broadcast, and no horizontal sums. Values stay token-major (`[block_size][head_dim]`), so
+//! the weighted sum is one FMA per key and output lane.
 //!
 //! Batch invariance: a query's result is the same bits whatever else is in the step, how the
-//! work is split, and which tile it lands in: the kernels give each (query, key) score and
-//! each output lane the same operations in every tile size, softmax is per query, and a
+//! work is split, and which tile or lane it lands in: every (query, key) score is the same
+//! FMA chain over the dimensions in order, then `* scale`; softmax is per query; and a
 //! query's keys are always accumulated in position order (the keys a tile does not share
 //! are handled per query before and after the shared run).
 //!
@@ -42,8 +48,12 @@ pub struct AttnParams {
 /// Query tokens per work item: enough to amortize the item, small enough to balance threads.
 const QUERY_CHUNK: usize = 16;
 
-/// Queries sharing each K/V row load.
-const TILE: usize = 4;
+/// Work items per thread a parallel step aims for; a step with fewer (a short prompt after a
+/// long cached prefix) makes each tile of queries an item of its own.
+const ITEMS_PER_THREAD: usize = 4;
+
+/// Queries sharing each K/V load.
+const TILE: usize = 8;
 
 /// Below this many query·key products a step's attention runs on the calling thread: waking
 /// the pool costs more than it saves (single-sequence decode with a short context).
@@ -55,7 +65,7 @@ enum Kernels {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// Scores and weighted sums on 16 lanes; the softmax's exp on the AVX2 kernel.
+    /// Scores, the softmax's exp and weighted sums on 16 lanes.
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -78,26 +88,38 @@ impl Kernels {
         }
     }
 
+    /// Keys per chunk: the kernels' vector width.
+    fn lanes(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => 16,
+            _ => 8,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn scores<E: KvElem, const N: usize>(
         self,
         q: &[f32],
         qrow: [usize; N],
-        ks: &[E],
-        offs: &[usize],
+        kt: &[E],
+        stride: usize,
+        chunks: &[Chunk],
         hd: usize,
         scale: f32,
         out: &mut [f32],
-        at: [usize; N],
+        dst: Dest<N>,
     ) {
         match self {
-            Kernels::Scalar => scalar::scores(q, qrow, ks, offs, hd, scale, out, at),
+            Kernels::Scalar => scalar::scores(q, qrow, kt, stride, chunks, hd, scale, out, dst),
             // SAFETY: `Avx2` is only chosen when the host has AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 => unsafe { super::attention_avx2::scores(q, qrow, ks, offs, hd, scale, out, at) },
+            Kernels::Avx2 => unsafe { super::attention_avx2::scores(q, qrow, kt, stride, chunks, hd, scale, out, dst) },
             // SAFETY: `Avx512` is only chosen when the host has AVX-512 F/BW/VL (and AVX2, FMA, F16C).
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => unsafe { super::attention_avx512::scores(q, qrow, ks, offs, hd, scale, out, at) },
+            Kernels::Avx512 => unsafe {
+                super::attention_avx512::scores(q, qrow, kt, stride, chunks, hd, scale, out, dst)
+            },
         }
     }
 
@@ -106,7 +128,10 @@ impl Kernels {
             Kernels::Scalar => scalar::softmax_exp(s),
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 | Kernels::Avx512 => unsafe { super::attention_avx2::softmax_exp(s) },
+            Kernels::Avx2 => unsafe { super::attention_avx2::softmax_exp(s) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { super::attention_avx512::softmax_exp(s) },
         }
     }
 
@@ -133,13 +158,50 @@ impl Kernels {
     }
 }
 
-/// One unit of parallel work: the heads of one kv head's group for a range of one
-/// sequence's query tokens.
+/// One unit of parallel work: queries `q0..q1` of one kv head's group in one sequence, counted
+/// token-major over (the step's tokens of the sequence, the group's heads).
 struct Item {
     seq: usize,
     kv_head: usize,
-    start: usize,
-    end: usize,
+    q0: usize,
+    q1: usize,
+}
+
+/// Up to `Kernels::lanes()` keys at consecutive slots of one K tile: key `i` (`< lanes`) is
+/// at position `pos + i`, its value at dimension `d` at element `k + d * stride` + `i` of the
+/// K storage (`stride` is the block size).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Chunk {
+    pub k: usize,
+    pub lanes: usize,
+    pub pos: usize,
+}
+
+/// Where a tile's scores go: query `a` keeps keys at positions `lo[a]..end[a]`, the score of
+/// position `p` at `at[a] + p - lo[a]` of the score buffer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dest<const N: usize> {
+    pub at: [usize; N],
+    pub lo: [usize; N],
+    pub end: [usize; N],
+}
+
+impl<const N: usize> Dest<N> {
+    /// Lanes `from..to` of `c` that query `a` keeps (empty when `from >= to`).
+    #[inline]
+    pub fn lanes(&self, a: usize, c: &Chunk) -> (usize, usize) {
+        (self.lo[a].saturating_sub(c.pos).min(c.lanes), self.end[a].saturating_sub(c.pos).min(c.lanes))
+    }
+
+    /// Bounds every kernel checks before writing: each query's scores fit in `len`.
+    pub fn check(&self, len: usize) {
+        for a in 0..N {
+            assert!(
+                self.lo[a] <= self.end[a] && self.at[a] + (self.end[a] - self.lo[a]) <= len,
+                "scores out of bounds"
+            );
+        }
+    }
 }
 
 /// Destination pointer shared by the workers; each item writes a disjoint set of rows.
@@ -150,7 +212,7 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
 
-/// A layer's K and V rows, read in place by the kernels (f32, or f16 converted as loaded).
+/// A layer's K tiles and V rows, read in place by the kernels (f32, or f16 converted as loaded).
 #[derive(Clone, Copy)]
 enum Direct<'a> {
     F32(&'a [f32], &'a [f32]),
@@ -159,8 +221,8 @@ enum Direct<'a> {
 
 /// What every item reads.
 struct Step<'a> {
-    /// The layer's K/V rows in place when the cache stores f32 or f16; otherwise (8-bit) each
-    /// item gathers the rows it reads into its scratch as f32.
+    /// The layer's K/V in place when the cache stores f32 or f16; otherwise (8-bit) each
+    /// item gathers the tiles and rows it reads into its scratch as f32.
     direct: Option<Direct<'a>>,
     layer: usize,
     cache: &'a PagedKvCache,
@@ -180,9 +242,13 @@ struct Step<'a> {
 /// Per-worker buffers, reused across items.
 #[derive(Default)]
 struct Scratch {
-    /// Row offsets (in the layer's storage) of the item's key positions, from `base`.
+    /// V row offsets (in the layer's storage) of the item's key positions, from `base`.
     offs: Vec<usize>,
-    /// Gathered K and V rows (f32) of those positions, and their offsets in `k` / `v`.
+    /// The item's keys as chunks of its K tiles (in the layer's storage, or in `k`).
+    chunks: Vec<Chunk>,
+    /// Element offsets of the item's K tiles, one per page (8-bit: to gather).
+    tiles: Vec<usize>,
+    /// Gathered K tiles and V rows (f32), and the V rows' offsets in `v`.
     k: Vec<f32>,
     v: Vec<f32>,
     rows: Vec<usize>,
@@ -257,15 +323,12 @@ fn attention_with_sinks(
     let mut out = vec![0f32; t * num_heads * hd];
     let kv_heads = cache.num_kv_heads();
     let group = (num_heads / kv_heads).max(1);
+    let chunk = item_queries(batch, num_heads.div_ceil(group), group, parallel);
     let mut items = Vec::new();
     for (seq, s) in batch.seqs.iter().enumerate() {
         for kv_head in 0..num_heads.div_ceil(group) {
-            let mut start = 0;
-            while start < s.num_tokens {
-                let end = (start + QUERY_CHUNK).min(s.num_tokens);
-                items.push(Item { seq, kv_head, start, end });
-                start = end;
-            }
+            let n = s.num_tokens * group_heads(kv_head, group, num_heads).len();
+            items.extend((0..n).step_by(chunk).map(|q0| Item { seq, kv_head, q0, q1: n.min(q0 + chunk) }));
         }
     }
     let direct = match (cache.layer_f32(layer), cache.layer_f16(layer)) {
@@ -291,6 +354,23 @@ fn attention_with_sinks(
     out
 }
 
+/// Queries per work item for `batch`: `QUERY_CHUNK` tokens' worth, or one tile when that
+/// leaves the pool's threads too few items (see `ITEMS_PER_THREAD`). Which item or tile a query
+/// lands in never changes its result.
+fn item_queries(batch: &ForwardBatch, kv_heads: usize, group: usize, parallel: bool) -> usize {
+    let items: usize = batch.seqs.iter().map(|s| s.num_tokens.div_ceil(QUERY_CHUNK)).sum::<usize>() * kv_heads;
+    if parallel && items < ITEMS_PER_THREAD * crate::thread_pool::pool().threads() {
+        TILE
+    } else {
+        QUERY_CHUNK * group
+    }
+}
+
+/// The query heads of `kv_head`'s group.
+fn group_heads(kv_head: usize, group: usize, num_heads: usize) -> Range<usize> {
+    (kv_head * group)..((kv_head + 1) * group).min(num_heads)
+}
+
 /// The window `layer` attends with: the tighter of the requested one and its KV-cache group's.
 fn layer_window(cache: &PagedKvCache, layer: usize, requested: Option<usize>) -> Option<usize> {
     let requested = requested.filter(|&w| w > 0);
@@ -312,12 +392,14 @@ fn first_key(pos: usize, window: Option<usize>) -> usize {
 fn run_item(step: &Step, item: &Item, scratch: &mut Scratch, dst: &OutPtr) {
     let s = &step.batch.seqs[item.seq];
     let first = s.context_len - s.num_tokens;
-    let heads = (item.kv_head * step.group)..((item.kv_head + 1) * step.group).min(step.num_heads);
-    let base = first_key(first + item.start, step.params.window);
-    let last = first + item.end - 1;
-    // Row offsets of positions base..=last, walking the group's block table without divisions.
-    let bs = step.cache.block_size;
+    let heads = group_heads(item.kv_head, step.group, step.num_heads);
+    // The item's tokens, `start..end` of the sequence's tokens in this step.
+    let (start, end) = (item.q0 / heads.len(), (item.q1 - 1) / heads.len() + 1);
+    let base = first_key(first + start, step.params.window);
+    let last = first + end - 1;
+    let (bs, hd, w) = (step.cache.block_size, step.hd, step.kern.lanes());
     let table = &s.block_tables[step.kv_group];
+    // V row offsets of positions base..=last, walking the group's block table without divisions.
     scratch.offs.clear();
     let (mut block, mut slot) = (base / bs, base % bs);
     for _ in base..=last {
@@ -328,20 +410,35 @@ fn run_item(step: &Step, item: &Item, scratch: &mut Scratch, dst: &OutPtr) {
             block += 1;
         }
     }
-    let stride = (last + 1 - base).next_multiple_of(8);
+    // K tiles of the pages holding base..=last, as chunks of `w` slots from each tile's start
+    // (so full chunks are whole aligned loads), keeping those that hold any of the positions.
+    scratch.tiles.clear();
+    scratch.chunks.clear();
+    for (i, b) in (base / bs..=last / bs).enumerate() {
+        let tile = step.cache.offset(table[b] as usize, item.kv_head, 0);
+        scratch.tiles.push(tile);
+        let k = if step.direct.is_some() { tile } else { i * hd * bs };
+        for c in (0..bs).step_by(w) {
+            let (pos, lanes) = (b * bs + c, w.min(bs - c));
+            if pos <= last && pos + lanes > base {
+                scratch.chunks.push(Chunk { k: k + c, lanes, pos });
+            }
+        }
+    }
+    let stride = (last + 1 - base).next_multiple_of(16);
     scratch.scores.resize(TILE * stride, 0.0);
-    scratch.acc.resize(TILE * step.hd, 0.0);
-    let Scratch { offs, k, v, rows, scores, acc } = scratch;
+    scratch.acc.resize(TILE * hd, 0.0);
+    let Scratch { offs, chunks, tiles, k, v, rows, scores, acc } = scratch;
     let mut bufs = Bufs { scores, acc };
     let at = Queries { item, heads, first, base, stride };
     match step.direct {
-        Some(Direct::F32(ks, vs)) => run_queries(step, &at, &Kv { ks, vs, offs }, &mut bufs, dst),
-        Some(Direct::F16(ks, vs)) => run_queries(step, &at, &Kv { ks, vs, offs }, &mut bufs, dst),
+        Some(Direct::F32(ks, vs)) => run_queries(step, &at, &Kv { ks, vs, offs, chunks }, &mut bufs, dst),
+        Some(Direct::F16(ks, vs)) => run_queries(step, &at, &Kv { ks, vs, offs, chunks }, &mut bufs, dst),
         None => {
-            step.cache.gather(step.layer, offs, k, v);
+            step.cache.gather(step.layer, tiles, offs, k, v);
             rows.clear();
-            rows.extend((0..offs.len()).map(|i| i * step.hd));
-            run_queries(step, &at, &Kv { ks: k, vs: v, offs: rows }, &mut bufs, dst)
+            rows.extend((0..offs.len()).map(|i| i * hd));
+            run_queries(step, &at, &Kv { ks: k, vs: v, offs: rows, chunks }, &mut bufs, dst)
         }
     }
 }
@@ -361,8 +458,10 @@ fn run_queries<E: KvElem>(step: &Step, at: &Queries, kv: &Kv<E>, bufs: &mut Bufs
     let s = &step.batch.seqs[at.item.seq];
     let (base, stride) = (at.base, at.stride);
     // Queries as (token index in the batch, head, position), token-major.
-    let queries = (at.item.start..at.item.end)
-        .flat_map(|j| at.heads.clone().map(move |h| (s.token_start + j, h, at.first + j)))
+    let glen = at.heads.len();
+    let queries = (at.item.q0..at.item.q1)
+        .map(|i| (i / glen, at.heads.start + i % glen))
+        .map(|(j, h)| (s.token_start + j, h, at.first + j))
         .collect::<Vec<_>>();
     for tile in queries.chunks(TILE) {
         match *tile {
@@ -370,16 +469,22 @@ fn run_queries<E: KvElem>(step: &Step, at: &Queries, kv: &Kv<E>, bufs: &mut Bufs
             [a, b] => run_tile(step, [a, b], base, stride, kv, bufs, dst),
             [a, b, c] => run_tile(step, [a, b, c], base, stride, kv, bufs, dst),
             [a, b, c, d] => run_tile(step, [a, b, c, d], base, stride, kv, bufs, dst),
+            [a, b, c, d, e] => run_tile(step, [a, b, c, d, e], base, stride, kv, bufs, dst),
+            [a, b, c, d, e, f] => run_tile(step, [a, b, c, d, e, f], base, stride, kv, bufs, dst),
+            [a, b, c, d, e, f, g] => run_tile(step, [a, b, c, d, e, f, g], base, stride, kv, bufs, dst),
+            [a, b, c, d, e, f, g, h] => run_tile(step, [a, b, c, d, e, f, g, h], base, stride, kv, bufs, dst),
             _ => {}
         }
     }
 }
 
-/// The K/V rows an item reads, and each key position's row offset (from `base`).
+/// The K tiles and V rows an item reads: its keys as chunks of `ks`, and each key position's
+/// V row offset in `vs` (from `base`).
 struct Kv<'a, E> {
     ks: &'a [E],
     vs: &'a [E],
     offs: &'a [usize],
+    chunks: &'a [Chunk],
 }
 
 /// A tile's score rows and output accumulators.
@@ -425,15 +530,13 @@ fn run_tile<E: KvElem, const N: usize>(
     let offs = kv.offs;
     let own = |a: usize| [lo[a]..c0.min(end[a]), c1.max(lo[a])..end[a]];
     let keys = |r: &Range<usize>| &offs[r.start - base..r.end - base];
-    for a in 0..N {
-        for r in own(a).iter().filter(|r| r.start < r.end) {
-            kern.scores(step.q, [qrow[a]], kv.ks, keys(r), hd, step.params.scale, scores, [row(a, r.start)]);
-        }
-    }
-    if c0 < c1 {
-        let at: [usize; N] = std::array::from_fn(|a| row(a, c0));
-        kern.scores(step.q, qrow, kv.ks, keys(&(c0..c1)), hd, step.params.scale, scores, at);
-    }
+    // The chunks holding any key of the tile's queries.
+    let (from, to) = (lo.iter().copied().min().unwrap_or(0), end.iter().copied().max().unwrap_or(0));
+    let chunks = &kv.chunks[kv.chunks.partition_point(|c| c.pos + c.lanes <= from)..];
+    let chunks = &chunks[..chunks.partition_point(|c| c.pos < to)];
+    let at: [usize; N] = std::array::from_fn(|a| a * stride);
+    let bs = step.cache.block_size;
+    kern.scores(step.q, qrow, kv.ks, bs, chunks, hd, step.params.scale, scores, Dest { at, lo, end });
     let mut inv = [0f32; N];
     for a in 0..N {
         let s = &mut scores[a * stride..a * stride + end[a] - lo[a]];

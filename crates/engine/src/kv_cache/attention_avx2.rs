@@ -1,12 +1,12 @@
-//! AVX2+FMA kernels of `kv_cache::attention`: scores of a tile of up to four queries against
-//! a run of keys, the exp/sum step of a softmax, and the weighted sum of value rows.
+//! AVX2+FMA kernels of `kv_cache::attention`: scores of a tile of up to eight queries against
+//! chunks of eight keys, the exp/sum step of a softmax, and the weighted sum of value rows.
 //!
 //! Batch invariance lives here: whatever the tile size, every (query, key) score is the same
-//! chain of operations (one 8-lane FMA accumulator over `head_dim` in order, the fixed lane
-//! reduction of `hsum4`, the scalar FMA tail, then `* scale`), and every output lane is one
-//! FMA per key in key order. Tiles only share loads of K and V rows between queries.
+//! chain of operations (one FMA per dimension in order in the key's lane, then `* scale`),
+//! and every output lane is one FMA per key in key order. Tiles only share loads of K and V
+//! between queries.
 //!
-//! K and V rows are read in place as f32 or f16 (`KvElem`, converted exactly as loaded).
+//! K tiles and V rows are read in place as f32 or f16 (`KvElem`, converted exactly as loaded).
 //!
 //! Callers must check `avx2`, `fma` and `f16c` at run time before calling anything here.
 
@@ -15,6 +15,7 @@
 
 use std::arch::x86_64::*;
 
+use super::attention::{Chunk, Dest};
 use super::dtype::KvElem;
 
 /// Lane sums of four vectors (lane `i` of the result for the `i`-th), each in the one order
@@ -31,104 +32,84 @@ unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> [f32; 4] {
     out
 }
 
-/// Raw dot products of `NQ` query rows with `NK` key rows of length `hd`, as 8-lane sums.
+/// Eight keys of a chunk at dimension `d` (`p` at the chunk's first key), as f32; a chunk of
+/// fewer keys reads only those (the other lanes 0).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dots<E: KvElem, const NQ: usize, const NK: usize>(
-    q: &[*const f32; NQ],
-    k: &[*const E; NK],
-    hd: usize,
-) -> [[f32; NK]; NQ] {
-    const { assert!(NQ * NK <= 32) };
-    let n8 = hd / 8 * 8;
-    let mut acc = [[_mm256_setzero_ps(); NK]; NQ];
-    let mut c = 0;
-    while c < n8 {
-        let mut kv = [_mm256_setzero_ps(); NK];
-        for b in 0..NK {
-            kv[b] = E::load8(k[b].add(c));
-        }
-        for a in 0..NQ {
-            let qv = _mm256_loadu_ps(q[a].add(c));
-            for b in 0..NK {
-                acc[a][b] = _mm256_fmadd_ps(qv, kv[b], acc[a][b]);
-            }
-        }
-        c += 8;
+unsafe fn load_keys<E: KvElem>(p: *const E, lanes: usize) -> __m256 {
+    if lanes == 8 {
+        return E::load8(p);
     }
-    // Reduce in groups of four vectors; unused slots are zero and their sums dropped.
-    let mut flat = [_mm256_setzero_ps(); 32];
-    for a in 0..NQ {
-        for b in 0..NK {
-            flat[a * NK + b] = acc[a][b];
-        }
+    let mut buf = [0f32; 8];
+    for (i, b) in buf.iter_mut().enumerate().take(lanes) {
+        *b = (*p.add(i)).to_f32();
     }
-    let mut sums = [0f32; 32];
-    for g in 0..(NQ * NK).div_ceil(4) {
-        let s = hsum4(flat[4 * g], flat[4 * g + 1], flat[4 * g + 2], flat[4 * g + 3]);
-        sums[4 * g..4 * g + 4].copy_from_slice(&s);
-    }
-    let mut out = [[0f32; NK]; NQ];
-    for a in 0..NQ {
-        for b in 0..NK {
-            out[a][b] = sums[a * NK + b];
-        }
-    }
-    if n8 < hd {
-        for a in 0..NQ {
-            for b in 0..NK {
-                let mut s = out[a][b];
-                for i in n8..hd {
-                    s = (*q[a].add(i)).mul_add((*k[b].add(i)).to_f32(), s);
-                }
-                out[a][b] = s;
-            }
-        }
-    }
-    out
+    _mm256_loadu_ps(buf.as_ptr())
 }
 
-/// `out[at[a] + i] = (q[qrow[a]..] · ks[offs[i]..]) * scale`, `NK` keys at a time.
+/// Raw scores of `NQ` queries against the keys of `NC` chunks: lane `i` of `[a][c]` is
+/// `Σ_d q_a[d] · k[d]` of chunk `c`'s key `i`, one FMA per dimension in order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn chunk_dots<E: KvElem, const NQ: usize, const NC: usize>(
+    qp: &[*const f32; NQ],
+    kb: *const E,
+    stride: usize,
+    cs: &[Chunk],
+    hd: usize,
+) -> [[__m256; NC]; NQ] {
+    let mut kp = [kb; NC];
+    for c in 0..NC {
+        kp[c] = kb.add(cs[c].k);
+    }
+    let mut acc = [[_mm256_setzero_ps(); NC]; NQ];
+    for d in 0..hd {
+        let mut kv = [_mm256_setzero_ps(); NC];
+        for c in 0..NC {
+            kv[c] = load_keys(kp[c].add(d * stride), cs[c].lanes);
+        }
+        for a in 0..NQ {
+            let qv = _mm256_broadcast_ss(&*qp[a].add(d));
+            for c in 0..NC {
+                acc[a][c] = _mm256_fmadd_ps(qv, kv[c], acc[a][c]);
+            }
+        }
+    }
+    acc
+}
+
+/// `NC` chunks of `scores`.
+#[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn scores_nk<E: KvElem, const NQ: usize, const NK: usize>(
-    q: &[f32],
-    qrow: [usize; NQ],
-    ks: &[E],
-    offs: &[usize],
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_nc<E: KvElem, const NQ: usize, const NC: usize>(
+    qp: &[*const f32; NQ],
+    kb: *const E,
+    stride: usize,
+    cs: &[Chunk],
     hd: usize,
-    scale: f32,
-    out: &mut [f32],
-    at: [usize; NQ],
+    scale: __m256,
+    out: *mut f32,
+    dst: &Dest<NQ>,
 ) {
-    let qp = qrow.map(|r| q.as_ptr().add(r));
-    let kb = ks.as_ptr();
-    let mut i = 0;
-    while i + NK <= offs.len() {
-        let mut kp = [kb; NK];
-        for (b, p) in kp.iter_mut().enumerate() {
-            *p = kb.add(offs[i + b]);
-        }
-        let r = dots::<E, NQ, NK>(&qp, &kp, hd);
-        for a in 0..NQ {
-            for b in 0..NK {
-                *out.get_unchecked_mut(at[a] + i + b) = r[a][b] * scale;
+    let r = chunk_dots::<E, NQ, NC>(qp, kb, stride, cs, hd);
+    let mut lane = [0f32; 8];
+    for a in 0..NQ {
+        for c in 0..NC {
+            let (from, to) = dst.lanes(a, &cs[c]);
+            if from < to {
+                _mm256_storeu_ps(lane.as_mut_ptr(), _mm256_mul_ps(r[a][c], scale));
+                // Lane `i` goes to `at + pos + i - lo` (`pos + from >= lo`).
+                let i0 = dst.at[a] + cs[c].pos + from - dst.lo[a];
+                std::ptr::copy_nonoverlapping(lane.as_ptr().add(from), out.add(i0), to - from);
             }
         }
-        i += NK;
-    }
-    while i < offs.len() {
-        let r = dots::<E, NQ, 1>(&qp, &[kb.add(offs[i])], hd);
-        for a in 0..NQ {
-            *out.get_unchecked_mut(at[a] + i) = r[a][0] * scale;
-        }
-        i += 1;
     }
 }
 
-/// Scores of `NQ` queries (rows `qrow` of `q`) against the key rows at `offs` of `ks`,
-/// written to `out[at[a]..at[a] + offs.len()]`.
+/// Scores of `NQ` queries (rows `qrow` of `q`) against the keys of `chunks` in the K tiles of
+/// `kt` (`stride` apart per dimension): `out[at[a] + p - lo[a]] = (q_a · k_p) * scale` for
+/// every key position `p` of a chunk with `lo[a] <= p < end[a]` (`dst`).
 ///
 /// # Safety
 /// AVX2 and FMA must be available; the bounds are checked here.
@@ -137,20 +118,35 @@ unsafe fn scores_nk<E: KvElem, const NQ: usize, const NK: usize>(
 pub(super) unsafe fn scores<E: KvElem, const NQ: usize>(
     q: &[f32],
     qrow: [usize; NQ],
-    ks: &[E],
-    offs: &[usize],
+    kt: &[E],
+    stride: usize,
+    chunks: &[Chunk],
     hd: usize,
     scale: f32,
     out: &mut [f32],
-    at: [usize; NQ],
+    dst: Dest<NQ>,
 ) {
     assert!(qrow.iter().all(|&r| r + hd <= q.len()));
-    assert!(at.iter().all(|&a| a + offs.len() <= out.len()));
-    assert!(offs.iter().all(|&o| o + hd <= ks.len()));
-    match NQ {
-        1 => scores_nk::<E, NQ, 8>(q, qrow, ks, offs, hd, scale, out, at),
-        2 => scores_nk::<E, NQ, 4>(q, qrow, ks, offs, hd, scale, out, at),
-        _ => scores_nk::<E, NQ, 2>(q, qrow, ks, offs, hd, scale, out, at),
+    assert!(chunks.iter().all(|c| c.lanes <= 8 && c.lanes > 0 && c.k + (hd - 1) * stride + c.lanes <= kt.len()));
+    dst.check(out.len());
+    let qp = qrow.map(|r| q.as_ptr().add(r));
+    let (kb, op, sv) = (kt.as_ptr(), out.as_mut_ptr(), _mm256_set1_ps(scale));
+    // Enough chunks at once to hide the FMA latency within 16 registers.
+    let nc = match NQ {
+        1 | 2 => 4,
+        3 | 4 => 2,
+        _ => 1,
+    };
+    let mut groups = chunks.chunks_exact(nc);
+    for g in &mut groups {
+        match nc {
+            4 => scores_nc::<E, NQ, 4>(&qp, kb, stride, g, hd, sv, op, &dst),
+            2 => scores_nc::<E, NQ, 2>(&qp, kb, stride, g, hd, sv, op, &dst),
+            _ => scores_nc::<E, NQ, 1>(&qp, kb, stride, g, hd, sv, op, &dst),
+        }
+    }
+    for c in groups.remainder().chunks(1) {
+        scores_nc::<E, NQ, 1>(&qp, kb, stride, c, hd, sv, op, &dst);
     }
 }
 
@@ -158,7 +154,7 @@ pub(super) unsafe fn scores<E: KvElem, const NQ: usize>(
 /// (where `exp` leaves the normal range) the result is 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn exp8(x: __m256) -> __m256 {
+pub(super) unsafe fn exp8(x: __m256) -> __m256 {
     let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.3));
     let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.376_26)), _mm256_set1_ps(-88.376_26));
     let fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
@@ -181,9 +177,32 @@ unsafe fn exp8(x: __m256) -> __m256 {
 /// AVX2 and FMA must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn softmax_exp(s: &mut [f32]) -> f32 {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let m = _mm256_set1_ps(max);
-    let mut sum = _mm256_setzero_ps();
+    let m = _mm256_set1_ps(max(s));
+    exp_sum(s, m, _mm256_setzero_ps())
+}
+
+/// The largest score (max is exact, so any order gives it).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn max(s: &[f32]) -> f32 {
+    // Four independent chains, so the loop is not bound by the max's latency.
+    let mut chunks = s.chunks_exact(32);
+    let mut m = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
+    for c in &mut chunks {
+        for (j, m) in m.iter_mut().enumerate() {
+            *m = _mm256_max_ps(*m, _mm256_loadu_ps(c.as_ptr().add(8 * j)));
+        }
+    }
+    let m = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    lanes.iter().chain(chunks.remainder()).fold(f32::NEG_INFINITY, |a, &x| a.max(x))
+}
+
+/// `softmax_exp`'s exp and sum from `sum` on: chunks of eight in order, then the padded tail.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn exp_sum(s: &mut [f32], m: __m256, mut sum: __m256) -> f32 {
     let mut chunks = s.chunks_exact_mut(8);
     for c in &mut chunks {
         let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
@@ -266,15 +285,22 @@ pub(super) unsafe fn accumulate<E: KvElem, const NQ: usize>(
     let ap = acc_at.map(|a| acc.as_mut_ptr().add(a));
     let vb = vs.as_ptr();
     let n8 = hd / 8 * 8;
-    let step = 8 * (8 / NQ).max(1);
+    // Column vectors per pass: `NQ * W` accumulators within 16 registers.
+    let w = match NQ {
+        1 => 8,
+        2 => 4,
+        3 | 4 => 2,
+        _ => 1,
+    };
     let mut col = 0;
-    while col + step <= n8 {
-        match NQ {
-            1 => accumulate_block::<E, NQ, 8>(&wp, vb, offs, &ap, col),
-            2 => accumulate_block::<E, NQ, 4>(&wp, vb, offs, &ap, col),
-            _ => accumulate_block::<E, NQ, 2>(&wp, vb, offs, &ap, col),
+    while col + 8 * w <= n8 {
+        match w {
+            8 => accumulate_block::<E, NQ, 8>(&wp, vb, offs, &ap, col),
+            4 => accumulate_block::<E, NQ, 4>(&wp, vb, offs, &ap, col),
+            2 => accumulate_block::<E, NQ, 2>(&wp, vb, offs, &ap, col),
+            _ => accumulate_block::<E, NQ, 1>(&wp, vb, offs, &ap, col),
         }
-        col += step;
+        col += 8 * w;
     }
     while col < n8 {
         accumulate_block::<E, NQ, 1>(&wp, vb, offs, &ap, col);

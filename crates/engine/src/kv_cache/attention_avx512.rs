@@ -1,12 +1,13 @@
-//! AVX-512 kernels of `kv_cache::attention`: scores of a tile of up to four queries against a
-//! run of keys, and the weighted sum of value rows, on 16 lanes (the softmax's exp stays on
-//! `attention_avx2`'s 8-lane kernel). K and V rows are read in place as f32 or f16
-//! (`KvElem`); a row length that is not a multiple of 16 ends in one masked vector.
+//! AVX-512 kernels of `kv_cache::attention`: scores of a tile of up to eight queries against
+//! chunks of sixteen keys, the softmax's exp (bit for bit `attention_avx2`'s), and the weighted
+//! sum of value rows, on 16 lanes. K tiles and V rows are read in place as f32 or f16
+//! (`KvElem`); a chunk of fewer keys, or a row length that is not a multiple of 16, is one
+//! masked vector.
 //!
-//! Batch invariance, as in `attention_avx2`: every (query, key) score is one 16-lane FMA
-//! chain over `head_dim` in order, the fixed lane reduction of `hsum4`, then `* scale`,
-//! whichever tile and slot it is computed in; every output lane is one FMA per key in key
-//! order. Tiles only share loads of K and V rows between queries.
+//! Batch invariance, as in `attention_avx2`: every (query, key) score is one FMA per
+//! dimension in order in the key's lane, then `* scale`, whichever tile, chunk and lane it is
+//! computed in; every output lane is one FMA per key in key order. Tiles only share loads of
+//! K and V between queries.
 //!
 //! Callers must check AVX-512 F/BW/VL, AVX2, FMA and F16C at run time before calling anything
 //! here.
@@ -16,6 +17,7 @@
 
 use std::arch::x86_64::*;
 
+use super::attention::{Chunk, Dest};
 use super::dtype::KvElem;
 
 /// The mask of the lanes of the 16-value vector at column `c` that lie inside `hd` columns.
@@ -27,111 +29,70 @@ fn lanes(c: usize, hd: usize) -> __mmask16 {
     }
 }
 
-/// Lane sums of four vectors (the `i`-th in lane `i`), each in one fixed order whichever slot
-/// it is passed in: 256-bit halves, then 128-bit quarters, then adjacent lanes, then pairs.
+/// Raw scores of `NQ` queries against the keys of `NC` chunks: lane `i` of `[a][c]` is
+/// `Σ_d q_a[d] · k[d]` of chunk `c`'s key `i`, one FMA per dimension in order.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn hsum4(a: __m512, b: __m512, c: __m512, d: __m512) -> [f32; 4] {
-    // [a0+a2, a1+a3, b0+b2, b1+b3] in 128-bit quarters, and likewise for c, d.
-    let ab = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b));
-    let cd = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(c, d), _mm512_shuffle_f32x4::<0b11_10_11_10>(c, d));
-    // One quarter per vector: [a, b, c, d].
-    let q = _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd), _mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd));
-    let x = _mm512_add_ps(q, _mm512_shuffle_ps::<0b10_11_00_01>(q, q));
-    let y = _mm512_add_ps(x, _mm512_shuffle_ps::<0b01_00_11_10>(x, x));
-    let r = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), y);
-    let mut out = [0f32; 4];
-    _mm_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps128(r));
-    out
-}
-
-/// Raw dot products of `NQ` query rows with `NK` key rows of length `hd`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn dots<E: KvElem, const NQ: usize, const NK: usize>(
-    q: &[*const f32; NQ],
-    k: &[*const E; NK],
+unsafe fn chunk_dots<E: KvElem, const NQ: usize, const NC: usize>(
+    qp: &[*const f32; NQ],
+    kb: *const E,
+    stride: usize,
+    cs: &[Chunk],
     hd: usize,
-) -> [[f32; NK]; NQ] {
-    const { assert!(NQ * NK <= 32) };
-    let mut acc = [[_mm512_setzero_ps(); NK]; NQ];
-    let mut c = 0;
-    while c < hd {
-        let m = lanes(c, hd);
-        let mut kv = [_mm512_setzero_ps(); NK];
-        for b in 0..NK {
-            kv[b] = E::load16(k[b].add(c), m);
+) -> [[__m512; NC]; NQ] {
+    let mut m = [0 as __mmask16; NC];
+    let mut kp = [kb; NC];
+    for c in 0..NC {
+        m[c] = ((1u32 << cs[c].lanes) - 1) as __mmask16;
+        kp[c] = kb.add(cs[c].k);
+    }
+    let mut acc = [[_mm512_setzero_ps(); NC]; NQ];
+    for d in 0..hd {
+        let mut kv = [_mm512_setzero_ps(); NC];
+        for c in 0..NC {
+            kv[c] = E::load16(kp[c].add(d * stride), m[c]);
         }
         for a in 0..NQ {
-            let qv = _mm512_maskz_loadu_ps(m, q[a].add(c));
-            for b in 0..NK {
-                acc[a][b] = _mm512_fmadd_ps(qv, kv[b], acc[a][b]);
+            let qv = _mm512_set1_ps(*qp[a].add(d));
+            for c in 0..NC {
+                acc[a][c] = _mm512_fmadd_ps(qv, kv[c], acc[a][c]);
             }
         }
-        c += 16;
     }
-    // Reduce in groups of four vectors; unused slots are zero and their sums dropped.
-    let mut flat = [_mm512_setzero_ps(); 32];
-    for a in 0..NQ {
-        for b in 0..NK {
-            flat[a * NK + b] = acc[a][b];
-        }
-    }
-    let mut sums = [0f32; 32];
-    for g in 0..(NQ * NK).div_ceil(4) {
-        let s = hsum4(flat[4 * g], flat[4 * g + 1], flat[4 * g + 2], flat[4 * g + 3]);
-        sums[4 * g..4 * g + 4].copy_from_slice(&s);
-    }
-    let mut out = [[0f32; NK]; NQ];
-    for a in 0..NQ {
-        for b in 0..NK {
-            out[a][b] = sums[a * NK + b];
-        }
-    }
-    out
+    acc
 }
 
-/// `out[at[a] + i] = (q[qrow[a]..] · ks[offs[i]..]) * scale`, `NK` keys at a time.
+/// `NC` chunks of `scores`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn scores_nk<E: KvElem, const NQ: usize, const NK: usize>(
-    q: &[f32],
-    qrow: [usize; NQ],
-    ks: &[E],
-    offs: &[usize],
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn scores_nc<E: KvElem, const NQ: usize, const NC: usize>(
+    qp: &[*const f32; NQ],
+    kb: *const E,
+    stride: usize,
+    cs: &[Chunk],
     hd: usize,
-    scale: f32,
-    out: &mut [f32],
-    at: [usize; NQ],
+    scale: __m512,
+    out: *mut f32,
+    dst: &Dest<NQ>,
 ) {
-    let qp = qrow.map(|r| q.as_ptr().add(r));
-    let kb = ks.as_ptr();
-    let mut i = 0;
-    while i + NK <= offs.len() {
-        let mut kp = [kb; NK];
-        for (b, p) in kp.iter_mut().enumerate() {
-            *p = kb.add(offs[i + b]);
-        }
-        let r = dots::<E, NQ, NK>(&qp, &kp, hd);
-        for a in 0..NQ {
-            for b in 0..NK {
-                *out.get_unchecked_mut(at[a] + i + b) = r[a][b] * scale;
+    let r = chunk_dots::<E, NQ, NC>(qp, kb, stride, cs, hd);
+    for a in 0..NQ {
+        for c in 0..NC {
+            let (from, to) = dst.lanes(a, &cs[c]);
+            if from < to {
+                let keep = (((1u32 << to) - 1) & !((1u32 << from) - 1)) as __mmask16;
+                // Lane 0's slot; only the kept lanes (inside the query's row) are written.
+                let p = out.wrapping_add(dst.at[a] + cs[c].pos).wrapping_sub(dst.lo[a]);
+                _mm512_mask_storeu_ps(p, keep, _mm512_mul_ps(r[a][c], scale));
             }
         }
-        i += NK;
-    }
-    while i < offs.len() {
-        let r = dots::<E, NQ, 1>(&qp, &[kb.add(offs[i])], hd);
-        for a in 0..NQ {
-            *out.get_unchecked_mut(at[a] + i) = r[a][0] * scale;
-        }
-        i += 1;
     }
 }
 
-/// Scores of `NQ` queries (rows `qrow` of `q`) against the key rows at `offs` of `ks`,
-/// written to `out[at[a]..at[a] + offs.len()]`.
+/// Scores of `NQ` queries (rows `qrow` of `q`) against the keys of `chunks` in the K tiles of
+/// `kt` (`stride` apart per dimension): `out[at[a] + p - lo[a]] = (q_a · k_p) * scale` for
+/// every key position `p` of a chunk with `lo[a] <= p < end[a]` (`dst`).
 ///
 /// # Safety
 /// See the module; the bounds are checked here.
@@ -140,20 +101,76 @@ unsafe fn scores_nk<E: KvElem, const NQ: usize, const NK: usize>(
 pub(super) unsafe fn scores<E: KvElem, const NQ: usize>(
     q: &[f32],
     qrow: [usize; NQ],
-    ks: &[E],
-    offs: &[usize],
+    kt: &[E],
+    stride: usize,
+    chunks: &[Chunk],
     hd: usize,
     scale: f32,
     out: &mut [f32],
-    at: [usize; NQ],
+    dst: Dest<NQ>,
 ) {
     assert!(qrow.iter().all(|&r| r + hd <= q.len()));
-    assert!(at.iter().all(|&a| a + offs.len() <= out.len()));
-    assert!(offs.iter().all(|&o| o + hd <= ks.len()));
-    match NQ {
-        1 => scores_nk::<E, NQ, 8>(q, qrow, ks, offs, hd, scale, out, at),
-        _ => scores_nk::<E, NQ, 4>(q, qrow, ks, offs, hd, scale, out, at),
+    assert!(chunks.iter().all(|c| c.lanes <= 16 && c.lanes > 0 && c.k + (hd - 1) * stride + c.lanes <= kt.len()));
+    dst.check(out.len());
+    let qp = qrow.map(|r| q.as_ptr().add(r));
+    let (kb, op, sv) = (kt.as_ptr(), out.as_mut_ptr(), _mm512_set1_ps(scale));
+    // Enough chunks at once to hide the FMA latency within 32 registers.
+    let nc = if NQ <= 4 { 4 } else { 2 };
+    let full = chunks.len() / nc * nc;
+    for i in (0..full).step_by(nc) {
+        let g = &chunks[i..i + nc];
+        if NQ <= 4 {
+            scores_nc::<E, NQ, 4>(&qp, kb, stride, g, hd, sv, op, &dst);
+        } else {
+            scores_nc::<E, NQ, 2>(&qp, kb, stride, g, hd, sv, op, &dst);
+        }
     }
+    for i in full..chunks.len() {
+        scores_nc::<E, NQ, 1>(&qp, kb, stride, &chunks[i..i + 1], hd, sv, op, &dst);
+    }
+}
+
+/// `exp(x)` on 16 lanes, each lane the exact operations of `attention_avx2::exp8`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn exp16(x: __m512) -> __m512 {
+    let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
+    let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.376_26)), _mm512_set1_ps(-88.376_26));
+    let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_ps(
+        x,
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+        _mm512_set1_ps(0.5),
+    ));
+    let x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(super::attention_scalar::EXP_C1), x);
+    let x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(super::attention_scalar::EXP_C2), x);
+    let p = super::attention_scalar::EXP_P;
+    let mut y = _mm512_set1_ps(p[0]);
+    for &c in &p[1..] {
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(_mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x), _mm512_set1_ps(1.0));
+    let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)));
+    _mm512_maskz_mul_ps(!tiny, y, _mm512_castsi512_ps(e))
+}
+
+/// `attention_avx2::softmax_exp` with the exp on 16 lanes: the same bits (the max is exact,
+/// every exp the same lane operations, and the sum takes the same 8-lane chunks in order).
+///
+/// # Safety
+/// See the module.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn softmax_exp(s: &mut [f32]) -> f32 {
+    let max = super::attention_avx2::max(s);
+    let m = _mm512_set1_ps(max);
+    let mut sum = _mm256_setzero_ps();
+    let mut chunks = s.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), m));
+        _mm512_storeu_ps(c.as_mut_ptr(), e);
+        sum = _mm256_add_ps(sum, _mm512_castps512_ps256(e));
+        sum = _mm256_add_ps(sum, _mm512_extractf32x8_ps::<1>(e));
+    }
+    super::attention_avx2::exp_sum(chunks.into_remainder(), _mm256_set1_ps(max), sum)
 }
 
 /// Columns `col..col + 16 * W` (masked to `hd`) of `accumulate`.
@@ -219,14 +236,16 @@ pub(super) unsafe fn accumulate<E: KvElem, const NQ: usize>(
     let wp = at.map(|a| w.as_ptr().add(a));
     let ap = acc_at.map(|a| acc.as_mut_ptr().add(a));
     let vb = vs.as_ptr();
+    // Up to 64 columns at once (32 for more than four queries, to stay within 32 registers).
+    let wide = if NQ <= 4 { 4 } else { 2 };
     let mut col = 0;
     while col < hd {
-        match (hd - col).div_ceil(16) {
+        match (hd - col).div_ceil(16).min(wide) {
             1 => accumulate_block::<E, NQ, 1>(&wp, vb, offs, &ap, col, hd),
             2 => accumulate_block::<E, NQ, 2>(&wp, vb, offs, &ap, col, hd),
             3 => accumulate_block::<E, NQ, 3>(&wp, vb, offs, &ap, col, hd),
             _ => accumulate_block::<E, NQ, 4>(&wp, vb, offs, &ap, col, hd),
         }
-        col += 64;
+        col += 16 * wide;
     }
 }

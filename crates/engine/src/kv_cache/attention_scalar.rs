@@ -1,9 +1,11 @@
 //! Portable kernels of `kv_cache::attention`, for hosts without AVX2+FMA: the same three
-//! steps as `attention_avx2` with the same lane structure (8 partial sums per dot product,
-//! reduced `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`, the same exp polynomial), but with
-//! separate multiplies and adds, so results agree closely with the AVX2 path, not bit for bit.
+//! steps as `attention_avx2` in the same order (each score summed over the dimensions in
+//! order, 8 softmax partial sums reduced `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`, the same exp
+//! polynomial), but with separate multiplies and adds, so results agree closely with the AVX2
+//! path, not bit for bit.
 //! Each query is computed alone, which makes this path batch-invariant by construction.
 
+use super::attention::{Chunk, Dest};
 use super::dtype::KvElem;
 
 /// `ln 2` split in two for the exp range reduction (Cephes).
@@ -12,47 +14,37 @@ pub(super) const EXP_C2: f32 = -2.121_944_4e-4;
 /// Cephes' `expf` polynomial, highest degree first.
 pub(super) const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
 
-/// The lane reduction order shared with `attention_avx2::hsum4`.
+/// The lane reduction order of `attention_avx2::softmax_exp`'s partial sums.
 #[inline]
 fn hsum(l: &[f32; 8]) -> f32 {
     ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
 }
 
-/// One query row against one key row.
-#[inline]
-fn dot<E: KvElem>(q: &[f32], k: &[E]) -> f32 {
-    let mut acc = [0f32; 8];
-    let qc = q.chunks_exact(8);
-    let kc = k.chunks_exact(8);
-    let (qt, kt) = (qc.remainder(), kc.remainder());
-    for (x, y) in qc.zip(kc) {
-        for ((a, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *a += x * y.to_f32();
-        }
-    }
-    let mut s = hsum(&acc);
-    for (x, y) in qt.iter().zip(kt) {
-        s += x * y.to_f32();
-    }
-    s
-}
-
-/// See `attention_avx2::scores`.
+/// See `attention_avx2::scores`: every score is `Σ_d q[d]·k[d]` summed in dimension order.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn scores<E: KvElem, const NQ: usize>(
     q: &[f32],
     qrow: [usize; NQ],
-    ks: &[E],
-    offs: &[usize],
+    kt: &[E],
+    stride: usize,
+    chunks: &[Chunk],
     hd: usize,
     scale: f32,
     out: &mut [f32],
-    at: [usize; NQ],
+    dst: Dest<NQ>,
 ) {
-    for (&r, &o0) in qrow.iter().zip(&at) {
-        let qv = &q[r..r + hd];
-        for (o, &off) in out[o0..o0 + offs.len()].iter_mut().zip(offs) {
-            *o = dot(qv, &ks[off..off + hd]) * scale;
+    dst.check(out.len());
+    for c in chunks {
+        for a in 0..NQ {
+            let (from, to) = dst.lanes(a, c);
+            let qv = &q[qrow[a]..qrow[a] + hd];
+            for i in from..to {
+                let mut s = 0f32;
+                for (d, &x) in qv.iter().enumerate() {
+                    s += x * kt[c.k + d * stride + i].to_f32();
+                }
+                out[dst.at[a] + c.pos + i - dst.lo[a]] = s * scale;
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! How K/V rows are stored: `KvDtype` (f32, f16, or 8-bit with one f32 scale per row) and
-//! `RowStore`, one slot array of rows of `head_dim` values in that format. A row is written
+//! `RowStore`, one slot array of rows of `head_dim` values in that format (V), or of
+//! dimension-major tiles whose columns are those rows (K; `write_column`). A row is written
 //! from f32 once, when its token is computed, and read back as f32 by attention, which always
 //! computes in f32. Conversions are deterministic (f16 rounds to nearest even; q8 scales by the
 //! row's own absolute maximum), so a row reads back the same bits whichever step wrote it, and
@@ -122,6 +123,17 @@ impl KvElem for u16 {
     }
 }
 
+/// A row's 8-bit scale (its absolute maximum over 127) and the scale's inverse (0 for a zero row).
+fn q8_scale(row: &[f32]) -> (f32, f32) {
+    let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+    (scale, if scale > 0.0 { 1.0 / scale } else { 0.0 })
+}
+
+/// One value in 8 bits, given its row's inverse scale.
+fn q8(x: f32, inv: f32) -> i8 {
+    (x * inv).round().clamp(-127.0, 127.0) as i8
+}
+
 /// One slot array of K or V rows (`head_dim` values each, addressed by element offset).
 ///
 /// Every variant is allocated zeroed (`vec![0; n]` of a primitive is `calloc`), so the OS maps
@@ -167,13 +179,49 @@ impl RowStore {
             Self::F32(v) => v[off..off + hd].copy_from_slice(src),
             Self::F16(v) => v[off..off + hd].reinterpret_cast_mut::<f16>().convert_from_f32_slice(src),
             Self::Q8 { q, scales } => {
-                let amax = src.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let scale = amax / 127.0;
-                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                let (scale, inv) = q8_scale(src);
                 for (d, &x) in q[off..off + hd].iter_mut().zip(src) {
-                    *d = (x * inv).round().clamp(-127.0, 127.0) as i8;
+                    *d = q8(x, inv);
                 }
                 scales[off / hd] = scale;
+            }
+        }
+    }
+
+    /// Stores `src` as column `slot` of the dimension-major tile at element offset `tile`
+    /// (value `d` at `tile + d * stride + slot`; a K tile). An 8-bit column's scale is that of
+    /// row `tile / hd + slot`, the row it would be stored as.
+    pub fn write_column(&mut self, tile: usize, slot: usize, stride: usize, src: &[f32]) {
+        let at = |d: usize| tile + d * stride + slot;
+        match self {
+            Self::F32(v) => src.iter().enumerate().for_each(|(d, &x)| v[at(d)] = x),
+            Self::F16(v) => src.iter().enumerate().for_each(|(d, &x)| v[at(d)] = f16::from_f32(x).to_bits()),
+            Self::Q8 { q, scales } => {
+                let (scale, inv) = q8_scale(src);
+                for (d, &x) in src.iter().enumerate() {
+                    q[at(d)] = q8(x, inv);
+                }
+                scales[tile / src.len() + slot] = scale;
+            }
+        }
+    }
+
+    /// Appends to `dst` the dimension-major tiles of `stride` columns at element offsets
+    /// `tiles`, as f32, `hd * stride` values each.
+    pub fn gather_tiles(&self, tiles: &[usize], hd: usize, stride: usize, dst: &mut Vec<f32>) {
+        let n = hd * stride;
+        dst.clear();
+        dst.resize(tiles.len() * n, 0.0);
+        for (out, &tile) in dst.chunks_exact_mut(n).zip(tiles) {
+            match self {
+                Self::F32(v) => out.copy_from_slice(&v[tile..tile + n]),
+                Self::F16(v) => v[tile..tile + n].reinterpret_cast::<f16>().convert_to_f32_slice(out),
+                Self::Q8 { q, scales } => {
+                    let s = &scales[tile / hd..tile / hd + stride];
+                    for (o, (x, s)) in out.iter_mut().zip(q[tile..tile + n].iter().zip(s.iter().cycle())) {
+                        *o = *x as f32 * s;
+                    }
+                }
             }
         }
     }

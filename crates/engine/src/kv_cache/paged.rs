@@ -1,7 +1,9 @@
 //! `PagedKvCache`: K/V storage in fixed-size pages, shared by every KV-cache group of a
 //! [`KvLayout`]. A page (block) holds `group_size` layers × `block_size` tokens; the storage is
-//! `group_size` slot arrays of rows in the layout's [`KvDtype`] (f16 by default in the engine;
-//! see `kv_cache::dtype`), laid out `[block][kv_head][slot][head_dim]`. Layer `l` reads and writes slot array `layer_slot[l]` at
+//! `group_size` slot arrays in the layout's [`KvDtype`] (f16 by default in the engine; see
+//! `kv_cache::dtype`) for V laid out `[block][kv_head][slot][head_dim]`, and as many for K laid
+//! out `[block][kv_head][head_dim][slot]`: one K tile per page and kv head, dimension-major, so
+//! attention scores a vector of keys at once. Layer `l` reads and writes slot array `layer_slot[l]` at
 //! the block ids of its group's table (`SeqSlice::block_tables[layer_group[l]]`), so a step
 //! writes each new token's K/V in place (no concatenation, no per-head copies) and attention
 //! (`kv_cache::attention`) reads a sequence's context block by block.
@@ -16,7 +18,8 @@ pub struct PagedKvCache {
     pub num_blocks: usize,
     pub block_size: usize,
     layout: KvLayout,
-    /// Per page slot (`0..group_size`), `[block][kv_head][slot][head_dim]`.
+    /// Per page slot (`0..group_size`): K `[block][kv_head][head_dim][slot]`, V
+    /// `[block][kv_head][slot][head_dim]`.
     k: Vec<RowStore>,
     v: Vec<RowStore>,
 }
@@ -104,7 +107,8 @@ impl PagedKvCache {
         Ok(())
     }
 
-    /// Offset of `(block, kv_head, slot)` inside one slot array.
+    /// Offset of `(block, kv_head, slot)` inside one slot array: the V row's, and with `slot`
+    /// 0 the K tile's.
     #[inline]
     pub(crate) fn offset(&self, block: usize, kv_head: usize, slot: usize) -> usize {
         ((block * self.layout.num_kv_heads + kv_head) * self.block_size + slot) * self.layout.head_dim
@@ -125,10 +129,9 @@ impl PagedKvCache {
                 let slot = pos % bs;
                 let t = s.token_start + j;
                 for h in 0..kvh {
-                    let dst = self.offset(block, h, slot);
-                    let src = t * row + h * hd;
-                    self.k[page_slot].write_row(dst, &k[src..src + hd]);
-                    self.v[page_slot].write_row(dst, &v[src..src + hd]);
+                    let (src, tile) = (t * row + h * hd, self.offset(block, h, 0));
+                    self.k[page_slot].write_column(tile, slot, bs, &k[src..src + hd]);
+                    self.v[page_slot].write_row(tile + slot * hd, &v[src..src + hd]);
                 }
             }
         }
@@ -144,23 +147,23 @@ impl PagedKvCache {
         }
     }
 
-    /// The key and value rows of `layer` as f32 in place, when the cache stores f32.
+    /// The K tiles and V rows of `layer` as f32 in place, when the cache stores f32.
     pub(crate) fn layer_f32(&self, layer: usize) -> Option<(&[f32], &[f32])> {
         let slot = self.layout.layer_slot[layer];
         Some((self.k[slot].as_f32()?, self.v[slot].as_f32()?))
     }
 
-    /// The key and value rows of `layer` as f16 bits in place, when the cache stores f16.
+    /// The K tiles and V rows of `layer` as f16 bits in place, when the cache stores f16.
     pub(crate) fn layer_f16(&self, layer: usize) -> Option<(&[u16], &[u16])> {
         let slot = self.layout.layer_slot[layer];
         Some((self.k[slot].as_f16_bits()?, self.v[slot].as_f16_bits()?))
     }
 
-    /// The key and value rows of `layer` at element offsets `offs`, as f32, into `k` and `v`
-    /// (`head_dim` values per row, in order).
-    pub(crate) fn gather(&self, layer: usize, offs: &[usize], k: &mut Vec<f32>, v: &mut Vec<f32>) {
+    /// The K tiles of `layer` at element offsets `tiles` into `k` (`head_dim * block_size`
+    /// values each) and its V rows at `offs` into `v` (`head_dim` each), in order, as f32.
+    pub(crate) fn gather(&self, layer: usize, tiles: &[usize], offs: &[usize], k: &mut Vec<f32>, v: &mut Vec<f32>) {
         let (slot, hd) = (self.layout.layer_slot[layer], self.layout.head_dim);
-        self.k[slot].gather(offs, hd, k);
+        self.k[slot].gather_tiles(tiles, hd, self.block_size, k);
         self.v[slot].gather(offs, hd, v);
     }
 
@@ -196,12 +199,20 @@ mod tests {
         let v: Vec<f32> = k.iter().map(|x| -x).collect();
         cache.write(0, &batch, &k, &v);
         let (ks, vs) = cache.layer_f32(0).unwrap();
-        // position 2 -> block 3 slot 0; position 4 -> block 6 slot 0, kv head 1
-        let o = cache.offset(3, 0, 0);
-        assert_eq!(&ks[o..o + 4], &[0., 1., 2., 3.]);
+        // position 2 -> block 3 slot 0; position 4 -> block 6 slot 0, kv head 1; position 3 ->
+        // block 6 slot 1. K is a column of its tile (two slots per dimension), V a row.
+        assert_eq!(key(ks, cache.offset(3, 0, 0), 0, 4, 2), [0., 1., 2., 3.]);
+        assert_eq!(key(ks, cache.offset(6, 1, 0), 0, 4, 2), [20., 21., 22., 23.]);
         let o = cache.offset(6, 1, 0);
-        assert_eq!(&ks[o..o + 4], &[20., 21., 22., 23.]);
         assert_eq!(&vs[o..o + 4], &[-20., -21., -22., -23.]);
+        assert_eq!(key(ks, cache.offset(3, 1, 0), 1, 4, 2), [12., 13., 14., 15.]);
+        let o = cache.offset(3, 1, 1);
+        assert_eq!(&vs[o..o + 4], &[-12., -13., -14., -15.]);
+    }
+
+    /// The key in column `slot` of the `hd × bs` tile at `tile`.
+    fn key(ks: &[f32], tile: usize, slot: usize, hd: usize, bs: usize) -> Vec<f32> {
+        (0..hd).map(|d| ks[tile + d * bs + slot]).collect()
     }
 
     #[test]
@@ -219,9 +230,9 @@ mod tests {
             cache.write(l, &batch, &x, &x);
         }
         // Layer 2 is slot 1 of group 0's block 1; layer 3 is slot 1 of group 1's block 2.
-        assert_eq!(&cache.layer_f32(2).unwrap().0[cache.offset(1, 0, 0)..][..2], &[2.0, 12.0]);
-        assert_eq!(&cache.layer_f32(3).unwrap().0[cache.offset(2, 0, 0)..][..2], &[3.0, 13.0]);
-        assert_eq!(&cache.layer_f32(0).unwrap().0[cache.offset(1, 0, 0)..][..2], &[0.0, 10.0]);
+        assert_eq!(key(cache.layer_f32(2).unwrap().0, cache.offset(1, 0, 0), 0, 2, 2), [2.0, 12.0]);
+        assert_eq!(key(cache.layer_f32(3).unwrap().0, cache.offset(2, 0, 0), 0, 2, 2), [3.0, 13.0]);
+        assert_eq!(key(cache.layer_f32(0).unwrap().0, cache.offset(1, 0, 0), 0, 2, 2), [0.0, 10.0]);
         assert_eq!(&cache.layer_f32(1).unwrap().1[cache.offset(2, 0, 0)..][..2], &[1.0, 11.0]);
     }
 

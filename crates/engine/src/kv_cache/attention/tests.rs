@@ -83,6 +83,22 @@ fn exp_polynomial_is_accurate() {
     }
 }
 
+#[test]
+fn every_level_gives_the_softmax_the_same_bits() {
+    for n in [1, 7, 8, 15, 16, 17, 40, 1366] {
+        let s: Vec<f32> = (0..n).map(|i| val(i * 13) * 9.0 - (i % 7) as f32).collect();
+        let run = |k: Kernels| {
+            let mut x = s.clone();
+            let sum = k.softmax_exp(&mut x);
+            (sum.to_bits(), x.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        let levels: Vec<Kernels> = all_kernels().into_iter().filter(|&k| k != Kernels::Scalar).collect();
+        for k in &levels {
+            assert_eq!(run(*k), run(levels[0]), "{k:?} n {n}");
+        }
+    }
+}
+
 /// Deterministic q, k or v row of sequence `seq` at position `pos`.
 fn row(kind: usize, seq: usize, pos: usize, len: usize) -> Vec<f32> {
     (0..len).map(|i| val(kind * 100_003 + seq * 10_007 + pos * 131 + i) * (1.0 + (i % 5) as f32 * 0.7)).collect()
