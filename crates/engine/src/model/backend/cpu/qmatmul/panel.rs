@@ -403,6 +403,32 @@ fn high_pair(u: usize, half: usize, lane: usize, i: usize) -> (usize, usize) {
     ((u / 2) * VEC + 4 * lane + i, 2 * (u % 2) + 4 * half)
 }
 
+/// Blocks ahead of the one in use whose weights a tile asks the memory system for: a model's
+/// panels stream from DRAM (they are larger than the caches), and a tile takes long enough per
+/// block that the hardware prefetcher alone leaves it waiting (1B Q4_K_M, 16 sequences: +20%).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_BLOCKS: usize = 8;
+
+/// Prefetches the quads and bit planes of block `at + PREFETCH_BLOCKS` of a tile's group
+/// (blocks counted from the group's first, `wq` and `wh` its data). Only a hint: an address
+/// past the panel is never read.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_block<F: PanelFormat>(wq: *const u8, wh: *const u8, at: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let at = at + PREFETCH_BLOCKS;
+    let q = wq.wrapping_add(at * F::QUAD_BYTES);
+    for line in (0..F::QUAD_BYTES).step_by(64) {
+        // SAFETY: a prefetch reads nothing and cannot fault, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(line) as *const i8) };
+    }
+    let h = wh.wrapping_add(at * F::BIT_BYTES);
+    for line in (0..F::BIT_BYTES).step_by(64) {
+        // SAFETY: as above.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(h.wrapping_add(line) as *const i8) };
+    }
+}
+
 /// The sum of `x` over sub-block `j` (of `F::SUBS`) of block `b` of row `r`: what an offset
 /// or a min multiplies.
 #[inline(always)]

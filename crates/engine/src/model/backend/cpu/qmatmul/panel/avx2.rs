@@ -5,7 +5,10 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{sub_sum, sum_pair, write_lanes, OutPtr, Panel, PanelFormat, QuantizedActs, GROUP, QK, SUPER_BLOCKS, VEC};
+use super::{
+    prefetch_block, sub_sum, sum_pair, write_lanes, OutPtr, Panel, PanelFormat, QuantizedActs, GROUP, QK, SUPER_BLOCKS,
+    VEC,
+};
 
 /// Rows in a tile (sixteen registers hold their sums and accumulators).
 const ROWS: usize = 4;
@@ -134,6 +137,10 @@ unsafe fn tile<F: PanelFormat, const R: usize>(w: &Panel, a: &QuantizedActs, r: 
             let mut big = [_mm256_setzero_ps(); R];
             for bb in 0..F::PER_RECORD {
                 let b = rec * F::PER_RECORD + bb;
+                if h == 0 {
+                    // The second half reads the group again from the cache.
+                    prefetch_block::<F>(wq, wh, b);
+                }
                 for sub in 0..F::SUBS {
                     let mut sum = [zero; R];
                     if offset != 0 {

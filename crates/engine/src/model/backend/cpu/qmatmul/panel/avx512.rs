@@ -5,7 +5,10 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::super::simd::dpwssd;
-use super::{sub_sum, sum_pair, write_lanes, OutPtr, Panel, PanelFormat, QuantizedActs, GROUP, QK, SUPER_BLOCKS, VEC};
+use super::{
+    prefetch_block, sub_sum, sum_pair, write_lanes, OutPtr, Panel, PanelFormat, QuantizedActs, GROUP, QK, SUPER_BLOCKS,
+    VEC,
+};
 
 /// Rows in a tile: each unpacked weight vector serves this many rows.
 const ROWS: usize = 8;
@@ -125,6 +128,9 @@ unsafe fn tile<F: PanelFormat, const R: usize, const C: usize>(
         let mut big = [[_mm512_setzero_ps(); C]; R];
         for bb in 0..F::PER_RECORD {
             let b = rec * F::PER_RECORD + bb;
+            for j in 0..C {
+                prefetch_block::<F>(wq, wh, j * kb + b);
+            }
             for sub in 0..F::SUBS {
                 let mut sum = [[zero; C]; R];
                 if F::OFFSET != 0 {
