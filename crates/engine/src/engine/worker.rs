@@ -76,6 +76,8 @@ pub(super) struct Worker {
     /// Steps that ran the model so far, and the one to panic in (`WICK_TEST_PANIC_AT_STEP`).
     model_steps: u64,
     panic_at_step: Option<u64>,
+    /// The last step's logits, `[rows, vocab]`, one buffer reused by every step.
+    logits: Vec<f32>,
 }
 
 /// The text of a caught panic.
@@ -137,6 +139,7 @@ impl Worker {
             sched_cfg,
             model_steps: 0,
             panic_at_step: std::env::var("WICK_TEST_PANIC_AT_STEP").ok().and_then(|v| v.parse().ok()),
+            logits: Vec::new(),
         }
     }
 
@@ -260,13 +263,17 @@ impl Worker {
         if self.panic_at_step == Some(self.model_steps) {
             panic!("injected fault (WICK_TEST_PANIC_AT_STEP={})", self.model_steps);
         }
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            self.model.forward(&batch, &mut self.cache).and_then(|t| Ok(t.to_vec2::<f32>()?))
-        }));
-        let rows = match result {
-            Ok(Ok(rows)) if rows.len() == batch.logits_rows.len() => rows,
-            Ok(Ok(rows)) => {
-                let msg = format!("model returned {} logits rows, expected {}", rows.len(), batch.logits_rows.len());
+        let mut logits = std::mem::take(&mut self.logits);
+        let result = catch_unwind(AssertUnwindSafe(|| self.model.logits_into(&batch, &mut self.cache, &mut logits)));
+        let vocab = self.model.config().vocab_size;
+        match result {
+            Ok(Ok(())) if logits.len() == batch.logits_rows.len() * vocab => {}
+            Ok(Ok(())) => {
+                let msg = format!(
+                    "model returned {} logits, expected {} rows of {vocab}",
+                    logits.len(),
+                    batch.logits_rows.len()
+                );
                 return self.fail_step(&plan, &msg);
             }
             Ok(Err(e)) => return self.fail_step(&plan, &format!("forward failed: {e}")),
@@ -275,7 +282,7 @@ impl Worker {
         self.sched.commit(&plan);
         let stats = &self.shared.stats;
         stats.prompt_tokens_total.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-        stats.generation_tokens_total.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        stats.generation_tokens_total.fetch_add(batch.logits_rows.len() as u64, Ordering::Relaxed);
         let ids: Vec<_> = plan.sampled().map(|s| s.id).collect();
         let mask_started = Instant::now();
         let mut masks = self.grammar_masks(&ids);
@@ -284,14 +291,15 @@ impl Worker {
             stats.grammar_mask_micros_total.fetch_add(mask_started.elapsed().as_micros() as u64, Ordering::Relaxed);
             stats.grammar_masks_total.fetch_add(m.iter().filter(|x| x.is_some()).count() as u64, Ordering::Relaxed);
         }
-        for (i, (id, row)) in ids.iter().zip(rows).enumerate() {
+        for (i, (id, row)) in ids.iter().zip(logits.chunks_exact(vocab.max(1))).enumerate() {
             let mask = masks.as_mut().and_then(|m| m[i].take());
             for child in self.start_forks(*id) {
                 let mask = self.own_mask(child);
-                self.on_logits(child, &row, mask);
+                self.on_logits(child, row, mask);
             }
-            self.on_logits(*id, &row, mask);
+            self.on_logits(*id, row, mask);
         }
+        self.logits = logits;
         let stats = &self.shared.stats;
         stats.steps_total.fetch_add(1, Ordering::Relaxed);
         let micros = started.elapsed().as_micros() as u64;

@@ -291,19 +291,35 @@ impl<B: Backend> Decoder<B> {
     /// Runs every token of `batch`, writing their K/V into `kv`, and returns f32 logits of
     /// shape `[batch.logits_rows.len(), vocab]`.
     pub fn forward(&self, batch: &ForwardBatch, kv: &mut B::Kv) -> Result<Tensor> {
-        let (b, spec) = (&self.backend, &self.spec);
-        let rows = batch.logits_rows.len();
         let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let s = &mut *guard;
+        let rows = self.run_logits(batch, kv, s)?;
+        self.backend.to_tensor(&s.out, rows, self.spec.vocab_size)
+    }
+
+    /// [`forward`](Self::forward) with the logits written row-major into `out` (its
+    /// allocation reused from step to step) instead of a new tensor.
+    pub fn logits_into(&self, batch: &ForwardBatch, kv: &mut B::Kv, out: &mut Vec<f32>) -> Result<()> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &mut *guard;
+        let rows = self.run_logits(batch, kv, s)?;
+        self.backend.read_rows(&s.out, rows, self.spec.vocab_size, out)
+    }
+
+    /// Runs `batch` and leaves the logits of its `logits_rows` in `s.out`; returns how many
+    /// rows that is (0 when nothing ran).
+    fn run_logits(&self, batch: &ForwardBatch, kv: &mut B::Kv, s: &mut Scratch<B>) -> Result<usize> {
+        let (b, spec) = (&self.backend, &self.spec);
+        let rows = batch.logits_rows.len();
         if !self.run_layers(batch, kv, s)? || rows == 0 {
-            return b.to_tensor(&B::Act::default(), 0, spec.vocab_size);
+            return Ok(0);
         }
         self.final_norm(batch, s);
         b.matmul(&self.lm_head, &s.h, rows, &mut s.out)?;
         if let Some(cap) = spec.final_logit_softcap {
             b.softcap(&mut s.out, cap);
         }
-        b.to_tensor(&s.out, rows, spec.vocab_size)
+        Ok(rows)
     }
 
     /// Runs every token of `batch` like [`forward`](Self::forward), and returns the final

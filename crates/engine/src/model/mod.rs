@@ -56,6 +56,13 @@ pub trait CausalLm: Send {
     /// sequence's block tables, and returns f32 logits of shape `[batch.logits_rows.len(), vocab]`.
     fn forward(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor>;
 
+    /// [`forward`](Self::forward) with the logits written row-major into `out`, replacing its
+    /// contents: the engine's step loop reuses one buffer instead of a tensor per step.
+    fn logits_into(&self, batch: &ForwardBatch, cache: &mut PagedKvCache, out: &mut Vec<f32>) -> Result<()> {
+        *out = self.forward(batch, cache)?.flatten_all()?.to_vec1()?;
+        Ok(())
+    }
+
     /// Runs `batch` like [`forward`](Self::forward) but returns, instead of logits, the final
     /// hidden states (after the final norm, before the LM head) of `batch.logits_rows`, shape
     /// `[batch.logits_rows.len(), hidden]` (what decoder embedding models pool).
@@ -72,6 +79,10 @@ impl CausalLm for Decoder<CpuBackend> {
 
     fn forward(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor> {
         Decoder::forward(self, batch, cache)
+    }
+
+    fn logits_into(&self, batch: &ForwardBatch, cache: &mut PagedKvCache, out: &mut Vec<f32>) -> Result<()> {
+        Decoder::logits_into(self, batch, cache, out)
     }
 
     fn hidden_states(&self, batch: &ForwardBatch, cache: &mut PagedKvCache) -> Result<Tensor> {

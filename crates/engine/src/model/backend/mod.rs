@@ -187,4 +187,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn softcap(&self, x: &mut Self::Act, cap: f32);
     /// The buffer as an f32 `[rows, width]` tensor for sampling.
     fn to_tensor(&self, x: &Self::Act, rows: usize, width: usize) -> Result<Tensor>;
+    /// The buffer's first `rows` rows of `width` into `out` on the host (replacing its
+    /// contents, reusing its allocation).
+    fn read_rows(&self, x: &Self::Act, rows: usize, width: usize, out: &mut Vec<f32>) -> Result<()>;
 }

@@ -428,6 +428,12 @@ impl Backend for CpuBackend {
     fn to_tensor(&self, x: &Vec<f32>, rows: usize, width: usize) -> Result<Tensor> {
         Ok(Tensor::from_slice(&x[..rows * width], (rows, width), &Device::Cpu)?)
     }
+
+    fn read_rows(&self, x: &Vec<f32>, rows: usize, width: usize, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        out.extend_from_slice(&x[..rows * width]);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
