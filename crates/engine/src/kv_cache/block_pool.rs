@@ -7,8 +7,10 @@
 //! [`CacheKey`] (group + chained hash, see [`super::prefix`]) with its tokens. When its last
 //! reference goes, a registered block is not wiped: it stays *cached*, still findable by
 //! [`BlockPool::lookup`], until the pool needs the page for something else. Free pages are
-//! handed out plain ones first (oldest freed first), then cached ones least recently used first
-//! (eviction, which unregisters the block). A hit on a cached free block takes it back
+//! handed out plain ones that were used before first (oldest freed first; their memory is
+//! already resident), then never-used ones (the KV storage is mapped lazily, so these grow the
+//! process), then cached ones least recently used first (eviction, which unregisters the
+//! block). A hit on a cached free block takes it back
 //! ([`BlockPool::take`]); on a block in use, adds a reference. With caching off, nothing is
 //! registered and the pool is a plain refcounted free list.
 //!
@@ -24,8 +26,10 @@ use super::prefix::CacheKey;
 pub struct BlockPool {
     block_size: usize,
     refcounts: Vec<u32>,
-    /// Free blocks holding nothing cached, oldest freed first.
+    /// Free blocks holding nothing cached that were used before, oldest freed first.
     free_plain: VecDeque<u32>,
+    /// Blocks `fresh..refcounts.len()` were never handed out.
+    fresh: u32,
     /// Free blocks holding a cached prefix, by release stamp (least recently used first).
     free_cached: BTreeMap<u64, u32>,
     /// Release stamp of each block in `free_cached`.
@@ -46,7 +50,8 @@ impl BlockPool {
         Self {
             block_size,
             refcounts: vec![0; num_blocks],
-            free_plain: (0..num_blocks as u32).collect(),
+            free_plain: VecDeque::new(),
+            fresh: 0,
             free_cached: BTreeMap::new(),
             stamps: vec![0; num_blocks],
             clock: 0,
@@ -79,7 +84,7 @@ impl BlockPool {
 
     /// Blocks no sequence references (plain free ones and cached ones alike).
     pub fn num_free(&self) -> usize {
-        self.free_plain.len() + self.free_cached.len()
+        self.free_plain.len() + (self.refcounts.len() - self.fresh as usize) + self.free_cached.len()
     }
 
     /// Blocks some sequence references.
@@ -113,10 +118,15 @@ impl BlockPool {
     }
 
     /// Takes one free block (refcount 1), or `None` when the pool is exhausted. Plain free
-    /// blocks go first; then the least recently used cached block is evicted.
+    /// blocks go first, used ones before never-used ones; then the least recently used cached
+    /// block is evicted.
     pub fn allocate(&mut self) -> Option<u32> {
         let id = match self.free_plain.pop_front() {
             Some(id) => id,
+            None if (self.fresh as usize) < self.refcounts.len() => {
+                self.fresh += 1;
+                self.fresh - 1
+            }
             None => {
                 let (_, id) = self.free_cached.pop_first()?;
                 self.unregister(id);
@@ -263,6 +273,23 @@ mod tests {
         pool.free(blocks[0]);
         assert_eq!(pool.allocate(), Some(blocks[2]));
         assert_eq!(pool.allocate(), Some(blocks[0]));
+    }
+
+    #[test]
+    fn used_blocks_go_before_never_used_ones_and_those_before_eviction() {
+        let mut pool = BlockPool::new(4, 1).with_prefix_caching();
+        let (a, b) = (pool.allocate().unwrap(), pool.allocate().unwrap());
+        pool.register(a, key(0, 1), &[1]);
+        pool.free(a);
+        pool.free(b);
+        assert_eq!(pool.num_free(), 4);
+        // `b`'s page is resident already: it goes before the two never touched.
+        assert_eq!(pool.allocate(), Some(b));
+        let fresh = [pool.allocate().unwrap(), pool.allocate().unwrap()];
+        assert!(!fresh.contains(&a) && !fresh.contains(&b));
+        assert_eq!(pool.lookup(&key(0, 1), &[1]), Some(a), "nothing was evicted for them");
+        assert_eq!((pool.allocate(), pool.num_evictions()), (Some(a), 1));
+        assert_eq!(pool.allocate(), None);
     }
 
     #[test]

@@ -274,7 +274,9 @@ fn sliding_sequence_past_the_window_holds_its_window_and_reuses_freed_blocks() {
     assert!(s.is_empty(), "the sequence finished");
     assert!(max_held <= Sliding(w).peak_blocks(90, budget, bs), "held {max_held} blocks");
     assert!(max_held <= 4, "O(window) blocks: {max_held}");
-    assert_eq!(handed_out.len(), 6, "every block of the pool was used, most of them several times");
+    // 23 blocks of context on at most `max_held` pages: released pages are handed out again,
+    // before the pool's never-used ones (their memory is resident already).
+    assert!(handed_out.len() <= max_held + 1, "{} distinct pages for {max_held} held", handed_out.len());
     assert_eq!(s.pool().num_free(), 6);
 }
 
