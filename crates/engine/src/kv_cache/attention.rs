@@ -9,8 +9,8 @@
 //! This module owns the work split and the tiling; the arithmetic is in `attention_avx512`
 //! (16 lanes), `attention_avx2` (AVX2+FMA) and `attention_scalar` (portable), chosen by the
 //! process's `KernelLevel`. K and V stored as f32 or f16 are read in place. Work is split over
-//! (sequence, kv head, query chunk) on wick's compute pool (`crate::thread_pool`), the threads the
-//! matmuls use. Inside an item, the queries of one kv head (its group's heads, for
+//! (sequence, kv head, run of queries) on wick's compute pool (`crate::thread_pool`), the
+//! threads the matmuls use. Inside an item, the queries of one kv head (its group's heads, for
 //! consecutive tokens) go through in tiles of up to eight that share every K and V load.
 //!
 //! Keys are stored dimension-major per page and kv head (`PagedKvCache`: a K tile is
@@ -453,7 +453,7 @@ struct Queries<'a> {
     stride: usize,
 }
 
-/// An item's queries, in tiles of up to `TILE`, over its K/V rows.
+/// An item's queries, in tiles of up to `TILE`, over its K tiles and V rows.
 fn run_queries<E: KvElem>(step: &Step, at: &Queries, kv: &Kv<E>, bufs: &mut Bufs, dst: &OutPtr) {
     let s = &step.batch.seqs[at.item.seq];
     let (base, stride) = (at.base, at.stride);

@@ -206,9 +206,9 @@ impl RowStore {
         }
     }
 
-    /// Appends to `dst` the dimension-major tiles of `stride` columns at element offsets
-    /// `tiles`, as f32, `hd * stride` values each.
-    pub fn gather_tiles(&self, tiles: &[usize], hd: usize, stride: usize, dst: &mut Vec<f32>) {
+    /// Fills `dst` with the dimension-major tiles of `stride` columns at element offsets
+    /// `tiles`, as f32, `hd * stride` values each; with `stride` 1, the rows at those offsets.
+    pub fn gather(&self, tiles: &[usize], hd: usize, stride: usize, dst: &mut Vec<f32>) {
         let n = hd * stride;
         dst.clear();
         dst.resize(tiles.len() * n, 0.0);
@@ -220,24 +220,6 @@ impl RowStore {
                     let s = &scales[tile / hd..tile / hd + stride];
                     for (o, (x, s)) in out.iter_mut().zip(q[tile..tile + n].iter().zip(s.iter().cycle())) {
                         *o = *x as f32 * s;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Appends to `dst` the rows at element offsets `offs`, as f32, `hd` values each.
-    pub fn gather(&self, offs: &[usize], hd: usize, dst: &mut Vec<f32>) {
-        dst.clear();
-        dst.resize(offs.len() * hd, 0.0);
-        for (row, &off) in dst.chunks_exact_mut(hd).zip(offs) {
-            match self {
-                Self::F32(v) => row.copy_from_slice(&v[off..off + hd]),
-                Self::F16(v) => v[off..off + hd].reinterpret_cast::<f16>().convert_to_f32_slice(row),
-                Self::Q8 { q, scales } => {
-                    let s = scales[off / hd];
-                    for (d, &x) in row.iter_mut().zip(&q[off..off + hd]) {
-                        *d = x as f32 * s;
                     }
                 }
             }
@@ -277,7 +259,7 @@ mod tests {
         let mut s = RowStore::new(dtype, 3 * hd, hd);
         s.write_row(hd, row);
         let mut out = Vec::new();
-        s.gather(&[hd], hd, &mut out);
+        s.gather(&[hd], hd, 1, &mut out);
         out
     }
 
@@ -303,9 +285,29 @@ mod tests {
             s.write_row(16, &row);
             s.copy_within(16, 16, 48, 16);
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            s.gather(&[16], 16, &mut a);
-            s.gather(&[48], 16, &mut b);
+            s.gather(&[16], 16, 1, &mut a);
+            s.gather(&[48], 16, 1, &mut b);
             assert_eq!(a, b, "{dtype}");
+        }
+    }
+
+    #[test]
+    fn a_column_of_a_tile_reads_back_as_its_row_does() {
+        let (hd, bs) = (8, 4);
+        let rows: Vec<Vec<f32>> =
+            (0..bs).map(|j| (0..hd).map(|i| ((i * 3 + j * 5) as f32).cos() * 2.0).collect()).collect();
+        for dtype in KvDtype::ALL {
+            // The second tile of a store, columns written out of order.
+            let mut s = RowStore::new(dtype, 2 * hd * bs, hd);
+            for j in [2, 0, 3, 1] {
+                s.write_column(hd * bs, j, bs, &rows[j]);
+            }
+            let mut tile = Vec::new();
+            s.gather(&[hd * bs], hd, bs, &mut tile);
+            for (j, row) in rows.iter().enumerate() {
+                let column: Vec<f32> = (0..hd).map(|d| tile[d * bs + j]).collect();
+                assert_eq!(column, roundtrip(dtype, row), "{dtype} column {j}");
+            }
         }
     }
 

@@ -163,8 +163,8 @@ impl PagedKvCache {
     /// values each) and its V rows at `offs` into `v` (`head_dim` each), in order, as f32.
     pub(crate) fn gather(&self, layer: usize, tiles: &[usize], offs: &[usize], k: &mut Vec<f32>, v: &mut Vec<f32>) {
         let (slot, hd) = (self.layout.layer_slot[layer], self.layout.head_dim);
-        self.k[slot].gather_tiles(tiles, hd, self.block_size, k);
-        self.v[slot].gather(offs, hd, v);
+        self.k[slot].gather(tiles, hd, self.block_size, k);
+        self.v[slot].gather(offs, hd, 1, v);
     }
 
     /// Overwrites every slot of `block` with NaN (tests: a read of a released page shows).
