@@ -187,10 +187,14 @@ pub(super) struct Dest<const N: usize> {
 }
 
 impl<const N: usize> Dest<N> {
-    /// Lanes `from..to` of `c` that query `a` keeps (empty when `from >= to`).
+    /// The lanes `from..to` of `c` that query `a` keeps, and where lane `from`'s score goes
+    /// (lane `i`'s at that plus `i - from`); `None` when it keeps none.
     #[inline]
-    pub fn lanes(&self, a: usize, c: &Chunk) -> (usize, usize) {
-        (self.lo[a].saturating_sub(c.pos).min(c.lanes), self.end[a].saturating_sub(c.pos).min(c.lanes))
+    pub fn keep(&self, a: usize, c: &Chunk) -> Option<(usize, usize, usize)> {
+        let from = self.lo[a].saturating_sub(c.pos).min(c.lanes);
+        let to = self.end[a].saturating_sub(c.pos).min(c.lanes);
+        // `pos + from >= lo` whenever a lane is kept.
+        (from < to).then(|| (from, to, self.at[a] + c.pos + from - self.lo[a]))
     }
 
     /// Bounds every kernel checks before writing: each query's scores fit in `len`.
@@ -534,7 +538,7 @@ fn run_tile<E: KvElem, const N: usize>(
     let (from, to) = (lo.iter().copied().min().unwrap_or(0), end.iter().copied().max().unwrap_or(0));
     let chunks = &kv.chunks[kv.chunks.partition_point(|c| c.pos + c.lanes <= from)..];
     let chunks = &chunks[..chunks.partition_point(|c| c.pos < to)];
-    let at: [usize; N] = std::array::from_fn(|a| a * stride);
+    let at: [usize; N] = std::array::from_fn(|a| row(a, lo[a]));
     let bs = step.cache.block_size;
     kern.scores(step.q, qrow, kv.ks, bs, chunks, hd, step.params.scale, scores, Dest { at, lo, end });
     let mut inv = [0f32; N];

@@ -96,12 +96,9 @@ unsafe fn scores_nc<E: KvElem, const NQ: usize, const NC: usize>(
     let mut lane = [0f32; 8];
     for a in 0..NQ {
         for c in 0..NC {
-            let (from, to) = dst.lanes(a, &cs[c]);
-            if from < to {
+            if let Some((from, to, at)) = dst.keep(a, &cs[c]) {
                 _mm256_storeu_ps(lane.as_mut_ptr(), _mm256_mul_ps(r[a][c], scale));
-                // Lane `i` goes to `at + pos + i - lo` (`pos + from >= lo`).
-                let i0 = dst.at[a] + cs[c].pos + from - dst.lo[a];
-                std::ptr::copy_nonoverlapping(lane.as_ptr().add(from), out.add(i0), to - from);
+                std::ptr::copy_nonoverlapping(lane.as_ptr().add(from), out.add(at), to - from);
             }
         }
     }

@@ -79,11 +79,10 @@ unsafe fn scores_nc<E: KvElem, const NQ: usize, const NC: usize>(
     let r = chunk_dots::<E, NQ, NC>(qp, kb, stride, cs, hd);
     for a in 0..NQ {
         for c in 0..NC {
-            let (from, to) = dst.lanes(a, &cs[c]);
-            if from < to {
+            if let Some((from, to, at)) = dst.keep(a, &cs[c]) {
                 let keep = (((1u32 << to) - 1) & !((1u32 << from) - 1)) as __mmask16;
                 // Lane 0's slot; only the kept lanes (inside the query's row) are written.
-                let p = out.wrapping_add(dst.at[a] + cs[c].pos).wrapping_sub(dst.lo[a]);
+                let p = out.wrapping_add(at).wrapping_sub(from);
                 _mm512_mask_storeu_ps(p, keep, _mm512_mul_ps(r[a][c], scale));
             }
         }
@@ -116,17 +115,16 @@ pub(super) unsafe fn scores<E: KvElem, const NQ: usize>(
     let (kb, op, sv) = (kt.as_ptr(), out.as_mut_ptr(), _mm512_set1_ps(scale));
     // Enough chunks at once to hide the FMA latency within 32 registers.
     let nc = if NQ <= 4 { 4 } else { 2 };
-    let full = chunks.len() / nc * nc;
-    for i in (0..full).step_by(nc) {
-        let g = &chunks[i..i + nc];
+    let mut groups = chunks.chunks_exact(nc);
+    for g in &mut groups {
         if NQ <= 4 {
             scores_nc::<E, NQ, 4>(&qp, kb, stride, g, hd, sv, op, &dst);
         } else {
             scores_nc::<E, NQ, 2>(&qp, kb, stride, g, hd, sv, op, &dst);
         }
     }
-    for i in full..chunks.len() {
-        scores_nc::<E, NQ, 1>(&qp, kb, stride, &chunks[i..i + 1], hd, sv, op, &dst);
+    for c in groups.remainder().chunks(1) {
+        scores_nc::<E, NQ, 1>(&qp, kb, stride, c, hd, sv, op, &dst);
     }
 }
 

@@ -36,14 +36,14 @@ pub(super) fn scores<E: KvElem, const NQ: usize>(
     dst.check(out.len());
     for c in chunks {
         for a in 0..NQ {
-            let (from, to) = dst.lanes(a, c);
+            let Some((from, to, at)) = dst.keep(a, c) else { continue };
             let qv = &q[qrow[a]..qrow[a] + hd];
             for i in from..to {
                 let mut s = 0f32;
                 for (d, &x) in qv.iter().enumerate() {
                     s += x * kt[c.k + d * stride + i].to_f32();
                 }
-                out[dst.at[a] + c.pos + i - dst.lo[a]] = s * scale;
+                out[at + i - from] = s * scale;
             }
         }
     }
