@@ -15,15 +15,17 @@
 //! naming it, never a silent fallback.
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
+use super::bpe::Bpe;
 use super::byte_level;
 use super::sentencepiece;
+use super::tokenizer::{TextModel, TextTokenizer};
+use super::vocab::{Pieces, Vocab};
 use crate::{EngineError, Result};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
@@ -33,9 +35,9 @@ pub(crate) const TOKEN_TYPE_BYTE: i32 = 6;
 
 /// A tokenizer and the facts about its vocabulary the text side needs.
 pub(crate) struct TokenizerParts {
-    pub tokenizer: Tokenizer,
+    pub tokenizer: TextTokenizer,
     /// Raw bytes of every token id, as generated text would contain them.
-    pub token_bytes: Vec<Vec<u8>>,
+    pub token_bytes: Pieces,
     /// Token strings as the vocabulary spells them (used to find end-of-turn tokens).
     pub tokens: Vec<String>,
     pub bos_id: Option<u32>,
@@ -281,7 +283,7 @@ fn byte_level_bpe(
     merges: &[String],
     pre: &PreTokenizer,
     rstrip: &dyn Fn(&str) -> bool,
-) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
+) -> Result<(TextTokenizer, Pieces)> {
     // Tokens outside the byte alphabet (rare mislabels) are spelled byte by byte, as the
     // reference converter does, so every entry of the BPE vocabulary is in the alphabet.
     let spell = |t: &str| -> String {
@@ -291,7 +293,7 @@ fn byte_level_bpe(
             t.bytes().map(|b| byte_level::byte_to_char()[b as usize]).collect()
         }
     };
-    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (spell(t), i as u32)).collect();
+    let vocab = Vocab::new(tokens.iter().map(|t| spell(t)));
     let merges = merges
         .iter()
         .map(|m| {
@@ -300,9 +302,8 @@ fn byte_level_bpe(
                 .ok_or_else(|| tok_err(format!("malformed merge {m:?}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bpe =
-        BPE::builder().vocab_and_merges(vocab, merges).ignore_merges(pre.ignore_merges).build().map_err(tok_err)?;
-    let mut tokenizer = Tokenizer::new(bpe);
+    let bpe = Bpe::listed(vocab, &merges, pre.ignore_merges).map_err(tok_err)?;
+    let mut tokenizer = TextTokenizer::new(TextModel::Gguf(bpe));
     tokenizer.with_pre_tokenizer(Some(byte_level_pre_tokenizer(pre)?));
     tokenizer.with_decoder(Some(ByteLevel::default()));
 
@@ -326,7 +327,7 @@ fn byte_level_bpe(
 /// matched verbatim in the input. `keep` filters out tokens the vocabulary cannot hold;
 /// `rstrip` says which of them swallow the whitespace that follows them (Phi-3).
 pub(crate) fn add_gguf_added_tokens(
-    tokenizer: &mut Tokenizer,
+    tokenizer: &mut TextTokenizer,
     tokens: &[String],
     types: &[i32],
     keep: impl Fn(&str) -> bool,

@@ -7,10 +7,11 @@ use std::path::Path;
 
 use serde_json::Value as Json;
 use tokenizers::decoders::DecoderWrapper;
-use tokenizers::Tokenizer;
 
 use super::byte_level;
 use super::gguf_tokenizer::TokenizerParts;
+use super::tokenizer::TextTokenizer;
+use super::vocab::Pieces;
 use crate::{EngineError, Result};
 
 /// The tokenizer plus what the folder says about templates and special tokens.
@@ -75,7 +76,7 @@ fn is_byte_level(decoder: Option<&DecoderWrapper>) -> bool {
 /// The ids the tokenizer's post-processor appends after a text (sentence-transformers'
 /// Qwen3-Embedding appends `<|endoftext|>`): encoded with special tokens, minus what the text
 /// alone encodes to and what comes before it.
-fn post_processor_suffix(tokenizer: &Tokenizer) -> Vec<u32> {
+fn post_processor_suffix(tokenizer: &TextTokenizer) -> Vec<u32> {
     let (Ok(with), Ok(without)) = (tokenizer.encode("a", true), tokenizer.encode("a", false)) else {
         return Vec::new();
     };
@@ -94,7 +95,7 @@ pub(crate) fn load(dir: &Path) -> Result<HfText> {
     if !tokenizer_path.exists() {
         return Err(EngineError::Tokenizer(format!("{} has no tokenizer.json", dir.display())));
     }
-    let tokenizer = Tokenizer::from_file(&tokenizer_path)
+    let tokenizer = TextTokenizer::from_file(&tokenizer_path)
         .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
@@ -124,7 +125,7 @@ pub(crate) fn load(dir: &Path) -> Result<HfText> {
     let byte_level_vocab = is_byte_level(tokenizer.get_decoder());
     let vocab_size = tokenizer.get_vocab_size(true);
     let mut tokens = Vec::with_capacity(vocab_size);
-    let mut token_bytes = Vec::with_capacity(vocab_size);
+    let mut token_bytes = Pieces::with_capacity(vocab_size);
     for id in 0..vocab_size as u32 {
         let token = tokenizer.id_to_token(id).unwrap_or_default();
         let bytes = if added.contains_key(&id) {
@@ -139,8 +140,9 @@ pub(crate) fn load(dir: &Path) -> Result<HfText> {
             token.replace('\u{2581}', " ").into_bytes()
         };
         tokens.push(token);
-        token_bytes.push(bytes);
+        token_bytes.push(&bytes);
     }
+    token_bytes.shrink_to_fit();
     let append_ids = post_processor_suffix(&tokenizer);
     let parts =
         TokenizerParts { tokenizer, token_bytes, tokens, bos_id, eos_id, add_bos, extra_eog: gen_eos, append_ids };

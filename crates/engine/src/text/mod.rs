@@ -2,6 +2,7 @@
 //! the incremental detokenizer and the stop-string checker. `TextProcessor` bundles what a
 //! model needs; the server uses it to render and tokenize, the engine to detokenize.
 
+mod bpe;
 mod builtin;
 mod byte_level;
 pub mod detokenizer;
@@ -11,11 +12,12 @@ mod sentencepiece;
 pub mod stop;
 mod strftime;
 pub mod template;
+mod tokenizer;
+mod vocab;
 
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use tokenizers::Tokenizer;
 
 pub use builtin::{BuiltinTemplate, TemplateSource};
 pub use detokenizer::IncrementalDetokenizer;
@@ -23,6 +25,8 @@ pub use stop::{StopChecker, StopOutcome};
 pub use template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE, GEMMA3_TEMPLATE};
 
 use gguf_tokenizer::{meta_string, TokenizerParts};
+use tokenizer::TextTokenizer;
+use vocab::Pieces;
 
 use crate::{EngineError, Result};
 
@@ -51,10 +55,10 @@ const END_OF_TURN_TOKENS: &[&str] = &[
 /// Tokenizer + chat template + special-token facts of one model. Immutable after load and
 /// shared (`Arc`) between the HTTP handlers and the engine thread.
 pub struct TextProcessor {
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     template: ChatTemplate,
     template_source: TemplateSource,
-    token_bytes: Vec<Vec<u8>>,
+    token_bytes: Pieces,
     bos_id: Option<u32>,
     add_bos: bool,
     eog_ids: Vec<u32>,
@@ -82,7 +86,7 @@ fn choose_template(
     template_override: Option<&str>,
     model: Option<String>,
     arch: &str,
-    tokenizer: &Tokenizer,
+    tokenizer: &TextTokenizer,
 ) -> (String, TemplateSource) {
     if let Some(t) = template_override {
         return (t.to_owned(), TemplateSource::Override);
@@ -201,8 +205,8 @@ impl TextProcessor {
     /// bytes. A byte-level token that is half of a UTF-8 character shows U+FFFD but keeps its
     /// exact bytes. An id outside the vocabulary gives empty text.
     pub fn token_text(&self, id: u32) -> (String, Vec<u8>) {
-        match self.token_bytes.get(id as usize) {
-            Some(bytes) => (String::from_utf8_lossy(bytes).into_owned(), bytes.clone()),
+        match self.token_bytes.get(id) {
+            Some(bytes) => (String::from_utf8_lossy(bytes).into_owned(), bytes.to_vec()),
             None => (String::new(), Vec::new()),
         }
     }

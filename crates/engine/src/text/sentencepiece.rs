@@ -1,26 +1,24 @@
 //! SentencePiece vocabularies from GGUF (`tokenizer.ggml.model = "llama"`): Gemma, Llama 2,
-//! Mistral. The file lists tokens and scores but no merges, so the merges are recovered from the
-//! vocabulary (every split of a token into two tokens is a merge) and ranked best-first, as the
-//! Hugging Face converter does; encoding is then BPE with byte fallback (`<0xAB>` tokens).
+//! Mistral. The file lists tokens and scores but no merges: every split of a token into two
+//! tokens is a merge, ranked best-first as the Hugging Face converter ranks them
+//! ([`Bpe::implied`]); encoding is then BPE with byte fallback (`<0xAB>` tokens).
 //!
 //! Gemma differs from the others in three ways the reference converter also encodes: its
 //! whitespace-run tokens are stored with real spaces and must be respelled with `▁`; its merge
 //! rank follows token order, not score; and no prefix space is added (spaces simply become `▁`).
-
-use std::cmp::Ordering;
-use std::collections::HashMap;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::decoders::DecoderWrapper;
-use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::Replace;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
-use tokenizers::Tokenizer;
 
+use super::bpe::Bpe;
 use super::gguf_tokenizer::{add_gguf_added_tokens, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
+use super::tokenizer::{TextModel, TextTokenizer};
+use super::vocab::{Pieces, Vocab};
 use crate::{EngineError, Result};
 
 const SPACE: char = '\u{2581}';
@@ -41,7 +39,7 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// Builds the tokenizer and the raw bytes of every token.
-pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
+pub(crate) fn build(spec: &Spec<'_>) -> Result<(TextTokenizer, Pieces)> {
     if spec.scores.len() != spec.tokens.len() {
         return Err(tok_err("tokenizer.ggml.scores and tokenizer.ggml.tokens differ in length"));
     }
@@ -65,22 +63,14 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     } else {
         spec.scores.iter().map(|&s| f64::from(s)).collect()
     };
-    let merges = generate_merges(&spelled, &rank);
-    let vocab: Vocab = spelled.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let unk = spec
         .tokens
         .iter()
-        .find(|t| t.as_str() == "<unk>")
-        .cloned()
+        .rposition(|t| t.as_str() == "<unk>")
         .ok_or_else(|| tok_err("SentencePiece vocabulary has no <unk> token"))?;
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .unk_token(unk)
-        .fuse_unk(true)
-        .byte_fallback(true)
-        .build()
-        .map_err(tok_err)?;
-    let mut tokenizer = Tokenizer::new(bpe);
+    let vocab = Vocab::new(&spelled);
+    let in_vocab = |t: &str| vocab.id(t).is_some();
+    let mut tokenizer = TextTokenizer::new(TextModel::Gguf(Bpe::implied(vocab.clone(), &rank, unk as u32)));
 
     let mut decoders: Vec<DecoderWrapper> = vec![
         Replace::new(SPACE.to_string(), " ").map_err(tok_err)?.into(),
@@ -98,8 +88,7 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(Tokenizer, Vec<Vec<u8>>)> {
     }
     tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
 
-    let in_vocab: std::collections::HashSet<&str> = spelled.iter().map(String::as_str).collect();
-    add_gguf_added_tokens(&mut tokenizer, spec.tokens, spec.types, |t| in_vocab.contains(t), spec.rstrip)?;
+    add_gguf_added_tokens(&mut tokenizer, spec.tokens, spec.types, in_vocab, spec.rstrip)?;
 
     let token_bytes = spec.tokens.iter().zip(spec.types).map(|(t, &ty)| token_bytes(t, ty)).collect();
     Ok((tokenizer, token_bytes))
@@ -119,61 +108,82 @@ fn token_bytes(token: &str, ty: i32) -> Vec<u8> {
     token.replace(SPACE, " ").into_bytes()
 }
 
-/// Every way to cut a token into two tokens is a merge; merges are ranked by the rank of the
-/// token they make (higher first), then longer left piece, then longer right piece. Ties keep
-/// vocabulary order (the sort is stable), exactly like `generate_merges` in transformers.
-fn generate_merges(tokens: &[String], rank: &[f64]) -> Vec<(String, String)> {
-    let mut ids: HashMap<&str, u32> = HashMap::with_capacity(tokens.len());
-    // Python dict semantics: the key keeps its first position, the value is the last one.
-    let mut first_seen: Vec<usize> = Vec::with_capacity(tokens.len());
-    let mut last_index: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
-    for (i, t) in tokens.iter().enumerate() {
-        if ids.insert(t.as_str(), i as u32).is_none() {
-            first_seen.push(i);
-        }
-        last_index.insert(t.as_str(), i);
-    }
-    struct Merge<'a> {
-        left: &'a str,
-        right: &'a str,
-        rank: f64,
-        left_len: usize,
-        right_len: usize,
-    }
-    let mut merges: Vec<Merge<'_>> = Vec::new();
-    for &i in &first_seen {
-        let token = tokens[i].as_str();
-        let score = last_index.get(token).map_or(rank[i], |&j| rank[j]);
-        let mut local: Vec<Merge<'_>> = token
-            .char_indices()
-            .skip(1)
-            .filter_map(|(at, _)| {
-                let (l, r) = token.split_at(at);
-                (ids.contains_key(l) && ids.contains_key(r)).then(|| Merge {
-                    left: l,
-                    right: r,
-                    rank: score,
-                    left_len: l.chars().count(),
-                    right_len: r.chars().count(),
-                })
-            })
-            .collect();
-        local.sort_by_key(|m| (ids[m.left], ids[m.right]));
-        merges.extend(local);
-    }
-    merges.sort_by(|a, b| {
-        b.rank
-            .partial_cmp(&a.rank)
-            .unwrap_or(Ordering::Equal)
-            .then(b.left_len.cmp(&a.left_len))
-            .then(b.right_len.cmp(&a.right_len))
-    });
-    merges.into_iter().map(|m| (m.left.to_owned(), m.right.to_owned())).collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::cmp::Ordering;
+    use std::collections::HashMap;
+
     use super::*;
+
+    /// The reference: the Hugging Face converter's merge list (`generate_merges` in
+    /// transformers), which `Bpe::implied` must order exactly as. Every way to cut a token into two tokens is a merge; merges are ranked by the rank of the
+    /// token they make (higher first), then longer left piece, then longer right piece. Ties keep
+    /// vocabulary order (the sort is stable), exactly like `generate_merges` in transformers.
+    fn generate_merges(tokens: &[String], rank: &[f64]) -> Vec<(String, String)> {
+        let mut ids: HashMap<&str, u32> = HashMap::with_capacity(tokens.len());
+        // Python dict semantics: the key keeps its first position, the value is the last one.
+        let mut first_seen: Vec<usize> = Vec::with_capacity(tokens.len());
+        let mut last_index: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            if ids.insert(t.as_str(), i as u32).is_none() {
+                first_seen.push(i);
+            }
+            last_index.insert(t.as_str(), i);
+        }
+        struct Merge<'a> {
+            left: &'a str,
+            right: &'a str,
+            rank: f64,
+            left_len: usize,
+            right_len: usize,
+        }
+        let mut merges: Vec<Merge<'_>> = Vec::new();
+        for &i in &first_seen {
+            let token = tokens[i].as_str();
+            let score = last_index.get(token).map_or(rank[i], |&j| rank[j]);
+            let mut local: Vec<Merge<'_>> = token
+                .char_indices()
+                .skip(1)
+                .filter_map(|(at, _)| {
+                    let (l, r) = token.split_at(at);
+                    (ids.contains_key(l) && ids.contains_key(r)).then(|| Merge {
+                        left: l,
+                        right: r,
+                        rank: score,
+                        left_len: l.chars().count(),
+                        right_len: r.chars().count(),
+                    })
+                })
+                .collect();
+            local.sort_by_key(|m| (ids[m.left], ids[m.right]));
+            merges.extend(local);
+        }
+        merges.sort_by(|a, b| {
+            b.rank
+                .partial_cmp(&a.rank)
+                .unwrap_or(Ordering::Equal)
+                .then(b.left_len.cmp(&a.left_len))
+                .then(b.right_len.cmp(&a.right_len))
+        });
+        merges.into_iter().map(|m| (m.left.to_owned(), m.right.to_owned())).collect()
+    }
+
+    /// Hugging Face `BPE` over the reference merge list, with SentencePiece's options.
+    fn reference(tokens: &[String], rank: &[f64]) -> tokenizers::models::bpe::BPE {
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        tokenizers::models::bpe::BPE::builder()
+            .vocab_and_merges(vocab, generate_merges(tokens, rank))
+            .unk_token("<unk>".into())
+            .fuse_unk(true)
+            .byte_fallback(true)
+            .build()
+            .unwrap()
+    }
+
+    fn ids(model: &impl tokenizers::Model, text: &str) -> Vec<(u32, (usize, usize))> {
+        model.tokenize(text).unwrap().into_iter().map(|t| (t.id, t.offsets)).collect()
+    }
 
     #[test]
     fn merges_are_ranked_by_the_token_they_make() {
@@ -183,6 +193,43 @@ mod tests {
         let pairs: Vec<(&str, &str)> = merges.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         // "ab" (rank -1) first, then "bc" (-2), then the two ways to make "abc", longer left first.
         assert_eq!(pairs, vec![("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")]);
+        let bpe = Bpe::implied(Vocab::new(&tokens), &rank, 0);
+        assert_eq!(ids(&bpe, "abc"), vec![(4, (0, 3))]);
+        assert_eq!(ids(&bpe, "bcab"), vec![(5, (0, 2)), (3, (2, 4))]);
+    }
+
+    /// A pseudo-random vocabulary over a small alphabet (so that merges compete), with ties in
+    /// rank, a duplicated string, byte tokens for fallback and `<unk>`; random texts must give
+    /// the same ids and offsets as the reference.
+    #[test]
+    fn implied_merges_give_the_reference_bpe_ids_on_random_text() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let alphabet = ["a", "b", "c", "d", "\u{2581}", "é"];
+        let mut tokens: Vec<String> = vec!["<unk>".into()];
+        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        tokens.extend(alphabet.iter().map(|s| s.to_string()));
+        while tokens.len() < 600 {
+            let len = 2 + next(5);
+            let t: String = (0..len).map(|_| alphabet[next(alphabet.len())]).collect();
+            tokens.push(t);
+        }
+        tokens.push("ab".into());
+        let rank: Vec<f64> = (0..tokens.len()).map(|i| -((next(3) + i / 200) as f64)).collect();
+        let reference = reference(&tokens, &rank);
+        let bpe = Bpe::implied(Vocab::new(&tokens), &rank, 0);
+        for _ in 0..3000 {
+            let len = 1 + next(30);
+            let text: String = (0..len)
+                .map(|_| if next(12) == 0 { "ü".to_string() } else { alphabet[next(alphabet.len())].to_string() })
+                .collect();
+            assert_eq!(ids(&bpe, &text), ids(&reference, &text), "{text:?}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod weights;
 
 use gated::{clamped_swiglu_rows, geglu_rows, swiglu_rows};
 use layers::{Linear, QuantWeight, RmsNorm};
-use qmatmul::Q8Matrix;
+use qmatmul::{Q6KMatrix, Q8Matrix};
 use weights::{LinearBuilder, WeightOptions};
 
 /// The host backend, with the weight options it loads under.
@@ -104,12 +104,27 @@ pub struct CpuLinear {
 }
 
 /// Token embeddings: rows dequantized on demand (a 262k-token vocabulary stays at its stored
-/// size), read from the tied LM head's Q8_0 matrix (one copy of the table for both), or a
-/// float tensor.
+/// size), read from the tied LM head's Q8_0 or Q6_K matrix (one copy of the table for both),
+/// or a float tensor.
 pub enum CpuEmbedding {
     Quant { dtype: GgmlDType, bytes: Vec<u8>, row_bytes: usize, hidden: usize },
-    Tied(Q8Matrix),
+    Tied(TiedTable),
     Dense(Tensor),
+}
+
+/// The LM head's matrix, read as the token embedding too.
+pub enum TiedTable {
+    Q8(Q8Matrix),
+    Q6K(Q6KMatrix),
+}
+
+impl TiedTable {
+    fn append_row(&self, r: usize, out: &mut Vec<f32>) -> Option<()> {
+        match self {
+            Self::Q8(m) => m.append_row(r, out),
+            Self::Q6K(m) => m.append_row(r, out),
+        }
+    }
 }
 
 fn flat_f32(t: &Tensor) -> Result<Vec<f32>> {
@@ -207,14 +222,17 @@ impl Backend for CpuBackend {
 
     fn tied_embedding(&self, w: RawWeight) -> Result<(CpuEmbedding, CpuLinear)> {
         let embed = match &w {
-            RawWeight::Quant(q) if q.dtype() == GgmlDType::Q8_0 && self.builder.keeps_q8_0() => None,
+            RawWeight::Quant(q) if self.builder.keeps_stored(q.dtype()) => None,
             _ => Some(self.embedding(&w)?),
         };
         let head = self.linear(vec![w], vec![None])?;
         let embed = match (embed, &head.parts[..]) {
             (Some(e), _) => e,
-            (None, [(Linear::Quant { q: QuantWeight::Q8(m), .. }, _)]) => CpuEmbedding::Tied(m.clone()),
-            (None, _) => return Err(EngineError::Load("a Q8_0 LM head loaded as another kind".into())),
+            (None, [(Linear::Quant { q: QuantWeight::Q8(m), .. }, _)]) => CpuEmbedding::Tied(TiedTable::Q8(m.clone())),
+            (None, [(Linear::Quant { q: QuantWeight::Q6K(m), .. }, _)]) => {
+                CpuEmbedding::Tied(TiedTable::Q6K(m.clone()))
+            }
+            (None, _) => return Err(EngineError::Load("a tied LM head loaded as another kind".into())),
         };
         Ok((embed, head))
     }
@@ -442,33 +460,42 @@ mod tests {
     use candle_core::quantized::QTensor;
 
     #[test]
-    fn a_tied_q8_0_embedding_shares_the_lm_heads_matrix_and_reads_candles_rows() {
-        let (vocab, hidden) = (40, 64);
+    fn a_tied_q8_0_or_q6_k_embedding_shares_the_lm_heads_matrix_and_reads_candles_rows() {
+        let (vocab, hidden) = (40, 256);
         let v: Vec<f32> = (0..vocab * hidden).map(|i| ((i * 7919 % 1001) as f32 / 500.0) - 1.0).collect();
         let w = Tensor::from_vec(v, (vocab, hidden), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let want = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
-        let b = CpuBackend::new(&WeightOptions::as_stored(), 0);
-        let (embed, head) = b.tied_embedding(RawWeight::Quant(q)).unwrap();
-        let CpuEmbedding::Tied(m) = &embed else { panic!("a Q8_0 tied embedding keeps its own copy") };
-        let [(Linear::Quant { q: QuantWeight::Q8(h), .. }, _)] = &head.parts[..] else { panic!("LM head not Q8_0") };
-        assert!(m.shares_storage_with(h), "one copy of the table");
-        let mut out = Vec::new();
-        b.embed(&embed, &[3, 0, 39], Some(2.0), &mut out).unwrap();
-        for (i, id) in [3, 0, 39].into_iter().enumerate() {
-            let row: Vec<f32> = want[id].iter().map(|x| x * 2.0).collect();
-            assert_eq!(&out[i * hidden..(i + 1) * hidden], &row[..], "token {id}");
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q6K] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let want = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            let b = CpuBackend::new(&WeightOptions::default(), 0);
+            let (embed, head) = b.tied_embedding(RawWeight::Quant(q)).unwrap();
+            let shared = match (&embed, &head.parts[..]) {
+                (CpuEmbedding::Tied(TiedTable::Q8(m)), [(Linear::Quant { q: QuantWeight::Q8(h), .. }, _)]) => {
+                    m.shares_storage_with(h)
+                }
+                (CpuEmbedding::Tied(TiedTable::Q6K(m)), [(Linear::Quant { q: QuantWeight::Q6K(h), .. }, _)]) => {
+                    m.shares_storage_with(h)
+                }
+                _ => false,
+            };
+            assert!(shared, "{dtype:?}: one copy of the table");
+            let mut out = Vec::new();
+            b.embed(&embed, &[3, 0, 39], Some(2.0), &mut out).unwrap();
+            for (i, id) in [3, 0, 39].into_iter().enumerate() {
+                let row: Vec<f32> = want[id].iter().map(|x| x * 2.0).collect();
+                assert_eq!(&out[i * hidden..(i + 1) * hidden], &row[..], "{dtype:?} token {id}");
+            }
+            let rows = out.clone();
+            assert!(b.embed(&embed, &[40], None, &mut out).is_err(), "a token outside the vocabulary is an error");
+            // With every weight dequantized (the oracle setting) the head is f32 and the
+            // embedding keeps its own rows, the same values.
+            let b = CpuBackend::new(&WeightOptions::dequantized(), 0);
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let (embed, head) = b.tied_embedding(RawWeight::Quant(q)).unwrap();
+            assert!(matches!(head.parts[..], [(Linear::Dense(_), _)]), "dequantized head");
+            let mut dq = Vec::new();
+            b.embed(&embed, &[3, 0, 39], Some(2.0), &mut dq).unwrap();
+            assert_eq!(dq, rows, "{dtype:?}");
         }
-        let rows = out.clone();
-        assert!(b.embed(&embed, &[40], None, &mut out).is_err(), "a token outside the vocabulary is an error");
-        // With every weight dequantized (the oracle setting) the head is f32 and the embedding
-        // keeps its own rows, the same values.
-        let b = CpuBackend::new(&WeightOptions::dequantized(), 0);
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let (embed, head) = b.tied_embedding(RawWeight::Quant(q)).unwrap();
-        assert!(matches!(head.parts[..], [(Linear::Dense(_), _)]), "dequantized head");
-        let mut dq = Vec::new();
-        b.embed(&embed, &[3, 0, 39], Some(2.0), &mut dq).unwrap();
-        assert_eq!(dq, rows);
     }
 }

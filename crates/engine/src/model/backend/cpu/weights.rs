@@ -176,9 +176,14 @@ impl LinearBuilder {
         self.fast_kernels && !self.dequantize && self.quantize_floats.is_none()
     }
 
-    /// Whether a lone Q8_0 weight becomes a `Q8Matrix` as stored (not dequantized to f32).
-    pub fn keeps_q8_0(&self) -> bool {
-        !self.dequantize
+    /// Whether a lone weight stored as `dtype` runs on a panel matrix of that very format
+    /// (`Q8Matrix`, `Q6KMatrix`), whose rows a tied embedding can read.
+    pub fn keeps_stored(&self, dtype: GgmlDType) -> bool {
+        match dtype {
+            GgmlDType::Q8_0 => !self.dequantize,
+            GgmlDType::Q6K => !self.dequantize && self.fast_kernels,
+            _ => false,
+        }
     }
 
     /// One linear layer whose output is the concatenation of `parts`' outputs (each `[out_i, in]`).

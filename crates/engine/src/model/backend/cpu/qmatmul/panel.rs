@@ -128,6 +128,11 @@ impl<F: PanelFormat> std::fmt::Debug for PanelMatrix<F> {
 }
 
 impl<F: PanelFormat> PanelMatrix<F> {
+    /// Whether `other` reads the same stored panels (not a copy).
+    pub fn shares_storage_with(&self, other: &Self) -> bool {
+        self.panel.shares_storage_with(&other.panel)
+    }
+
     /// `q`'s shape `[n, k]` and stored bytes, checked to be `dtype` and to hold `n · k / values`
     /// blocks of `block_bytes`.
     pub(super) fn stored(

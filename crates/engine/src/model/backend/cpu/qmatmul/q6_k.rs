@@ -52,6 +52,27 @@ impl Q6KMatrix {
         };
         Ok(Self::build(n, k, values, scales))
     }
+
+    /// Appends weight row `r` (output column `r`), dequantized as candle does
+    /// (`d · sc · (q − 32)`); `None` if there is no such row. A tied embedding reads its rows
+    /// here, so the table is held once.
+    pub fn append_row(&self, r: usize, out: &mut Vec<f32>) -> Option<()> {
+        if r >= self.panel.n {
+            return None;
+        }
+        for s in 0..self.panel.k / QK_K {
+            let scales = self.panel.scales::<Q6K>(r, s);
+            let d = scales.d.to_f32();
+            for b in 0..SUPER_BLOCKS {
+                let values = self.panel.values::<Q6K>(r, s * SUPER_BLOCKS + b);
+                for (i, &q) in values.iter().enumerate() {
+                    let sc = scales.sc[(b * QK + i) / 16] as i8;
+                    out.push(d * f32::from(sc) * q as f32);
+                }
+            }
+        }
+        Some(())
+    }
 }
 
 /// The Q6_K format as the panel kernels take it: a block's two 16-value sub-blocks are units

@@ -46,11 +46,6 @@ impl Q8Matrix {
         }
         Some(())
     }
-
-    /// Whether `other` reads the same stored table (not a copy).
-    pub fn shares_storage_with(&self, other: &Q8Matrix) -> bool {
-        self.panel.shares_storage_with(&other.panel)
-    }
 }
 
 /// The Q8_0 format as the panel kernels take it.
