@@ -209,7 +209,8 @@ impl Bpe {
             last.next = None;
         }
         let mut scratch = Vec::new();
-        let mut queue = BinaryHeap::new();
+        let mut queue = BinaryHeap::with_capacity(symbols.len());
+        let mut merged = 0;
         for i in 0..symbols.len().saturating_sub(1) {
             let pair = [symbols[i].id, symbols[i + 1].id];
             if let Some((rank, made)) = self.merge(pair[0], pair[1], &mut scratch) {
@@ -231,6 +232,7 @@ impl Bpe {
             let right = symbols[next];
             symbols[pos] = Symbol { id: made, len: left.len + right.len, next: right.next, ..left };
             symbols[next].len = 0;
+            merged += 1;
             if let Some(after) = right.next {
                 symbols[after].prev = Some(pos);
             }
@@ -247,13 +249,12 @@ impl Bpe {
                 }
             }
         }
-        symbols
-            .iter()
-            .filter(|s| s.len > 0)
-            .map(|s| {
-                Token::new(s.id, self.vocab.token(s.id).unwrap_or_default().to_owned(), (s.start, s.start + s.len))
-            })
-            .collect()
+        // Sized exactly: a long text's tokens all live until the encoding is assembled.
+        let mut tokens = Vec::with_capacity(symbols.len() - merged);
+        tokens.extend(symbols.iter().filter(|s| s.len > 0).map(|s| {
+            Token::new(s.id, self.vocab.token(s.id).unwrap_or_default().to_owned(), (s.start, s.start + s.len))
+        }));
+        tokens
     }
 }
 
