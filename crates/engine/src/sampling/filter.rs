@@ -40,6 +40,9 @@ fn scan_allowed(logits: &[f32], adj: &Adjustments, mask: Option<&TokenMask>, mut
 /// The argmax of the adjusted logits among the allowed ids; ties go to the lowest id. No
 /// allocation. With a mask, an allowed id is returned even when every allowed logit is `-inf`.
 pub fn argmax(logits: &[f32], adj: &Adjustments, mask: Option<&TokenMask>) -> u32 {
+    if mask.is_none() && adj.is_empty() {
+        return argmax_raw(logits);
+    }
     let mut best = f32::NEG_INFINITY;
     let mut best_id = 0u32;
     let mut any = false;
@@ -51,6 +54,26 @@ pub fn argmax(logits: &[f32], adj: &Adjustments, mask: Option<&TokenMask>) -> u3
         }
     });
     best_id
+}
+
+/// [`argmax`] of unadjusted, unmasked logits in two vectorizable passes (the greedy path of
+/// every step, over a whole vocabulary per sequence): the maximum with NaN ignored, then the
+/// first id holding it. When nothing beats `-inf` the scan above returns id 0, and so does this.
+fn argmax_raw(logits: &[f32]) -> u32 {
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = logits.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            // `f32::max` ignores a NaN operand, as `read` makes NaN lose.
+            *m = m.max(x);
+        }
+    }
+    let best = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    if best == f32::NEG_INFINITY {
+        return 0;
+    }
+    logits.iter().position(|&x| x == best).unwrap_or(0) as u32
 }
 
 /// How the distribution is truncated before the draw.
@@ -201,6 +224,46 @@ mod tests {
         assert_eq!(sorted_ids(&c), vec![1, 3, 4]);
         apply_top_k(&mut c, 1);
         assert_eq!(sorted_ids(&c), vec![1]);
+    }
+
+    /// The vectorized greedy path picks what the scan with adjustments picks: the maximum, the
+    /// lowest id on a tie, NaN never, id 0 when nothing beats `-inf`.
+    #[test]
+    fn raw_argmax_agrees_with_the_adjusted_scan() {
+        let scan = |l: &[f32]| {
+            // The same logits through the general path: an adjustment that changes nothing.
+            let adj = Adjustments::with_overrides(vec![(0, if l[0].is_nan() { f32::NEG_INFINITY } else { l[0] })]);
+            argmax(l, &adj, None)
+        };
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![f32::NEG_INFINITY; 40],
+            vec![f32::NAN, f32::NEG_INFINITY, 1.0],
+            vec![f32::NAN, f32::NEG_INFINITY],
+            vec![f32::NAN; 33],
+            vec![2.0, 7.0, 7.0, f32::NAN, 7.0],
+        ];
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        for len in [1, 15, 16, 17, 100, 49152] {
+            let row: Vec<f32> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    match seed % 50 {
+                        0 => f32::NAN,
+                        1 => f32::INFINITY,
+                        2 => f32::NEG_INFINITY,
+                        r => (r % 9) as f32,
+                    }
+                })
+                .collect();
+            cases.push(row);
+        }
+        for l in &cases {
+            assert_eq!(argmax(l, &Adjustments::default(), None), scan(l), "{:?}", &l[..l.len().min(8)]);
+        }
+        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY, 1.0], &Adjustments::default(), None), 2);
+        assert_eq!(argmax(&[2.0, 7.0, 7.0, f32::NAN, 7.0], &Adjustments::default(), None), 1);
     }
 
     #[test]

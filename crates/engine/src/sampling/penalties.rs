@@ -124,6 +124,17 @@ impl Adjustments {
         }
     }
 
+    /// Adjustments setting the given ids' values (sorted by id), for tests of the scans.
+    #[cfg(test)]
+    pub(super) fn with_overrides(overrides: Vec<(u32, f32)>) -> Self {
+        Self { overrides }
+    }
+
+    /// Whether no id is adjusted (the raw logits are the adjusted ones, NaN read as `-inf`).
+    pub fn is_empty(&self) -> bool {
+        self.overrides.is_empty()
+    }
+
     /// The adjusted logit of one id.
     pub fn value(&self, logits: &[f32], id: u32) -> f32 {
         match self.overrides.binary_search_by_key(&id, |&(i, _)| i) {
