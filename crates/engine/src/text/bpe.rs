@@ -299,26 +299,31 @@ impl Model for Bpe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use tokenizers::models::bpe::BPE;
 
     use super::*;
 
-    fn ids(model: &impl Model, text: &str) -> Vec<(u32, (usize, usize))> {
+    /// Ids and offsets `model` gives `text`.
+    pub(in crate::text) fn ids(model: &impl Model, text: &str) -> Vec<(u32, (usize, usize))> {
         model.tokenize(text).unwrap().into_iter().map(|t| (t.id, t.offsets)).collect()
+    }
+
+    /// A xorshift generator of numbers below `n`, for reproducible random vocabularies.
+    pub(in crate::text) fn rng(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        }
     }
 
     /// Listed merges in a pseudo-random order (one pair listed twice, a character outside the
     /// vocabulary that is dropped): random words give Hugging Face `BPE`'s ids and offsets.
     #[test]
     fn listed_merges_give_the_reference_bpe_ids_on_random_words() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = rng(0x9e37_79b9_7f4a_7c15);
         let alphabet = ["a", "b", "c", "Ġ", "é"];
         let mut tokens: Vec<String> = alphabet.iter().map(|s| s.to_string()).collect();
         let mut merges: Vec<(String, String)> = Vec::new();

@@ -113,6 +113,7 @@ mod tests {
     use std::cmp::Ordering;
     use std::collections::HashMap;
 
+    use super::super::bpe::tests::{ids, rng};
     use super::*;
 
     /// The reference: the Hugging Face converter's merge list (`generate_merges` in
@@ -181,10 +182,6 @@ mod tests {
             .unwrap()
     }
 
-    fn ids(model: &impl tokenizers::Model, text: &str) -> Vec<(u32, (usize, usize))> {
-        model.tokenize(text).unwrap().into_iter().map(|t| (t.id, t.offsets)).collect()
-    }
-
     #[test]
     fn merges_are_ranked_by_the_token_they_make() {
         let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "bc"].iter().map(|s| s.to_string()).collect();
@@ -203,13 +200,7 @@ mod tests {
     /// the same ids and offsets as the reference.
     #[test]
     fn implied_merges_give_the_reference_bpe_ids_on_random_text() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = rng(0x2545_f491_4f6c_dd1d);
         let alphabet = ["a", "b", "c", "d", "\u{2581}", "é"];
         let mut tokens: Vec<String> = vec!["<unk>".into()];
         tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
