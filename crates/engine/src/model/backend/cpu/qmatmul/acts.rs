@@ -8,7 +8,7 @@ use super::QK;
 use crate::kernel_level::KernelLevel;
 
 /// Rows per work item when quantizing activations in parallel (below this, one thread).
-const QUANT_ROWS: usize = 16;
+const QUANT_ROWS: usize = 4;
 
 /// Activations `[m, k]` as a weight format takes them. Quantized to 8 bits per value: int8
 /// values, the f16-rounded block scale widened to f32, `s = d · Σ values` rounded as candle's
