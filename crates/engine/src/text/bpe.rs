@@ -168,6 +168,8 @@ impl Bpe {
                 continue;
             }
             if self.byte_fallback {
+                // As Hugging Face's `BPE` does, byte tokens go out ahead of a pending `<unk>`
+                // run (which only exists when some byte token is missing).
                 let bytes: Option<Vec<u32>> = s.bytes().map(|b| self.vocab.id(&format!("<0x{b:02X}>"))).collect();
                 if let Some(bytes) = bytes {
                     out.extend(bytes.into_iter().map(|id| (id, 1)));
