@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::BpeTrainer;
 use tokenizers::{Model, Token};
 
-use super::vocab::{home, table_bits, Vocab};
+use super::vocab::{probe, table_bits, Vocab};
 
 /// Where two adjacent tokens merge: what they make and when (lower first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,20 +78,11 @@ impl Bpe {
             };
             pairs.push([a, b, m]);
         }
-        let bits = table_bits(pairs.len());
-        let mut slots = vec![u32::MAX; 1 << bits].into_boxed_slice();
-        let mask = slots.len() - 1;
+        let mut slots = vec![u32::MAX; 1 << table_bits(pairs.len())].into_boxed_slice();
         for (i, &[a, b, _]) in pairs.iter().enumerate() {
-            let mut at = home(pair_hash(a, b), bits);
-            loop {
-                let slot = slots[at];
-                // A pair listed twice keeps its later rank, as a map built from the list does.
-                if slot == u32::MAX || pairs[slot as usize][..2] == [a, b] {
-                    slots[at] = i as u32;
-                    break;
-                }
-                at = (at + 1) & mask;
-            }
+            // A pair listed twice keeps its later rank, as a map built from the list does.
+            let at = probe(&slots, u32::MAX, pair_hash(a, b), |slot| pairs[slot as usize][..2] == [a, b]);
+            slots[at] = i as u32;
         }
         let merges = Merges::Listed { pairs, slots };
         Ok(Self { vocab, merges, byte_fallback: false, unk: None, ignore_merges })
@@ -124,19 +115,9 @@ impl Bpe {
     fn merge(&self, a: u32, b: u32, scratch: &mut Vec<u8>) -> Option<(Rank, u32)> {
         match &self.merges {
             Merges::Listed { pairs, slots } => {
-                let mask = slots.len() - 1;
-                let mut at = home(pair_hash(a, b), slots.len().trailing_zeros());
-                loop {
-                    let slot = slots[at];
-                    if slot == u32::MAX {
-                        return None;
-                    }
-                    let [l, r, m] = pairs[slot as usize];
-                    if (l, r) == (a, b) {
-                        return Some((Rank { key: (slot, Reverse(0), Reverse(0), 0) }, m));
-                    }
-                    at = (at + 1) & mask;
-                }
+                let slot = slots[probe(slots, u32::MAX, pair_hash(a, b), |slot| pairs[slot as usize][..2] == [a, b])];
+                let &[_, _, m] = pairs.get(slot as usize)?;
+                Some((Rank { key: (slot, Reverse(0), Reverse(0), 0) }, m))
             }
             Merges::Implied { class, first } => {
                 let (left, right) = (self.vocab.bytes(a)?, self.vocab.bytes(b)?);

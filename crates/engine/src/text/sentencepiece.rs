@@ -7,6 +7,8 @@
 //! whitespace-run tokens are stored with real spaces and must be respelled with `▁`; its merge
 //! rank follows token order, not score; and no prefix space is added (spaces simply become `▁`).
 
+use std::collections::HashSet;
+
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
@@ -69,8 +71,15 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(TextTokenizer, Pieces)> {
         .rposition(|t| t.as_str() == "<unk>")
         .ok_or_else(|| tok_err("SentencePiece vocabulary has no <unk> token"))?;
     let vocab = Vocab::new(&spelled);
-    let in_vocab = |t: &str| vocab.id(t).is_some();
-    let mut tokenizer = TextTokenizer::new(TextModel::Gguf(Bpe::implied(vocab.clone(), &rank, unk as u32)));
+    // The control and user-defined tokens the vocabulary holds (the only ones added below).
+    let in_vocab: HashSet<&str> = spec
+        .tokens
+        .iter()
+        .zip(spec.types)
+        .filter(|(t, &ty)| (ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED) && vocab.id(t).is_some())
+        .map(|(t, _)| t.as_str())
+        .collect();
+    let mut tokenizer = TextTokenizer::new(TextModel::Gguf(Bpe::implied(vocab, &rank, unk as u32)));
 
     let mut decoders: Vec<DecoderWrapper> = vec![
         Replace::new(SPACE.to_string(), " ").map_err(tok_err)?.into(),
@@ -88,7 +97,7 @@ pub(crate) fn build(spec: &Spec<'_>) -> Result<(TextTokenizer, Pieces)> {
     }
     tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
 
-    add_gguf_added_tokens(&mut tokenizer, spec.tokens, spec.types, in_vocab, spec.rstrip)?;
+    add_gguf_added_tokens(&mut tokenizer, spec.tokens, spec.types, |t| in_vocab.contains(t), spec.rstrip)?;
 
     let token_bytes = spec.tokens.iter().zip(spec.types).map(|(t, &ty)| token_bytes(t, ty)).collect();
     Ok((tokenizer, token_bytes))

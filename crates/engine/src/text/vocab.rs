@@ -85,9 +85,16 @@ fn hash(bytes: &[u8]) -> u64 {
     h ^ (h >> 32)
 }
 
-/// The slot to start probing at for hash `h` in a table of `2^bits` slots.
-pub(crate) fn home(h: u64, bits: u32) -> usize {
-    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
+/// Linear probing in a power-of-two table for a key hashing to `h`: the first slot, from the
+/// one `h` picks, that is `empty` or that `holds_key` accepts.
+pub(crate) fn probe(slots: &[u32], empty: u32, h: u64, holds_key: impl Fn(u32) -> bool) -> usize {
+    let mask = slots.len() - 1;
+    let bits = slots.len().trailing_zeros();
+    let mut at = (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize;
+    while slots[at] != empty && !holds_key(slots[at]) {
+        at = (at + 1) & mask;
+    }
+    at
 }
 
 /// Table size (a power of two, at least twice `n`) and its log2.
@@ -97,33 +104,36 @@ pub(crate) fn table_bits(n: usize) -> u32 {
 
 impl Vocab {
     pub fn new<T: AsRef<str>>(tokens: impl IntoIterator<Item = T>) -> Self {
-        let pieces: Pieces = tokens.into_iter().map(|t| t.as_ref().as_bytes().to_vec()).collect();
-        let bits = table_bits(pieces.len());
+        let mut pieces = Pieces::default();
+        for t in tokens {
+            pieces.push(t.as_ref().as_bytes());
+        }
+        pieces.shrink_to_fit();
         // `id + 1 <= len` fits in `id_bits`.
         let id_bits = 32 - (pieces.len() as u32).leading_zeros();
-        let slots = vec![0; 1 << bits].into_boxed_slice();
+        let slots = vec![0; 1 << table_bits(pieces.len())].into_boxed_slice();
         let mut vocab = Self { slots, pieces, id_bits, distinct: 0 };
-        let mask = vocab.slots.len() - 1;
         for id in 0..vocab.pieces.len() as u32 {
             let text = vocab.pieces.get(id).unwrap_or_default();
             let h = hash(text);
             let entry = vocab.tag(h) | (id + 1);
-            let mut at = home(h, bits);
-            loop {
-                let slot = vocab.slots[at];
-                if slot == 0 {
-                    vocab.slots[at] = entry;
-                    vocab.distinct += 1;
-                    break;
-                }
-                if vocab.matches(slot, entry, text) {
-                    vocab.slots[at] = entry;
-                    break;
-                }
-                at = (at + 1) & mask;
+            // A string listed again takes over its slot: the last id wins.
+            let at = probe(&vocab.slots, 0, h, |slot| vocab.matches(slot, entry, text));
+            if vocab.slots[at] == 0 {
+                vocab.distinct += 1;
             }
+            vocab.slots[at] = entry;
         }
         vocab
+    }
+
+    /// The bits of a slot that hold `id + 1`.
+    fn id_mask(&self) -> u32 {
+        if self.id_bits >= 32 {
+            u32::MAX
+        } else {
+            (1 << self.id_bits) - 1
+        }
     }
 
     /// The hash bits a slot keeps above its id.
@@ -136,7 +146,7 @@ impl Vocab {
 
     /// Whether `slot` holds `text`, whose entry (tag and id) would be `entry`.
     fn matches(&self, slot: u32, entry: u32, text: &[u8]) -> bool {
-        let ids = if self.id_bits >= 32 { u32::MAX } else { (1 << self.id_bits) - 1 };
+        let ids = self.id_mask();
         (slot & !ids) == (entry & !ids) && self.pieces.get((slot & ids) - 1) == Some(text)
     }
 
@@ -147,21 +157,10 @@ impl Vocab {
 
     /// [`id`](Self::id) for text given as bytes.
     pub fn id_of_bytes(&self, bytes: &[u8]) -> Option<u32> {
-        let mask = self.slots.len() - 1;
         let h = hash(bytes);
         let tag = self.tag(h);
-        let ids = if self.id_bits >= 32 { u32::MAX } else { (1 << self.id_bits) - 1 };
-        let mut at = home(h, self.slots.len().trailing_zeros());
-        loop {
-            let slot = self.slots[at];
-            if slot == 0 {
-                return None;
-            }
-            if self.matches(slot, tag, bytes) {
-                return Some((slot & ids) - 1);
-            }
-            at = (at + 1) & mask;
-        }
+        let slot = self.slots[probe(&self.slots, 0, h, |slot| self.matches(slot, tag, bytes))];
+        (slot != 0).then(|| (slot & self.id_mask()) - 1)
     }
 
     /// The bytes of `id`'s text.
