@@ -11,6 +11,7 @@ Standard library only.
 """
 import argparse
 import json
+import secrets
 import threading
 import time
 import urllib.request
@@ -63,7 +64,10 @@ def same_prompt(args):
 
 
 def conversation(args):
-    msgs = [{"role": "system", "content": "You are a helpful assistant who answers in a few sentences."}]
+    # A new session tag per run: every run's turn 1 is prefilled cold, as a new chat's is, rather
+    # than served from the prefix cache of an earlier run of the same conversation.
+    session = secrets.token_hex(4)
+    msgs = [{"role": "system", "content": f"You are a helpful assistant who answers in a few sentences. Session {session}."}]
     topics = ["rivers", "bread", "trains", "bees", "glass", "maps", "tea", "clocks", "salt", "kites"]
     ttfts = []
     for topic in topics:
