@@ -10,6 +10,9 @@ use crate::kernel_level::KernelLevel;
 /// Rows per work item when quantizing activations in parallel (below this, one thread).
 const QUANT_ROWS: usize = 4;
 
+/// Rows per tile of [`Tiled`]: the AVX-512 panel kernels' register tile.
+pub const TILE_ROWS: usize = 8;
+
 /// Activations `[m, k]` as a weight format takes them. Quantized to 8 bits per value: int8
 /// values, the f16-rounded block scale widened to f32, `s = d · Σ values` rounded as candle's
 /// `BlockQ8_1` does (Q4_1's and Q5_1's offsets; for Q8_K the integer sum), and the integer
@@ -25,8 +28,111 @@ pub struct QuantizedActs {
     /// `Σ values` over the first 16 of each block (Q6_K's sub-blocks).
     pub isum16: Vec<i32>,
     pub f: Vec<f32>,
+    /// The same values and scalars, rows interleaved per block (AVX-512 only; see [`Tiled`]).
+    pub tiled: Tiled,
     pub k: usize,
     m: usize,
+}
+
+/// Quantized activations with the rows of each tile of [`TILE_ROWS`] interleaved per block,
+/// as the AVX-512 panel kernels read them: block `b` of row `r` (tile `t = r / TILE_ROWS`,
+/// `i = r % TILE_ROWS`) is `qs[((t · kb + b) · TILE_ROWS + i) · 32..][..32]` and its scalars
+/// `d`, `s`, `isum`, `isum16` are at `(t · kb + b) · TILE_ROWS + i`. A tile's eight rows of a
+/// block then lie at fixed offsets from one pointer, so a kernel addresses every row without
+/// a register or an index of its own. Rows past the matrix in the last tile are zero. The
+/// values are copies of the row-major ones: the same bits, so the same results.
+#[derive(Default)]
+pub struct Tiled {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+    pub isum: Vec<i32>,
+    pub isum16: Vec<i32>,
+}
+
+impl Tiled {
+    /// Sizes the buffers for `m` rows of `k` values. The slots of rows past `m` keep whatever
+    /// they held: no kernel reads them (a tile computes only the rows it is given).
+    fn reset(&mut self, m: usize, k: usize) {
+        let slots = m.div_ceil(TILE_ROWS) * TILE_ROWS * (k / QK);
+        fn size<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+            v.truncate(len);
+            v.resize(len, T::default());
+        }
+        size(&mut self.qs, slots * QK);
+        size(&mut self.d, slots);
+        size(&mut self.s, slots);
+        size(&mut self.isum, slots);
+        size(&mut self.isum16, slots);
+    }
+
+    fn clear(&mut self) {
+        self.qs.clear();
+        self.d.clear();
+        self.s.clear();
+        self.isum.clear();
+        self.isum16.clear();
+    }
+}
+
+/// Copies `rows` (whose row-major values start at row `rows.start`) into the tiled buffers.
+///
+/// # Safety
+/// `t` points to buffers sized by `Tiled::reset` for at least `rows.end` rows of `k`, and no
+/// other thread writes these rows' slots concurrently.
+#[allow(clippy::too_many_arguments)]
+unsafe fn copy_rows(
+    t: &TiledPtrs,
+    k: usize,
+    rows: std::ops::Range<usize>,
+    qs: &[i8],
+    d: &[f32],
+    s: &[f32],
+    sums: (&[i32], &[i32]),
+) {
+    let kb = k / QK;
+    for (j, r) in rows.enumerate() {
+        let (tile, i) = (r / TILE_ROWS, r % TILE_ROWS);
+        for b in 0..kb {
+            let slot = (tile * kb + b) * TILE_ROWS + i;
+            let from = j * kb + b;
+            // SAFETY: the caller's contract; `slot` lies inside the sized buffers.
+            unsafe {
+                std::ptr::copy_nonoverlapping(qs.as_ptr().add(from * QK), t.qs.0.add(slot * QK), QK);
+                *t.d.0.add(slot) = d[from];
+                *t.s.0.add(slot) = s[from];
+                *t.isum.0.add(slot) = sums.0[from];
+                *t.isum16.0.add(slot) = sums.1[from];
+            }
+        }
+    }
+}
+
+/// The tiled buffers' pointers, handed to the quantizing workers.
+struct TiledPtrs {
+    qs: SendPtr<i8>,
+    d: SendPtr<f32>,
+    s: SendPtr<f32>,
+    isum: SendPtr<i32>,
+    isum16: SendPtr<i32>,
+}
+
+impl TiledPtrs {
+    fn of(t: &mut Tiled) -> Self {
+        Self {
+            qs: SendPtr(t.qs.as_mut_ptr()),
+            d: SendPtr(t.d.as_mut_ptr()),
+            s: SendPtr(t.s.as_mut_ptr()),
+            isum: SendPtr(t.isum.as_mut_ptr()),
+            isum16: SendPtr(t.isum16.as_mut_ptr()),
+        }
+    }
+}
+
+/// Whether kernels may read [`Tiled`] activations: the AVX-512 panels, which a matrix can
+/// run wherever the CPU has them (tests pin a matrix to a level other than the process's).
+fn wants_tiled() -> bool {
+    KernelLevel::Avx512.supported()
 }
 
 impl QuantizedActs {
@@ -60,6 +166,13 @@ impl QuantizedActs {
         copy(&self.isum, self.m, rows, &mut into.isum);
         copy(&self.isum16, self.m, rows, &mut into.isum16);
         copy(&self.f, self.m, rows, &mut into.f);
+        into.tiled.clear();
+        if !into.qs.is_empty() && wants_tiled() {
+            into.tiled.reset(into.m, into.k);
+            let t = TiledPtrs::of(&mut into.tiled);
+            // SAFETY: sized just above for every row; one thread.
+            unsafe { copy_rows(&t, into.k, 0..into.m, &into.qs, &into.d, &into.s, (&into.isum, &into.isum16)) };
+        }
     }
 
     /// Quantizes `x` (`m` rows of `k`) into 32-value blocks, reusing the buffers; rows are
@@ -82,6 +195,7 @@ impl QuantizedActs {
             self.qs.clear();
             self.isum.clear();
             self.isum16.clear();
+            self.tiled.clear();
             return;
         }
         self.f.clear();
@@ -91,18 +205,32 @@ impl QuantizedActs {
         self.isum.resize(m * k / QK, 0);
         self.isum16.resize(m * k / QK, 0);
         let quantize_rows = if blocks == ActBlocks::Q8K { quantize_rows_q8k } else { quantize_rows };
-        if m < 2 * QUANT_ROWS {
+        let tiled = wants_tiled();
+        if tiled {
+            self.tiled.reset(m, k);
+        } else {
+            self.tiled.clear();
+        }
+        let t = TiledPtrs::of(&mut self.tiled);
+        // Tiled copies are written a whole tile per item: threads writing rows of one tile
+        // would share the cache lines of its interleaved scalars.
+        let per_item = if tiled { TILE_ROWS } else { QUANT_ROWS };
+        if m < 2 * per_item {
             let sums = (&mut self.isum[..], &mut self.isum16[..]);
             quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, sums);
+            if tiled {
+                // SAFETY: `reset` sized the buffers for `m` rows; one thread.
+                unsafe { copy_rows(&t, k, 0..m, &self.qs, &self.d, &self.s, (&self.isum, &self.isum16)) };
+            }
             return;
         }
         let kb = k / QK;
         let (qs, d, s) = (SendPtr(self.qs.as_mut_ptr()), SendPtr(self.d.as_mut_ptr()), SendPtr(self.s.as_mut_ptr()));
         let (isum, isum16) = (SendPtr(self.isum.as_mut_ptr()), SendPtr(self.isum16.as_mut_ptr()));
-        crate::thread_pool::pool().for_each_chunk(m.div_ceil(QUANT_ROWS), |items| {
-            let (qs, d, s, isum, isum16) = (&qs, &d, &s, &isum, &isum16);
+        crate::thread_pool::pool().for_each_chunk(m.div_ceil(per_item), |items| {
+            let (qs, d, s, isum, isum16, t) = (&qs, &d, &s, &isum, &isum16, &t);
             for item in items {
-                let rows = item * QUANT_ROWS..m.min((item + 1) * QUANT_ROWS);
+                let rows = item * per_item..m.min((item + 1) * per_item);
                 // SAFETY: each item owns rows `rows` of the buffers, sized above for
                 // `m` rows; the buffers outlive the parallel region.
                 let (qs, d, s, isum, isum16) = unsafe {
@@ -114,7 +242,12 @@ impl QuantizedActs {
                         std::slice::from_raw_parts_mut(isum16.0.add(rows.start * kb), rows.len() * kb),
                     )
                 };
-                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, (isum, isum16));
+                quantize_rows(&x[rows.start * k..rows.end * k], qs, d, s, (&mut *isum, &mut *isum16));
+                if tiled {
+                    // SAFETY: `reset` sized the buffers for `m` rows, and this item alone
+                    // writes its rows' slots.
+                    unsafe { copy_rows(t, k, rows, qs, d, s, (isum, isum16)) };
+                }
             }
         });
     }

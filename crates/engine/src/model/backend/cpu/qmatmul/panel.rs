@@ -438,10 +438,16 @@ fn prefetch_block<F: PanelFormat>(wq: *const u8, wh: *const u8, at: usize) {
 /// or a min multiplies.
 #[inline(always)]
 fn sub_sum<F: PanelFormat>(a: &QuantizedActs, at: usize, j: usize) -> i32 {
+    split_sum::<F>(a.isum[at], a.isum16[at], j)
+}
+
+/// Sub-block `j`'s sum from a block's sum `all` and the sum of its first 16 values `first`.
+#[inline(always)]
+fn split_sum<F: PanelFormat>(all: i32, first: i32, j: usize) -> i32 {
     match (F::SUBS, j) {
-        (1, _) => a.isum[at],
-        (_, 0) => a.isum16[at],
-        _ => a.isum[at] - a.isum16[at],
+        (1, _) => all,
+        (_, 0) => first,
+        _ => all - first,
     }
 }
 
@@ -449,7 +455,13 @@ fn sub_sum<F: PanelFormat>(a: &QuantizedActs, at: usize, j: usize) -> i32 {
 /// one 32-bit lane (each fits: at most 32 · 127).
 #[inline(always)]
 fn sum_pair(a: &QuantizedActs, at: usize, t: usize) -> i32 {
-    (a.isum[at + 2 * t] as u16 as u32 | (a.isum[at + 2 * t + 1] as u32) << 16) as i32
+    int16_pair(a.isum[at + 2 * t], a.isum[at + 2 * t + 1])
+}
+
+/// `lo` and `hi` (each within int16) as the int16 pair of one 32-bit lane.
+#[inline(always)]
+fn int16_pair(lo: i32, hi: i32) -> i32 {
+    (lo as u16 as u32 | (hi as u32) << 16) as i32
 }
 
 /// One output element.

@@ -449,6 +449,41 @@ fn mxfp4_rows_are_bit_identical_alone_and_in_any_batch() {
 }
 
 #[test]
+fn gathered_rows_give_their_own_results_on_every_panel_format() {
+    // The AVX-512 tiles read `QuantizedActs::tiled`, which `gather` must rebuild.
+    let (n, k) = (40, 512);
+    for (dtype, level) in cases().into_iter().filter(|(d, _)| !is_float(*d)) {
+        let w = kernel(&qtensor(n, k, 9, dtype), level);
+        let x = values(11 * k, 78, 1.0);
+        let all = run(&w, &x);
+        let mut acts = QuantizedActs::default();
+        let blocks = if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K) {
+            ActBlocks::Q8K
+        } else {
+            ActBlocks::Q8_0
+        };
+        acts.quantize_as(&x, k, blocks);
+        let rows = [10, 4, 1, 9, 0, 3, 2, 8, 7];
+        let mut sub = QuantizedActs::default();
+        acts.gather(&rows, &mut sub);
+        let mut out = vec![0f32; rows.len() * n];
+        match &w {
+            Kernel::Q8(w) => matmul_quantized(w, &sub, &mut out),
+            Kernel::Q41(w) => matmul_quantized(w, &sub, &mut out),
+            Kernel::Q50(w) => matmul_quantized(w, &sub, &mut out),
+            Kernel::Q51(w) => matmul_quantized(w, &sub, &mut out),
+            Kernel::Q4K(w) => matmul_quantized(w, &sub, &mut out),
+            Kernel::Q5K(w) => matmul_quantized(w, &sub, &mut out),
+            Kernel::Q6K(w) => matmul_quantized(w, &sub, &mut out),
+            Kernel::Float(_) => unreachable!(),
+        }
+        for (j, &r) in rows.iter().enumerate() {
+            assert_eq!(bits(&out[j * n..(j + 1) * n]), bits(&all[r * n..(r + 1) * n]), "{dtype:?} {level:?}: row {r}");
+        }
+    }
+}
+
+#[test]
 fn mxfp4_is_the_dequantized_product_of_the_quantized_activations() {
     // Against f64 math on the dequantized weights: with the activations' own Q8_0 rounding
     // applied the only difference is f32 accumulation (tight); with the raw f32 activations,
