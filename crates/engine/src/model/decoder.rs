@@ -70,8 +70,10 @@ struct Scratch<B: Backend> {
     x: B::Act,
     /// Normed input of the current block.
     h: B::Act,
-    /// Fused projection output (qkv or gate/up).
+    /// Fused projection outputs, each in a buffer of its own so that neither is resized (and
+    /// zero-filled) every layer: qkv, and gate/up (or the MoE router's logits).
     proj: B::Act,
+    gate_up: B::Act,
     q: B::Act,
     k: B::Act,
     v: B::Act,
@@ -87,6 +89,7 @@ impl<B: Backend> Default for Scratch<B> {
             x: B::Act::default(),
             h: B::Act::default(),
             proj: B::Act::default(),
+            gate_up: B::Act::default(),
             q: B::Act::default(),
             k: B::Act::default(),
             v: B::Act::default(),
@@ -386,12 +389,12 @@ impl<B: Backend> Decoder<B> {
             b.rms_norm(&layer.ffn_norm, &s.x, &mut s.h);
             match (&layer.ffn, &spec.moe) {
                 (Ffn::Moe { router, experts }, Some(moe)) => {
-                    b.matmul(router, &s.h, t, &mut s.proj)?;
-                    b.moe(experts, moe, spec.activation, &s.h, &s.proj, t, &mut s.out)?;
+                    b.matmul(router, &s.h, t, &mut s.gate_up)?;
+                    b.moe(experts, moe, spec.activation, &s.h, &s.gate_up, t, &mut s.out)?;
                 }
                 (Ffn::Dense { gate_up, down }, _) => {
-                    b.matmul(gate_up, &s.h, t, &mut s.proj)?;
-                    b.gated(spec.activation, &s.proj, spec.intermediate_size, &mut s.act);
+                    b.matmul(gate_up, &s.h, t, &mut s.gate_up)?;
+                    b.gated(spec.activation, &s.gate_up, spec.intermediate_size, &mut s.act);
                     b.matmul(down, &s.act, t, &mut s.out)?;
                 }
                 (Ffn::Moe { .. }, None) => unreachable!("experts are loaded only for a MoE spec"),
