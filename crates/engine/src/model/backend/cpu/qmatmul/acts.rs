@@ -39,8 +39,8 @@ pub struct QuantizedActs {
 /// `i = r % TILE_ROWS`) is `qs[((t · kb + b) · TILE_ROWS + i) · 32..][..32]` and its scalars
 /// `d`, `s`, `isum`, `isum16` are at `(t · kb + b) · TILE_ROWS + i`. A tile's eight rows of a
 /// block then lie at fixed offsets from one pointer, so a kernel addresses every row without
-/// a register or an index of its own. Rows past the matrix in the last tile are zero. The
-/// values are copies of the row-major ones: the same bits, so the same results.
+/// a register or an index of its own. The slots of rows past the matrix in the last tile are
+/// never read. The values are copies of the row-major ones: the same bits, so the same results.
 #[derive(Default)]
 pub struct Tiled {
     pub qs: Vec<i8>,
@@ -166,13 +166,20 @@ impl QuantizedActs {
         copy(&self.isum, self.m, rows, &mut into.isum);
         copy(&self.isum16, self.m, rows, &mut into.isum16);
         copy(&self.f, self.m, rows, &mut into.f);
-        into.tiled.clear();
-        if !into.qs.is_empty() && wants_tiled() {
-            into.tiled.reset(into.m, into.k);
-            let t = TiledPtrs::of(&mut into.tiled);
-            // SAFETY: sized just above for every row; one thread.
-            unsafe { copy_rows(&t, into.k, 0..into.m, &into.qs, &into.d, &into.s, (&into.isum, &into.isum16)) };
+        into.retile();
+    }
+
+    /// Rebuilds `tiled` from the row-major buffers on this thread, or empties it where no
+    /// kernel reads it (float activations, or a CPU without AVX-512).
+    fn retile(&mut self) {
+        if self.qs.is_empty() || !wants_tiled() {
+            self.tiled.clear();
+            return;
         }
+        self.tiled.reset(self.m, self.k);
+        let t = TiledPtrs::of(&mut self.tiled);
+        // SAFETY: sized just above for every row; one thread.
+        unsafe { copy_rows(&t, self.k, 0..self.m, &self.qs, &self.d, &self.s, (&self.isum, &self.isum16)) };
     }
 
     /// Quantizes `x` (`m` rows of `k`) into 32-value blocks, reusing the buffers; rows are
@@ -206,24 +213,21 @@ impl QuantizedActs {
         self.isum16.resize(m * k / QK, 0);
         let quantize_rows = if blocks == ActBlocks::Q8K { quantize_rows_q8k } else { quantize_rows };
         let tiled = wants_tiled();
-        if tiled {
-            self.tiled.reset(m, k);
-        } else {
-            self.tiled.clear();
-        }
-        let t = TiledPtrs::of(&mut self.tiled);
         // Tiled copies are written a whole tile per item: threads writing rows of one tile
         // would share the cache lines of its interleaved scalars.
         let per_item = if tiled { TILE_ROWS } else { QUANT_ROWS };
         if m < 2 * per_item {
             let sums = (&mut self.isum[..], &mut self.isum16[..]);
             quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s, sums);
-            if tiled {
-                // SAFETY: `reset` sized the buffers for `m` rows; one thread.
-                unsafe { copy_rows(&t, k, 0..m, &self.qs, &self.d, &self.s, (&self.isum, &self.isum16)) };
-            }
+            self.retile();
             return;
         }
+        if tiled {
+            self.tiled.reset(m, k);
+        } else {
+            self.tiled.clear();
+        }
+        let t = TiledPtrs::of(&mut self.tiled);
         let kb = k / QK;
         let (qs, d, s) = (SendPtr(self.qs.as_mut_ptr()), SendPtr(self.d.as_mut_ptr()), SendPtr(self.s.as_mut_ptr()));
         let (isum, isum16) = (SendPtr(self.isum.as_mut_ptr()), SendPtr(self.isum16.as_mut_ptr()));

@@ -106,20 +106,26 @@ fn the_avx512_kernels_run_wherever_the_cpu_has_them() {
     }
 }
 
-fn run(w: &Kernel, x: &[f32]) -> Vec<f32> {
-    match w {
-        Kernel::Q8(w) => run_with(w, x),
-        Kernel::Q41(w) => run_with(w, x),
-        Kernel::Q50(w) => run_with(w, x),
-        Kernel::Q51(w) => run_with(w, x),
-        Kernel::Q4K(w) => run_with(w, x),
-        Kernel::Q5K(w) => run_with(w, x),
-        Kernel::Q6K(w) => run_with(w, x),
-        Kernel::Float(w) => run_with(w, x),
+impl Kernel {
+    fn tile(&self) -> &dyn TileKernel {
+        match self {
+            Kernel::Q8(w) => w,
+            Kernel::Q41(w) => w,
+            Kernel::Q50(w) => w,
+            Kernel::Q51(w) => w,
+            Kernel::Q4K(w) => w,
+            Kernel::Q5K(w) => w,
+            Kernel::Q6K(w) => w,
+            Kernel::Float(w) => w,
+        }
     }
 }
 
-fn run_with(w: &impl TileKernel, x: &[f32]) -> Vec<f32> {
+fn run(w: &Kernel, x: &[f32]) -> Vec<f32> {
+    run_with(w.tile(), x)
+}
+
+fn run_with<W: TileKernel + ?Sized>(w: &W, x: &[f32]) -> Vec<f32> {
     let (n, k) = w.dims();
     let mut out = vec![0f32; x.len() / k * n];
     matmul(w, x, &mut out);
@@ -457,26 +463,12 @@ fn gathered_rows_give_their_own_results_on_every_panel_format() {
         let x = values(11 * k, 78, 1.0);
         let all = run(&w, &x);
         let mut acts = QuantizedActs::default();
-        let blocks = if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K) {
-            ActBlocks::Q8K
-        } else {
-            ActBlocks::Q8_0
-        };
-        acts.quantize_as(&x, k, blocks);
+        acts.quantize_as(&x, k, w.tile().act_blocks());
         let rows = [10, 4, 1, 9, 0, 3, 2, 8, 7];
         let mut sub = QuantizedActs::default();
         acts.gather(&rows, &mut sub);
         let mut out = vec![0f32; rows.len() * n];
-        match &w {
-            Kernel::Q8(w) => matmul_quantized(w, &sub, &mut out),
-            Kernel::Q41(w) => matmul_quantized(w, &sub, &mut out),
-            Kernel::Q50(w) => matmul_quantized(w, &sub, &mut out),
-            Kernel::Q51(w) => matmul_quantized(w, &sub, &mut out),
-            Kernel::Q4K(w) => matmul_quantized(w, &sub, &mut out),
-            Kernel::Q5K(w) => matmul_quantized(w, &sub, &mut out),
-            Kernel::Q6K(w) => matmul_quantized(w, &sub, &mut out),
-            Kernel::Float(_) => unreachable!(),
-        }
+        matmul_quantized(w.tile(), &sub, &mut out);
         for (j, &r) in rows.iter().enumerate() {
             assert_eq!(bits(&out[j * n..(j + 1) * n]), bits(&all[r * n..(r + 1) * n]), "{dtype:?} {level:?}: row {r}");
         }
