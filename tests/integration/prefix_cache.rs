@@ -4,7 +4,7 @@
 //!
 //! The reference runs every prompt alone with the cache off. The cached runs send prompts that
 //! share a long system prefix, repeat each other, and continue each other (a chat resent turn
-//! by turn), with the cache warm, with a pool small enough to evict part of it, and with a
+//! by turn, and resent with their answers, which continue a cached tail), with the cache warm, with a pool small enough to evict part of it, and with a
 //! token budget and pool that force preemption; they are teacher-forced with the reference's
 //! tokens, so every logits row must be bit-identical to the reference's, and the runs must
 //! actually hit (and evict, and preempt) for the test to count.
@@ -53,6 +53,8 @@ struct Report {
     prefix: PrefixStats,
     evictions: u64,
     preemptions: u64,
+    /// Pages copied from cached tails (the partly filled last page an ended sequence left).
+    tail_copies: usize,
 }
 
 fn run(
@@ -75,6 +77,7 @@ fn run(
     let mut sched: Scheduler<()> = Scheduler::new(sched_cfg, pool, layout.groups.clone());
     let mut out: Outputs = HashMap::new();
     let mut added = 0;
+    let mut tail_copies = 0;
     for step in 0..20_000 {
         while added < prompts.len() && (cfg.arrival)(added) <= step {
             sched.add(Sequence::new(added as u64, prompts[added].clone(), ()));
@@ -85,10 +88,15 @@ fn run(
                 prefix: sched.prefix_stats(),
                 evictions: sched.pool().num_evictions(),
                 preemptions: sched.num_preemptions(),
+                tail_copies,
             };
             return (out, report);
         }
         let plan = sched.plan();
+        for c in &plan.copies {
+            cache.copy_page(c.src as usize, c.dst as usize);
+        }
+        tail_copies += plan.copies.len();
         if plan.is_empty() {
             continue;
         }
@@ -139,7 +147,16 @@ fn check(name: &str) {
     let model = load_gguf_model(&path, &opts).unwrap();
     let layout = model.config().kv_layout.clone().with_dtype(KvDtype::F16);
     let g = layout.num_groups();
-    let prompts = prompts(model.config().vocab_size as u32);
+    let vocab = model.config().vocab_size as u32;
+    let mut prompts = prompts(vocab);
+    // Chat turns resent with their answers: prompts 1 and 7 followed by what they generate and
+    // a new message, so each continues a finished sequence's computed tokens, its partly filled
+    // last page (1 and 2 of 4 tokens) included: a tail hit.
+    let first = reference(model.as_ref(), &layout, &prompts);
+    for (i, k) in [(1u64, 11u32), (7, 12)] {
+        let message = (0..5).map(|j| (j * 17 + k * 29) % vocab);
+        prompts.push(prompts[i as usize].iter().chain(&first[&i].0).copied().chain(message).collect());
+    }
     let want = reference(model.as_ref(), &layout, &prompts);
 
     // Warm: prompts arrive one after another, plenty of pages.
@@ -147,6 +164,7 @@ fn check(name: &str) {
     let (got, r) = run(model.as_ref(), &layout, &prompts, &warm, Some(&want));
     assert_same(&want, &got, &format!("{name} warm"));
     assert!(r.prefix.hit_tokens >= 100, "{name} warm: expected hits, got {r:?}");
+    assert_eq!(r.tail_copies, 2 * g, "{name} warm: each resent turn copies its tail in every group: {r:?}");
     eprintln!("{name} warm: {r:?}");
 
     // Partly evicted: a pool that holds about two prompts, so cached blocks are evicted and

@@ -243,6 +243,9 @@ impl Worker {
     fn step(&mut self) {
         let started = Instant::now();
         let plan = self.sched.plan();
+        for c in &plan.copies {
+            self.cache.copy_page(c.src as usize, c.dst as usize);
+        }
         self.shared.stats.preemptions_total.fetch_add(plan.preempted.len() as u64, Ordering::Relaxed);
         if plan.is_empty() {
             self.unblock_head();

@@ -4,7 +4,9 @@
 //! the free ones.
 //!
 //! Prefix cache: a full block whose K/V are computed can be *registered* under its
-//! [`CacheKey`] (group + chained hash, see [`super::prefix`]) with its tokens. When its last
+//! [`CacheKey`] (group + chained hash, see [`super::prefix`]) with its tokens; so can the
+//! partly filled last block of a sequence that ends (its *tail*, registered with the tokens it
+//! holds), which a later sequence continuing the same tokens copies rather than recomputes. When its last
 //! reference goes, a registered block is not wiped: it stays *cached*, still findable by
 //! [`BlockPool::lookup`], until the pool needs the page for something else. Free pages are
 //! handed out plain ones that were used before first (oldest freed first; their memory is
@@ -40,6 +42,8 @@ pub struct BlockPool {
     index: HashMap<CacheKey, u32>,
     keys: Vec<Option<CacheKey>>,
     tokens: Vec<u32>,
+    /// How many of each registered block's `block_size` token slots it holds (a tail: fewer).
+    lens: Vec<u32>,
     evictions: u64,
 }
 
@@ -59,6 +63,7 @@ impl BlockPool {
             index: HashMap::new(),
             keys: vec![None; num_blocks],
             tokens: Vec::new(),
+            lens: vec![0; num_blocks],
             evictions: 0,
         }
     }
@@ -177,18 +182,20 @@ impl BlockPool {
         }
     }
 
-    /// Registers a full, computed `block` under `key` with its `tokens`, so later sequences can
-    /// reuse it. Does nothing (returns false) with caching off, when the block is already
-    /// registered, or when another block holds `key` (two sequences computed the same prefix
-    /// at once: the first one's block is the cached one).
+    /// Registers a computed `block` under `key` with its `tokens` (a full block's
+    /// `block_size`, or a tail's first few), so later sequences can reuse it. Does nothing
+    /// (returns false) with caching off, when the block is already registered, or when another
+    /// block holds `key` (two sequences computed the same prefix at once: the first one's block
+    /// is the cached one).
     pub fn register(&mut self, block: u32, key: CacheKey, tokens: &[u32]) -> bool {
         let b = block as usize;
         if !self.caching || self.keys[b].is_some() || self.index.contains_key(&key) {
             return false;
         }
         assert!(self.refcounts[b] > 0, "register of free block {block}");
-        assert_eq!(tokens.len(), self.block_size, "only full blocks are cached");
-        self.tokens[b * self.block_size..(b + 1) * self.block_size].copy_from_slice(tokens);
+        assert!((1..=self.block_size).contains(&tokens.len()), "a block holds 1..=block_size tokens");
+        self.tokens[b * self.block_size..][..tokens.len()].copy_from_slice(tokens);
+        self.lens[b] = tokens.len() as u32;
         self.keys[b] = Some(key);
         self.index.insert(key, block);
         true
@@ -198,8 +205,8 @@ impl BlockPool {
     /// verified against the stored tokens).
     pub fn lookup(&self, key: &CacheKey, tokens: &[u32]) -> Option<u32> {
         let &b = self.index.get(key)?;
-        let bs = self.block_size;
-        (self.tokens[b as usize * bs..(b as usize + 1) * bs] == *tokens).then_some(b)
+        let (at, len) = (b as usize * self.block_size, self.lens[b as usize] as usize);
+        (len == tokens.len() && self.tokens[at..at + len] == *tokens).then_some(b)
     }
 
     /// Takes a reference to a block found by [`BlockPool::lookup`]: a cached free block leaves
@@ -312,6 +319,27 @@ mod tests {
 
     fn key(group: u32, n: u8) -> CacheKey {
         CacheKey { group, hash: [n; 32] }
+    }
+
+    #[test]
+    fn a_tail_is_found_only_with_exactly_its_tokens() {
+        let mut pool = BlockPool::new(4, 4).with_prefix_caching();
+        let a = pool.allocate().unwrap();
+        assert!(pool.register(a, key(0, 1), &[7, 8]));
+        pool.free(a);
+        assert_eq!(pool.lookup(&key(0, 1), &[7, 8]), Some(a));
+        assert_eq!(pool.lookup(&key(0, 1), &[7]), None, "a shorter run is not this tail");
+        assert_eq!(pool.lookup(&key(0, 1), &[7, 8, 0]), None, "nor is a longer one");
+        assert_eq!(pool.lookup(&key(0, 1), &[7, 9]), None);
+        // Reused as a plain page, then registered as a full block: its length is the block's.
+        let fill: Vec<u32> = (0..3).map(|_| pool.allocate().unwrap()).collect();
+        let b = pool.allocate().unwrap();
+        assert_eq!(b, a, "the cached tail is evicted last");
+        assert_eq!(pool.lookup(&key(0, 1), &[7, 8]), None, "eviction unregisters it");
+        assert!(pool.register(b, key(0, 2), &[1, 2, 3, 4]));
+        assert_eq!(pool.lookup(&key(0, 2), &[1, 2, 3, 4]), Some(b));
+        assert_eq!(pool.lookup(&key(0, 2), &[1, 2]), None);
+        pool.free_all(&fill);
     }
 
     #[test]

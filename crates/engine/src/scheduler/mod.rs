@@ -38,6 +38,13 @@
 //! window, so a released page stays reusable until evicted. A preempted sequence's blocks stay
 //! cached as well, so its recompute usually starts from a hit.
 //!
+//! Tails: when a sequence ends (or is preempted), the partly filled last block of what it
+//! computed is registered too, under the hash of its parent and the tokens it holds. A later
+//! sequence that continues those tokens (the next turn of a chat, which resends the answer)
+//! finds the tail after its full-block hit and starts with a *copy* of that page
+//! ([`StepPlan::copies`], made by the caller before the step's forward) rather than recomputing
+//! up to a block of tokens; the cached tail stays as it was for others.
+//!
 //! [`Scheduler::fork`] starts a sibling of a sequence that has just computed its prompt (the
 //! other choices of `n > 1`): it shares every full block and gets a copy of the partial last
 //! one, so a prompt is prefilled once for all choices.
@@ -50,7 +57,7 @@
 use std::collections::VecDeque;
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::prefix::{extend_chain, CacheKey};
+use crate::kv_cache::prefix::{chain_hash, extend_chain, CacheKey};
 use crate::kv_cache::{AttentionKind, BlockPool, NO_BLOCK};
 use crate::sequence::{SeqId, SeqStatus, Sequence};
 
@@ -87,6 +94,10 @@ pub struct StepPlan {
     pub seqs: Vec<ScheduledSeq>,
     /// Sequences preempted while planning this step (now waiting, their blocks freed).
     pub preempted: Vec<SeqId>,
+    /// Page copies the KV storage must make before this step's forward (and before any other
+    /// call to the scheduler): cached tails that admitted sequences continue in pages of their
+    /// own.
+    pub copies: Vec<PageCopy>,
 }
 
 impl StepPlan {
@@ -115,6 +126,16 @@ pub struct Scheduler<G> {
     running: Vec<Sequence<G>>,
     num_preemptions: u64,
     prefix: PrefixStats,
+    /// Cached tails being copied by this plan: referenced while it is made, so that no later
+    /// admission in the same plan evicts them, and released when it is returned.
+    pinned: Vec<u32>,
+}
+
+/// A cached tail continuing a sequence after its full-block hit: how many tokens it holds and
+/// its page in each group.
+struct Tail {
+    len: usize,
+    pages: Vec<u32>,
 }
 
 /// Prefix-cache counters, in prompt tokens (vLLM's `prefix_cache_queries` / `_hits`).
@@ -147,6 +168,7 @@ impl<G> Scheduler<G> {
             running: Vec::new(),
             num_preemptions: 0,
             prefix: PrefixStats::default(),
+            pinned: Vec::new(),
         }
     }
 
@@ -215,6 +237,7 @@ impl<G> Scheduler<G> {
             let i = self.waiting.iter().position(|s| s.id == id)?;
             self.waiting.remove(i)?
         };
+        register_tail(&mut self.pool, &seq);
         free_tables(&mut self.pool, &mut seq.block_tables);
         seq.num_computed_tokens = 0;
         Some(seq)
@@ -263,6 +286,9 @@ impl<G> Scheduler<G> {
         if plan.preempted.is_empty() {
             self.admit(&mut plan, &mut budget);
         }
+        for page in self.pinned.drain(..) {
+            self.pool.free(page);
+        }
         plan
     }
 
@@ -288,6 +314,7 @@ impl<G> Scheduler<G> {
         if let Some(k) = plan.seqs.iter().position(|s| s.id == seq.id) {
             *budget += plan.seqs.remove(k).num_tokens;
         }
+        register_tail(&mut self.pool, &seq);
         free_tables(&mut self.pool, &mut seq.block_tables);
         seq.num_computed_tokens = 0;
         seq.num_preemptions += 1;
@@ -309,7 +336,7 @@ impl<G> Scheduler<G> {
             if self.pool.prefix_caching() {
                 extend_chain(&mut seq.block_hashes, &seq.hash_root, &seq.tokens, bs);
             }
-            let (hit, mut tables) = self.find_prefix(&seq);
+            let (hit, mut tables, tail) = self.find_prefix(&seq);
             if self.prefilling_shares_more(&seq, hit / bs) {
                 // A running sequence is computing blocks this one shares beyond its hit: wait
                 // for them to be registered rather than compute them a second time.
@@ -317,29 +344,50 @@ impl<G> Scheduler<G> {
                 break;
             }
             let shared = tables.iter().flatten().filter(|&&b| b != NO_BLOCK && self.pool.refcount(b) > 0).count();
-            if self.peak_blocks(seq.len()) > self.pool.num_free() + shared {
+            // A tail's pages are pinned while this plan is made (their copies are new pages,
+            // which the peak counts).
+            let pins = tail.as_ref().map_or(0, |t| t.pages.iter().filter(|&&p| self.pool.refcount(p) == 0).count());
+            if self.peak_blocks(seq.len()) + pins > self.pool.num_free() + shared {
                 self.waiting.push_front(seq);
                 break;
             }
             for &b in tables.iter().flatten().filter(|&&b| b != NO_BLOCK) {
                 self.pool.take(b);
             }
-            let n = (seq.len() - hit).min(*budget);
-            if !extend_tables(&mut self.pool, &self.groups, &mut tables, hit, n) {
+            let (mut computed, mut copies, mut short) = (hit, Vec::new(), false);
+            if let Some(tail) = tail {
+                for &src in &tail.pages {
+                    self.pool.take(src);
+                    self.pinned.push(src);
+                }
+                for (table, &src) in tables.iter_mut().zip(&tail.pages) {
+                    // Counted by the peak check; on a shortfall `extend_tables` below fails.
+                    let Some(dst) = self.pool.allocate() else {
+                        short = true;
+                        break;
+                    };
+                    table.push(dst);
+                    copies.push(PageCopy { src, dst });
+                }
+                computed += tail.len;
+            }
+            let n = (seq.len() - computed).min(*budget);
+            if short || !extend_tables(&mut self.pool, &self.groups, &mut tables, computed, n) {
                 free_tables(&mut self.pool, &mut tables);
                 self.waiting.push_front(seq);
                 break;
             }
+            plan.copies.extend(copies);
             if self.pool.prefix_caching() {
                 self.prefix.queried_tokens += seq.len() as u64;
-                self.prefix.hit_tokens += hit as u64;
+                self.prefix.hit_tokens += computed as u64;
             }
-            seq.cached_prompt_tokens.get_or_insert(hit.min(seq.prompt_len));
+            seq.cached_prompt_tokens.get_or_insert(computed.min(seq.prompt_len));
             seq.block_tables = tables;
-            seq.num_computed_tokens = hit;
+            seq.num_computed_tokens = computed;
             seq.num_registered_blocks = hit / bs;
             seq.status = SeqStatus::Running;
-            plan.seqs.push(ScheduledSeq { id: seq.id, num_tokens: n, wants_logits: hit + n == seq.len() });
+            plan.seqs.push(ScheduledSeq { id: seq.id, num_tokens: n, wants_logits: computed + n == seq.len() });
             *budget -= n;
             self.running.push(seq);
         }
@@ -363,13 +411,13 @@ impl<G> Scheduler<G> {
     }
 
     /// The longest cached prefix of `seq` (in tokens, a whole number of blocks, leaving at
-    /// least one token to compute) that every group can serve, and the tables holding it
-    /// (not yet referenced: the caller takes the blocks).
-    fn find_prefix(&self, seq: &Sequence<G>) -> (usize, Vec<Vec<u32>>) {
+    /// least one token to compute) that every group can serve, the tables holding it (not yet
+    /// referenced: the caller takes the blocks), and the cached tail that continues it, if any.
+    fn find_prefix(&self, seq: &Sequence<G>) -> (usize, Vec<Vec<u32>>, Option<Tail>) {
         let bs = self.pool.block_size();
         let empty = || vec![Vec::new(); self.groups.len()];
         if !self.pool.prefix_caching() || seq.is_empty() {
-            return (0, empty());
+            return (0, empty(), None);
         }
         let tokens_of = |j: usize| &seq.tokens[j * bs..(j + 1) * bs];
         let found = |g: usize, j: usize| {
@@ -393,7 +441,7 @@ impl<G> Scheduler<G> {
             m -= 1;
         }
         if m == 0 {
-            return (0, empty());
+            return (0, empty(), self.find_tail(seq, 0));
         }
         let tables = self
             .groups
@@ -404,7 +452,24 @@ impl<G> Scheduler<G> {
                 (0..m).map(|j| if j < live { NO_BLOCK } else { found(g, j).unwrap_or(NO_BLOCK) }).collect()
             })
             .collect();
-        (m * bs, tables)
+        (m * bs, tables, self.find_tail(seq, m))
+    }
+
+    /// The longest registered tail continuing `seq` after its first `m` full blocks in every
+    /// group: up to a block's tokens less one, leaving at least the last token to compute.
+    fn find_tail(&self, seq: &Sequence<G>, m: usize) -> Option<Tail> {
+        let bs = self.pool.block_size();
+        let start = m * bs;
+        let parent = if m == 0 { seq.hash_root } else { *seq.block_hashes.get(m - 1)? };
+        let most = (bs - 1).min(seq.len().checked_sub(1)?.checked_sub(start)?);
+        (1..=most).rev().find_map(|len| {
+            let tokens = &seq.tokens[start..start + len];
+            let hash = chain_hash(&parent, tokens);
+            let pages = (0..self.groups.len())
+                .map(|g| self.pool.lookup(&CacheKey { group: g as u32, hash }, tokens))
+                .collect::<Option<Vec<u32>>>()?;
+            Some(Tail { len, pages })
+        })
     }
 
     /// Starts `child` as a running sibling of `parent`, which has computed exactly its known
@@ -525,6 +590,30 @@ fn extend_tables(pool: &mut BlockPool, groups: &[AttentionKind], tables: &mut [V
         }
     }
     true
+}
+
+/// Registers the tail of what `seq` computed, the partly filled last block, in every group (see
+/// the module's "Tails"); nothing when it computed whole blocks or caching is off.
+fn register_tail<G>(pool: &mut BlockPool, seq: &Sequence<G>) {
+    let bs = pool.block_size();
+    let (m, len) = (seq.num_computed_tokens / bs, seq.num_computed_tokens % bs);
+    if !pool.prefix_caching() || len == 0 {
+        return;
+    }
+    let parent = match m {
+        0 => seq.hash_root,
+        _ => match seq.block_hashes.get(m - 1) {
+            Some(&h) => h,
+            None => return,
+        },
+    };
+    let tokens = &seq.tokens[m * bs..m * bs + len];
+    let hash = chain_hash(&parent, tokens);
+    for (g, table) in seq.block_tables.iter().enumerate() {
+        if let Some(&b) = table.get(m).filter(|&&b| b != NO_BLOCK) {
+            pool.register(b, CacheKey { group: g as u32, hash }, tokens);
+        }
+    }
 }
 
 /// Returns every block of every group's table to the pool and empties the tables. Each table

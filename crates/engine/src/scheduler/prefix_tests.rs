@@ -57,11 +57,62 @@ fn cached_blocks_outlive_their_sequence_and_salts_separate_tenants() {
     step(&mut s);
     s.remove(0);
     assert_eq!(s.pool().num_used(), 0);
-    assert_eq!(s.pool().num_cached_free(), 2, "the two full blocks stay cached");
+    assert_eq!(s.pool().num_cached_free(), 3, "the two full blocks and the tail stay cached");
     s.add(seq(1, &PROMPT).with_hash_root(root_hash("m", Some("b"))));
     assert_eq!(step(&mut s), vec![(1, 0, 10)], "another salt never hits");
     s.add(seq(2, &PROMPT).with_hash_root(root_hash("m", Some("a"))));
     assert_eq!(step(&mut s), vec![(2, 8, 2)], "the same salt hits after its sequence ended");
+}
+
+#[test]
+fn a_continuation_copies_the_tail_its_predecessor_left() {
+    // A chat's next turn: the previous sequence computed 10 tokens (two full blocks of 4 and a
+    // tail of 2), the next resends them and adds three.
+    let mut s = cached(16, 4, vec![AttentionKind::Full]);
+    s.add(seq(0, &PROMPT));
+    step(&mut s);
+    let tail = s.get(0).unwrap().block_tables[0][2];
+    s.remove(0);
+    let next: Vec<u32> = PROMPT.iter().copied().chain([20, 21, 22]).collect();
+    s.add(seq(1, &next));
+    let plan = s.plan();
+    assert_eq!(plan.seqs, vec![ScheduledSeq { id: 1, num_tokens: 3, wants_logits: true }]);
+    let own = s.get(1).unwrap().block_tables[0][2];
+    assert_eq!(plan.copies, vec![PageCopy { src: tail, dst: own }], "the tail is copied into a page of its own");
+    assert_ne!(own, tail);
+    assert_eq!(s.get(1).unwrap().num_computed_tokens, 10);
+    assert_eq!(s.get(1).unwrap().cached_prompt_tokens, Some(10));
+    assert_eq!(s.prefix_stats(), PrefixStats { queried_tokens: 23, hit_tokens: 10 });
+    assert_eq!(s.pool().refcount(tail), 0, "the cached tail is unpinned once the plan is made");
+    s.commit(&plan);
+
+    // The cached tail is still there for a third continuation; one that differs inside the
+    // tail finds only the full blocks.
+    s.add(seq(2, &next));
+    assert_eq!(step(&mut s), vec![(2, 12, 1)], "seq 1's own third block is full now and registered");
+    let mut other = next.clone();
+    other[9] = 99;
+    s.add(seq(3, &other));
+    let plan = s.plan();
+    assert_eq!(plan.seqs, vec![ScheduledSeq { id: 3, num_tokens: 5, wants_logits: true }]);
+    assert!(plan.copies.is_empty());
+}
+
+#[test]
+fn a_tail_serves_every_group_or_none() {
+    // A sliding group and a full one: both pages of the tail are copied.
+    let groups = vec![AttentionKind::Sliding(4), AttentionKind::Full];
+    let mut s = cached(32, 4, groups);
+    s.add(seq(0, &PROMPT));
+    step(&mut s);
+    s.remove(0);
+    let next: Vec<u32> = PROMPT.iter().copied().chain([20]).collect();
+    s.add(seq(1, &next));
+    let plan = s.plan();
+    assert_eq!(plan.seqs, vec![ScheduledSeq { id: 1, num_tokens: 1, wants_logits: true }]);
+    assert_eq!(plan.copies.len(), 2);
+    let x = s.get(1).unwrap();
+    assert_eq!(plan.copies.iter().map(|c| c.dst).collect::<Vec<_>>(), [x.block_tables[0][2], x.block_tables[1][2]]);
 }
 
 #[test]
@@ -77,18 +128,19 @@ fn a_different_token_ends_the_hit_at_its_block() {
 
 #[test]
 fn eviction_under_pressure_drops_the_tail_of_a_prefix_first() {
-    // 5 pages of 4: seq 0 holds 3, leaves 2 cached (+3 free); seq 1 (16 tokens) needs 4 pages,
-    // which evicts one cached page: the later block of seq 0's prefix goes first.
+    // 5 pages of 4: seq 0 holds 3, leaves them cached (two full blocks and its tail; +2 free);
+    // seq 1 (16 tokens) needs 4 pages, which evicts two cached pages: the end of seq 0's
+    // prefix goes first.
     let mut s = cached(5, 4, vec![AttentionKind::Full]);
     s.add(seq(0, &PROMPT));
     step(&mut s);
     s.remove(0);
     s.add(seq(1, &[50; 16]));
     step(&mut s);
-    assert_eq!(s.pool().num_evictions(), 1);
+    assert_eq!(s.pool().num_evictions(), 2);
     s.remove(1);
     s.add(seq(2, &PROMPT));
-    assert_eq!(step(&mut s), vec![(2, 4, 6)], "block 0 survived, block 1 was evicted");
+    assert_eq!(step(&mut s), vec![(2, 4, 6)], "block 0 survived, block 1 and the tail were evicted");
 }
 
 #[test]
