@@ -12,6 +12,7 @@ Standard library only.
 import argparse
 import json
 import secrets
+import statistics
 import threading
 import time
 import urllib.request
@@ -66,16 +67,25 @@ def same_prompt(args):
 def conversation(args):
     # A new session tag per run: every run's turn 1 is prefilled cold, as a new chat's is, rather
     # than served from the prefix cache of an earlier run of the same conversation.
-    session = secrets.token_hex(4)
-    msgs = [{"role": "system", "content": f"You are a helpful assistant who answers in a few sentences. Session {session}."}]
-    topics = ["rivers", "bread", "trains", "bees", "glass", "maps", "tea", "clocks", "salt", "kites"]
-    ttfts = []
-    for topic in topics:
-        msgs.append({"role": "user", "content": f"Tell me something interesting about {topic}."})
-        ttft, _, text = stream_chat(args.base_url, args.model, msgs, args.max_tokens)
-        ttfts.append(round(ttft * 1000, 1))
-        msgs.append({"role": "assistant", "content": text})
-    print(json.dumps({"pattern": "conversation", "ttft_ms": ttfts, "turn10_over_turn1": round(ttfts[-1] / ttfts[0], 2)}))
+    firsts, lasts = [], []
+    for _ in range(args.runs):
+        session = secrets.token_hex(4)
+        msgs = [{"role": "system", "content": f"You are a helpful assistant who answers in a few sentences. Session {session}."}]
+        topics = ["rivers", "bread", "trains", "bees", "glass", "maps", "tea", "clocks", "salt", "kites"]
+        ttfts = []
+        for topic in topics:
+            msgs.append({"role": "user", "content": f"Tell me something interesting about {topic}."})
+            ttft, _, text = stream_chat(args.base_url, args.model, msgs, args.max_tokens)
+            ttfts.append(round(ttft * 1000, 1))
+            msgs.append({"role": "assistant", "content": text})
+        firsts.append(ttfts[0])
+        lasts.append(ttfts[-1])
+        print(json.dumps({"pattern": "conversation", "ttft_ms": ttfts, "turn10_over_turn1": round(ttfts[-1] / ttfts[0], 2)}))
+    if args.runs > 1:
+        # Machines drift run to run: the medians of turn 1 and turn 10 over the runs.
+        ratio = statistics.median(lasts) / statistics.median(firsts)
+        print(json.dumps({"pattern": "conversation", "runs": args.runs, "median_turn1_ms": statistics.median(firsts),
+                          "median_turn10_ms": statistics.median(lasts), "median_ratio": round(ratio, 2)}))
 
 
 def main():
@@ -84,6 +94,8 @@ def main():
     p.add_argument("--model", required=True)
     p.add_argument("--streams", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--runs", type=int, default=1, help="conversations to run (each a new one); above 1 also prints "
+                   "the ratio of the medians of turn 10 and turn 1")
     p.add_argument("--pattern", choices=["same-prompt", "conversation", "both"], default="both")
     p.add_argument("--ignore-eos", action="store_true",
                    help="every answer runs to --max-tokens (vLLM's and wick's ignore_eos), so the conversation's "
