@@ -1,4 +1,4 @@
-//! AVX-512 kernels of `kv_cache::attention`: scores of a tile of up to eight queries against
+//! AVX-512 kernels of `kv_cache::attention`: scores of a tile of up to twelve queries against
 //! chunks of sixteen keys, the softmax's exp (bit for bit `attention_avx2`'s), and the weighted
 //! sum of value rows, on 16 lanes. K tiles and V rows are read in place as f32 or f16
 //! (`KvElem`); a chunk of fewer keys, or a row length that is not a multiple of 16, is one
@@ -234,16 +234,44 @@ pub(super) unsafe fn accumulate<E: KvElem, const NQ: usize>(
     let wp = at.map(|a| w.as_ptr().add(a));
     let ap = acc_at.map(|a| acc.as_mut_ptr().add(a));
     let vb = vs.as_ptr();
-    // Up to 64 columns at once (32 for more than four queries, to stay within 32 registers).
-    let wide = if NQ <= 4 { 4 } else { 2 };
+    // Groups of up to six queries, each over 64 columns at once (24 accumulators): a value
+    // row's four vectors serve six queries, and a weight's broadcast all 64 columns.
+    let mut q = 0;
+    while q < NQ {
+        let k = (NQ - q).min(6);
+        let (w, a) = (&wp[q..q + k], &ap[q..q + k]);
+        match k {
+            1 => columns::<E, 1>(w, vb, offs, a, hd),
+            2 => columns::<E, 2>(w, vb, offs, a, hd),
+            3 => columns::<E, 3>(w, vb, offs, a, hd),
+            4 => columns::<E, 4>(w, vb, offs, a, hd),
+            5 => columns::<E, 5>(w, vb, offs, a, hd),
+            _ => columns::<E, 6>(w, vb, offs, a, hd),
+        }
+        q += k;
+    }
+}
+
+/// `accumulate` for `K` (at most six) queries: every column, 64 at a time.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn columns<E: KvElem, const K: usize>(
+    wp: &[*const f32],
+    vb: *const E,
+    offs: &[usize],
+    ap: &[*mut f32],
+    hd: usize,
+) {
+    let wp: [*const f32; K] = std::array::from_fn(|i| wp[i]);
+    let ap: [*mut f32; K] = std::array::from_fn(|i| ap[i]);
     let mut col = 0;
     while col < hd {
-        match (hd - col).div_ceil(16).min(wide) {
-            1 => accumulate_block::<E, NQ, 1>(&wp, vb, offs, &ap, col, hd),
-            2 => accumulate_block::<E, NQ, 2>(&wp, vb, offs, &ap, col, hd),
-            3 => accumulate_block::<E, NQ, 3>(&wp, vb, offs, &ap, col, hd),
-            _ => accumulate_block::<E, NQ, 4>(&wp, vb, offs, &ap, col, hd),
+        match (hd - col).div_ceil(16).min(4) {
+            1 => accumulate_block::<E, K, 1>(&wp, vb, offs, &ap, col, hd),
+            2 => accumulate_block::<E, K, 2>(&wp, vb, offs, &ap, col, hd),
+            3 => accumulate_block::<E, K, 3>(&wp, vb, offs, &ap, col, hd),
+            _ => accumulate_block::<E, K, 4>(&wp, vb, offs, &ap, col, hd),
         }
-        col += 16 * wide;
+        col += 64;
     }
 }
