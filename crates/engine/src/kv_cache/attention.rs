@@ -11,7 +11,8 @@
 //! process's `KernelLevel`. K and V stored as f32 or f16 are read in place. Work is split over
 //! (sequence, kv head, run of queries) on wick's compute pool (`crate::thread_pool`), the
 //! threads the matmuls use. Inside an item, the queries of one kv head (its group's heads, for
-//! consecutive tokens) go through in tiles that share every K and V load (twelve queries on AVX-512, eight elsewhere).
+//! consecutive tokens) go through in tiles that share every K and V load (twelve queries on
+//! AVX-512, eight elsewhere).
 //!
 //! Keys are stored dimension-major per page and kv head (`PagedKvCache`: a K tile is
 //! `[head_dim][block_size]`), so scores come out a vector of keys at a time: lane `i` of a
