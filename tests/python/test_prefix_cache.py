@@ -1,7 +1,8 @@
 """Automatic prefix caching through the official openai SDK against a real `wick serve`:
 `usage.prompt_tokens_details.cached_tokens` grows on a repeated prompt, a resent conversation
-hits the cache, greedy answers are the same with the cache cold, warm or off, `cache_salt`
-isolates tenants, and `n=3` prefills its prompt once."""
+hits the cache (every token the previous turn computed, its partly filled last page included),
+greedy answers are the same with the cache cold, warm or off, `cache_salt` isolates tenants,
+and `n=3` prefills its prompt once."""
 
 import uuid
 
@@ -45,6 +46,20 @@ def test_a_repeated_prompt_reports_cached_tokens_and_answers_the_same(client, sp
     assert cached(again) == 0 and cached(chat(plain, messages)) == 0
     assert again.choices[0].message.content == first.choices[0].message.content
     assert chat(plain, follow).choices[0].message.content == third.choices[0].message.content
+
+
+def test_a_chats_next_turn_reuses_every_token_its_previous_turn_computed(client):
+    """The next turn resends the answer: everything the previous request computed (its prompt and
+    all but its last sampled token) is served from the cache, the partly filled last page (a
+    tail) included, not only whole 16-token pages."""
+    messages = [{"role": "system", "content": "[tails test] " + SYSTEM}, {"role": "user", "content": "Any sensors?"}]
+    first = chat(client, messages)
+    follow = messages + [{"role": "assistant", "content": first.choices[0].message.content},
+                         {"role": "user", "content": "And multimeters?"}]
+    second = chat(client, follow)
+    computed = first.usage.prompt_tokens + first.usage.completion_tokens - 1
+    assert computed % 16 != 0, "the previous turn must end inside a page for this test to mean anything"
+    assert cached(second) == computed
 
 
 def test_cache_salt_isolates_tenants(client):
