@@ -414,14 +414,16 @@ fn high_pair(u: usize, half: usize, lane: usize, i: usize) -> (usize, usize) {
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_BLOCKS: usize = 8;
 
-/// Prefetches the quads and bit planes of block `at + PREFETCH_BLOCKS` of a tile's group
-/// (blocks counted from the group's first, `wq` and `wh` its data). Only a hint: an address
-/// past the panel is never read.
+/// Prefetches the quads and bit planes of the block `PREFETCH_BLOCKS · TILE_ROWS / rows` ahead
+/// of block `at` of a tile's group (blocks counted from the group's first, `wq` and `wh` its
+/// data): a tile of fewer rows spends less time per block, so it asks further ahead (one row,
+/// a decode step: 64 blocks, 16 KiB of Q4_K, about a DRAM latency at its pace). Only a hint: an
+/// address past the panel is never read.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch_block<F: PanelFormat>(wq: *const u8, wh: *const u8, at: usize) {
+fn prefetch_block<F: PanelFormat>(wq: *const u8, wh: *const u8, at: usize, rows: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    let at = at + PREFETCH_BLOCKS;
+    let at = at + PREFETCH_BLOCKS * super::acts::TILE_ROWS / rows.clamp(1, super::acts::TILE_ROWS);
     let q = wq.wrapping_add(at * F::QUAD_BYTES);
     for line in (0..F::QUAD_BYTES).step_by(64) {
         // SAFETY: a prefetch reads nothing and cannot fault, whatever the address.

@@ -139,7 +139,7 @@ unsafe fn tile<F: PanelFormat, const R: usize>(w: &Panel, a: &QuantizedActs, r: 
                 let b = rec * F::PER_RECORD + bb;
                 if h == 0 {
                     // The second half reads the group again from the cache.
-                    prefetch_block::<F>(wq, wh, b);
+                    prefetch_block::<F>(wq, wh, b, R);
                 }
                 for sub in 0..F::SUBS {
                     let mut sum = [zero; R];

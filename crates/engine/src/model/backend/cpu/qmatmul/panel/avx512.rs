@@ -144,7 +144,7 @@ unsafe fn tile<F: PanelFormat, const R: usize, const C: usize>(
         for bb in 0..F::PER_RECORD {
             let b = rec * F::PER_RECORD + bb;
             for j in 0..C {
-                prefetch_block::<F>(wq, wh, j * kb + b);
+                prefetch_block::<F>(wq, wh, j * kb + b, R);
             }
             for sub in 0..F::SUBS {
                 let mut sum = [[zero; C]; R];
