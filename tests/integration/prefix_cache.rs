@@ -3,11 +3,12 @@
 //! batch-invariant kernels, K/V stored as f16 as the server does).
 //!
 //! The reference runs every prompt alone with the cache off. The cached runs send prompts that
-//! share a long system prefix, repeat each other, and continue each other (a chat resent turn
-//! by turn, and resent with their answers, which continue a cached tail), with the cache warm, with a pool small enough to evict part of it, and with a
-//! token budget and pool that force preemption; they are teacher-forced with the reference's
-//! tokens, so every logits row must be bit-identical to the reference's, and the runs must
-//! actually hit (and evict, and preempt) for the test to count.
+//! share a long system prefix, repeat each other, and continue each other (a chat resent turn by
+//! turn, and resent with their answers, which continue a cached tail), with the cache warm, with a
+//! pool small enough to evict part of it, and with a token budget and pool that force preemption;
+//! they are teacher-forced with the reference's tokens, so every logits row must be bit-identical
+//! to the reference's, and the runs must actually hit (and evict, and preempt) for the test to
+//! count.
 
 use std::collections::HashMap;
 

@@ -3,16 +3,15 @@
 //! shared by sequences with the same prefix, and by the `n` choices of one prompt), and keeps
 //! the free ones.
 //!
-//! Prefix cache: a full block whose K/V are computed can be *registered* under its
-//! [`CacheKey`] (group + chained hash, see [`super::prefix`]) with its tokens; so can the
-//! partly filled last block of a sequence that ends (its *tail*, registered with the tokens it
-//! holds), which a later sequence continuing the same tokens copies rather than recomputes. When its last
-//! reference goes, a registered block is not wiped: it stays *cached*, still findable by
-//! [`BlockPool::lookup`], until the pool needs the page for something else. Free pages are
-//! handed out plain ones that were used before first (oldest freed first; their memory is
-//! already resident), then never-used ones (the KV storage is mapped lazily, so these grow the
-//! process), then cached ones least recently used first (eviction, which unregisters the
-//! block). A hit on a cached free block takes it back
+//! Prefix cache: a full block whose K/V are computed can be *registered* under its [`CacheKey`]
+//! (group + chained hash, see [`super::prefix`]) with its tokens; so can the partly filled last
+//! block of a sequence that ends (its *tail*, registered with the tokens it holds), which a later
+//! sequence continuing the same tokens copies rather than recomputes. When its last reference goes,
+//! a registered block is not wiped: it stays *cached*, still findable by [`BlockPool::lookup`],
+//! until the pool needs the page for something else. Free pages are handed out plain ones that were
+//! used before first (oldest freed first; their memory is already resident), then never-used ones
+//! (the KV storage is mapped lazily, so these grow the process), then cached ones least recently
+//! used first (eviction, which unregisters the block). A hit on a cached free block takes it back
 //! ([`BlockPool::take`]); on a block in use, adds a reference. With caching off, nothing is
 //! registered and the pool is a plain refcounted free list.
 //!

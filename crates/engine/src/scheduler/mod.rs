@@ -57,7 +57,7 @@
 use std::collections::VecDeque;
 
 use crate::batch::ForwardBatch;
-use crate::kv_cache::prefix::{chain_hash, extend_chain, CacheKey};
+use crate::kv_cache::prefix::{chain_hash, extend_chain, BlockHash, CacheKey};
 use crate::kv_cache::{AttentionKind, BlockPool, NO_BLOCK};
 use crate::sequence::{SeqId, SeqStatus, Sequence};
 
@@ -360,16 +360,17 @@ impl<G> Scheduler<G> {
                     self.pool.take(src);
                     self.pinned.push(src);
                 }
-                for (table, &src) in tables.iter_mut().zip(&tail.pages) {
-                    // Counted by the peak check; on a shortfall `extend_tables` below fails.
-                    let Some(dst) = self.pool.allocate() else {
-                        short = true;
-                        break;
-                    };
-                    table.push(dst);
-                    copies.push(PageCopy { src, dst });
+                // Counted by the peak check; all or nothing.
+                match self.pool.allocate_n(tail.pages.len()) {
+                    Some(dsts) => {
+                        for ((table, &src), dst) in tables.iter_mut().zip(&tail.pages).zip(dsts) {
+                            table.push(dst);
+                            copies.push(PageCopy { src, dst });
+                        }
+                        computed += tail.len;
+                    }
+                    None => short = true,
                 }
-                computed += tail.len;
             }
             let n = (seq.len() - computed).min(*budget);
             if short || !extend_tables(&mut self.pool, &self.groups, &mut tables, computed, n) {
@@ -460,7 +461,7 @@ impl<G> Scheduler<G> {
     fn find_tail(&self, seq: &Sequence<G>, m: usize) -> Option<Tail> {
         let bs = self.pool.block_size();
         let start = m * bs;
-        let parent = if m == 0 { seq.hash_root } else { *seq.block_hashes.get(m - 1)? };
+        let parent = parent_hash(seq, m)?;
         let most = (bs - 1).min(seq.len().checked_sub(1)?.checked_sub(start)?);
         (1..=most).rev().find_map(|len| {
             let tokens = &seq.tokens[start..start + len];
@@ -544,13 +545,13 @@ impl<G> Scheduler<G> {
                     extend_chain(&mut seq.block_hashes, &seq.hash_root, &seq.tokens, bs);
                     let full = (seq.num_computed_tokens / bs).min(seq.block_hashes.len());
                     for j in seq.num_registered_blocks..full {
-                        let tokens = &seq.tokens[j * bs..(j + 1) * bs];
-                        for (g, table) in seq.block_tables.iter().enumerate() {
-                            if let Some(&b) = table.get(j).filter(|&&b| b != NO_BLOCK) {
-                                let key = CacheKey { group: g as u32, hash: seq.block_hashes[j] };
-                                self.pool.register(b, key, tokens);
-                            }
-                        }
+                        register_in_groups(
+                            &mut self.pool,
+                            seq,
+                            j,
+                            seq.block_hashes[j],
+                            &seq.tokens[j * bs..(j + 1) * bs],
+                        );
                     }
                     seq.num_registered_blocks = seq.num_registered_blocks.max(full);
                 }
@@ -600,17 +601,24 @@ fn register_tail<G>(pool: &mut BlockPool, seq: &Sequence<G>) {
     if !pool.prefix_caching() || len == 0 {
         return;
     }
-    let parent = match m {
-        0 => seq.hash_root,
-        _ => match seq.block_hashes.get(m - 1) {
-            Some(&h) => h,
-            None => return,
-        },
-    };
+    let Some(parent) = parent_hash(seq, m) else { return };
     let tokens = &seq.tokens[m * bs..m * bs + len];
-    let hash = chain_hash(&parent, tokens);
+    register_in_groups(pool, seq, m, chain_hash(&parent, tokens), tokens);
+}
+
+/// The chained hash a block after `seq`'s first `m` full blocks continues: the root's for the
+/// first block, else block `m - 1`'s (`None` if that is not hashed yet).
+fn parent_hash<G>(seq: &Sequence<G>, m: usize) -> Option<BlockHash> {
+    match m {
+        0 => Some(seq.hash_root),
+        _ => seq.block_hashes.get(m - 1).copied(),
+    }
+}
+
+/// Registers block `j` of every group's table that holds it under `hash` with its `tokens`.
+fn register_in_groups<G>(pool: &mut BlockPool, seq: &Sequence<G>, j: usize, hash: BlockHash, tokens: &[u32]) {
     for (g, table) in seq.block_tables.iter().enumerate() {
-        if let Some(&b) = table.get(m).filter(|&&b| b != NO_BLOCK) {
+        if let Some(&b) = table.get(j).filter(|&&b| b != NO_BLOCK) {
             pool.register(b, CacheKey { group: g as u32, hash }, tokens);
         }
     }
