@@ -5,6 +5,10 @@
 //!
 //! `RAYON_NUM_THREADS=2 cargo run --release -p wick-engine --example qmatmul_bench [FORMAT...] [M...]`
 //! with formats among q8_0, q4_1, q4_k, q5_k, q6_k (all by default).
+//!
+//! `WICK_BENCH_COLD=1`: weights streamed from memory, as a decode step reads them, instead of
+//! from cache: enough copies of each matrix to exceed 128 MiB, timed as one pass over all of
+//! them (best of several), with the stored bytes read per second.
 
 use std::time::Instant;
 
@@ -59,9 +63,18 @@ fn main() {
     }
     let levels: Vec<KernelLevel> = KernelLevel::available().into_iter().filter(|l| *l != KernelLevel::Scalar).collect();
     // `WICK_BENCH_SHAPES=smollm2`: SmolLM2-135M's layer (576 wide, MLP 1536) instead.
-    let shapes = match std::env::var("WICK_BENCH_SHAPES").as_deref() {
-        Ok("smollm2") => [("qkv", 576, 960), ("up", 576, 3072), ("down", 1536, 576)],
-        _ => [("attn", 2048, 2048), ("up", 2048, 8192), ("down", 8192, 2048)],
+    // `WICK_BENCH_SHAPES=1b-decode`: every matrix shape of a 1B decode step (k and v 512 wide,
+    // gate and up fused, the tied head's 49152 columns).
+    let shapes: &[(&str, usize, usize)] = match std::env::var("WICK_BENCH_SHAPES").as_deref() {
+        Ok("smollm2") => &[("qkv", 576, 960), ("up", 576, 3072), ("down", 1536, 576)],
+        Ok("1b-decode") => &[
+            ("q", 2048, 2048),
+            ("kv", 2048, 512),
+            ("gateup", 2048, 16384),
+            ("down", 8192, 2048),
+            ("head", 2048, 49152),
+        ],
+        _ => &[("attn", 2048, 2048), ("up", 2048, 8192), ("down", 8192, 2048)],
     };
     print!("{:6} {:6} {:>4}", "format", "shape", "M");
     for l in &levels {
@@ -77,17 +90,25 @@ fn main() {
             "q6_k" => GgmlDType::Q6K,
             other => panic!("unknown format {other}"),
         };
-        for (name, k, n) in shapes {
+        for &(name, k, n) in shapes {
             let w = Tensor::from_vec(values(n * k, 1), (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
-            let kernels: Vec<_> = levels.iter().map(|&l| kernel(format, &q, l)).collect();
+            let cold = std::env::var("WICK_BENCH_COLD").is_ok_and(|v| v == "1");
+            let bytes = n * k / dtype.block_size() * dtype.type_size();
+            let copies = if cold { (128 << 20) / bytes + 1 } else { 1 };
+            let kernels: Vec<Vec<_>> =
+                levels.iter().map(|&l| (0..copies).map(|_| kernel(format, &q, l)).collect()).collect();
             for &m in &ms {
                 let x = values(m * k, 2 + m as u64);
                 let mut out = vec![0f32; m * n];
                 print!("{format:6} {name:6} {m:>4}");
-                for kern in &kernels {
-                    let t = best(|| kern.matmul(&x, &mut out), 0.5);
+                for copies in &kernels {
+                    let t =
+                        best(|| copies.iter().for_each(|kern| kern.matmul(&x, &mut out)), 0.5) / copies.len() as f64;
                     print!(" {:>12.1}", (m * n * k) as f64 / t / 1e9);
+                    if cold {
+                        print!(" ({:.1} GB/s)", bytes as f64 / t / 1e9);
+                    }
                 }
                 println!();
             }

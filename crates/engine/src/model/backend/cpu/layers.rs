@@ -76,12 +76,10 @@ impl Linear {
     /// `x · Wᵀ` on host rows: `x` is `[rows, in]`; `out` is resized to `[rows, out]`. wick's
     /// kernels write straight into `out`; other weights go through a tensor.
     pub fn forward_host(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
-        if let Linear::Quant { q, dense, dense_min_tokens } = self {
-            if let Some(w) = q.wick_kernel().filter(|_| dense.is_none() || rows < *dense_min_tokens) {
-                out.resize(rows * w.dims().0, 0.0);
-                w.matmul(x, out);
-                return Ok(());
-            }
+        if let Some(w) = self.kernel_for(rows) {
+            out.resize(rows * w.dims().0, 0.0);
+            w.matmul(x, out);
+            return Ok(());
         }
         let k = x.len() / rows.max(1);
         let one_row =
@@ -93,6 +91,18 @@ impl Linear {
             out.extend(self.forward(&t)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
         }
         Ok(())
+    }
+}
+
+impl Linear {
+    /// The wick kernel a step of `rows` rows runs this weight on, if any.
+    pub fn kernel_for(&self, rows: usize) -> Option<&dyn TileKernel> {
+        match self {
+            Linear::Quant { q, dense, dense_min_tokens } => {
+                q.wick_kernel().filter(|_| dense.is_none() || rows < *dense_min_tokens)
+            }
+            _ => None,
+        }
     }
 }
 

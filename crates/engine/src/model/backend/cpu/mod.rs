@@ -161,7 +161,8 @@ impl Backend for CpuBackend {
             None
         };
         // Parts that run as the same type are fused into one matrix (a Q5_0 q/k beside a
-        // Q8_0 v all run as Q8_0: one matmul); others run one after another.
+        // Q8_0 v all run as Q8_0: one matrix); others are parts of one matmul where their
+        // kernels take the same activations (`matmul`), else run one after another.
         let same = parts.windows(2).all(|w| self.builder.runs_as(&w[0]) == self.builder.runs_as(&w[1]));
         let parts = if same {
             vec![(self.builder.build(parts, None)?, out)]
@@ -281,8 +282,16 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &CpuLinear, x: &Vec<f32>, rows: usize, out: &mut Vec<f32>) -> Result<()> {
+        // Parts of different types on wick kernels that take the same activations (a Q4_K
+        // q and k beside a Q6_K v) run as one matmul, writing their columns in place.
+        let fused: Option<Vec<&dyn qmatmul::TileKernel>> =
+            w.parts.iter().map(|(lin, _)| lin.kernel_for(rows)).collect();
+        let fused = fused.filter(|ks| ks.len() > 1 && ks.windows(2).all(|p| p[0].act_blocks() == p[1].act_blocks()));
         if let [(lin, _)] = &w.parts[..] {
             lin.forward_host(x, rows, out)?;
+        } else if let Some(kernels) = fused {
+            out.resize(rows * w.out, 0.0);
+            qmatmul::matmul_parts(&kernels, x, out);
         } else {
             out.clear();
             out.resize(rows * w.out, 0.0);

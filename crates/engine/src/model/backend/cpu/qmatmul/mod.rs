@@ -64,6 +64,12 @@ impl OutPtr {
         Self { addr: out.as_mut_ptr() as usize, stride }
     }
 
+    /// The same output with column 0 moved to column `c`: where one of several matrices
+    /// sharing an output writes its columns.
+    pub fn at_column(self, c: usize) -> Self {
+        Self { addr: self.addr + c * std::mem::size_of::<f32>(), ..self }
+    }
+
     /// # Safety
     /// `(r, c)` must lie inside the output and no other thread may write it concurrently.
     #[inline]
@@ -124,24 +130,59 @@ pub fn matmul<W: TileKernel + ?Sized>(w: &W, x: &[f32], out: &mut [f32]) {
 /// `out[m, n] = acts · Wᵀ` for activations already quantized (`acts.k` must be the weight's
 /// input size): the same results as [`matmul`] on the rows they came from.
 pub fn matmul_quantized<W: TileKernel + ?Sized>(w: &W, acts: &QuantizedActs, out: &mut [f32]) {
-    let (n, k) = w.dims();
-    assert_eq!(acts.k, k, "activations quantized for another input size");
+    matmul_parts_quantized(&[w], acts, out);
+}
+
+/// `out[m, n₀ + n₁ + …] = x · [W₀; W₁; …]ᵀ`: the matrices' outputs side by side, as one
+/// matmul with their rows stacked, in one parallel region on activations quantized once
+/// (a Q4_K_M file's Q4_K q and k beside a Q6_K v). Every part must take its activations in
+/// the same blocks (`TileKernel::act_blocks`) and have the same input size; each output is
+/// the same bits as the part's own [`matmul`].
+pub fn matmul_parts(parts: &[&dyn TileKernel], x: &[f32], out: &mut [f32]) {
+    let Some(first) = parts.first() else { return };
+    let k = first.dims().1;
+    assert!(parts.iter().all(|p| p.dims().1 == k && p.act_blocks() == first.act_blocks()), "parts differ in input");
+    thread_local! {
+        static ACTS: RefCell<QuantizedActs> = RefCell::new(QuantizedActs::default());
+    }
+    ACTS.with(|cell| {
+        let mut acts = cell.borrow_mut();
+        acts.quantize_as(x, k, first.act_blocks());
+        matmul_parts_quantized(parts, &acts, out);
+    })
+}
+
+/// [`matmul_parts`] on activations already quantized.
+fn matmul_parts_quantized<W: TileKernel + ?Sized>(parts: &[&W], acts: &QuantizedActs, out: &mut [f32]) {
     let m = acts.rows();
-    assert_eq!(out.len(), m * n, "output has the wrong size");
+    let width: usize = parts.iter().map(|p| p.dims().0).sum();
+    assert!(parts.iter().all(|p| p.dims().1 == acts.k), "activations quantized for another input size");
+    assert_eq!(out.len(), m * width, "output has the wrong size");
     let row_chunks = m.div_ceil(ROW_CHUNK);
-    let col_chunk = w.col_chunk();
-    let col_chunks = n.div_ceil(col_chunk);
-    let out = OutPtr::new(out, n);
-    // Items are (row chunk, column chunk), row-chunk major; each output element belongs to
-    // exactly one item, so workers never write the same element.
-    crate::thread_pool::pool().for_each_chunk(row_chunks * col_chunks, |items| {
-        for item in items {
-            let (rc, cc) = (item / col_chunks, item % col_chunks);
+    // Per part: its first item, its column chunk and count, and its first output column.
+    let mut layout = Vec::with_capacity(parts.len());
+    let (mut items, mut col) = (0, 0);
+    for p in parts {
+        let (n, chunk) = (p.dims().0, p.col_chunk());
+        let col_chunks = n.div_ceil(chunk);
+        layout.push((items, chunk, col_chunks, col));
+        items += row_chunks * col_chunks;
+        col += n;
+    }
+    let out = OutPtr::new(out, width);
+    // Items are (part, row chunk, column chunk), part-major then row-chunk major; each output
+    // element belongs to exactly one item, so workers never write the same element.
+    crate::thread_pool::pool().for_each_chunk(items, |range| {
+        for item in range {
+            let p = layout.iter().rposition(|l| l.0 <= item).unwrap_or(0);
+            let (first, chunk, col_chunks, col) = layout[p];
+            let (rc, cc) = ((item - first) / col_chunks, (item - first) % col_chunks);
+            let n = parts[p].dims().0;
             let rows = rc * ROW_CHUNK..m.min((rc + 1) * ROW_CHUNK);
-            let cols = cc * col_chunk..n.min((cc + 1) * col_chunk);
-            // SAFETY: `rows` and `cols` lie inside the operands and `out`, and this item
-            // alone writes its output elements.
-            unsafe { w.block(acts, rows, cols, out) };
+            let cols = cc * chunk..n.min((cc + 1) * chunk);
+            // SAFETY: `rows` and `cols` lie inside the operands, the part's columns inside
+            // `out` from `col`, and this item alone writes its output elements.
+            unsafe { parts[p].block(acts, rows, cols, out.at_column(col)) };
         }
     });
 }

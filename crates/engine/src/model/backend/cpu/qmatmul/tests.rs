@@ -533,3 +533,42 @@ fn q8_k_activation_quantization_matches_candle() {
     assert_eq!(nearest_int(2.5), 2);
     assert_eq!(nearest_int(-3.5), -4);
 }
+
+#[test]
+fn matrices_sharing_an_output_give_each_its_own_bits_in_its_columns() {
+    // A Q4_K_M file's attention: q and k in Q4_K beside v in Q6_K (n of 37 and 21: column
+    // tails), and Q5_K beside Q4_K, on every level; m up to 70 crosses a row chunk.
+    let k = 512;
+    for level in KernelLevel::available() {
+        for dtypes in
+            [[GgmlDType::Q4K, GgmlDType::Q4K, GgmlDType::Q6K], [GgmlDType::Q5K, GgmlDType::Q4K, GgmlDType::Q6K]]
+        {
+            let parts: Vec<Kernel> = dtypes
+                .iter()
+                .zip([37, 21, 16])
+                .enumerate()
+                .map(|(i, (&d, n))| kernel(&qtensor(n, k, 7 + i as u64, d), level))
+                .collect();
+            let tiles: Vec<&dyn TileKernel> = parts.iter().map(Kernel::tile).collect();
+            let width: usize = tiles.iter().map(|t| t.dims().0).sum();
+            for m in [1, 9, 70] {
+                let x = values(m * k, 300 + m as u64, 1.0);
+                let mut fused = vec![f32::NAN; m * width];
+                matmul_parts(&tiles, &x, &mut fused);
+                let mut col = 0;
+                for (p, t) in tiles.iter().enumerate() {
+                    let n = t.dims().0;
+                    let alone = run_with(*t, &x);
+                    for r in 0..m {
+                        assert_eq!(
+                            bits(&fused[r * width + col..r * width + col + n]),
+                            bits(&alone[r * n..(r + 1) * n]),
+                            "{dtypes:?} {level}: part {p}, row {r} of {m}"
+                        );
+                    }
+                    col += n;
+                }
+            }
+        }
+    }
+}
