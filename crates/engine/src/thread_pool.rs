@@ -53,7 +53,8 @@ impl Spin {
     }
 }
 
-/// Chunks per thread a region's items are cut into: fast threads absorb a slow one's share.
+/// Chunks per thread a region's items are cut into at most: fast threads absorb a slow one's
+/// share. Near the end chunks shrink (`Job::claim`), so that the threads finish together.
 const CHUNKS_PER_THREAD: usize = 8;
 
 thread_local! {
@@ -69,6 +70,7 @@ type RegionFn = dyn Fn(Range<usize>) + Sync;
 struct Job {
     items: usize,
     chunk: usize,
+    threads: usize,
     cursor: AtomicUsize,
     done: AtomicUsize,
     func: *const RegionFn,
@@ -83,12 +85,7 @@ unsafe impl Sync for Job {}
 impl Job {
     /// Claims and runs chunks until none is left; returns when this thread has no more to do.
     fn work(&self) {
-        loop {
-            let start = self.cursor.fetch_add(self.chunk, Ordering::Relaxed);
-            if start >= self.items {
-                return;
-            }
-            let end = self.items.min(start + self.chunk);
+        while let Some((start, end)) = self.claim() {
             // SAFETY: the chunk is claimed and not yet counted done, so the caller is still
             // waiting and the closure alive.
             let f = unsafe { &*self.func };
@@ -98,6 +95,23 @@ impl Job {
             if self.done.fetch_add(end - start, Ordering::AcqRel) + (end - start) == self.items {
                 // The last chunk: the caller may be parked.
                 self.caller.unpark();
+            }
+        }
+    }
+
+    /// The next chunk, if any is left: `chunk` items, or fewer once less than `2 · threads`
+    /// chunks remain (a share of what is left, at least one item), so that no thread starts a
+    /// long chunk while the others run out of work.
+    fn claim(&self) -> Option<(usize, usize)> {
+        let mut start = self.cursor.load(Ordering::Relaxed);
+        loop {
+            if start >= self.items {
+                return None;
+            }
+            let len = self.chunk.min((self.items - start).div_ceil(2 * self.threads));
+            match self.cursor.compare_exchange_weak(start, start + len, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some((start, start + len)),
+                Err(now) => start = now,
             }
         }
     }
@@ -199,6 +213,7 @@ impl ThreadPool {
         let job = Arc::new(Job {
             items,
             chunk: items.div_ceil(self.threads() * CHUNKS_PER_THREAD).max(1),
+            threads: self.threads(),
             cursor: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             func,
@@ -287,6 +302,37 @@ pub fn pool() -> &'static ThreadPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_shrink_near_the_end_so_the_threads_finish_together() {
+        let f = |_: Range<usize>| {};
+        let func: &RegionFn = &f;
+        for (items, threads) in [(64usize, 2usize), (1000, 3), (5, 2), (1, 4)] {
+            let chunk = items.div_ceil(threads * CHUNKS_PER_THREAD).max(1);
+            let job = Job {
+                items,
+                chunk,
+                threads,
+                cursor: AtomicUsize::new(0),
+                done: AtomicUsize::new(0),
+                func,
+                caller: std::thread::current(),
+                panic: Mutex::new(None),
+            };
+            let mut next = 0;
+            let mut sizes = Vec::new();
+            while let Some((start, end)) = job.claim() {
+                assert_eq!(start, next, "chunks follow each other");
+                let left = items - start;
+                assert!(end - start <= chunk.min(left.div_ceil(2 * threads)) && end > start, "{items}: {start}..{end}");
+                sizes.push(end - start);
+                next = end;
+            }
+            assert_eq!(next, items, "every item is claimed once");
+            assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
+            assert_eq!(sizes.last(), Some(&1), "the last chunk is one item: {sizes:?}");
+        }
+    }
 
     #[test]
     fn each_mutable_chunk_is_handed_out_once_with_its_index() {
