@@ -113,18 +113,7 @@ pub trait TileKernel: Sync {
 
 /// `out[m, n] = x[m, k] · Wᵀ` on row-major slices (`x.len() = m · k`, `out.len() = m · n`).
 pub fn matmul<W: TileKernel + ?Sized>(w: &W, x: &[f32], out: &mut [f32]) {
-    let (n, k) = w.dims();
-    let m = x.len() / k;
-    assert_eq!(x.len(), m * k, "input is not a whole number of rows");
-    assert_eq!(out.len(), m * n, "output has the wrong size");
-    thread_local! {
-        static ACTS: RefCell<QuantizedActs> = RefCell::new(QuantizedActs::default());
-    }
-    ACTS.with(|cell| {
-        let mut acts = cell.borrow_mut();
-        acts.quantize_as(x, k, w.act_blocks());
-        matmul_quantized(w, &acts, out);
-    })
+    matmul_parts(&[w], x, out)
 }
 
 /// `out[m, n] = acts · Wᵀ` for activations already quantized (`acts.k` must be the weight's
@@ -138,10 +127,11 @@ pub fn matmul_quantized<W: TileKernel + ?Sized>(w: &W, acts: &QuantizedActs, out
 /// (a Q4_K_M file's Q4_K q and k beside a Q6_K v). Every part must take its activations in
 /// the same blocks (`TileKernel::act_blocks`) and have the same input size; each output is
 /// the same bits as the part's own [`matmul`].
-pub fn matmul_parts(parts: &[&dyn TileKernel], x: &[f32], out: &mut [f32]) {
+pub fn matmul_parts<W: TileKernel + ?Sized>(parts: &[&W], x: &[f32], out: &mut [f32]) {
     let Some(first) = parts.first() else { return };
     let k = first.dims().1;
     assert!(parts.iter().all(|p| p.dims().1 == k && p.act_blocks() == first.act_blocks()), "parts differ in input");
+    assert!(x.len().is_multiple_of(k), "input is not a whole number of rows");
     thread_local! {
         static ACTS: RefCell<QuantizedActs> = RefCell::new(QuantizedActs::default());
     }
