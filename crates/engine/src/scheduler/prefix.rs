@@ -119,7 +119,13 @@ fn parent_hash<G>(seq: &Sequence<G>, m: usize) -> Option<BlockHash> {
 }
 
 /// Registers block `j` of every group's table that holds it under `hash` with its `tokens`.
-pub(super) fn register_in_groups<G>(pool: &mut BlockPool, seq: &Sequence<G>, j: usize, hash: BlockHash, tokens: &[u32]) {
+pub(super) fn register_in_groups<G>(
+    pool: &mut BlockPool,
+    seq: &Sequence<G>,
+    j: usize,
+    hash: BlockHash,
+    tokens: &[u32],
+) {
     for (g, table) in seq.block_tables.iter().enumerate() {
         if let Some(&b) = table.get(j).filter(|&&b| b != NO_BLOCK) {
             pool.register(b, CacheKey { group: g as u32, hash }, tokens);
