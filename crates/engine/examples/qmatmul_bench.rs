@@ -76,6 +76,7 @@ fn main() {
         ],
         _ => &[("attn", 2048, 2048), ("up", 2048, 8192), ("down", 8192, 2048)],
     };
+    let cold = std::env::var("WICK_BENCH_COLD").is_ok_and(|v| v == "1");
     print!("{:6} {:6} {:>4}", "format", "shape", "M");
     for l in &levels {
         print!(" {:>12}", format!("{l} GMAC/s"));
@@ -93,7 +94,6 @@ fn main() {
         for &(name, k, n) in shapes {
             let w = Tensor::from_vec(values(n * k, 1), (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
-            let cold = std::env::var("WICK_BENCH_COLD").is_ok_and(|v| v == "1");
             let bytes = n * k / dtype.block_size() * dtype.type_size();
             let copies = if cold { (128 << 20) / bytes + 1 } else { 1 };
             let kernels: Vec<Vec<_>> =

@@ -92,9 +92,7 @@ impl Linear {
         }
         Ok(())
     }
-}
 
-impl Linear {
     /// The wick kernel a step of `rows` rows runs this weight on, if any.
     pub fn kernel_for(&self, rows: usize) -> Option<&dyn TileKernel> {
         match self {

@@ -95,12 +95,23 @@ pub fn route(router: &[f32], experts: usize, k: usize) -> Vec<(usize, f32)> {
     out
 }
 
-/// A linear layer: one fused weight, or parts of different types run one after another
-/// (a Q4_K_M file may store q and k as Q4_K and v as Q6_K), plus an optional bias.
+/// A linear layer: one fused weight, or parts of different types (a Q4_K_M file may store q
+/// and k as Q4_K and v as Q6_K) run as one matmul where their kernels take the same activations
+/// (`shared_kernels`), else one after another; plus an optional bias.
 pub struct CpuLinear {
     parts: Vec<(Linear, usize)>,
     out: usize,
     bias: Option<Vec<f32>>,
+}
+
+impl CpuLinear {
+    /// The parts' wick kernels for a step of `rows` rows when every part has one and they all
+    /// take the same activations (a Q4_K q and k beside a Q6_K v): then they run as one
+    /// matmul, writing their columns in place.
+    fn shared_kernels(&self, rows: usize) -> Option<Vec<&dyn qmatmul::TileKernel>> {
+        let kernels: Vec<_> = self.parts.iter().map(|(lin, _)| lin.kernel_for(rows)).collect::<Option<_>>()?;
+        kernels.windows(2).all(|p| p[0].act_blocks() == p[1].act_blocks()).then_some(kernels)
+    }
 }
 
 /// Token embeddings: rows dequantized on demand (a 262k-token vocabulary stays at its stored
@@ -282,14 +293,9 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &CpuLinear, x: &Vec<f32>, rows: usize, out: &mut Vec<f32>) -> Result<()> {
-        // Parts of different types on wick kernels that take the same activations (a Q4_K
-        // q and k beside a Q6_K v) run as one matmul, writing their columns in place.
-        let fused: Option<Vec<&dyn qmatmul::TileKernel>> =
-            w.parts.iter().map(|(lin, _)| lin.kernel_for(rows)).collect();
-        let fused = fused.filter(|ks| ks.len() > 1 && ks.windows(2).all(|p| p[0].act_blocks() == p[1].act_blocks()));
         if let [(lin, _)] = &w.parts[..] {
             lin.forward_host(x, rows, out)?;
-        } else if let Some(kernels) = fused {
+        } else if let Some(kernels) = w.shared_kernels(rows) {
             out.resize(rows * w.out, 0.0);
             qmatmul::matmul_parts(&kernels, x, out);
         } else {
